@@ -1,0 +1,186 @@
+"""The ``imgsearch`` command: index folders, search from a terminal, serve the API, start the UI."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from imgsearch_core.errors import ImgsearchError
+from imgsearch_core.settings import Settings
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    """Settings from the environment, with command-line flags on top."""
+    overrides = {name: value for name in ("milvus_uri", "collection", "model", "device", "batch_size",
+                                          "decode_workers", "host", "port", "api_url")
+                 if (value := getattr(args, name, None)) is not None}
+    return Settings(**overrides)
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--milvus-uri", dest="milvus_uri", help="Milvus Lite dir (*.db) or server URI [IMGSEARCH_MILVUS_URI]")
+    parser.add_argument("--collection", help="collection name [IMGSEARCH_COLLECTION]")
+    parser.add_argument("--model", help="sentence-transformers model name or local directory [IMGSEARCH_MODEL]")
+    parser.add_argument("--device", help="cpu, cuda, cuda:1 or auto [IMGSEARCH_DEVICE]")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="imgsearch", description="Semantic image search on Milvus.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    index = commands.add_parser("index", help="embed the images under PATHs into the collection (incremental)")
+    index.add_argument("paths", nargs="+", metavar="PATH", help="folders or image files")
+    index.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    index.add_argument("--batch-size", dest="batch_size", type=int, help="images per model batch [IMGSEARCH_BATCH_SIZE]")
+    index.add_argument("--decode-workers", dest="decode_workers", type=int, help="decoding threads [IMGSEARCH_DECODE_WORKERS]")
+    _add_common(index)
+
+    search = commands.add_parser("search", help="search by text or by an example image")
+    search.add_argument("text", nargs="?", help="what to look for")
+    search.add_argument("--image", type=Path, help="an example image file")
+    search.add_argument("-k", "--limit", type=int, default=10, help="how many results (default 10)")
+    search.add_argument("--json", action="store_true", help="print JSON on stdout")
+    _add_common(search)
+
+    serve = commands.add_parser("serve", help="start the HTTP search API")
+    serve.add_argument("--host", help="bind address [IMGSEARCH_HOST] (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port [IMGSEARCH_PORT] (default 8000)")
+    _add_common(serve)
+
+    ui = commands.add_parser("ui", help="start the Streamlit web UI (talks to the API)")
+    ui.add_argument("--api-url", dest="api_url", help="search API address [IMGSEARCH_API_URL]")
+    ui.add_argument("--port", type=int, default=8501, help="UI port (default 8501)")
+
+    drop = commands.add_parser("drop", help="delete the collection and everything indexed in it")
+    drop.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    _add_common(drop)
+    return parser
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from imgsearch_core.encoder import Encoder, model_identity
+    from imgsearch_core.milvus_store import MilvusStore
+    from indexer.runner import run_index
+    from indexer.scanner import resolve_roots
+
+    settings = _settings(args)
+    resolve_roots(args.paths)  # a mistyped path fails before the model loads
+    store = MilvusStore.from_settings(settings)
+    if store.exists():
+        store.check_model(model_identity(settings.model))  # fail fast, before loading the model
+    encoder = Encoder.from_settings(settings)
+    report = run_index(args.paths, settings, encoder, store, show_progress=sys.stderr.isatty() and not args.json)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print(f"scanned {report.scanned}, embedded {report.embedded}, unchanged {report.unchanged}, "
+              f"moved {report.moved}, copied {report.copied}, removed {report.removed}, "
+              f"failed {len(report.failed)} in {report.elapsed_s:.1f}s")
+        for failure in report.failed:
+            print(f"  skipped {failure['path']}: {failure['reason']}")
+    return EXIT_OK
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from imgsearch_core.encoder import Encoder
+    from imgsearch_core.images import decode_image
+    from imgsearch_core.milvus_store import MilvusStore
+
+    if not args.text and not args.image:
+        print("imgsearch search: give a text query or --image PATH", file=sys.stderr)
+        return EXIT_USAGE
+    if not 1 <= args.limit <= 1000:
+        print("imgsearch search: -k must be between 1 and 1000", file=sys.stderr)
+        return EXIT_USAGE
+    settings = _settings(args)
+    store = MilvusStore.from_settings(settings)
+    model, _dim = store.model_info()
+    if args.model is None and "IMGSEARCH_MODEL" not in os.environ:
+        settings = settings.model_copy(update={"model": model})  # search with whatever made the index
+    encoder = Encoder.from_settings(settings)
+    store.check_model(encoder.name, encoder.dim)
+    vectors = []
+    if args.text:
+        vectors.append(encoder.embed_texts([args.text]).vectors[0])
+    if args.image:
+        decoded = decode_image(args.image.read_bytes(), str(args.image), encoder.image_size, settings.max_image_pixels)
+        vectors.append(encoder.embed_images([decoded.image])[0])
+    from search_api.ranking import blend
+
+    hits = store.search(blend([(v, 1.0) for v in vectors])[None, :], limit=args.limit)[0]
+    if args.json:
+        print(json.dumps([{"id": h.id, "path": h.row["path"], "score": round(h.score, 4)} for h in hits], indent=2))
+    elif not hits:
+        print("no results (is anything indexed? run: imgsearch index PATH)")
+    else:
+        for hit in hits:
+            print(f"{hit.score:6.3f}  {hit.row['path']}")
+    return EXIT_OK
+
+
+def cmd_drop(args: argparse.Namespace) -> int:
+    from imgsearch_core.milvus_store import MilvusStore
+
+    settings = _settings(args)
+    store = MilvusStore.from_settings(settings)
+    if not store.exists():
+        print(f"collection '{settings.collection}' does not exist")
+        return EXIT_OK
+    if not args.yes:
+        if not sys.stdin.isatty():
+            print("imgsearch drop: refusing without --yes when not on a terminal", file=sys.stderr)
+            return EXIT_USAGE
+        answer = input(f"Delete collection '{settings.collection}' with {store.count()} images? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            return EXIT_OK
+    store.drop()
+    print(f"dropped collection '{settings.collection}'")
+    return EXIT_OK
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from search_api.main import serve
+
+    serve(_settings(args))
+    return EXIT_OK
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    from ui.launch import launch
+
+    return launch(_settings(args), port=args.port)
+
+
+COMMANDS = {"index": cmd_index, "search": cmd_search, "serve": cmd_serve, "ui": cmd_ui, "drop": cmd_drop}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return COMMANDS[args.command](args)
+    except ImgsearchError as exc:
+        print(f"imgsearch {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # pydantic ValidationError for bad settings, OS errors
+        from pydantic import ValidationError
+
+        if isinstance(exc, (ValidationError, OSError)):
+            print(f"imgsearch {args.command}: error: {exc}", file=sys.stderr)
+            return EXIT_ERROR
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""What the indexer and the search API share: settings, the encoder, image decoding and the Milvus gateway."""

@@ -1,0 +1,108 @@
+"""The embedding model behind two calls: ``embed_images`` and ``embed_texts``.
+
+Any sentence-transformers model that encodes both text and images works: a
+hub name such as ``clip-ViT-B-32`` or a local directory in sentence-transformers
+format (CLIP, SigLIP, OpenCLIP conversions, BioCLIP, FashionCLIP ...).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+@dataclass(frozen=True)
+class TextEmbedding:
+    vectors: np.ndarray  # (n, dim) float32, L2-normalised
+    truncated: list[bool]  # True where a text was longer than the model's token limit
+
+
+def model_identity(model: str) -> str:
+    """The name recorded with a collection: an existing local directory by absolute path, else the name."""
+    path = Path(model).expanduser()
+    return str(path.resolve()) if path.is_dir() else model
+
+
+class Encoder:
+    """A loaded sentence-transformers model. Create once; share between threads."""
+
+    def __init__(self, model: str, device: str = "cpu", batch_size: int = 32):
+        from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
+
+        self.name = model_identity(model)
+        self.device = device
+        self.batch_size = batch_size
+        self._model = SentenceTransformer(self.name, device=device)
+        self._lock = threading.Lock()  # torch runs one batch at a time; callers queue here
+        self.max_text_tokens = self._text_token_limit()
+        if self.max_text_tokens:
+            self._model.max_seq_length = self.max_text_tokens
+        self.image_size = self._image_input_size()
+        self.dim = int(self.embed_texts(["warm-up"]).vectors.shape[1])
+
+    @classmethod
+    def from_settings(cls, settings) -> Encoder:
+        return cls(settings.model, device=settings.resolved_device(), batch_size=settings.batch_size)
+
+    def embed_images(self, images: list[Image.Image]) -> np.ndarray:
+        """Embed RGB images; returns (n, dim) float32 rows of unit length."""
+        if not images:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        with self._lock:
+            vectors = self._model.encode(
+                images, batch_size=self.batch_size, convert_to_numpy=True,
+                normalize_embeddings=True, show_progress_bar=False,
+            )
+        return np.ascontiguousarray(vectors, dtype=np.float32)
+
+    def embed_texts(self, texts: list[str]) -> TextEmbedding:
+        """Embed texts, truncating each to the model's token limit (reported per text)."""
+        truncated = [self._token_count(t) > self.max_text_tokens for t in texts] if self.max_text_tokens else [False] * len(texts)
+        with self._lock:
+            vectors = self._model.encode(
+                texts, batch_size=self.batch_size, convert_to_numpy=True,
+                normalize_embeddings=True, show_progress_bar=False,
+            )
+        return TextEmbedding(np.ascontiguousarray(vectors, dtype=np.float32), truncated)
+
+    def _token_count(self, text: str) -> int:
+        tokenizer = self._model[0].tokenizer
+        encoded = tokenizer(text, add_special_tokens=True, truncation=True, max_length=self.max_text_tokens + 1)
+        return len(encoded["input_ids"])
+
+    def _text_token_limit(self) -> int | None:
+        config = getattr(self._model[0], "config", None)
+        text_config = getattr(config, "text_config", config)
+        limit = getattr(text_config, "max_position_embeddings", None)
+        return int(limit) if limit else None
+
+    def _image_input_size(self) -> int:
+        """The shortest side the model's processor resizes to (224 for ViT-B/32)."""
+        processor = getattr(self._model[0], "processor", None)
+        image_processor = getattr(processor, "image_processor", processor)
+        for attribute in ("crop_size", "size"):
+            size = getattr(image_processor, attribute, None)
+            if size is None:
+                continue
+            values = [v for k in ("shortest_edge", "height", "width")
+                      if (v := (size.get(k) if isinstance(size, dict) else getattr(size, k, None)))]
+            if values:
+                return int(max(values))
+        return 224
+
+
+def configure_torch_threads() -> None:
+    """Honour IMGSEARCH_TORCH_THREADS if set; torch's default (all cores) otherwise."""
+    threads = os.environ.get("IMGSEARCH_TORCH_THREADS")
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))

@@ -1,0 +1,52 @@
+"""Domain errors. They carry data; the CLI and the HTTP layer turn them into messages and status codes."""
+
+from __future__ import annotations
+
+
+class ImgsearchError(Exception):
+    """Base class of errors a user can act on."""
+
+
+class ImageDecodeError(ImgsearchError):
+    def __init__(self, source: str, reason: str):
+        super().__init__(f"{source}: {reason}")
+        self.source = source
+        self.reason = reason
+
+
+class ImageTooLargeError(ImageDecodeError):
+    def __init__(self, source: str, pixels: int, limit: int):
+        super().__init__(
+            source,
+            f"{pixels:,} pixels is over the limit of {limit:,} (IMGSEARCH_MAX_IMAGE_PIXELS); "
+            "refusing to decode a possible decompression bomb",
+        )
+        self.pixels = pixels
+        self.limit = limit
+
+
+class ModelMismatchError(ImgsearchError):
+    def __init__(self, collection: str, indexed_model: str, indexed_dim: int, model: str, dim: int | None):
+        uses = f"'{model}' (dim {dim})" if dim is not None else f"'{model}'"
+        super().__init__(
+            f"Collection '{collection}' was indexed with model '{indexed_model}' (dim {indexed_dim}), "
+            f"but this run uses {uses}. Vectors of different models cannot be compared. "
+            f"Either set IMGSEARCH_MODEL={indexed_model} to keep using this index, or re-index into a new "
+            f"collection with the new model: IMGSEARCH_COLLECTION=<new name> imgsearch index PATH ... "
+            f"(or drop the old one with: imgsearch drop --collection {collection})."
+        )
+        self.collection = collection
+        self.indexed_model = indexed_model
+        self.indexed_dim = indexed_dim
+        self.model = model
+        self.dim = dim
+
+
+class CollectionNotFoundError(ImgsearchError):
+    def __init__(self, collection: str):
+        super().__init__(f"Collection '{collection}' does not exist yet: run `imgsearch index PATH` first.")
+        self.collection = collection
+
+
+class StoreUnavailableError(ImgsearchError):
+    """The Milvus data directory or server cannot be reached."""

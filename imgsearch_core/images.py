@@ -1,0 +1,122 @@
+"""Turn image bytes into an upright RGB picture no larger than the model needs.
+
+Every file and every upload passes through :func:`decode_image`, so a photo, a
+scan, a 16-bit microscope slide and a transparent PNG all reach the model the
+same way: EXIF orientation applied, a correct 8-bit RGB conversion, and a
+size reduced early (JPEG draft decoding) to the model's input resolution.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from imgsearch_core.errors import ImageDecodeError, ImageTooLargeError
+
+try:  # HEIC/HEIF through the optional pillow-heif plugin (`pip install imgsearch[heic]`).
+    from pillow_heif import register_heif_opener
+
+    register_heif_opener()
+except ImportError:  # pragma: no cover - optional extra
+    pass
+
+# Extensions the indexer picks up. AVIF is decoded by Pillow itself (>= 11.3).
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".gif", ".bmp", ".dib",
+     ".tif", ".tiff", ".heic", ".heif", ".avif"}
+)
+
+# Pillow's own bomb check would fire at its global limit; ours is per call and configurable.
+Image.MAX_IMAGE_PIXELS = None
+
+_ROTATED_ORIENTATIONS = {5, 6, 7, 8}  # EXIF orientations that swap width and height
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    image: Image.Image  # RGB, shortest side about `min_side` (or smaller if the original is)
+    width: int  # of the upright original
+    height: int
+
+
+def decode_image(data: bytes, source: str, min_side: int, max_pixels: int) -> DecodedImage:
+    """Decode ``data`` into an upright RGB image whose shortest side is ``min_side``.
+
+    Raises:
+        ImageTooLargeError: the header declares more than ``max_pixels`` pixels.
+        ImageDecodeError: the bytes are empty, truncated or not an image.
+    """
+    if not data:
+        raise ImageDecodeError(source, "empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            width, height = image.size
+            if width * height > max_pixels:
+                raise ImageTooLargeError(source, width * height, max_pixels)
+            orientation = image.getexif().get(0x0112, 1)
+            if orientation in _ROTATED_ORIENTATIONS:
+                width, height = height, width
+            if image.format == "JPEG":
+                # Let libjpeg decode at 1/2, 1/4 or 1/8 scale: a 12 MP photo never exists in full.
+                image.draft(image.mode if image.mode in ("RGB", "L") else None, (min_side, min_side))
+            image.load()
+            image = ImageOps.exif_transpose(image)
+            image = _to_rgb(image)
+            image = _shrink(image, min_side)
+    except ImageDecodeError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageDecodeError(source, "not a recognised image format") from None
+    except Image.DecompressionBombError as exc:
+        raise ImageDecodeError(source, f"decompression bomb: {exc}") from None
+    except (OSError, SyntaxError, ValueError, EOFError, MemoryError, Image.DecompressionBombWarning) as exc:
+        raise ImageDecodeError(source, f"cannot decode: {exc}") from None
+    return DecodedImage(image=image, width=width, height=height)
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to 8-bit RGB, compositing transparency onto white."""
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        return _high_depth_grey_to_rgb(image)
+    if mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    elif mode in ("LA", "La", "PA", "RGBa"):
+        image = image.convert("RGBA")
+    if image.mode == "RGBA":
+        background = Image.new("RGB", image.size, (255, 255, 255))
+        background.paste(image, mask=image.getchannel("A"))
+        return background
+    return image.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV, RGBX
+
+
+def _high_depth_grey_to_rgb(image: Image.Image) -> Image.Image:
+    """16/32-bit and float greyscale: scale the real value range to 0..255 rather than clipping."""
+    pixels = np.asarray(image, dtype=np.float32)
+    if image.mode.startswith("I;16"):
+        top = 65535.0
+    elif image.mode == "F":
+        top = 1.0 if pixels.size and float(pixels.max()) <= 1.0 else max(float(pixels.max()), 1.0)
+    else:  # "I": 16-bit PNGs and TIFFs often open as 32-bit ints holding 16-bit values
+        top = 255.0 if pixels.size and float(pixels.max()) <= 255 else 65535.0
+    grey = np.clip(pixels * (255.0 / top), 0, 255).astype(np.uint8)
+    return Image.fromarray(grey, mode="L").convert("RGB")
+
+
+def _shrink(image: Image.Image, min_side: int) -> Image.Image:
+    """Resize so the shortest side is ``min_side``; never enlarge."""
+    width, height = image.size
+    shortest = min(width, height)
+    if shortest <= min_side:
+        return image
+    scale = min_side / shortest
+    size = (max(min_side, round(width * scale)), max(min_side, round(height * scale)))
+    return image.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0)

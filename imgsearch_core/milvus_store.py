@@ -1,0 +1,321 @@
+"""The Milvus gateway: one collection of image vectors with their file metadata.
+
+With a Milvus Lite URI (a path ending in ``.db``) several processes share the
+data directory: the first process that opens it serves it over gRPC on
+127.0.0.1 (Milvus Lite allows one process per directory) and writes the port
+to ``<data dir>/imgsearch-endpoint.json``; later processes connect to that
+port. If the serving process exits, the next call of another process takes
+over. With a server URI (``http://host:19530``) every process simply connects.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+from pymilvus import DataType, MilvusClient, MilvusException
+
+from imgsearch_core.errors import CollectionNotFoundError, ModelMismatchError, StoreUnavailableError
+
+log = logging.getLogger(__name__)
+
+# Milvus Lite lacks AllocTimestamp; pymilvus' query iterator falls back to a client timestamp, which is
+# correct, but both sides log the miss on every call.
+logging.getLogger("grpc._server").setLevel(logging.CRITICAL)
+logging.getLogger("pymilvus.client.iterator.query_iterator").setLevel(logging.ERROR)
+# pymilvus logs every failed RPC with a traceback; this gateway turns failures into errors of its own.
+logging.getLogger("pymilvus.decorators").setLevel(logging.CRITICAL)
+
+ENDPOINT_FILE = "imgsearch-endpoint.json"
+METADATA_FIELDS = ["id", "path", "size", "mtime_ns", "content_hash", "width", "height", "indexed_at"]
+_MAX_PATH = 4096
+_SCHEMA_VERSION = 1
+
+_INDEX_PARAMS = {
+    "HNSW": {"M": 16, "efConstruction": 200},
+    "IVF_FLAT": {"nlist": 1024},
+    "DISKANN": {},
+    "FLAT": {},
+    "AUTOINDEX": {},
+}
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Hit:
+    id: str
+    score: float
+    row: dict[str, Any]
+
+
+# ── Embedded (Milvus Lite) endpoint sharing ─────────────────────────────────
+
+_hosted: dict[Path, tuple[Any, Any, int]] = {}
+_hosted_lock = threading.Lock()
+
+
+def resolve_uri(milvus_uri: str, wait_s: float = 30.0) -> str:
+    """The gRPC address to connect to for ``milvus_uri``; hosts a Lite data directory if nobody does."""
+    if not milvus_uri.endswith(".db"):
+        return milvus_uri
+    data_dir = Path(milvus_uri).expanduser().resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + wait_s
+    while True:
+        url = _live_endpoint(data_dir)
+        if url:
+            return url
+        try:
+            return _host(data_dir)
+        except _DataDirLocked:
+            # Another process holds the directory and is about to publish its port (or is a
+            # process that does not share it, such as a plain pymilvus script).
+            if time.monotonic() > deadline:
+                raise StoreUnavailableError(
+                    f"Milvus Lite data directory {data_dir} is locked by another process that does not "
+                    f"serve it to others. Stop that process, or point IMGSEARCH_MILVUS_URI at a Milvus server."
+                ) from None
+            time.sleep(0.2)
+
+
+class _DataDirLocked(Exception):
+    pass
+
+
+def _live_endpoint(data_dir: Path) -> str | None:
+    with _hosted_lock:
+        if data_dir in _hosted:
+            return f"http://127.0.0.1:{_hosted[data_dir][2]}"
+    try:
+        info = json.loads((data_dir / ENDPOINT_FILE).read_text())
+        pid, port = int(info["pid"]), int(info["port"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not _pid_alive(pid):
+        return None
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1.0):
+            return f"http://127.0.0.1:{port}"
+    except OSError:
+        return None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _host(data_dir: Path) -> str:
+    from milvus_lite import DataDirLockedError
+    from milvus_lite.adapter.grpc.server import start_server_in_thread
+
+    with _hosted_lock:
+        if data_dir in _hosted:
+            return f"http://127.0.0.1:{_hosted[data_dir][2]}"
+        try:
+            server, db, port = start_server_in_thread(str(data_dir), host="127.0.0.1", port=0)
+        except DataDirLockedError:
+            raise _DataDirLocked() from None
+        _hosted[data_dir] = (server, db, port)
+    endpoint = data_dir / ENDPOINT_FILE
+    tmp = endpoint.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"pid": os.getpid(), "port": port}))
+    os.replace(tmp, endpoint)
+    log.info("serving Milvus Lite data directory %s on 127.0.0.1:%d", data_dir, port)
+    return f"http://127.0.0.1:{port}"
+
+
+def release_hosted() -> None:
+    """Stop serving Lite data directories this process hosts (called at exit)."""
+    with _hosted_lock:
+        entries = list(_hosted.items())
+        _hosted.clear()
+    for data_dir, (server, db, _port) in entries:
+        try:
+            info = json.loads((data_dir / ENDPOINT_FILE).read_text())
+            if info.get("pid") == os.getpid():
+                (data_dir / ENDPOINT_FILE).unlink()
+        except (OSError, ValueError):
+            pass
+        server.stop(grace=2).wait(5)
+        db.close()
+
+
+atexit.register(release_hosted)
+
+
+# ── The collection gateway ──────────────────────────────────────────────────
+
+
+class MilvusStore:
+    """One image collection. Thread-safe; create once per process and share."""
+
+    def __init__(self, milvus_uri: str, collection: str, token: str = "", index_type: str = "HNSW"):
+        self.milvus_uri = milvus_uri
+        self.collection = collection
+        self.index_type = index_type
+        self._token = token
+        self._client_lock = threading.Lock()
+        self._client = self._connect()
+        self._loaded = False
+
+    @classmethod
+    def from_settings(cls, settings) -> MilvusStore:
+        return cls(settings.milvus_uri, settings.collection, settings.milvus_token, settings.index_type)
+
+    @property
+    def is_embedded(self) -> bool:
+        return self.milvus_uri.endswith(".db")
+
+    def _connect(self) -> MilvusClient:
+        uri = resolve_uri(self.milvus_uri)
+        try:
+            client = MilvusClient(uri=uri, token=self._token, timeout=30)
+            if client.has_collection(self.collection):
+                client.load_collection(self.collection)  # a new connection may find it released
+            return client
+        except MilvusException as exc:
+            raise StoreUnavailableError(f"cannot connect to Milvus at {self.milvus_uri}: {exc.message}") from exc
+
+    def _call(self, operation: Callable[[MilvusClient], T]) -> T:
+        """Run ``operation``; on an embedded store whose serving process went away, reconnect once."""
+        client = self._client
+        try:
+            return operation(client)
+        except MilvusException as exc:
+            if not (self.is_embedded and _is_connection_error(exc)):
+                raise
+            log.warning("lost the Milvus Lite server (%s); reconnecting", exc.message)
+            with self._client_lock:
+                if self._client is client:
+                    self._client = self._connect()
+                client = self._client
+            return operation(client)
+
+    def close(self) -> None:
+        self._client.close()
+
+    # Collection lifecycle
+
+    def exists(self) -> bool:
+        return self._call(lambda c: c.has_collection(self.collection))
+
+    def ensure_collection(self, model: str, dim: int) -> None:
+        """Create the collection for ``model``, or check that an existing one was made by it."""
+        if self.exists():
+            self.check_model(model, dim)
+            return
+        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=64)
+        schema.add_field("path", DataType.VARCHAR, max_length=_MAX_PATH)
+        schema.add_field("size", DataType.INT64)
+        schema.add_field("mtime_ns", DataType.INT64)
+        schema.add_field("content_hash", DataType.VARCHAR, max_length=64)
+        schema.add_field("width", DataType.INT64)
+        schema.add_field("height", DataType.INT64)
+        schema.add_field("indexed_at", DataType.INT64)
+        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
+        index_params = MilvusClient.prepare_index_params()
+        index_params.add_index(
+            "vector", index_type=self.index_type, metric_type="COSINE", params=_INDEX_PARAMS[self.index_type]
+        )
+        identity = {"imgsearch.schema": str(_SCHEMA_VERSION), "imgsearch.model": model, "imgsearch.dim": str(dim)}
+        self._call(lambda c: c.create_collection(
+            self.collection, schema=schema, index_params=index_params, properties=identity,
+            description=f"imgsearch images embedded by {model}", consistency_level="Strong",
+        ))
+        self._call(lambda c: c.load_collection(self.collection))
+
+    def model_info(self) -> tuple[str, int]:
+        """The (model, dim) the collection was made with."""
+        if not self.exists():
+            raise CollectionNotFoundError(self.collection)
+        info = self._call(lambda c: c.describe_collection(self.collection))
+        vector = next((f for f in info["fields"] if f["name"] == "vector"), None)
+        dim = int(vector["params"]["dim"]) if vector else 0
+        model = (info.get("properties") or {}).get("imgsearch.model")
+        return (model or "(not an imgsearch collection)"), dim
+
+    def check_model(self, model: str, dim: int | None = None) -> None:
+        """Raise ModelMismatchError unless the collection was made by ``model`` (and ``dim``, if given)."""
+        indexed_model, indexed_dim = self.model_info()
+        if indexed_model != model or (dim is not None and indexed_dim != dim):
+            raise ModelMismatchError(self.collection, indexed_model, indexed_dim, model, dim)
+
+    def drop(self) -> None:
+        self._call(lambda c: c.drop_collection(self.collection))
+
+    # Writes
+
+    def upsert(self, rows: Sequence[dict[str, Any]]) -> None:
+        if rows:
+            payload = [{**row, "vector": np.asarray(row["vector"], dtype=np.float32).tolist()} for row in rows]
+            self._call(lambda c: c.upsert(self.collection, payload))
+
+    def delete(self, ids: Sequence[str], batch: int = 1000) -> None:
+        for start in range(0, len(ids), batch):
+            chunk = list(ids[start:start + batch])
+            self._call(lambda c: c.delete(self.collection, ids=chunk))
+
+    def flush(self) -> None:
+        self._call(lambda c: c.flush(self.collection))
+
+    # Reads
+
+    def count(self) -> int:
+        if not self.exists():
+            return 0
+        result = self._call(lambda c: c.query(self.collection, filter="", output_fields=["count(*)"]))
+        return int(result[0]["count(*)"])
+
+    def get(self, ids: Sequence[str], with_vectors: bool = False) -> dict[str, dict[str, Any]]:
+        if not ids:
+            return {}
+        fields = METADATA_FIELDS + (["vector"] if with_vectors else [])
+        rows = self._call(lambda c: c.get(self.collection, ids=list(ids), output_fields=fields))
+        return {row["id"]: row for row in rows}
+
+    def iter_metadata(self, batch_size: int = 2000) -> Iterator[dict[str, Any]]:
+        """Every row's metadata (no vectors)."""
+        iterator = self._call(lambda c: c.query_iterator(
+            self.collection, batch_size=batch_size, filter="", output_fields=METADATA_FIELDS
+        ))
+        try:
+            while batch := iterator.next():
+                yield from batch
+        finally:
+            iterator.close()
+
+    def search(
+        self, vectors: np.ndarray, limit: int, offset: int = 0, filter_expr: str = ""
+    ) -> list[list[Hit]]:
+        """Nearest rows by cosine similarity, best first, one list per query vector."""
+        ef = max(64, limit + offset)
+        results = self._call(lambda c: c.search(
+            self.collection, data=np.asarray(vectors, dtype=np.float32).tolist(), limit=limit, offset=offset,
+            filter=filter_expr, output_fields=METADATA_FIELDS,
+            search_params={"metric_type": "COSINE", "params": {"ef": ef, "nprobe": 32, "search_list": ef}},
+        ))
+        return [[Hit(id=hit["id"], score=float(hit["distance"]), row=dict(hit["entity"])) for hit in hits]
+                for hits in results]
+
+
+def _is_connection_error(exc: MilvusException) -> bool:
+    text = f"{exc.code} {exc.message}".lower()
+    return any(marker in text for marker in ("unavailable", "connect", "deadline", "closed", "socket"))

@@ -1,0 +1,71 @@
+"""One Settings object, read from ``IMGSEARCH_*`` environment variables (and ``.env``)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+VectorIndexType = Literal["HNSW", "IVF_FLAT", "DISKANN", "FLAT", "AUTOINDEX"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="IMGSEARCH_", env_nested_delimiter="__", env_file=".env", extra="ignore"
+    )
+
+    # Where vectors live. A path ending in .db is an embedded Milvus Lite data directory;
+    # http(s)://host:19530 is a Milvus server (standalone, distributed or Zilliz Cloud).
+    milvus_uri: str = "./data/milvus.db"
+    milvus_token: str = ""
+    collection: str = Field("images", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
+    index_type: VectorIndexType = "HNSW"
+
+    # The embedding model: a sentence-transformers name or a local directory in that format.
+    model: str = "clip-ViT-B-32"
+    device: str = "auto"
+    batch_size: int = Field(32, ge=1, le=4096)
+    decode_workers: int = Field(2, ge=1, le=64)
+    max_image_pixels: int = Field(100_000_000, ge=1)
+
+    # Search API.
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    api_key: str = ""
+    cors_origins: list[str] = []
+    max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1)
+    allowed_roots: list[Path] = []
+    thumbnail_dir: Path = Path("./data/thumbnails")
+
+    # Streamlit UI.
+    api_url: str = "http://127.0.0.1:8000"
+
+    @field_validator("milvus_uri")
+    @classmethod
+    def _uri_is_lite_dir_or_server(cls, uri: str) -> str:
+        if not (uri.endswith(".db") or uri.startswith(("http://", "https://", "tcp://", "unix:"))):
+            raise ValueError(
+                "must be a Milvus Lite data directory ending in .db (e.g. ./data/milvus.db) "
+                "or a server URI such as http://localhost:19530"
+            )
+        return uri
+
+    @property
+    def is_embedded(self) -> bool:
+        """True when vectors live in a Milvus Lite data directory on this machine."""
+        return self.milvus_uri.endswith(".db")
+
+    def resolved_device(self) -> str:
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,85 @@
+"""Read, hash and decode files on worker threads while the model embeds the previous batch."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from imgsearch_core.encoder import Encoder
+from imgsearch_core.errors import ImageDecodeError
+from imgsearch_core.images import DecodedImage, decode_image
+from indexer.plan import content_hash
+from indexer.scanner import FileEntry
+
+
+@dataclass
+class LoadedFile:
+    entry: FileEntry
+    content_hash: str = ""
+    decoded: DecodedImage | None = None  # None when the content is already indexed, or on error
+    error: str | None = None
+
+
+@dataclass
+class EmbeddedBatch:
+    files: list[LoadedFile]
+    vectors: np.ndarray  # (len(files), dim)
+
+
+def load_file(entry: FileEntry, known_hashes: Callable[[str], bool], min_side: int, max_pixels: int) -> LoadedFile:
+    """Read ``entry`` once: hash it, and decode it unless its content is already in the index."""
+    loaded = LoadedFile(entry)
+    try:
+        with open(entry.path, "rb") as handle:
+            data = handle.read()
+    except OSError as exc:
+        loaded.error = f"cannot read: {exc.strerror or exc}"
+        return loaded
+    loaded.content_hash = content_hash(data)
+    if known_hashes(loaded.content_hash):
+        return loaded
+    try:
+        loaded.decoded = decode_image(data, entry.path, min_side, max_pixels)
+    except ImageDecodeError as exc:
+        loaded.error = exc.reason
+    return loaded
+
+
+def load_in_parallel(
+    entries: Iterable[FileEntry], workers: int, window: int, load: Callable[[FileEntry], LoadedFile]
+) -> Iterator[LoadedFile]:
+    """``load`` each entry on ``workers`` threads, at most ``window`` ahead; yields in input order."""
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
+        pending: deque[Future[LoadedFile]] = deque()
+        for entry in entries:
+            pending.append(pool.submit(load, entry))
+            if len(pending) >= window:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def embed_in_batches(loaded: Iterable[LoadedFile], encoder: Encoder, batch_size: int) -> Iterator[LoadedFile | EmbeddedBatch]:
+    """Pass through files that need no embedding; group the decoded ones into embedded batches."""
+    batch: list[LoadedFile] = []
+    for item in loaded:
+        if item.decoded is None:
+            yield item
+            continue
+        batch.append(item)
+        if len(batch) >= batch_size:
+            yield _embed(batch, encoder)
+            batch = []
+    if batch:
+        yield _embed(batch, encoder)
+
+
+def _embed(batch: list[LoadedFile], encoder: Encoder) -> EmbeddedBatch:
+    vectors = encoder.embed_images([item.decoded.image for item in batch])
+    for item in batch:
+        item.decoded = DecodedImage(image=None, width=item.decoded.width, height=item.decoded.height)  # free pixels
+    return EmbeddedBatch(batch, vectors)

@@ -1,0 +1,47 @@
+"""Decide what an indexing run must do, from the files on disk and the rows in Milvus. Pure logic."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from indexer.scanner import FileEntry, under_roots
+
+
+def image_id(path: str) -> str:
+    """A stable id for the file at ``path``: the same path always gets the same id."""
+    return hashlib.blake2b(path.encode("utf-8", "surrogateescape"), digest_size=8).hexdigest()
+
+
+def content_hash(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+@dataclass
+class Plan:
+    unchanged: list[FileEntry] = field(default_factory=list)
+    to_process: list[FileEntry] = field(default_factory=list)  # new or changed: read, hash, maybe embed
+    stale: list[dict[str, Any]] = field(default_factory=list)  # rows under the roots whose file is gone
+    rows_by_hash: dict[str, dict[str, Any]] = field(default_factory=dict)  # any stored row, by content
+
+
+def make_plan(files: list[FileEntry], stored_rows: Iterable[dict[str, Any]], roots: list[str]) -> Plan:
+    """Split ``files`` into unchanged (same size and mtime as stored) and to-process; find stale rows."""
+    plan = Plan()
+    stored_by_path: dict[str, dict[str, Any]] = {}
+    for row in stored_rows:
+        stored_by_path[row["path"]] = row
+        plan.rows_by_hash.setdefault(row["content_hash"], row)
+    on_disk = set()
+    for entry in files:
+        on_disk.add(entry.path)
+        row = stored_by_path.get(entry.path)
+        if row is not None and row["size"] == entry.size and row["mtime_ns"] == entry.mtime_ns:
+            plan.unchanged.append(entry)
+        else:
+            plan.to_process.append(entry)
+    plan.stale = [row for path, row in stored_by_path.items()
+                  if path not in on_disk and under_roots(path, roots)]
+    return plan

@@ -1,0 +1,126 @@
+"""``imgsearch index``: wire scanner -> plan -> embedder -> writer, and report what happened."""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from imgsearch_core.encoder import Encoder
+from imgsearch_core.milvus_store import MilvusStore
+from imgsearch_core.settings import Settings
+from indexer.embedder import EmbeddedBatch, LoadedFile, embed_in_batches, load_file, load_in_parallel
+from indexer.plan import make_plan
+from indexer.scanner import resolve_roots, scan
+from indexer.writer import BatchWriter, make_row
+
+
+@dataclass
+class IndexReport:
+    scanned: int = 0
+    embedded: int = 0
+    unchanged: int = 0
+    moved: int = 0  # content found at a new path, old path gone: vector reused
+    copied: int = 0  # content already indexed at another path that still exists: vector reused
+    removed: int = 0
+    failed: list[dict[str, str]] = field(default_factory=list)
+    elapsed_s: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Progress:
+    """A tqdm bar on a terminal; silent otherwise."""
+
+    def __init__(self, total: int, enabled: bool):
+        self._bar = None
+        if enabled and total:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, unit="img", desc="indexing", file=sys.stderr, smoothing=0.1)
+
+    def advance(self, n: int = 1) -> None:
+        if self._bar is not None:
+            self._bar.update(n)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+def run_index(
+    roots: list[str], settings: Settings, encoder: Encoder, store: MilvusStore, show_progress: bool = False
+) -> IndexReport:
+    """Bring the collection in line with the image files under ``roots``."""
+    started = time.monotonic()
+    roots = resolve_roots(roots)
+    store.ensure_collection(encoder.name, encoder.dim)
+    report = IndexReport()
+
+    files = scan(roots)
+    report.scanned = len(files)
+    plan = make_plan(files, store.iter_metadata(), roots)
+    report.unchanged = len(plan.unchanged)
+    stale_paths = {row["path"] for row in plan.stale}
+
+    writer = BatchWriter(store, batch_size=settings.batch_size)
+    progress = Progress(len(plan.to_process), show_progress)
+    reused: list[LoadedFile] = []
+
+    def load(entry):
+        return load_file(entry, plan.rows_by_hash.__contains__, encoder.image_size, settings.max_image_pixels)
+
+    loaded = load_in_parallel(plan.to_process, settings.decode_workers, 2 * settings.batch_size + settings.decode_workers, load)
+    try:
+        for item in embed_in_batches(loaded, encoder, settings.batch_size):
+            if isinstance(item, EmbeddedBatch):
+                writer.add([make_row(f.entry, f.content_hash, f.decoded.width, f.decoded.height, vector)
+                            for f, vector in zip(item.files, item.vectors)])
+                report.embedded += len(item.files)
+                progress.advance(len(item.files))
+            elif item.error is not None:
+                report.failed.append({"path": item.entry.path, "reason": item.error})
+                progress.advance()
+            else:
+                reused.append(item)
+                if len(reused) >= settings.batch_size:
+                    _write_reused(reused, plan.rows_by_hash, stale_paths, store, writer, report)
+                    progress.advance(len(reused))
+                    reused = []
+        _write_reused(reused, plan.rows_by_hash, stale_paths, store, writer, report)
+        progress.advance(len(reused))
+        writer.flush()
+    finally:
+        progress.close()
+
+    # Sweep last: a run killed before this point leaves old rows, never missing ones.
+    store.delete([row["id"] for row in plan.stale])
+    report.removed = len(plan.stale) - report.moved  # a moved file's old row is not a removal
+    if report.embedded or report.moved or report.copied or report.removed:
+        store.flush()
+    report.elapsed_s = round(time.monotonic() - started, 3)
+    return report
+
+
+def _write_reused(items, rows_by_hash, stale_paths, store, writer, report) -> None:
+    """Files whose content is already indexed: copy the stored vector instead of embedding again."""
+    if not items:
+        return
+    sources = store.get([rows_by_hash[item.content_hash]["id"] for item in items], with_vectors=True)
+    rows = []
+    for item in items:
+        source_id = rows_by_hash[item.content_hash]["id"]
+        source = sources.get(source_id)
+        if source is None:  # deleted by a concurrent writer since the plan was made: report it, embed next run
+            report.failed.append({"path": item.entry.path, "reason": "indexed copy vanished during the run; re-run"})
+            continue
+        rows.append(make_row(item.entry, item.content_hash, source["width"], source["height"], source["vector"]))
+        if source["path"] == item.entry.path:  # touched, content the same
+            report.unchanged += 1
+        elif source["path"] in stale_paths:
+            report.moved += 1
+        else:
+            report.copied += 1
+    writer.add(rows)

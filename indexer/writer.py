@@ -1,0 +1,45 @@
+"""Turn embedded files into Milvus rows and write them in batches."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from imgsearch_core.milvus_store import MilvusStore
+from indexer.plan import image_id
+from indexer.scanner import FileEntry
+
+
+def make_row(entry: FileEntry, content_hash: str, width: int, height: int, vector: np.ndarray) -> dict[str, Any]:
+    return {
+        "id": image_id(entry.path),
+        "path": entry.path,
+        "size": entry.size,
+        "mtime_ns": entry.mtime_ns,
+        "content_hash": content_hash,
+        "width": int(width),
+        "height": int(height),
+        "indexed_at": int(time.time()),
+        "vector": vector,
+    }
+
+
+class BatchWriter:
+    """Buffers rows and upserts them ``batch_size`` at a time. Upsert keeps re-runs free of duplicates."""
+
+    def __init__(self, store: MilvusStore, batch_size: int = 256):
+        self.store = store
+        self.batch_size = batch_size
+        self._rows: list[dict[str, Any]] = []
+
+    def add(self, rows: list[dict[str, Any]]) -> None:
+        self._rows.extend(rows)
+        if len(self._rows) >= self.batch_size:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._rows:
+            self.store.upsert(self._rows)
+            self._rows = []
