@@ -141,11 +141,13 @@ def _host(data_dir: Path) -> str:
     return f"http://127.0.0.1:{port}"
 
 
-def release_hosted() -> None:
-    """Stop serving Lite data directories this process hosts (called at exit)."""
+def release_hosted(milvus_uri: str | None = None) -> None:
+    """Stop serving the Lite data directory of ``milvus_uri`` (all of them when None; called at exit)."""
     with _hosted_lock:
-        entries = list(_hosted.items())
-        _hosted.clear()
+        wanted = None if milvus_uri is None else Path(milvus_uri).expanduser().resolve()
+        entries = [(d, e) for d, e in _hosted.items() if wanted is None or d == wanted]
+        for data_dir, _entry in entries:
+            del _hosted[data_dir]
     for data_dir, (server, db, _port) in entries:
         try:
             info = json.loads((data_dir / ENDPOINT_FILE).read_text())

@@ -1,0 +1,92 @@
+"""Shared fixtures: a tiny CLIP built locally, real Milvus Lite in a temporary directory, sample images."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # before anything imports huggingface_hub
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from imgsearch_core.encoder import Encoder
+from imgsearch_core.local_clip import build_local_clip
+from imgsearch_core.milvus_store import MilvusStore, release_hosted
+from imgsearch_core.settings import Settings
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    return build_local_clip(tmp_path_factory.mktemp("models") / "tiny-clip", "tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def encoder(tiny_model_dir) -> Encoder:
+    return Encoder(str(tiny_model_dir), device="cpu", batch_size=8)
+
+
+@pytest.fixture
+def settings(tmp_path, tiny_model_dir) -> Settings:
+    return Settings(
+        milvus_uri=str(tmp_path / "data" / "milvus.db"),
+        model=str(tiny_model_dir),
+        device="cpu",
+        batch_size=8,
+        thumbnail_dir=tmp_path / "data" / "thumbnails",
+        allowed_roots=[tmp_path],
+    )
+
+
+@pytest.fixture
+def store(settings):
+    store = MilvusStore.from_settings(settings)
+    yield store
+    store.close()
+    release_hosted(settings.milvus_uri)
+
+
+@pytest.fixture
+def cli_env(settings) -> dict[str, str]:
+    """Environment for running the real `imgsearch` command in a subprocess."""
+    return {
+        **os.environ,
+        "IMGSEARCH_MILVUS_URI": settings.milvus_uri,
+        "IMGSEARCH_MODEL": settings.model,
+        "IMGSEARCH_DEVICE": "cpu",
+        "IMGSEARCH_BATCH_SIZE": "8",
+        "IMGSEARCH_THUMBNAIL_DIR": str(settings.thumbnail_dir),
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+@pytest.fixture(scope="session")
+def imgsearch_bin() -> str:
+    """The installed console script, as a user runs it."""
+    candidate = Path(sys.executable).parent / "imgsearch"
+    return str(candidate) if candidate.exists() else shutil.which("imgsearch")
+
+
+def write_photo(path: Path, seed: int, size: tuple[int, int] = (96, 64), fmt: str | None = None) -> Path:
+    """A random but distinct picture: coloured blocks, so the tiny model tells pictures apart."""
+    rng = np.random.default_rng(seed)
+    blocks = rng.integers(0, 256, (4, 6, 3), dtype=np.uint8)
+    pixels = np.kron(blocks, np.ones((size[1] // 4, size[0] // 6, 1), dtype=np.uint8))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path, format=fmt)
+    return path
+
+
+@pytest.fixture
+def photo_dir(tmp_path) -> Path:
+    root = tmp_path / "photos"
+    for i in range(6):
+        write_photo(root / f"photo{i}.png", seed=i)
+    for i in range(6, 10):
+        write_photo(root / "trip" / f"photo{i}.jpg", seed=i)
+    return root

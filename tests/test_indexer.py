@@ -1,0 +1,200 @@
+"""Indexing on real Milvus Lite in a temporary directory, through the same code the CLI runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from imgsearch_core.encoder import Encoder
+from imgsearch_core.errors import ModelMismatchError
+from imgsearch_core.local_clip import build_local_clip
+from imgsearch_core.milvus_store import MilvusStore, release_hosted
+from indexer.runner import run_index
+from tests.conftest import write_photo
+
+
+def index(photo_dir, settings, encoder, store):
+    return run_index([str(photo_dir)], settings, encoder, store)
+
+
+def rows_by_path(store) -> dict[str, dict]:
+    return {row["path"]: row for row in store.iter_metadata()}
+
+
+def test_first_run_embeds_every_image_and_stores_its_metadata(photo_dir, settings, encoder, store):
+    report = index(photo_dir, settings, encoder, store)
+    assert (report.scanned, report.embedded, report.failed) == (10, 10, [])
+    rows = rows_by_path(store)
+    assert len(rows) == 10
+    photo = rows[str(photo_dir / "photo0.png")]
+    stat = (photo_dir / "photo0.png").stat()
+    assert (photo["size"], photo["mtime_ns"], photo["width"], photo["height"]) == (stat.st_size, stat.st_mtime_ns, 96, 64)
+    assert len(photo["content_hash"]) == 32 and photo["indexed_at"] > 0
+
+
+def test_files_that_cannot_be_decoded_are_skipped_with_reasons_and_the_rest_indexed(photo_dir, settings, encoder, store):
+    (photo_dir / "empty.jpg").write_bytes(b"")
+    (photo_dir / "notes.png").write_text("not a picture")
+    good = (photo_dir / "photo0.png").read_bytes()
+    (photo_dir / "truncated.png").write_bytes(good[: len(good) // 3])
+    write_photo(photo_dir / "huge.png", seed=99, size=(3000, 2000))
+    (photo_dir / "readme.txt").write_text("ignored quietly")
+    settings = settings.model_copy(update={"max_image_pixels": 5_000_000})
+    report = index(photo_dir, settings, encoder, store)
+    reasons = {Path(f["path"]).name: f["reason"] for f in report.failed}
+    assert set(reasons) == {"empty.jpg", "notes.png", "truncated.png", "huge.png"}
+    assert "empty" in reasons["empty.jpg"]
+    assert "pixels" in reasons["huge.png"]
+    assert report.embedded == 10
+    assert store.count() == 10
+
+
+def test_a_second_run_on_an_unchanged_tree_embeds_nothing(photo_dir, settings, encoder, store):
+    index(photo_dir, settings, encoder, store)
+    before = rows_by_path(store)
+    report = index(photo_dir, settings, encoder, store)
+    assert (report.embedded, report.unchanged, report.removed) == (0, 10, 0)
+    assert {p: r["indexed_at"] for p, r in rows_by_path(store).items()} == {p: r["indexed_at"] for p, r in before.items()}
+
+
+def test_moved_changed_and_deleted_files(photo_dir, settings, encoder, store):
+    index(photo_dir, settings, encoder, store)
+    old_vectors = {r["path"]: r["vector"] for r in store.get([r["id"] for r in rows_by_path(store).values()], with_vectors=True).values()}
+    (photo_dir / "photo1.png").rename(photo_dir / "trip" / "renamed.png")
+    (photo_dir / "photo2.png").unlink()
+    write_photo(photo_dir / "photo3.png", seed=1234)  # new content, same path
+    report = index(photo_dir, settings, encoder, store)
+    assert (report.moved, report.removed, report.embedded, report.unchanged) == (1, 1, 1, 7)
+    rows = rows_by_path(store)
+    assert str(photo_dir / "photo1.png") not in rows and str(photo_dir / "photo2.png") not in rows
+    moved = store.get([rows[str(photo_dir / "trip" / "renamed.png")]["id"]], with_vectors=True)
+    assert np.allclose(next(iter(moved.values()))["vector"], old_vectors[str(photo_dir / "photo1.png")])
+    changed = store.get([rows[str(photo_dir / "photo3.png")]["id"]], with_vectors=True)
+    assert not np.allclose(next(iter(changed.values()))["vector"], old_vectors[str(photo_dir / "photo3.png")])
+    assert len(rows) == 9
+
+
+def test_deleting_under_one_root_leaves_other_roots_alone(tmp_path, settings, encoder, store):
+    a = [write_photo(tmp_path / "a" / f"{i}.png", seed=i) for i in range(3)]
+    b = [write_photo(tmp_path / "b" / f"{i}.png", seed=10 + i) for i in range(3)]
+    run_index([str(tmp_path / "a"), str(tmp_path / "b")], settings, encoder, store)
+    a[0].unlink()
+    report = run_index([str(tmp_path / "b")], settings, encoder, store)
+    assert report.removed == 0
+    assert str(a[0]) in rows_by_path(store)  # only a run over root a may sweep it
+    report = run_index([str(tmp_path / "a")], settings, encoder, store)
+    assert report.removed == 1 and store.count() == 5
+    assert len(b) == 3
+
+
+def test_an_indexed_image_queried_by_itself_comes_back_first_with_score_one(photo_dir, settings, encoder, store):
+    index(photo_dir, settings, encoder, store)
+    from imgsearch_core.images import decode_image
+
+    path = photo_dir / "trip" / "photo7.jpg"
+    query = encoder.embed_images([decode_image(path.read_bytes(), str(path), encoder.image_size, 10**8).image])
+    hits = store.search(query, limit=3)[0]
+    assert hits[0].row["path"] == str(path)
+    assert hits[0].score == pytest.approx(1.0, abs=1e-3)
+    assert hits[1].score < hits[0].score
+
+
+def test_opening_a_collection_with_another_model_fails_with_a_clear_message(photo_dir, settings, encoder, store, tmp_path):
+    index(photo_dir, settings, encoder, store)
+    other = Encoder(str(build_local_clip(tmp_path / "other-model", "tiny", seed=1)), device="cpu")
+    with pytest.raises(ModelMismatchError) as caught:
+        run_index([str(photo_dir)], settings, other, store)
+    message = str(caught.value)
+    assert str(settings.model) in message and "IMGSEARCH_COLLECTION" in message
+    assert store.count() == 10  # nothing mixed in, nothing lost
+
+
+def run_cli(imgsearch_bin, env, *args, timeout=120):
+    return subprocess.run([imgsearch_bin, *args], env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_cli_prints_a_json_summary_and_exits_zero_despite_broken_files(photo_dir, imgsearch_bin, cli_env):
+    (photo_dir / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    result = run_cli(imgsearch_bin, cli_env, "index", str(photo_dir), "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert {k: summary[k] for k in ("scanned", "embedded", "unchanged", "moved", "removed")} == {
+        "scanned": 11, "embedded": 10, "unchanged": 0, "moved": 0, "removed": 0}
+    assert summary["failed"] == [{"path": str(photo_dir / "broken.jpg"), "reason": summary["failed"][0]["reason"]}]
+    search = run_cli(imgsearch_bin, cli_env, "search", "--image", str(photo_dir / "photo4.png"), "-k", "2", "--json")
+    assert search.returncode == 0, search.stderr
+    assert json.loads(search.stdout)[0]["path"] == str(photo_dir / "photo4.png")
+
+
+def test_cli_reports_a_missing_folder_without_a_traceback(imgsearch_bin, cli_env, tmp_path):
+    result = run_cli(imgsearch_bin, cli_env, "index", str(tmp_path / "nope"))
+    assert result.returncode != 0
+    assert "no such file or directory" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_kill_9_mid_run_then_resume_equals_one_clean_run(tmp_path, settings, imgsearch_bin, cli_env, tiny_model_dir):
+    photos = tmp_path / "many"
+    for i in range(400):
+        write_photo(photos / f"{i // 100}" / f"p{i}.png", seed=i, size=(192, 128))
+    env = {**cli_env, "IMGSEARCH_BATCH_SIZE": "4"}
+    process = subprocess.Popen([imgsearch_bin, "index", str(photos), "--json"], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    observer = None
+    try:
+        deadline = time.monotonic() + 120
+        written = 0
+        while time.monotonic() < deadline and process.poll() is None:
+            time.sleep(0.3)
+            try:
+                observer = observer or MilvusStore.from_settings(settings)
+                written = observer.count() if observer.exists() else 0
+            except Exception:
+                continue
+            if written >= 40:
+                break
+        assert process.poll() is None, "the run finished before it could be killed; make it slower"
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+        assert 0 < written < 400
+    finally:
+        if process.poll() is None:
+            process.kill()
+        if observer:
+            observer.close()
+        release_hosted(settings.milvus_uri)
+
+    resumed = run_cli(imgsearch_bin, env, "index", str(photos), "--json", timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    summary = json.loads(resumed.stdout)
+    assert summary["embedded"] + summary["unchanged"] == 400 and summary["unchanged"] >= 40
+
+    clean_env = {**env, "IMGSEARCH_MILVUS_URI": str(tmp_path / "clean" / "milvus.db")}
+    clean = run_cli(imgsearch_bin, clean_env, "index", str(photos), "--json", timeout=300)
+    assert clean.returncode == 0, clean.stderr
+
+    def snapshot(uri):
+        store = MilvusStore(uri, settings.collection)
+        try:
+            rows = list(store.iter_metadata())
+            vectors = store.get([r["id"] for r in rows], with_vectors=True)
+            return len(rows), {r["path"]: (r["id"], r["content_hash"], np.round(vectors[r["id"]]["vector"], 4).tolist())
+                               for r in rows}
+        finally:
+            store.close()
+            release_hosted(uri)
+
+    resumed_count, resumed_rows = snapshot(settings.milvus_uri)
+    clean_count, clean_rows = snapshot(clean_env["IMGSEARCH_MILVUS_URI"])
+    assert resumed_count == clean_count == 400  # no duplicates, nothing missing
+    assert resumed_rows.keys() == clean_rows.keys()
+    for path, (row_id, digest, vector) in clean_rows.items():
+        assert resumed_rows[path][:2] == (row_id, digest)
+        assert np.allclose(resumed_rows[path][2], vector, atol=2e-3)
