@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -31,19 +32,32 @@ class IndexReport:
         return asdict(self)
 
 
-class Progress:
-    """A tqdm bar on a terminal; silent otherwise."""
+ProgressCallback = Callable[[int, int], None]  # (files processed, files to process)
 
-    def __init__(self, total: int, enabled: bool):
+
+class Progress:
+    """A tqdm bar on a terminal (images/s and ETA), and/or a callback for API jobs."""
+
+    def __init__(self, total: int, show_bar: bool, callback: ProgressCallback | None = None):
         self._bar = None
-        if enabled and total:
+        self._done = 0
+        self._total = total
+        self._callback = callback
+        if show_bar and total:
             from tqdm import tqdm
 
             self._bar = tqdm(total=total, unit="img", desc="indexing", file=sys.stderr, smoothing=0.1)
+        if callback:
+            callback(0, total)
 
     def advance(self, n: int = 1) -> None:
+        if n <= 0:
+            return
+        self._done += n
         if self._bar is not None:
             self._bar.update(n)
+        if self._callback:
+            self._callback(self._done, self._total)
 
     def close(self) -> None:
         if self._bar is not None:
@@ -51,7 +65,8 @@ class Progress:
 
 
 def run_index(
-    roots: list[str], settings: Settings, encoder: Encoder, store: MilvusStore, show_progress: bool = False
+    roots: list[str], settings: Settings, encoder: Encoder, store: MilvusStore, show_progress: bool = False,
+    on_progress: ProgressCallback | None = None,
 ) -> IndexReport:
     """Bring the collection in line with the image files under ``roots``."""
     started = time.monotonic()
@@ -66,7 +81,7 @@ def run_index(
     stale_paths = {row["path"] for row in plan.stale}
 
     writer = BatchWriter(store, batch_size=settings.batch_size)
-    progress = Progress(len(plan.to_process), show_progress)
+    progress = Progress(len(plan.to_process), show_progress, on_progress)
     reused: list[LoadedFile] = []
 
     def load(entry):

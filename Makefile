@@ -1,0 +1,30 @@
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+
+.PHONY: help install test bench serve ui lint
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+install: ## create .venv and install imgsearch with its test tools (CPU torch)
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e '.[test]'
+
+test: ## run the whole test suite, offline
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q
+
+bench: ## indexing throughput and query latency benchmarks (writes bench/results/*.json)
+	HF_HUB_OFFLINE=1 $(PY) bench/index_throughput.py
+	HF_HUB_OFFLINE=1 $(PY) bench/query_latency.py
+
+serve: ## start the search API on 127.0.0.1:8000
+	$(VENV)/bin/imgsearch serve
+
+ui: ## start the web UI on 127.0.0.1:8501
+	$(VENV)/bin/imgsearch ui
+
+lint: ## ruff
+	$(VENV)/bin/ruff check .

@@ -1,0 +1,55 @@
+"""Dependencies handed to routes: the services made once at start-up, and the API-key check."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request, status
+
+from imgsearch_core.milvus_store import MilvusStore
+from imgsearch_core.settings import Settings
+from search_api.services.jobs import JobManager
+from search_api.services.search import SearchService
+from search_api.services.thumbnails import ThumbnailCache
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_search_service(request: Request) -> SearchService:
+    return request.app.state.search_service
+
+
+def get_store(request: Request) -> MilvusStore:
+    return request.app.state.store
+
+
+def get_thumbnails(request: Request) -> ThumbnailCache:
+    return request.app.state.thumbnails
+
+
+def get_jobs(request: Request) -> JobManager:
+    return request.app.state.jobs
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+SearchServiceDep = Annotated[SearchService, Depends(get_search_service)]
+StoreDep = Annotated[MilvusStore, Depends(get_store)]
+ThumbnailsDep = Annotated[ThumbnailCache, Depends(get_thumbnails)]
+JobsDep = Annotated[JobManager, Depends(get_jobs)]
+
+
+def require_api_key(request: Request, settings: SettingsDep) -> None:
+    """With IMGSEARCH_API_KEY set, demand it as a Bearer token or an X-API-Key header."""
+    expected = settings.api_key
+    if not expected:
+        return
+    supplied = request.headers.get("x-api-key", "")
+    authorization = request.headers.get("authorization", "")
+    if authorization.lower().startswith("bearer "):
+        supplied = authorization[7:].strip()
+    if not hmac.compare_digest(supplied.encode(), expected.encode()):
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "missing or wrong API key",
+                            headers={"WWW-Authenticate": "Bearer"})

@@ -1,0 +1,140 @@
+"""The FastAPI app: heavy things made once in the lifespan, routes wired, errors mapped to HTTP."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import Depends, FastAPI, HTTPException, Request, status
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from imgsearch_core.encoder import Encoder
+from imgsearch_core.errors import CollectionNotFoundError, ModelMismatchError
+from imgsearch_core.milvus_store import MilvusStore
+from imgsearch_core.settings import Settings, get_settings
+from search_api.deps import SettingsDep, StoreDep, require_api_key
+from search_api.routes import images, indexing, search
+from search_api.schemas import HealthResponse
+from search_api.services.jobs import JobManager
+from search_api.services.search import ImageNotFoundError, SearchService
+from search_api.services.thumbnails import ThumbnailCache
+
+log = logging.getLogger(__name__)
+
+
+class BodySizeLimit:
+    """Refuse request bodies over ``limit`` bytes with 413, counted while streaming (no Content-Length needed)."""
+
+    def __init__(self, app: ASGIApp, limit: int):
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            return await self._too_large(send)
+        received = 0
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise HTTPException(413, self._message())
+            return message
+
+        await self.app(scope, counting_receive, send)
+
+    def _message(self) -> str:
+        return f"request body is over the limit of {self.limit:,} bytes (IMGSEARCH_MAX_UPLOAD_BYTES)"
+
+    async def _too_large(self, send: Send) -> None:
+        await JSONResponse({"detail": self._message()}, status_code=413)({"type": "http"}, None, send)
+
+
+def create_app(settings: Settings | None = None, encoder: Encoder | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        model = encoder or await run_in_threadpool(Encoder.from_settings, settings)
+        store = await run_in_threadpool(MilvusStore.from_settings, settings)
+        await run_in_threadpool(store.ensure_collection, model.name, model.dim)  # fails on a model mismatch
+        await run_in_threadpool(_warm_up, model)
+        app.state.settings = settings
+        app.state.encoder = model
+        app.state.store = store
+        app.state.search_service = SearchService(model, store)
+        app.state.thumbnails = ThumbnailCache(settings.thumbnail_dir, settings.max_image_pixels)
+        app.state.jobs = JobManager(settings, model, store)
+        yield
+        app.state.jobs.shutdown()
+        store.close()
+
+    app = FastAPI(
+        title="imgsearch",
+        version="0.1.0",
+        description="Semantic image search: text, example images and combinations, over a Milvus collection.",
+        lifespan=lifespan,
+    )
+    protected = [Depends(require_api_key)]
+    app.include_router(search.router, dependencies=protected)
+    app.include_router(images.router, dependencies=protected)
+    app.include_router(indexing.router, dependencies=protected)
+
+    @app.get("/health", response_model=HealthResponse, tags=["health"])
+    async def health(request: Request, store: StoreDep, _settings: SettingsDep) -> HealthResponse:
+        model = request.app.state.encoder
+        count = await run_in_threadpool(store.count)
+        return HealthResponse(status="ok", model=model.name, dim=model.dim, count=count)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_request: Request, exc: RequestValidationError):
+        errors = jsonable_encoder(exc.errors(), custom_encoder={Exception: str, bytes: lambda b: b.decode("utf-8", "replace")})
+        message = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()) if p != 'body') or 'body'}: {e.get('msg')}"
+                            for e in errors)
+        return JSONResponse({"detail": message, "errors": errors}, status_code=422)
+
+    @app.exception_handler(ImageNotFoundError)
+    async def image_not_found(_request: Request, exc: ImageNotFoundError):
+        return JSONResponse({"detail": str(exc)}, status_code=404)
+
+    @app.exception_handler(ValueError)
+    async def bad_query(_request: Request, exc: ValueError):  # e.g. query parts that cancel out
+        return JSONResponse({"detail": str(exc)}, status_code=422)
+
+    @app.exception_handler(CollectionNotFoundError)
+    async def no_collection(_request: Request, exc: CollectionNotFoundError):
+        return JSONResponse({"detail": str(exc)}, status_code=503)
+
+    @app.exception_handler(ModelMismatchError)
+    async def mismatch(_request: Request, exc: ModelMismatchError):
+        return JSONResponse({"detail": str(exc)}, status_code=409)
+
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "X-API-Key", "Content-Type"])
+    # Multipart framing adds a little to the file itself.
+    app.add_middleware(BodySizeLimit, limit=settings.max_upload_bytes + 64 * 1024)
+    return app
+
+
+def _warm_up(encoder: Encoder) -> None:
+    from PIL import Image
+
+    encoder.embed_images([Image.new("RGB", (encoder.image_size, encoder.image_size))])
+    encoder.embed_texts(["warm up"])
+
+
+def serve(settings: Settings) -> None:
+    import uvicorn
+
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")

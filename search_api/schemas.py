@@ -1,0 +1,94 @@
+"""Request and response bodies of the search API (they make its OpenAPI schema)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+MAX_LIMIT = 200
+MAX_OFFSET = 10_000
+
+
+class SearchFilter(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    path_prefix: str | None = Field(None, max_length=4096, description="only images whose path starts with this")
+    min_width: int | None = Field(None, ge=0, le=1_000_000)
+    max_width: int | None = Field(None, ge=0, le=1_000_000)
+    min_height: int | None = Field(None, ge=0, le=1_000_000)
+    max_height: int | None = Field(None, ge=0, le=1_000_000)
+
+
+class SearchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    text: str | None = Field(None, max_length=10_000, description="what to look for, in words")
+    image_id: str | None = Field(None, min_length=1, max_length=64, description="id of an indexed image: more like this")
+    negative_text: str | None = Field(None, max_length=10_000, description="what results should not look like")
+    text_weight: float = Field(1.0, ge=0, le=10)
+    image_weight: float = Field(1.0, ge=0, le=10)
+    negative_weight: float = Field(0.5, ge=0, le=10)
+    limit: int = Field(20, ge=1, le=MAX_LIMIT)
+    offset: int = Field(0, ge=0, le=MAX_OFFSET)
+    min_score: float | None = Field(None, ge=-1, le=1)
+    filter: SearchFilter | None = None
+
+    @field_validator("text", "negative_text")
+    @classmethod
+    def _not_blank(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("must not be empty or only whitespace")
+        return value
+
+    @model_validator(mode="after")
+    def _something_to_search_for(self, info: ValidationInfo) -> SearchRequest:
+        has_upload = bool(info.context and info.context.get("has_upload"))
+        if self.text is None and self.image_id is None and not has_upload:
+            raise ValueError("give at least one of 'text' or 'image_id'")
+        if self.text is not None and self.image_id is not None and self.text_weight == self.image_weight == 0:
+            raise ValueError("text_weight and image_weight cannot both be 0")
+        return self
+
+
+class SearchHit(BaseModel):
+    id: str
+    path: str
+    score: float
+    width: int
+    height: int
+    image_url: str
+    thumbnail_url: str
+
+
+class SearchResponse(BaseModel):
+    results: list[SearchHit]
+    took_ms: float
+    notes: list[str] = Field(default_factory=list, description="e.g. that a text was truncated")
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok"]
+    model: str
+    dim: int
+    count: int
+
+
+class IndexRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    paths: list[str] = Field(..., min_length=1, max_length=100)
+
+
+class IndexJob(BaseModel):
+    job_id: str
+    state: Literal["queued", "running", "done", "failed"]
+    paths: list[str]
+    processed: int = 0
+    total: int = 0
+    report: dict | None = None
+    error: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    detail: str

@@ -1,0 +1,84 @@
+"""Turn a search request into query vectors and a Milvus filter, run it, shape the hits."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from starlette.concurrency import run_in_threadpool
+
+from imgsearch_core.encoder import Encoder
+from imgsearch_core.images import DecodedImage
+from imgsearch_core.milvus_store import Hit, MilvusStore
+from search_api.ranking import blend
+from search_api.schemas import SearchFilter, SearchHit, SearchRequest, SearchResponse
+
+
+class ImageNotFoundError(LookupError):
+    def __init__(self, image_id: str):
+        super().__init__(f"no indexed image with id '{image_id}'")
+        self.image_id = image_id
+
+
+@dataclass
+class SearchService:
+    encoder: Encoder
+    store: MilvusStore
+
+    async def search(self, request: SearchRequest, uploaded: DecodedImage | None = None) -> SearchResponse:
+        started = time.perf_counter()
+        parts: list[tuple[np.ndarray, float]] = []
+        notes: list[str] = []
+        texts = [t for t in (request.text, request.negative_text) if t is not None]
+        if texts:
+            embedded = await run_in_threadpool(self.encoder.embed_texts, texts)
+            if any(embedded.truncated):
+                notes.append(f"text longer than the model's {self.encoder.max_text_tokens}-token limit was truncated")
+            vectors = iter(embedded.vectors)
+            if request.text is not None:
+                parts.append((next(vectors), request.text_weight))
+            if request.negative_text is not None:
+                parts.append((next(vectors), -request.negative_weight))
+        if request.image_id is not None:
+            rows = await run_in_threadpool(self.store.get, [request.image_id], True)
+            if request.image_id not in rows:
+                raise ImageNotFoundError(request.image_id)
+            parts.append((np.asarray(rows[request.image_id]["vector"], dtype=np.float32), request.image_weight))
+        if uploaded is not None:
+            vector = (await run_in_threadpool(self.encoder.embed_images, [uploaded.image]))[0]
+            parts.append((vector, request.image_weight))
+        query = blend(parts)
+        hits = await run_in_threadpool(
+            self.store.search, query[None, :], request.limit, request.offset, milvus_filter(request.filter)
+        )
+        results = [to_hit(hit) for hit in hits[0] if request.min_score is None or hit.score >= request.min_score]
+        return SearchResponse(results=results, took_ms=round((time.perf_counter() - started) * 1000, 2), notes=notes)
+
+
+def to_hit(hit: Hit) -> SearchHit:
+    return SearchHit(
+        id=hit.id, path=hit.row["path"], score=round(hit.score, 6),
+        width=hit.row["width"], height=hit.row["height"],
+        image_url=f"/images/{hit.id}", thumbnail_url=f"/images/{hit.id}/thumbnail",
+    )
+
+
+def _quote(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def milvus_filter(search_filter: SearchFilter | None) -> str:
+    """A Milvus boolean expression for the filter; '' for none."""
+    if search_filter is None:
+        return ""
+    clauses = []
+    if search_filter.path_prefix:
+        # A range over the strings that start with the prefix: exact, unlike LIKE, whose '_' is a wildcard.
+        prefix = search_filter.path_prefix
+        clauses.append(f"(path >= {_quote(prefix)} and path < {_quote(prefix + chr(0x10FFFF))})")
+    for field, op in (("min_width", ">="), ("max_width", "<="), ("min_height", ">="), ("max_height", "<=")):
+        value = getattr(search_filter, field)
+        if value is not None:
+            clauses.append(f"{field.split('_')[1]} {op} {int(value)}")
+    return " and ".join(clauses)

@@ -1,0 +1,238 @@
+"""The search API through `with TestClient(app)` (lifespan runs) on real Milvus Lite."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from imgsearch_core.milvus_store import release_hosted
+from indexer.runner import run_index
+from search_api.main import create_app
+from tests.conftest import write_photo
+
+
+@pytest.fixture
+def indexed(photo_dir, settings, encoder):
+    from imgsearch_core.milvus_store import MilvusStore
+
+    store = MilvusStore.from_settings(settings)
+    run_index([str(photo_dir)], settings, encoder, store)
+    store.close()
+    return photo_dir
+
+
+@pytest.fixture
+def client(settings, encoder, indexed):
+    with TestClient(create_app(settings, encoder=encoder)) as client:
+        yield client
+    release_hosted(settings.milvus_uri)
+
+
+def ids_by_name(client) -> dict[str, str]:
+    store = client.app.state.store
+    return {row["path"].rsplit("/", 1)[1]: row["id"] for row in store.iter_metadata()}
+
+
+def test_health_reports_model_dimension_and_count(client, settings):
+    body = client.get("/health").json()
+    assert body["status"] == "ok" and body["count"] == 10 and body["dim"] == 16
+    assert body["model"] == settings.model
+
+
+def test_text_search_returns_ranked_results_with_urls(client):
+    response = client.post("/search", json={"text": "a photo of blocks", "limit": 5})
+    assert response.status_code == 200
+    body = response.json()
+    assert len(body["results"]) == 5 and body["took_ms"] > 0
+    scores = [r["score"] for r in body["results"]]
+    assert scores == sorted(scores, reverse=True)
+    first = body["results"][0]
+    assert first["image_url"] == f"/images/{first['id']}" and first["thumbnail_url"].startswith(first["image_url"])
+    assert (first["width"], first["height"]) in {(96, 64)}
+
+
+def test_more_like_this_returns_the_image_itself_first(client):
+    image_id = ids_by_name(client)["photo3.png"]
+    body = client.post("/search", json={"image_id": image_id, "limit": 3}).json()
+    assert body["results"][0]["id"] == image_id
+    assert body["results"][0]["score"] == pytest.approx(1.0, abs=1e-3)
+
+
+def test_uploading_an_indexed_image_finds_it_first_with_score_near_one(client, indexed):
+    data = (indexed / "trip" / "photo8.jpg").read_bytes()
+    response = client.post("/search/image", files={"file": ("q.jpg", data, "image/jpeg")}, data={"limit": "3"})
+    assert response.status_code == 200, response.text
+    top = response.json()["results"][0]
+    assert top["path"].endswith("photo8.jpg") and top["score"] >= 0.99
+
+
+def test_upload_combined_with_text_still_returns_results(client, indexed):
+    data = (indexed / "photo1.png").read_bytes()
+    response = client.post("/search/image", files={"file": ("q.png", data)}, data={"text": "blocks", "limit": "4"})
+    assert response.status_code == 200 and len(response.json()["results"]) == 4
+
+
+def test_negative_text_changes_the_ranking(client):
+    plain = client.post("/search", json={"text": "red", "limit": 10}).json()["results"]
+    pulled = client.post("/search", json={"text": "red", "negative_text": "blue squares", "negative_weight": 2.0,
+                                          "limit": 10}).json()["results"]
+    assert [r["score"] for r in plain] != [r["score"] for r in pulled]
+
+
+def test_offset_pages_through_the_same_ranking(client):
+    everything = client.post("/search", json={"text": "x", "limit": 10}).json()["results"]
+    page2 = client.post("/search", json={"text": "x", "limit": 3, "offset": 3}).json()["results"]
+    assert [r["id"] for r in page2] == [r["id"] for r in everything[3:6]]
+
+
+def test_min_score_drops_weaker_results(client):
+    image_id = ids_by_name(client)["photo0.png"]
+    body = client.post("/search", json={"image_id": image_id, "limit": 10, "min_score": 0.999}).json()
+    assert [r["id"] for r in body["results"]] == [image_id]
+
+
+def test_filters_by_path_prefix_and_size(client, indexed, settings, encoder):
+    trip = client.post("/search", json={"text": "x", "limit": 50, "filter": {"path_prefix": str(indexed / "trip") + "/"}})
+    assert {r["path"].rsplit("/", 1)[1] for r in trip.json()["results"]} == {f"photo{i}.jpg" for i in range(6, 10)}
+    wide = client.post("/search", json={"text": "x", "limit": 50, "filter": {"min_width": 97}})
+    assert wide.json()["results"] == []
+    sized = client.post("/search", json={"text": "x", "limit": 50, "filter": {"max_width": 96, "min_height": 64}})
+    assert len(sized.json()["results"]) == 10
+
+
+def test_path_prefix_with_underscore_and_quotes_is_literal(client, tmp_path, settings, encoder):
+    odd = tmp_path / 'photos' / 'a_b "q"'
+    write_photo(odd / "x.png", seed=77)
+    write_photo(tmp_path / "photos" / "aXb" / "y.png", seed=78)
+    store = client.app.state.store
+    run_index([str(tmp_path / "photos")], settings, encoder, store)
+    body = client.post("/search", json={"text": "x", "limit": 50, "filter": {"path_prefix": str(odd)}}).json()
+    assert [r["path"] for r in body["results"]] == [str(odd / "x.png")]
+
+
+def test_original_and_thumbnail_by_id(client, indexed, settings):
+    image_id = ids_by_name(client)["photo6.jpg"]
+    original = client.get(f"/images/{image_id}")
+    assert original.status_code == 200 and original.headers["content-type"] == "image/jpeg"
+    assert original.content == (indexed / "trip" / "photo6.jpg").read_bytes()
+    thumb = client.get(f"/images/{image_id}/thumbnail?size=32")
+    assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
+    assert max(Image.open(io.BytesIO(thumb.content)).size) == 32
+    assert list(settings.thumbnail_dir.glob(f"{image_id}-*-32.jpg"))  # cached for the next request
+    assert client.get(f"/images/{image_id}/thumbnail?size=32").content == thumb.content
+
+
+def test_image_whose_file_was_deleted_gives_404_not_500(client, indexed):
+    image_id = ids_by_name(client)["photo2.png"]
+    (indexed / "photo2.png").unlink()
+    assert client.get(f"/images/{image_id}").status_code == 404
+    assert client.get(f"/images/{image_id}/thumbnail").status_code == 404
+
+
+@pytest.mark.parametrize("body", [{"text": ""}, {"text": "   "}, {}, {"negative_text": "x"}, {"text": "x", "limit": 0},
+                                  {"text": "x", "limit": 201}, {"text": "x", "offset": -1}, {"text": "x", "bogus": 1}])
+def test_bad_search_requests_get_422_with_a_message(client, body):
+    response = client.post("/search", json=body)
+    assert response.status_code == 422
+    assert isinstance(response.json()["detail"], str) and response.json()["detail"]
+
+
+def test_unknown_ids_get_404(client):
+    assert client.post("/search", json={"image_id": "0000000000000000"}).status_code == 404
+    assert client.get("/images/0000000000000000").status_code == 404
+    assert client.get("/images/0000000000000000/thumbnail").status_code == 404
+    assert client.get("/index/nope").status_code == 404
+
+
+def test_long_text_is_truncated_with_a_note(client):
+    body = client.post("/search", json={"text": "bicycle " * 200}).json()
+    assert body["results"] and "truncated" in body["notes"][0]
+
+
+def test_upload_that_is_not_an_image_gets_415(client):
+    response = client.post("/search/image", files={"file": ("x.jpg", b"plain text, not a picture")})
+    assert response.status_code == 415 and "not a recognised" in response.json()["detail"]
+
+
+def test_truncated_or_bomb_upload_gets_422(client, settings):
+    data = io.BytesIO()
+    Image.new("RGB", (300, 300), (9, 9, 9)).save(data, "JPEG")
+    truncated = data.getvalue()[:400]
+    assert client.post("/search/image", files={"file": ("t.jpg", truncated)}).status_code == 422
+    bomb = io.BytesIO()
+    Image.new("1", (12000, 12000)).save(bomb, "PNG")
+    response = client.post("/search/image", files={"file": ("bomb.png", bomb.getvalue())})
+    assert response.status_code == 422 and "pixels" in response.json()["detail"]
+
+
+def test_oversized_upload_gets_413_also_without_content_length(settings, encoder, indexed):
+    small = settings.model_copy(update={"max_upload_bytes": 100_000})
+    with TestClient(create_app(small, encoder=encoder)) as client:
+        big = np.random.default_rng(0).bytes(400_000)
+        response = client.post("/search/image", files={"file": ("big.jpg", big)})
+        assert response.status_code == 413
+
+        def chunks():  # a generator body is sent chunked, with no Content-Length
+            for _ in range(40):
+                yield b"x" * 10_000
+
+        response = client.post("/search", content=chunks(), headers={"content-type": "application/json"})
+        assert response.status_code == 413
+        assert client.get("/health").json()["count"] == 10  # nothing lost
+    release_hosted(settings.milvus_uri)
+
+
+def test_api_key_is_required_everywhere_but_health(settings, encoder, indexed):
+    keyed = settings.model_copy(update={"api_key": "s3cret"})
+    with TestClient(create_app(keyed, encoder=encoder)) as client:
+        assert client.get("/health").status_code == 200
+        assert client.post("/search", json={"text": "x"}).status_code == 401
+        assert client.post("/search", json={"text": "x"}, headers={"X-API-Key": "wrong"}).status_code == 401
+        assert client.post("/search", json={"text": "x"}, headers={"X-API-Key": "s3cret"}).status_code == 200
+        assert client.post("/search", json={"text": "x"}, headers={"Authorization": "Bearer s3cret"}).status_code == 200
+        assert client.get("/images/abc").status_code == 401
+    release_hosted(settings.milvus_uri)
+
+
+def test_cors_is_closed_by_default_and_opens_for_configured_origins(settings, encoder, indexed):
+    with TestClient(create_app(settings, encoder=encoder)) as client:
+        response = client.get("/health", headers={"Origin": "http://evil.example"})
+        assert "access-control-allow-origin" not in response.headers
+    release_hosted(settings.milvus_uri)
+    opened = settings.model_copy(update={"cors_origins": ["http://ui.example"]})
+    with TestClient(create_app(opened, encoder=encoder)) as client:
+        response = client.get("/health", headers={"Origin": "http://ui.example"})
+        assert response.headers["access-control-allow-origin"] == "http://ui.example"
+    release_hosted(settings.milvus_uri)
+
+
+def test_index_job_makes_new_images_searchable_without_restart(client, tmp_path):
+    new = tmp_path / "new-batch"
+    for i in range(3):
+        write_photo(new / f"n{i}.png", seed=500 + i)
+    response = client.post("/index", json={"paths": [str(new)]})
+    assert response.status_code == 202
+    job_id = response.json()["job_id"]
+    import time
+
+    for _ in range(200):
+        job = client.get(f"/index/{job_id}").json()
+        if job["state"] in ("done", "failed"):
+            break
+        time.sleep(0.1)
+    assert job["state"] == "done" and job["report"]["embedded"] == 3 and job["processed"] == 3
+    assert client.get("/health").json()["count"] == 13
+    data = (new / "n1.png").read_bytes()
+    top = client.post("/search/image", files={"file": ("n1.png", data)}).json()["results"][0]
+    assert top["path"] == str(new / "n1.png")
+
+
+def test_index_refuses_paths_outside_the_allowed_roots(client, tmp_path):
+    assert client.post("/index", json={"paths": ["/etc"]}).status_code == 403
+    assert client.post("/index", json={"paths": [str(tmp_path / ".." / "..")]}).status_code == 403
+    assert client.post("/index", json={"paths": [str(tmp_path / "missing")]}).status_code == 404
+    assert client.post("/index", json={"paths": []}).status_code == 422
