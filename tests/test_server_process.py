@@ -1,0 +1,92 @@
+"""A real `imgsearch serve` process (uvicorn) on real Milvus Lite, with `imgsearch index` running beside it."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import threading
+import time
+
+import httpx
+import pytest
+
+from tests.conftest import write_photo
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def server(imgsearch_bin, cli_env, photo_dir):
+    subprocess.run([imgsearch_bin, "index", str(photo_dir)], env=cli_env, check=True, capture_output=True, timeout=120)
+    port = free_port()
+    process = subprocess.Popen([imgsearch_bin, "serve", "--port", str(port)], env=cli_env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"server exited: {process.stdout.read()}")
+        try:
+            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.3)
+    else:
+        process.kill()
+        pytest.fail("server did not become healthy")
+    yield base
+    process.terminate()
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+@pytest.mark.slow
+def test_cli_indexing_while_the_server_runs_is_seen_by_the_next_search(server, imgsearch_bin, cli_env, tmp_path):
+    assert httpx.get(f"{server}/health").json()["count"] == 10
+    more = tmp_path / "more"
+    for i in range(30):
+        write_photo(more / f"m{i}.png", seed=900 + i)
+
+    errors: list[str] = []
+    stop = threading.Event()
+
+    def keep_searching():
+        with httpx.Client(base_url=server, timeout=120) as client:  # a Lite flush can stall a search for seconds
+            while not stop.is_set():
+                response = client.post("/search", json={"text": "blocks", "limit": 5})
+                if response.status_code != 200:
+                    errors.append(f"{response.status_code} {response.text}")
+
+    searchers = [threading.Thread(target=keep_searching) for _ in range(2)]
+    for thread in searchers:
+        thread.start()
+    try:
+        result = subprocess.run([imgsearch_bin, "index", str(more), "--json"], env=cli_env,
+                                capture_output=True, text=True, timeout=180)
+    finally:
+        stop.set()
+        for thread in searchers:
+            thread.join()
+    assert result.returncode == 0, result.stderr
+    assert "Open local milvus failed" not in result.stderr
+    assert errors == []
+    assert httpx.get(f"{server}/health").json()["count"] == 40
+    data = (more / "m7.png").read_bytes()
+    top = httpx.post(f"{server}/search/image", files={"file": ("m7.png", data)}).json()["results"][0]
+    assert top["path"] == str(more / "m7.png")
+
+
+@pytest.mark.slow
+def test_curl_style_requests_against_the_real_server(server):
+    ok = httpx.post(f"{server}/search", json={"text": "a red bicycle", "limit": 3})
+    assert ok.status_code == 200 and len(ok.json()["results"]) == 3
+    assert httpx.post(f"{server}/search", json={"text": " "}).status_code == 422
+    assert httpx.post(f"{server}/search", content=b"{not json", headers={"content-type": "application/json"}).status_code == 422
+    image = ok.json()["results"][0]
+    assert httpx.get(f"{server}{image['thumbnail_url']}").headers["content-type"] == "image/jpeg"
