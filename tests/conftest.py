@@ -8,9 +8,13 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # before anything imports huggingface_hub
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 import shutil
+import socket
+import subprocess
 import sys
+import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 from PIL import Image
@@ -90,3 +94,37 @@ def photo_dir(tmp_path) -> Path:
     for i in range(6, 10):
         write_photo(root / "trip" / f"photo{i}.jpg", seed=i)
     return root
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def server(imgsearch_bin, cli_env, photo_dir):
+    """A real `imgsearch serve` (uvicorn) over the indexed photo_dir; yields its base URL."""
+    subprocess.run([imgsearch_bin, "index", str(photo_dir)], env=cli_env, check=True, capture_output=True, timeout=120)
+    port = free_port()
+    process = subprocess.Popen([imgsearch_bin, "serve", "--port", str(port)], env=cli_env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"server exited: {process.stdout.read()}")
+        try:
+            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.3)
+    else:
+        process.kill()
+        pytest.fail("server did not become healthy")
+    yield base
+    process.terminate()
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()

@@ -1,0 +1,74 @@
+"""End to end in a real headless Chromium: the real API and the real Streamlit UI, a typed query, images shown."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import free_port
+
+ARTEFACTS = Path(__file__).resolve().parent.parent / "test-artefacts"
+CHROMIUM = os.environ.get("IMGSEARCH_CHROMIUM", "/usr/bin/chromium")
+
+
+@pytest.fixture
+def ui_url(server, imgsearch_bin, cli_env):
+    port = free_port()
+    process = subprocess.Popen([imgsearch_bin, "ui", "--port", str(port), "--api-url", server], env=cli_env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/_stcore/health", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.3)
+    else:
+        process.kill()
+        pytest.fail(f"UI did not start: {process.stdout.read() if process.poll() is not None else ''}")
+    yield url
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_typing_a_query_shows_result_images_and_more_like_this_works(ui_url):
+    if not shutil.which(CHROMIUM) and not os.path.exists(CHROMIUM):
+        pytest.fail(f"Chromium not found at {CHROMIUM}: apt-get install chromium (.ci/run does)")
+    from playwright.sync_api import expect, sync_playwright
+
+    ARTEFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync", "--no-first-run", "--disable-quic"],
+        )
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(ui_url)
+        box = page.get_by_label("Describe what you are looking for, then press Enter")
+        box.fill("colourful blocks")
+        box.press("Enter")
+        results = page.locator("[data-testid='stImage'] img")
+        expect(results.first).to_be_visible(timeout=30_000)
+        expect(page.get_by_text("results in")).to_be_visible()
+        assert results.count() >= 5
+        assert page.locator("[data-testid='stImage'] img").first.evaluate("img => img.naturalWidth") > 0
+        page.screenshot(path=str(ARTEFACTS / "ui-results.png"), full_page=True)
+
+        page.get_by_role("button", name="More like this").first.click()
+        expect(page.get_by_text("Showing images like")).to_be_visible(timeout=30_000)
+        expect(results.first).to_be_visible(timeout=30_000)
+        page.screenshot(path=str(ARTEFACTS / "ui-more-like-this.png"), full_page=True)
+        browser.close()

@@ -1,0 +1,77 @@
+"""A small HTTP client for the search API, used by the Streamlit page."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+# Tests swap in an httpx.MockTransport here; None means real HTTP.
+TRANSPORT: httpx.BaseTransport | None = None
+
+
+class ApiUnreachable(Exception):
+    def __init__(self, url: str, reason: str):
+        super().__init__(f"Cannot reach the search API at {url} ({reason}). Is `imgsearch serve` running?")
+        self.url = url
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, detail: str):
+        super().__init__(f"The search API answered {status}: {detail}")
+        self.status = status
+        self.detail = detail
+
+
+@dataclass
+class ApiClient:
+    base_url: str
+    api_key: str = ""
+    timeout_s: float = 60.0
+
+    def __post_init__(self):
+        headers = {"X-API-Key": self.api_key} if self.api_key else {}
+        self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=self.timeout_s,
+                                  transport=TRANSPORT, limits=httpx.Limits(max_connections=16))
+
+    def _request(self, method: str, path: str, **kwargs) -> httpx.Response:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise ApiUnreachable(self.base_url, type(exc).__name__) from None
+        if response.status_code >= 400:
+            try:
+                detail = response.json().get("detail", response.text)
+            except ValueError:
+                detail = response.text
+            raise ApiError(response.status_code, str(detail))
+        return response
+
+    def health(self) -> dict[str, Any]:
+        return self._request("GET", "/health").json()
+
+    def search(self, **query) -> dict[str, Any]:
+        body = {k: v for k, v in query.items() if v not in (None, "", {})}
+        return self._request("POST", "/search", json=body).json()
+
+    def search_image(self, data: bytes, filename: str, limit: int, text: str | None = None) -> dict[str, Any]:
+        form = {"limit": str(limit)}
+        if text:
+            form["text"] = text
+        return self._request("POST", "/search/image", files={"file": (filename, data)}, data=form).json()
+
+    def image(self, url: str) -> bytes:
+        return self._request("GET", url).content
+
+    def images(self, urls: list[str]) -> list[bytes | None]:
+        """Fetch many thumbnails at once; a failed one is None rather than failing the page."""
+        def fetch(url):
+            try:
+                return self.image(url)
+            except (ApiError, ApiUnreachable):
+                return None
+
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            return list(pool.map(fetch, urls))

@@ -1,0 +1,156 @@
+"""imgsearch in the browser: search by words or by an example image, browse, "more like this".
+
+Run with `imgsearch ui`. Every piece of data comes from the search API over HTTP.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import PurePath
+
+import streamlit as st
+
+from ui.api_client import ApiClient, ApiError, ApiUnreachable
+
+COLUMNS = 5
+MAX_RESULTS = 200  # the API's limit per request
+
+st.set_page_config(page_title="imgsearch", page_icon="🔎", layout="wide")
+
+
+@st.cache_resource
+def get_client(base_url: str, api_key: str) -> ApiClient:
+    return ApiClient(base_url, api_key)
+
+
+def api_settings() -> tuple[str, str]:
+    return os.environ.get("IMGSEARCH_API_URL", "http://127.0.0.1:8000"), os.environ.get("IMGSEARCH_API_KEY", "")
+
+
+def show_error(exc: Exception) -> None:
+    if isinstance(exc, ApiUnreachable):
+        st.error(str(exc), icon="🔌")
+    else:
+        st.error(str(exc), icon="⚠️")
+
+
+def start_more_like_this(image_id: str, name: str) -> None:
+    st.session_state.more_like = {"id": image_id, "name": name}
+    st.session_state.query_text = ""
+    st.session_state.pages = 1
+
+
+def clear_more_like_this() -> None:
+    st.session_state.more_like = None
+    st.session_state.pages = 1
+
+
+@st.dialog("Preview", width="large")
+def preview(client: ApiClient, hit: dict) -> None:
+    try:
+        st.image(client.image(hit["image_url"]), use_container_width=True)
+    except (ApiError, ApiUnreachable) as exc:
+        show_error(exc)
+    st.caption(f"{hit['path']}  ·  {hit['width']}×{hit['height']}  ·  score {hit['score']:.3f}")
+
+
+def main() -> None:
+    st.session_state.setdefault("more_like", None)
+    st.session_state.setdefault("pages", 1)
+    base_url, api_key = api_settings()
+    client = get_client(base_url, api_key)
+
+    st.title("imgsearch")
+    try:
+        health = client.health()
+    except (ApiError, ApiUnreachable) as exc:
+        show_error(exc)
+        st.stop()
+
+    with st.sidebar:
+        st.subheader("Index")
+        st.metric("Images", f"{health['count']:,}")
+        st.caption(f"Model: `{PurePath(health['model']).name}` ({health['dim']}-d)  \nAPI: {base_url}")
+        st.subheader("Options")
+        top_k = st.slider("Results per page", 5, 100, 20, step=5)
+        min_score = st.slider("Minimum score", -1.0, 1.0, -1.0, step=0.05,
+                              help="hide results less similar than this (cosine similarity)")
+        path_prefix = st.text_input("Only paths starting with", placeholder="/photos/2024/")
+
+    if health["count"] == 0:
+        st.info("The index is empty. Add images from a terminal with `imgsearch index ~/Pictures` "
+                "(or any folder), then reload this page.", icon="📂")
+        st.stop()
+
+    text = st.text_input("Describe what you are looking for, then press Enter", key="query_text",
+                         placeholder="a red bicycle leaning on a wall")
+    left, right = st.columns([2, 1])
+    with left:
+        negative = st.text_input("…but not", placeholder="people")
+    with right:
+        upload = st.file_uploader("…or drop an example image", type=["jpg", "jpeg", "png", "webp", "gif", "bmp",
+                                                                      "tif", "tiff"])
+
+    more_like = st.session_state.more_like
+    if more_like:
+        st.info(f"Showing images like **{more_like['name']}**")
+        st.button("✕ Back to text search", on_click=clear_more_like_this)
+
+    if not (text.strip() or upload or more_like):
+        st.caption("Type a few words, drop an image, or pick “More like this” on a result.")
+        return
+
+    signature = (text, negative, upload.file_id if upload else None, more_like and more_like["id"], top_k,
+                 min_score, path_prefix)
+    if st.session_state.get("signature") != signature:
+        st.session_state.signature = signature
+        st.session_state.pages = 1
+    limit = min(MAX_RESULTS, top_k * st.session_state.pages)
+
+    try:
+        if upload and not more_like:
+            response = client.search_image(upload.getvalue(), upload.name, limit, text.strip() or None)
+        else:
+            response = client.search(
+                text=text.strip() or None, negative_text=negative.strip() or None,
+                image_id=more_like["id"] if more_like else None, limit=limit,
+                min_score=min_score if min_score > -1.0 else None,
+                filter={"path_prefix": path_prefix} if path_prefix else None,
+            )
+    except (ApiError, ApiUnreachable) as exc:
+        show_error(exc)
+        return
+
+    results = response["results"]
+    for note in response.get("notes", []):
+        st.caption(f"ℹ️ {note}")
+    if not results:
+        st.warning("No results. Try other words, a lower minimum score, or a shorter path filter.", icon="🔍")
+        return
+    st.caption(f"{len(results)} results in {response['took_ms']:.0f} ms")
+    render_grid(client, results)
+    if len(results) == limit and limit < MAX_RESULTS:
+        st.button("Load more", on_click=lambda: st.session_state.update(pages=st.session_state.pages + 1),
+                  use_container_width=True)
+
+
+def render_grid(client: ApiClient, results: list[dict]) -> None:
+    thumbnails = client.images([hit["thumbnail_url"] for hit in results])
+    for row_start in range(0, len(results), COLUMNS):
+        columns = st.columns(COLUMNS)
+        for column, hit, thumb in zip(columns, results[row_start:row_start + COLUMNS],
+                                      thumbnails[row_start:row_start + COLUMNS]):
+            name = PurePath(hit["path"]).name
+            with column:
+                if thumb:
+                    st.image(thumb, use_container_width=True)
+                else:
+                    st.caption("(no thumbnail)")
+                st.caption(f"**{hit['score']:.3f}** · {name}")
+                st.button("More like this", key=f"like-{hit['id']}", on_click=start_more_like_this,
+                          args=(hit["id"], name), use_container_width=True)
+                if st.button("View large", key=f"view-{hit['id']}", use_container_width=True):
+                    preview(client, hit)
+
+
+main()
