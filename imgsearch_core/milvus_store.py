@@ -17,6 +17,7 @@ import os
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -262,6 +263,7 @@ class MilvusStore:
 
     def drop(self) -> None:
         self._call(lambda c: c.drop_collection(self.collection))
+        self._bump_generation()
 
     # Writes
 
@@ -269,11 +271,36 @@ class MilvusStore:
         if rows:
             payload = [{**row, "vector": np.asarray(row["vector"], dtype=np.float32).tolist()} for row in rows]
             self._call(lambda c: c.upsert(self.collection, payload))
+            self._bump_generation()
 
     def delete(self, ids: Sequence[str], batch: int = 1000) -> None:
         for start in range(0, len(ids), batch):
             chunk = list(ids[start:start + batch])
             self._call(lambda c: c.delete(self.collection, ids=chunk))
+            self._bump_generation()
+
+    # Change tracking for readers that cache (embedded mode only)
+
+    def _generation_file(self) -> Path | None:
+        if not self.is_embedded:
+            return None
+        return Path(self.milvus_uri).expanduser().resolve() / f"imgsearch-generation-{self.collection}"
+
+    def generation(self) -> str:
+        """A token that changes after every write by any imgsearch process to this embedded collection."""
+        path = self._generation_file()
+        try:
+            return path.read_text() if path else ""
+        except FileNotFoundError:
+            return ""
+
+    def _bump_generation(self) -> None:
+        path = self._generation_file()
+        if path is None:
+            return
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        tmp.write_text(uuid.uuid4().hex)
+        os.replace(tmp, path)
 
     def flush(self) -> None:
         self._call(lambda c: c.flush(self.collection))
@@ -293,10 +320,16 @@ class MilvusStore:
         rows = self._call(lambda c: c.get(self.collection, ids=list(ids), output_fields=fields))
         return {row["id"]: row for row in rows}
 
-    def iter_metadata(self, batch_size: int = 2000) -> Iterator[dict[str, Any]]:
+    def iter_metadata(self) -> Iterator[dict[str, Any]]:
         """Every row's metadata (no vectors)."""
+        return self.iter_rows()
+
+    def iter_rows(self, fields: list[str] | None = None, with_vectors: bool = False, filter_expr: str = "",
+                  batch_size: int = 5000) -> Iterator[dict[str, Any]]:
+        """Rows matching ``filter_expr`` (all by default), with ``fields`` (all metadata by default)."""
+        output_fields = list(fields or METADATA_FIELDS) + (["vector"] if with_vectors else [])
         iterator = self._call(lambda c: c.query_iterator(
-            self.collection, batch_size=batch_size, filter="", output_fields=METADATA_FIELDS
+            self.collection, batch_size=batch_size, filter=filter_expr, output_fields=output_fields
         ))
         try:
             while batch := iterator.next():

@@ -31,7 +31,8 @@ class Settings(BaseSettings):
     decode_workers: int = Field(2, ge=1, le=64)
     max_image_pixels: int = Field(100_000_000, ge=1)
 
-    # Search API.
+    # Search API. "auto" keeps an in-memory copy of the vectors for exact, fast search on Milvus Lite.
+    vector_cache: Literal["auto", "on", "off"] = "auto"
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     api_key: str = ""

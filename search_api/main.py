@@ -23,6 +23,7 @@ from search_api.schemas import HealthResponse
 from search_api.services.jobs import JobManager
 from search_api.services.search import ImageNotFoundError, SearchService
 from search_api.services.thumbnails import ThumbnailCache
+from search_api.services.vector_mirror import VectorMirror
 
 log = logging.getLogger(__name__)
 
@@ -72,11 +73,18 @@ def create_app(settings: Settings | None = None, encoder: Encoder | None = None)
         app.state.settings = settings
         app.state.encoder = model
         app.state.store = store
-        app.state.search_service = SearchService(model, store)
+        mirror = None
+        if settings.vector_cache == "on" or (settings.vector_cache == "auto" and store.is_embedded):
+            mirror = VectorMirror(store, model.dim)
+            mirror.start()
+        app.state.mirror = mirror
+        app.state.search_service = SearchService(model, store, mirror)
         app.state.thumbnails = ThumbnailCache(settings.thumbnail_dir, settings.max_image_pixels)
         app.state.jobs = JobManager(settings, model, store)
         yield
         app.state.jobs.shutdown()
+        if mirror is not None:
+            mirror.stop()
         store.close()
 
     app = FastAPI(
@@ -93,8 +101,12 @@ def create_app(settings: Settings | None = None, encoder: Encoder | None = None)
     @app.get("/health", response_model=HealthResponse, tags=["health"])
     async def health(request: Request, store: StoreDep, _settings: SettingsDep) -> HealthResponse:
         model = request.app.state.encoder
-        count = await run_in_threadpool(store.count)
-        return HealthResponse(status="ok", model=model.name, dim=model.dim, count=count)
+        mirror = request.app.state.mirror
+        count = mirror.count() if mirror is not None else None
+        if count is None:
+            count = await run_in_threadpool(store.count)
+        cache = "off" if mirror is None else ("fresh" if mirror.fresh else "catching-up")
+        return HealthResponse(status="ok", model=model.name, dim=model.dim, count=count, vector_cache=cache)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_request: Request, exc: RequestValidationError):

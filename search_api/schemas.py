@@ -72,6 +72,8 @@ class HealthResponse(BaseModel):
     model: str
     dim: int
     count: int
+    vector_cache: Literal["fresh", "catching-up", "off"] = Field(
+        "off", description="whether searches are answered from the in-memory copy (fresh) or by Milvus")
 
 
 class IndexRequest(BaseModel):

@@ -102,29 +102,36 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture
-def server(imgsearch_bin, cli_env, photo_dir):
-    """A real `imgsearch serve` (uvicorn) over the indexed photo_dir; yields its base URL."""
-    subprocess.run([imgsearch_bin, "index", str(photo_dir)], env=cli_env, check=True, capture_output=True, timeout=120)
-    port = free_port()
-    process = subprocess.Popen([imgsearch_bin, "serve", "--port", str(port)], env=cli_env,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
+def start_process(command: list[str], env: dict[str, str], ready_url: str, timeout_s: float = 90) -> subprocess.Popen:
+    """Start a server process and wait until ``ready_url`` answers 200; fail the test with its output if not."""
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            pytest.fail(f"server exited: {process.stdout.read()}")
+            pytest.fail(f"{command[1]} exited: {process.stdout.read()}")
         try:
-            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                break
+            if httpx.get(ready_url, timeout=2).status_code == 200:
+                return process
         except httpx.HTTPError:
-            time.sleep(0.3)
-    else:
-        process.kill()
-        pytest.fail("server did not become healthy")
-    yield base
+            pass
+        time.sleep(0.3)
+    process.kill()
+    pytest.fail(f"{' '.join(command)} did not become ready at {ready_url}")
+
+
+def stop_process(process: subprocess.Popen) -> None:
     process.terminate()
     try:
         process.wait(timeout=15)
     except subprocess.TimeoutExpired:
         process.kill()
+
+
+@pytest.fixture
+def server(imgsearch_bin, cli_env, photo_dir):
+    """A real `imgsearch serve` (uvicorn) over the indexed photo_dir; yields its base URL."""
+    subprocess.run([imgsearch_bin, "index", str(photo_dir)], env=cli_env, check=True, capture_output=True, timeout=120)
+    base = f"http://127.0.0.1:{free_port()}"
+    process = start_process([imgsearch_bin, "serve", "--port", base.rsplit(":", 1)[1]], cli_env, f"{base}/health")
+    yield base
+    stop_process(process)

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 
-from tests.conftest import free_port
+from tests.conftest import free_port, start_process, stop_process
 
 ARTEFACTS = Path(__file__).resolve().parent.parent / "test-artefacts"
 CHROMIUM = os.environ.get("IMGSEARCH_CHROMIUM", "/usr/bin/chromium")
@@ -20,25 +17,11 @@ CHROMIUM = os.environ.get("IMGSEARCH_CHROMIUM", "/usr/bin/chromium")
 @pytest.fixture
 def ui_url(server, imgsearch_bin, cli_env):
     port = free_port()
-    process = subprocess.Popen([imgsearch_bin, "ui", "--port", str(port), "--api-url", server], env=cli_env,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/_stcore/health", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.3)
-    else:
-        process.kill()
-        pytest.fail(f"UI did not start: {process.stdout.read() if process.poll() is not None else ''}")
+    process = start_process([imgsearch_bin, "ui", "--port", str(port), "--api-url", server], cli_env,
+                            f"{url}/_stcore/health", timeout_s=60)
     yield url
-    process.terminate()
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
+    stop_process(process)
 
 
 @pytest.mark.slow

@@ -13,6 +13,7 @@ from imgsearch_core.images import DecodedImage
 from imgsearch_core.milvus_store import Hit, MilvusStore
 from search_api.ranking import blend
 from search_api.schemas import SearchFilter, SearchHit, SearchRequest, SearchResponse
+from search_api.services.vector_mirror import VectorMirror
 
 
 class ImageNotFoundError(LookupError):
@@ -25,6 +26,7 @@ class ImageNotFoundError(LookupError):
 class SearchService:
     encoder: Encoder
     store: MilvusStore
+    mirror: VectorMirror | None = None  # exact in-memory search on the embedded default
 
     async def search(self, request: SearchRequest, uploaded: DecodedImage | None = None) -> SearchResponse:
         started = time.perf_counter()
@@ -49,11 +51,18 @@ class SearchService:
             vector = (await run_in_threadpool(self.encoder.embed_images, [uploaded.image]))[0]
             parts.append((vector, request.image_weight))
         query = blend(parts)
-        hits = await run_in_threadpool(
-            self.store.search, query[None, :], request.limit, request.offset, milvus_filter(request.filter)
-        )
-        results = [to_hit(hit) for hit in hits[0] if request.min_score is None or hit.score >= request.min_score]
+        hits = await run_in_threadpool(self._nearest, query, request.limit, request.offset, request.filter)
+        results = [to_hit(hit) for hit in hits if request.min_score is None or hit.score >= request.min_score]
         return SearchResponse(results=results, took_ms=round((time.perf_counter() - started) * 1000, 2), notes=notes)
+
+
+    def _nearest(self, query: np.ndarray, limit: int, offset: int, search_filter: SearchFilter | None) -> list[Hit]:
+        if self.mirror is not None:
+            bounds = search_filter.model_dump() if search_filter else {}
+            hits = self.mirror.search(query, limit, offset, **bounds)
+            if hits is not None:
+                return hits
+        return self.store.search(query[None, :], limit, offset, milvus_filter(search_filter))[0]
 
 
 def to_hit(hit: Hit) -> SearchHit:

@@ -1,0 +1,168 @@
+"""An in-memory copy of an embedded collection's vectors, for exact and fast search.
+
+Milvus Lite is pure Python: each search walks every stored row in Python to
+resolve upserts and deletes, about 100-130 ms at 100,000 rows on two cores
+(see README, "Search latency"). On the embedded default the API therefore keeps
+a numpy copy of the vectors and answers from it with an exact dot-product
+search. Milvus stays the system of record:
+
+- every imgsearch writer bumps a generation token in the data directory after
+  each write (``MilvusStore.generation()``);
+- a search uses the mirror only when its token equals the current one, and
+  otherwise goes to Milvus, so a search never misses a row that was written;
+- a background thread catches up: rows with a recent ``indexed_at`` are
+  fetched, and rows whose ids vanished are dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from imgsearch_core.milvus_store import Hit, MilvusStore
+
+log = logging.getLogger(__name__)
+
+_CLOCK_SLACK_S = 5  # indexed_at is whole seconds written by other processes' clocks
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    ids: np.ndarray  # (n,) str
+    vectors: np.ndarray  # (n, dim) float32, unit length
+    paths: np.ndarray  # (n,) str
+    widths: np.ndarray  # (n,) int64
+    heights: np.ndarray  # (n,) int64
+    extra: tuple[dict, ...]  # per row: the remaining metadata fields, for responses
+
+    @property
+    def size(self) -> int:
+        return len(self.ids)
+
+
+def _empty(dim: int) -> _Snapshot:
+    return _Snapshot(np.array([], dtype=str), np.zeros((0, dim), np.float32), np.array([], dtype=str),
+                     np.zeros(0, np.int64), np.zeros(0, np.int64), ())
+
+
+def _snapshot_from_rows(rows: list[dict], dim: int) -> _Snapshot:
+    if not rows:
+        return _empty(dim)
+    return _Snapshot(
+        ids=np.array([r["id"] for r in rows]),
+        vectors=np.asarray([r["vector"] for r in rows], dtype=np.float32).reshape(len(rows), dim),
+        paths=np.array([r["path"] for r in rows]),
+        widths=np.array([r["width"] for r in rows], dtype=np.int64),
+        heights=np.array([r["height"] for r in rows], dtype=np.int64),
+        extra=tuple({k: v for k, v in r.items() if k != "vector"} for r in rows),
+    )
+
+
+class VectorMirror:
+    def __init__(self, store: MilvusStore, dim: int, poll_s: float = 0.5):
+        self._store = store
+        self._dim = dim
+        self._poll_s = poll_s
+        self._snapshot: _Snapshot | None = None
+        self._token: str | None = None  # generation the snapshot reflects
+        self._synced_at = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="vector-mirror", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    @property
+    def fresh(self) -> bool:
+        return self._snapshot is not None and self._token == self._store.generation()
+
+    def count(self) -> int | None:
+        """Rows in the collection, if the mirror is fresh; None otherwise."""
+        snapshot = self._snapshot
+        return snapshot.size if snapshot is not None and self.fresh else None
+
+    def wait_until_fresh(self, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.fresh:
+                return True
+            time.sleep(0.05)
+        return self.fresh
+
+    def search(self, query: np.ndarray, limit: int, offset: int, path_prefix: str | None = None,
+               min_width: int | None = None, max_width: int | None = None,
+               min_height: int | None = None, max_height: int | None = None) -> list[Hit] | None:
+        """Exact top ``offset..offset+limit`` by cosine similarity, or None when the mirror is behind Milvus."""
+        snapshot = self._snapshot
+        if snapshot is None or not self.fresh:
+            return None
+        candidates = None
+        mask = np.ones(snapshot.size, dtype=bool)
+        if path_prefix:
+            mask &= np.char.startswith(snapshot.paths, path_prefix)
+        for values, bound, keep in ((snapshot.widths, min_width, np.greater_equal),
+                                    (snapshot.widths, max_width, np.less_equal),
+                                    (snapshot.heights, min_height, np.greater_equal),
+                                    (snapshot.heights, max_height, np.less_equal)):
+            if bound is not None:
+                mask &= keep(values, bound)
+        if not mask.all():
+            candidates = np.flatnonzero(mask)
+        vectors = snapshot.vectors if candidates is None else snapshot.vectors[candidates]
+        scores = vectors @ np.asarray(query, dtype=np.float32)
+        wanted = min(offset + limit, len(scores))
+        if wanted <= 0:
+            return []
+        top = np.argpartition(-scores, wanted - 1)[:wanted] if wanted < len(scores) else np.arange(len(scores))
+        top = top[np.lexsort((top, -scores[top]))][offset:]
+        rows = top if candidates is None else candidates[top]
+        return [Hit(id=str(snapshot.ids[i]), score=float(scores[j]), row=snapshot.extra[i])
+                for i, j in zip(rows, top)]
+
+    # Background synchronisation
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                if not self.fresh:
+                    self.sync_now()
+            except Exception:  # Milvus briefly unreachable: searches fall back to Milvus meanwhile
+                log.warning("vector mirror could not sync; searches go to Milvus until it can", exc_info=True)
+                self._stop.wait(5)
+            self._stop.wait(self._poll_s)
+
+    def sync_now(self) -> None:
+        """Bring the copy up to date with Milvus (the background thread calls this when behind)."""
+        token = self._store.generation()  # read before the data: a write after this makes us stale again
+        started = time.time()
+        if self._snapshot is None:
+            snapshot = _snapshot_from_rows(list(self._store.iter_rows(with_vectors=True)), self._dim)
+        else:
+            snapshot = self._catch_up(self._snapshot)
+        self._snapshot, self._token, self._synced_at = snapshot, token, started
+        log.info("vector mirror holds %d rows", snapshot.size)
+
+    def _catch_up(self, old: _Snapshot) -> _Snapshot:
+        since = int(self._synced_at) - _CLOCK_SLACK_S
+        changed = list(self._store.iter_rows(with_vectors=True, filter_expr=f"indexed_at >= {since}"))
+        present = {row["id"] for row in self._store.iter_rows(fields=["id"])}
+        changed_ids = {row["id"] for row in changed}
+        keep = np.array([i for i, row_id in enumerate(old.ids.tolist()) if row_id in present and row_id not in changed_ids],
+                        dtype=np.int64)
+        new = _snapshot_from_rows(changed, self._dim)
+        return _Snapshot(
+            ids=np.concatenate([old.ids[keep], new.ids]),
+            vectors=np.concatenate([old.vectors[keep], new.vectors]),
+            paths=np.concatenate([old.paths[keep], new.paths]),
+            widths=np.concatenate([old.widths[keep], new.widths]),
+            heights=np.concatenate([old.heights[keep], new.heights]),
+            extra=tuple(old.extra[i] for i in keep.tolist()) + new.extra,
+        )

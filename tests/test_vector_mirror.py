@@ -1,0 +1,91 @@
+"""The API's in-memory vector copy against real Milvus Lite: exact results, never behind a write."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from search_api.services.vector_mirror import VectorMirror
+
+DIM = 16
+
+
+def unit_rows(n: int, seed: int, prefix: str = "/lib/") -> list[dict]:
+    rng = np.random.default_rng(seed)
+    vectors = rng.standard_normal((n, DIM)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    return [{"id": f"{seed:04d}{i:012d}", "path": f"{prefix}{i % 7}/img{i}.jpg", "size": 1, "mtime_ns": 1,
+             "content_hash": f"h{seed}-{i}", "width": 100 + i % 50, "height": 80 + i % 30, "indexed_at": 1,
+             "vector": vectors[i]} for i in range(n)]
+
+
+@pytest.fixture
+def filled(store, encoder):
+    store.ensure_collection("test-model", DIM)
+    rows = unit_rows(500, seed=1)
+    for start in range(0, 500, 100):
+        store.upsert(rows[start:start + 100])
+    return rows
+
+
+@pytest.fixture
+def mirror(store, filled):
+    mirror = VectorMirror(store, DIM)
+    mirror.sync_now()
+    return mirror
+
+
+def test_background_thread_makes_the_mirror_fresh(store, filled):
+    mirror = VectorMirror(store, DIM, poll_s=0.05)
+    mirror.start()
+    try:
+        assert mirror.wait_until_fresh(30) and mirror.count() == 500
+    finally:
+        mirror.stop()
+
+
+def brute_force(rows, query, k, keep=lambda row: True):
+    kept = [r for r in rows if keep(r)]
+    scores = np.array([float(r["vector"] @ query) for r in kept])
+    order = np.argsort(-scores)[:k]
+    return [kept[i]["id"] for i in order]
+
+
+def test_mirror_search_is_the_exact_top_k(mirror, filled):
+    query = unit_rows(1, seed=9)[0]["vector"]
+    hits = mirror.search(query, limit=10, offset=0)
+    assert [h.id for h in hits] == brute_force(filled, query, 10)
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    page = mirror.search(query, limit=5, offset=5)
+    assert [h.id for h in page] == brute_force(filled, query, 10)[5:]
+
+
+def test_mirror_filters_match_the_same_filter_done_by_hand(mirror, filled):
+    query = unit_rows(1, seed=10)[0]["vector"]
+    hits = mirror.search(query, limit=20, offset=0, path_prefix="/lib/3/", min_width=120, max_height=100)
+    expected = brute_force(filled, query, 20, lambda r: r["path"].startswith("/lib/3/") and r["width"] >= 120
+                           and r["height"] <= 100)
+    assert [h.id for h in hits] == expected and hits
+
+
+def test_a_write_makes_the_mirror_step_aside_until_it_has_caught_up(mirror, store, filled):
+    new = unit_rows(3, seed=2, prefix="/new/")
+    for row in new:
+        row["indexed_at"] = int(time.time())  # as the indexer writes it
+    store.upsert(new)
+    assert not mirror.fresh and mirror.search(new[1]["vector"], limit=1, offset=0) is None
+    mirror.sync_now()
+    assert mirror.search(new[1]["vector"], limit=1, offset=0)[0].id == new[1]["id"]
+    store.delete([filled[0]["id"]])
+    assert mirror.search(filled[0]["vector"], limit=1, offset=0) is None
+    mirror.sync_now()
+    assert filled[0]["id"] not in {h.id for h in mirror.search(filled[0]["vector"], limit=5, offset=0)}
+    assert mirror.count() == 502
+
+
+def test_a_stale_mirror_answers_nothing(store, filled):
+    mirror = VectorMirror(store, DIM)  # never started: never fresh
+    assert mirror.search(filled[0]["vector"], limit=3, offset=0) is None
+    assert mirror.count() is None
