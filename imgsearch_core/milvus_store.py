@@ -14,6 +14,7 @@ import atexit
 import json
 import logging
 import os
+import re
 import socket
 import threading
 import time
@@ -40,6 +41,7 @@ logging.getLogger("pymilvus.decorators").setLevel(logging.CRITICAL)
 ENDPOINT_FILE = "imgsearch-endpoint.json"
 METADATA_FIELDS = ["id", "path", "size", "mtime_ns", "content_hash", "width", "height", "indexed_at"]
 _MAX_PATH = 4096
+VALID_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _SCHEMA_VERSION = 1
 
 _INDEX_PARAMS = {
@@ -314,6 +316,8 @@ class MilvusStore:
         return int(result[0]["count(*)"])
 
     def get(self, ids: Sequence[str], with_vectors: bool = False) -> dict[str, dict[str, Any]]:
+        """Rows by id; ids that are missing (or could never be ours) are absent from the result."""
+        ids = [i for i in ids if VALID_ID.fullmatch(i)]  # pymilvus puts ids into a filter expression
         if not ids:
             return {}
         fields = METADATA_FIELDS + (["vector"] if with_vectors else [])

@@ -20,6 +20,7 @@ from imgsearch_core.settings import Settings, get_settings
 from search_api.deps import SettingsDep, StoreDep, require_api_key
 from search_api.routes import images, indexing, search
 from search_api.schemas import HealthResponse
+from search_api.services.batching import TextBatcher
 from search_api.services.jobs import JobManager
 from search_api.services.search import ImageNotFoundError, SearchService
 from search_api.services.thumbnails import ThumbnailCache
@@ -78,11 +79,13 @@ def create_app(settings: Settings | None = None, encoder: Encoder | None = None)
             mirror = VectorMirror(store, model.dim)
             mirror.start()
         app.state.mirror = mirror
-        app.state.search_service = SearchService(model, store, mirror)
+        batcher = TextBatcher(model)
+        app.state.search_service = SearchService(model, store, mirror, batcher)
         app.state.thumbnails = ThumbnailCache(settings.thumbnail_dir, settings.max_image_pixels)
         app.state.jobs = JobManager(settings, model, store)
         yield
         app.state.jobs.shutdown()
+        batcher.close()
         if mirror is not None:
             mirror.stop()
         store.close()

@@ -13,6 +13,7 @@ from imgsearch_core.images import DecodedImage
 from imgsearch_core.milvus_store import Hit, MilvusStore
 from search_api.ranking import blend
 from search_api.schemas import SearchFilter, SearchHit, SearchRequest, SearchResponse
+from search_api.services.batching import TextBatcher
 from search_api.services.vector_mirror import VectorMirror
 
 
@@ -27,6 +28,7 @@ class SearchService:
     encoder: Encoder
     store: MilvusStore
     mirror: VectorMirror | None = None  # exact in-memory search on the embedded default
+    text_batcher: TextBatcher | None = None  # concurrent text queries share one model call
 
     async def search(self, request: SearchRequest, uploaded: DecodedImage | None = None) -> SearchResponse:
         started = time.perf_counter()
@@ -34,7 +36,10 @@ class SearchService:
         notes: list[str] = []
         texts = [t for t in (request.text, request.negative_text) if t is not None]
         if texts:
-            embedded = await run_in_threadpool(self.encoder.embed_texts, texts)
+            if self.text_batcher is not None:
+                embedded = await self.text_batcher.embed(texts)
+            else:
+                embedded = await run_in_threadpool(self.encoder.embed_texts, texts)
             if any(embedded.truncated):
                 notes.append(f"text longer than the model's {self.encoder.max_text_tokens}-token limit was truncated")
             vectors = iter(embedded.vectors)

@@ -1,0 +1,218 @@
+"""Query latency of `POST /search` with text, against the bare costs it cannot avoid, in one run.
+
+For each collection size (default 10,000 and 100,000 random 512-d vectors in Milvus Lite) it starts a
+real `imgsearch serve` process (uvicorn) with a random-weight ViT-B/32, and measures p50/p95/p99 at 1 and
+at 8 concurrent clients, with the in-memory vector copy on (the default) and off (every query to Milvus
+Lite). In the same run it times the bare text encode and an exact numpy search over the same vectors,
+and prints p50 / (encode + numpy). Then a load of --load-seconds at 8 clients counts errors.
+
+Usage: python bench/query_latency.py [--sizes 10000 100000] [--load-seconds 60]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import httpx  # noqa: E402
+import numpy as np  # noqa: E402
+
+QUERIES = ["a red bicycle leaning on a wall", "snow on a mountain at dawn", "a cat asleep on a sofa",
+           "microscope slide of blood cells", "a blue car in the rain", "two dogs playing on a beach",
+           "a bowl of fruit on a table", "city skyline at night", "an old hand-drawn map", "a yellow flower"]
+
+
+def percentiles(samples_ms: list[float]) -> dict[str, float]:
+    ordered = sorted(samples_ms)
+
+    def at(q):
+        return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+    return {"p50_ms": round(at(0.50), 2), "p95_ms": round(at(0.95), 2), "p99_ms": round(at(0.99), 2),
+            "requests": len(ordered)}
+
+
+def fill_collection(uri: str, model_dir: Path, dim: int, rows: int) -> np.ndarray:
+    from imgsearch_core.encoder import model_identity
+    from imgsearch_core.milvus_store import MilvusStore, release_hosted
+
+    store = MilvusStore(uri, "images")
+    store.ensure_collection(model_identity(str(model_dir)), dim)
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((rows, dim)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    now = int(time.time())
+    for start in range(0, rows, 5000):
+        store.upsert([{"id": f"{i:016x}", "path": f"/library/{i % 100}/img{i}.jpg", "size": 1, "mtime_ns": 1,
+                       "content_hash": f"{i:032x}", "width": 4000, "height": 3000, "indexed_at": now,
+                       "vector": vectors[i]} for i in range(start, min(rows, start + 5000))])
+    store.flush()
+    store.close()
+    release_hosted(uri)
+    return vectors
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(uri: str, model_dir: Path, vector_cache: str) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    env = {**os.environ, "IMGSEARCH_MILVUS_URI": uri, "IMGSEARCH_MODEL": str(model_dir), "IMGSEARCH_DEVICE": "cpu",
+           "IMGSEARCH_VECTOR_CACHE": vector_cache}
+    binary = Path(sys.executable).parent / "imgsearch"
+    process = subprocess.Popen([str(binary), "serve", "--port", str(port)], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        try:
+            health = httpx.get(f"{base}/health", timeout=5).json()
+            if health["vector_cache"] in ("fresh", "off"):
+                return process, base
+        except (httpx.HTTPError, ValueError):
+            pass
+        time.sleep(0.5)
+    process.kill()
+    raise RuntimeError("server did not get ready")
+
+
+def measure(base: str, clients: int, requests_per_client: int) -> tuple[dict, int]:
+    samples: list[float] = []
+    errors = 0
+    lock = threading.Lock()
+
+    def client(offset: int):
+        nonlocal errors
+        with httpx.Client(base_url=base, timeout=120) as http:
+            for i in range(requests_per_client):
+                started = time.perf_counter()
+                response = http.post("/search", json={"text": QUERIES[(offset + i) % len(QUERIES)], "limit": 20})
+                elapsed = (time.perf_counter() - started) * 1000
+                with lock:
+                    samples.append(elapsed)
+                    errors += response.status_code != 200
+
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return percentiles(samples), errors
+
+
+def load(base: str, clients: int, seconds: float) -> dict:
+    stop = time.monotonic() + seconds
+    counts = {"requests": 0, "errors": 0}
+    lock = threading.Lock()
+
+    def client(offset: int):
+        with httpx.Client(base_url=base, timeout=120) as http:
+            i = 0
+            while time.monotonic() < stop:
+                try:
+                    ok = http.post("/search", json={"text": QUERIES[(offset + i) % len(QUERIES)]}).status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                with lock:
+                    counts["requests"] += 1
+                    counts["errors"] += not ok
+                i += 1
+
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return {**counts, "seconds": seconds, "clients": clients, "requests_per_s": round(counts["requests"] / seconds, 1)}
+
+
+_ENCODERS: dict = {}
+
+
+def bare_costs(model_dir: Path, vectors: np.ndarray, repeats: int = 30) -> dict:
+    from imgsearch_core.encoder import Encoder
+
+    encoder = _ENCODERS.get(model_dir) or _ENCODERS.setdefault(model_dir, Encoder(str(model_dir), device="cpu"))
+    encode_ms, numpy_ms = [], []
+    for i in range(repeats):
+        started = time.perf_counter()
+        query = encoder.embed_texts([QUERIES[i % len(QUERIES)]]).vectors[0]
+        encode_ms.append((time.perf_counter() - started) * 1000)
+        started = time.perf_counter()
+        scores = vectors @ query
+        np.argpartition(-scores, 20)[:20]
+        numpy_ms.append((time.perf_counter() - started) * 1000)
+    return {"text_encode_ms": round(statistics.median(encode_ms), 2), "numpy_exact_ms": round(statistics.median(numpy_ms), 2)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
+    parser.add_argument("--requests", type=int, default=100, help="requests per client with the cache on")
+    parser.add_argument("--uncached-requests", type=int, default=20, help="requests per client with the cache off")
+    parser.add_argument("--load-seconds", type=float, default=60)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench/results/query_latency.json")
+    args = parser.parse_args()
+
+    from imgsearch_core.local_clip import build_local_clip
+
+    results = {"benchmark": "query_latency", "model": "ViT-B/32 architecture, random weights", "cpu_count": os.cpu_count(),
+               "sizes": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        print("building random-weight ViT-B/32 ...", flush=True)
+        model_dir = build_local_clip(tmp / "vit-b-32", "vit-b-32")
+        for rows in args.sizes:
+            uri = str(tmp / f"rows{rows}" / "milvus.db")
+            print(f"\n== {rows:,} vectors: filling Milvus Lite ...", flush=True)
+            vectors = fill_collection(uri, model_dir, 512, rows)
+            entry = {}
+            for cache, per_client in (("on", args.requests), ("off", args.uncached_requests)):
+                process, base = start_server(uri, model_dir, cache)
+                # The bare costs are timed right beside each configuration: this machine's speed drifts.
+                bare = bare_costs(model_dir, vectors)
+                floor = bare["text_encode_ms"] + bare["numpy_exact_ms"]
+                entry[f"cache_{cache}_bare"] = {**bare, "encode_plus_numpy_ms": round(floor, 2)}
+                print(f"bare text encode {bare['text_encode_ms']} ms + exact numpy {bare['numpy_exact_ms']} ms "
+                      f"= {floor:.1f} ms", flush=True)
+                try:
+                    measure(base, 1, 5)  # warm-up
+                    for clients in (1, 8):
+                        stats, errors = measure(base, clients, max(3, per_client // clients * (2 if clients > 1 else 1)))
+                        stats["errors"] = errors
+                        stats["p50_over_floor"] = round(stats["p50_ms"] / floor, 2)
+                        entry[f"cache_{cache}_clients_{clients}"] = stats
+                        print(f"vector cache {cache:3s} {clients} client(s): p50 {stats['p50_ms']:7.1f}  "
+                              f"p95 {stats['p95_ms']:7.1f}  p99 {stats['p99_ms']:7.1f} ms  "
+                              f"p50/(encode+numpy) {stats['p50_over_floor']:5.2f}  errors {errors}", flush=True)
+                    if cache == "on" and rows == max(args.sizes) and args.load_seconds > 0:
+                        entry["load"] = load(base, 8, args.load_seconds)
+                        print(f"load: {entry['load']}", flush=True)
+                finally:
+                    process.terminate()
+                    process.wait(timeout=30)
+            results["sizes"][str(rows)] = entry
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2))
+    print(f"\nwrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
