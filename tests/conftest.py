@@ -103,12 +103,24 @@ def free_port() -> int:
 
 
 def start_process(command: list[str], env: dict[str, str], ready_url: str, timeout_s: float = 90) -> subprocess.Popen:
-    """Start a server process and wait until ``ready_url`` answers 200; fail the test with its output if not."""
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    """Start a server process and wait until ``ready_url`` answers 200; fail the test with its output if not.
+
+    Output goes to a temporary file, not a pipe: a pipe nobody reads fills up with access logs and
+    blocks the server.
+    """
+    import tempfile
+
+    log = tempfile.TemporaryFile(mode="w+")
+    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+
+    def output() -> str:
+        log.seek(0)
+        return log.read()[-5000:]
+
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            pytest.fail(f"{command[1]} exited: {process.stdout.read()}")
+            pytest.fail(f"{command[1]} exited: {output()}")
         try:
             if httpx.get(ready_url, timeout=2).status_code == 200:
                 return process
@@ -116,7 +128,7 @@ def start_process(command: list[str], env: dict[str, str], ready_url: str, timeo
             pass
         time.sleep(0.3)
     process.kill()
-    pytest.fail(f"{' '.join(command)} did not become ready at {ready_url}")
+    pytest.fail(f"{' '.join(command)} did not become ready at {ready_url}: {output()}")
 
 
 def stop_process(process: subprocess.Popen) -> None:

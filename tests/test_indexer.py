@@ -146,7 +146,7 @@ def test_kill_9_mid_run_then_resume_equals_one_clean_run(tmp_path, settings, img
         write_photo(photos / f"{i // 100}" / f"p{i}.png", seed=i, size=(192, 128))
     env = {**cli_env, "IMGSEARCH_BATCH_SIZE": "4"}
     process = subprocess.Popen([imgsearch_bin, "index", str(photos), "--json"], env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     observer = None
     try:
         deadline = time.monotonic() + 120

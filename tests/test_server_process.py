@@ -22,7 +22,7 @@ def test_cli_indexing_while_the_server_runs_is_seen_by_the_next_search(server, i
     stop = threading.Event()
 
     def keep_searching():
-        with httpx.Client(base_url=server, timeout=120) as client:  # a Lite flush can stall a search for seconds
+        with httpx.Client(base_url=server, timeout=30) as client:
             while not stop.is_set():
                 response = client.post("/search", json={"text": "blocks", "limit": 5})
                 if response.status_code != 200:
