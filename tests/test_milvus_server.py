@@ -1,9 +1,9 @@
-"""The same code against a Milvus server over gRPC: Milvus Lite's own `milvus-lite server` on 127.0.0.1."""
+"""The same code against real Milvus servers on 127.0.0.1: Milvus Lite's `milvus-lite server`, and the C++
+Milvus 2.3 standalone from the PyPI package `milvus` (`milvus-server`, with embedded etcd)."""
 
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -15,28 +15,50 @@ import pytest
 from tests.conftest import free_port, write_photo
 
 
-@pytest.fixture
-def milvus_server_uri(tmp_path):
-    port = free_port()
-    binary = Path(sys.executable).parent / "milvus-lite"
-    process = subprocess.Popen([str(binary), "server", "--data-dir", str(tmp_path / "server-data"),
-                                "--host", "127.0.0.1", "--port", str(port)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
+def _wait_until_serving(uri: str, process: subprocess.Popen, timeout_s: float) -> None:
+    from pymilvus import MilvusClient
+
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"Milvus server exited with {process.returncode}")
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                break
-        except OSError:
-            if process.poll() is not None:
-                pytest.fail(f"milvus-lite server exited with {process.returncode}")
-            time.sleep(0.2)
-    yield f"http://127.0.0.1:{port}"
+            client = MilvusClient(uri=uri, timeout=5)
+            client.list_collections()
+            client.close()
+            return
+        except Exception:
+            time.sleep(1)
+    pytest.fail(f"Milvus server at {uri} did not answer within {timeout_s}s")
+
+
+def _stop(process: subprocess.Popen, grace_s: float) -> None:
     process.terminate()
     try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
+        process.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:  # the C++ standalone ignores SIGTERM for a long while
         process.kill()
+        process.wait()
+
+
+@pytest.fixture(params=["milvus-lite-server", "milvus-2.3-standalone"])
+def milvus_server_uri(request, tmp_path):
+    """A real Milvus-protocol server on 127.0.0.1: Milvus Lite's gRPC server, or the C++ Milvus standalone."""
+    port = free_port()
+    bin_dir = Path(sys.executable).parent
+    if request.param == "milvus-lite-server":
+        command = [str(bin_dir / "milvus-lite"), "server", "--data-dir", str(tmp_path / "server-data"),
+                   "--host", "127.0.0.1", "--port", str(port)]
+    else:
+        command = [str(bin_dir / "milvus-server"), "--data", str(tmp_path / "standalone-data"),
+                   "--proxy-port", str(port)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        _wait_until_serving(uri, process, timeout_s=180)
+        yield uri
+    finally:
+        _stop(process, grace_s=10)
 
 
 @pytest.fixture
