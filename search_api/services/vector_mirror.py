@@ -62,6 +62,18 @@ def _snapshot_from_rows(rows: list[dict], dim: int) -> _Snapshot:
     )
 
 
+def _dot(vectors: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """``vectors @ query`` on torch's thread pool, the one the text encoder uses.
+
+    numpy's OpenBLAS threads spin for a while after each call and slowed the next text encode by
+    up to 2x on two cores (bench/query_latency.py); torch's own pool does not fight itself.
+    """
+    import torch
+
+    with torch.inference_mode():
+        return torch.mv(torch.from_numpy(vectors), torch.from_numpy(query)).numpy()
+
+
 class VectorMirror:
     def __init__(self, store: MilvusStore, dim: int, poll_s: float = 0.5):
         self._store = store
@@ -117,7 +129,7 @@ class VectorMirror:
         if not mask.all():
             candidates = np.flatnonzero(mask)
         vectors = snapshot.vectors if candidates is None else snapshot.vectors[candidates]
-        scores = vectors @ np.asarray(query, dtype=np.float32)
+        scores = _dot(vectors, np.asarray(query, dtype=np.float32))
         wanted = min(offset + limit, len(scores))
         if wanted <= 0:
             return []
