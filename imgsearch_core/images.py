@@ -9,7 +9,6 @@ size reduced early (JPEG draft decoding) to the model's input resolution.
 from __future__ import annotations
 
 import io
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,29 +52,27 @@ def decode_image(data: bytes, source: str, min_side: int, max_pixels: int) -> De
     if not data:
         raise ImageDecodeError(source, "empty file (0 bytes)")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            width, height = image.size
-            if width * height > max_pixels:
-                raise ImageTooLargeError(source, width * height, max_pixels)
-            orientation = image.getexif().get(0x0112, 1)
-            if orientation in _ROTATED_ORIENTATIONS:
-                width, height = height, width
-            if image.format == "JPEG":
-                # Let libjpeg decode at 1/2, 1/4 or 1/8 scale: a 12 MP photo never exists in full.
-                image.draft(image.mode if image.mode in ("RGB", "L") else None, (min_side, min_side))
-            image.load()
-            image = ImageOps.exif_transpose(image)
-            image = _to_rgb(image)
-            image = _shrink(image, min_side)
+        image = Image.open(io.BytesIO(data))
+        width, height = image.size
+        if width * height > max_pixels:
+            raise ImageTooLargeError(source, width * height, max_pixels)
+        orientation = image.getexif().get(0x0112, 1)
+        if orientation in _ROTATED_ORIENTATIONS:
+            width, height = height, width
+        if image.format == "JPEG":
+            # Let libjpeg decode at 1/2, 1/4 or 1/8 scale: a 12 MP photo never exists in full.
+            image.draft(image.mode if image.mode in ("RGB", "L") else None, (min_side, min_side))
+        image.load()
+        image = ImageOps.exif_transpose(image)
+        image = _to_rgb(image)
+        image = _shrink(image, min_side)
     except ImageDecodeError:
         raise
     except UnidentifiedImageError:
         raise ImageDecodeError(source, "not a recognised image format") from None
     except Image.DecompressionBombError as exc:
         raise ImageDecodeError(source, f"decompression bomb: {exc}") from None
-    except (OSError, SyntaxError, ValueError, EOFError, MemoryError, Image.DecompressionBombWarning) as exc:
+    except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as exc:
         raise ImageDecodeError(source, f"cannot decode: {exc}") from None
     return DecodedImage(image=image, width=width, height=height)
 
