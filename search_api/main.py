@@ -32,9 +32,10 @@ log = logging.getLogger(__name__)
 class BodySizeLimit:
     """Refuse request bodies over ``limit`` bytes with 413, counted while streaming (no Content-Length needed)."""
 
-    def __init__(self, app: ASGIApp, limit: int):
+    def __init__(self, app: ASGIApp, limit: int, slack: int = 0):
         self.app = app
-        self.limit = limit
+        self.limit = limit + slack  # multipart framing adds a little to the file itself
+        self.configured = limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -56,7 +57,7 @@ class BodySizeLimit:
         await self.app(scope, counting_receive, send)
 
     def _message(self) -> str:
-        return f"request body is over the limit of {self.limit:,} bytes (IMGSEARCH_MAX_UPLOAD_BYTES)"
+        return f"upload is over the limit of {self.configured:,} bytes (IMGSEARCH_MAX_UPLOAD_BYTES)"
 
     async def _too_large(self, send: Send) -> None:
         await JSONResponse({"detail": self._message()}, status_code=413)({"type": "http"}, None, send)
@@ -137,8 +138,7 @@ def create_app(settings: Settings | None = None, encoder: Encoder | None = None)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "X-API-Key", "Content-Type"])
-    # Multipart framing adds a little to the file itself.
-    app.add_middleware(BodySizeLimit, limit=settings.max_upload_bytes + 64 * 1024)
+    app.add_middleware(BodySizeLimit, limit=settings.max_upload_bytes, slack=64 * 1024)
     return app
 
 

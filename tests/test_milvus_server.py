@@ -4,6 +4,8 @@ Milvus 2.3 standalone from the PyPI package `milvus` (`milvus-server`, with embe
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -33,12 +35,18 @@ def _wait_until_serving(uri: str, process: subprocess.Popen, timeout_s: float) -
 
 
 def _stop(process: subprocess.Popen, grace_s: float) -> None:
-    process.terminate()
+    """Stop the server and everything it started: `milvus-server` runs the C++ binary as a child, which
+    would otherwise outlive it and keep etcd's fixed ports (2379/2380) for the next start."""
+    os.killpg(process.pid, signal.SIGTERM)
     try:
         process.wait(timeout=grace_s)
     except subprocess.TimeoutExpired:  # the C++ standalone ignores SIGTERM for a long while
-        process.kill()
-        process.wait()
+        pass
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait()
 
 
 @pytest.fixture(params=["milvus-lite-server", "milvus-2.3-standalone"])
