@@ -278,7 +278,7 @@ class MilvusStore:
     def delete(self, ids: Sequence[str], batch: int = 1000) -> None:
         for start in range(0, len(ids), batch):
             chunk = list(ids[start:start + batch])
-            self._call(lambda c: c.delete(self.collection, ids=chunk))
+            self._call(lambda c, chunk=chunk: c.delete(self.collection, ids=chunk))
             self._bump_generation()
 
     # Change tracking for readers that cache (embedded mode only)
