@@ -7,7 +7,6 @@ format (CLIP, SigLIP, OpenCLIP conversions, BioCLIP, FashionCLIP ...).
 
 from __future__ import annotations
 
-import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,11 +97,3 @@ class Encoder:
                 return int(max(values))
         return 224
 
-
-def configure_torch_threads() -> None:
-    """Honour IMGSEARCH_TORCH_THREADS if set; torch's default (all cores) otherwise."""
-    threads = os.environ.get("IMGSEARCH_TORCH_THREADS")
-    if threads:
-        import torch
-
-        torch.set_num_threads(int(threads))

@@ -89,3 +89,15 @@ def test_a_stale_mirror_answers_nothing(store, filled):
     mirror = VectorMirror(store, DIM)  # never started: never fresh
     assert mirror.search(filled[0]["vector"], limit=3, offset=0) is None
     assert mirror.count() is None
+
+
+def test_reconcile_catches_a_write_whose_token_bump_never_happened(mirror, store, filled):
+    token_file = store._generation_file()
+    before = token_file.read_text()
+    row = unit_rows(1, seed=3, prefix="/killed/")[0]
+    row["indexed_at"] = int(time.time())
+    store.upsert([row])
+    token_file.write_text(before)  # as if the writer died right after its write
+    assert mirror.fresh and row["id"] not in {h.id for h in mirror.search(row["vector"], limit=1, offset=0)}
+    mirror.reconcile()
+    assert mirror.search(row["vector"], limit=1, offset=0)[0].id == row["id"]

@@ -75,10 +75,12 @@ def _dot(vectors: np.ndarray, query: np.ndarray) -> np.ndarray:
 
 
 class VectorMirror:
-    def __init__(self, store: MilvusStore, dim: int, poll_s: float = 0.5):
+    def __init__(self, store: MilvusStore, dim: int, poll_s: float = 0.5, reconcile_s: float = 30.0):
         self._store = store
         self._dim = dim
         self._poll_s = poll_s
+        self._reconcile_s = reconcile_s
+        self._reconciled_at = time.monotonic()
         self._snapshot: _Snapshot | None = None
         self._token: str | None = None  # generation the snapshot reflects
         self._synced_at = 0.0
@@ -146,10 +148,25 @@ class VectorMirror:
             try:
                 if not self.fresh:
                     self.sync_now()
+                elif time.monotonic() - self._reconciled_at > self._reconcile_s:
+                    self.reconcile()
             except Exception:  # Milvus briefly unreachable: searches fall back to Milvus meanwhile
                 log.warning("vector mirror could not sync; searches go to Milvus until it can", exc_info=True)
                 self._stop.wait(5)
             self._stop.wait(self._poll_s)
+
+    def reconcile(self) -> None:
+        """Catch up if Milvus holds another number of rows than the copy.
+
+        Covers writes whose token bump never happened: a writer killed between its write and its
+        bump, or a script writing to the collection with plain pymilvus.
+        """
+        self._reconciled_at = time.monotonic()
+        snapshot = self._snapshot
+        if snapshot is not None and self._store.count() != snapshot.size:
+            log.warning("vector mirror disagreed with Milvus on the row count; catching up")
+            self._token = None
+            self.sync_now()
 
     def sync_now(self) -> None:
         """Bring the copy up to date with Milvus (the background thread calls this when behind)."""
