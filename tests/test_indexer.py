@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -198,3 +199,27 @@ def test_kill_9_mid_run_then_resume_equals_one_clean_run(tmp_path, settings, img
     for path, (row_id, digest, vector) in clean_rows.items():
         assert resumed_rows[path][:2] == (row_id, digest)
         assert np.allclose(resumed_rows[path][2], vector, atol=2e-3)
+
+
+def test_when_the_process_serving_the_data_directory_exits_another_takes_over(settings, store, encoder, tmp_path):
+    store.ensure_collection(encoder.name, encoder.dim)
+    store.close()
+    release_hosted(settings.milvus_uri)  # this process stops serving; a child process becomes the host
+    host = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from imgsearch_core.milvus_store import MilvusStore;"
+        f"MilvusStore({settings.milvus_uri!r}, 'images'); print('ready', flush=True); time.sleep(600)")],
+        stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parent.parent)
+    try:
+        assert host.stdout.readline().strip() == "ready"
+        endpoint = Path(settings.milvus_uri) / "imgsearch-endpoint.json"
+        assert json.loads(endpoint.read_text())["pid"] == host.pid
+        client = MilvusStore.from_settings(settings)  # connects to the child's endpoint
+        write_photo(tmp_path / "x" / "a.png", seed=1)
+        run_index([str(tmp_path / "x")], settings, encoder, client)
+        host.kill()
+        host.wait()
+        assert client.count() == 1  # reconnected: this process now serves the directory, nothing lost
+        assert json.loads(endpoint.read_text())["pid"] == os.getpid()
+    finally:
+        if host.poll() is None:
+            host.kill()
