@@ -81,7 +81,7 @@ def create_app(settings: Settings | None = None, encoder: Encoder | None = None)
             mirror.start()
         app.state.mirror = mirror
         batcher = TextBatcher(model)
-        app.state.search_service = SearchService(model, store, mirror, batcher)
+        app.state.search_service = SearchService(model, store, batcher, mirror)
         app.state.thumbnails = ThumbnailCache(settings.thumbnail_dir, settings.max_image_pixels)
         app.state.jobs = JobManager(settings, model, store)
         yield

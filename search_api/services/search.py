@@ -27,8 +27,8 @@ class ImageNotFoundError(LookupError):
 class SearchService:
     encoder: Encoder
     store: MilvusStore
+    text_batcher: TextBatcher  # concurrent text queries share one model call
     mirror: VectorMirror | None = None  # exact in-memory search on the embedded default
-    text_batcher: TextBatcher | None = None  # concurrent text queries share one model call
 
     async def search(self, request: SearchRequest, uploaded: DecodedImage | None = None) -> SearchResponse:
         started = time.perf_counter()
@@ -36,10 +36,7 @@ class SearchService:
         notes: list[str] = []
         texts = [t for t in (request.text, request.negative_text) if t is not None]
         if texts:
-            if self.text_batcher is not None:
-                embedded = await self.text_batcher.embed(texts)
-            else:
-                embedded = await run_in_threadpool(self.encoder.embed_texts, texts)
+            embedded = await self.text_batcher.embed(texts)
             if any(embedded.truncated):
                 notes.append(f"text longer than the model's {self.encoder.max_text_tokens}-token limit was truncated")
             vectors = iter(embedded.vectors)
@@ -59,7 +56,6 @@ class SearchService:
         hits = await run_in_threadpool(self._nearest, query, request.limit, request.offset, request.filter)
         results = [to_hit(hit) for hit in hits if request.min_score is None or hit.score >= request.min_score]
         return SearchResponse(results=results, took_ms=round((time.perf_counter() - started) * 1000, 2), notes=notes)
-
 
     def _nearest(self, query: np.ndarray, limit: int, offset: int, search_filter: SearchFilter | None) -> list[Hit]:
         if self.mirror is not None:
