@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     ui = commands.add_parser("ui", help="start the Streamlit web UI (talks to the API)")
     ui.add_argument("--api-url", dest="api_url", help="search API address [IMGSEARCH_API_URL]")
     ui.add_argument("--port", type=int, default=8501, help="UI port (default 8501)")
+    ui.add_argument("--host", dest="ui_host", default="127.0.0.1",
+                    help="address to listen on (default 127.0.0.1, this machine only; 0.0.0.0 exposes the UI "
+                         "to the network)")
 
     drop = commands.add_parser("drop", help="delete the collection and everything indexed in it")
     drop.add_argument("--yes", action="store_true", help="do not ask for confirmation")
@@ -155,7 +158,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_ui(args: argparse.Namespace) -> int:
     from ui.launch import launch
 
-    return launch(_settings(args), port=args.port)
+    return launch(_settings(args), port=args.port, address=args.ui_host)
 
 
 COMMANDS = {"index": cmd_index, "search": cmd_search, "serve": cmd_serve, "ui": cmd_ui, "drop": cmd_drop}

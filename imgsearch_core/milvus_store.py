@@ -158,8 +158,10 @@ def release_hosted(milvus_uri: str | None = None) -> None:
                 (data_dir / ENDPOINT_FILE).unlink()
         except (OSError, ValueError):
             pass
-        server.stop(grace=2).wait(5)
-        db.close()
+        try:
+            server.stop(grace=2).wait(5)
+        finally:
+            db.close()
 
 
 atexit.register(release_hosted)

@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny CLIP built locally, real Milvus Lite in a temporary directory, sample images."""
+"""Shared fixtures: a tiny CLIP built locally, real Milvus Lite in a temporary directory, real Milvus servers,
+sample images, and processes that are always stopped with everything they started."""
 
 from __future__ import annotations
 
@@ -6,12 +7,19 @@ import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # before anything imports huggingface_hub
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
+# The developer's own IMGSEARCH_* settings (an API key, a server URI, ...) must not change what the tests see.
+for _name in [name for name in os.environ if name.startswith("IMGSEARCH_")]:
+    del os.environ[_name]
 
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -23,6 +31,25 @@ from imgsearch_core.encoder import Encoder
 from imgsearch_core.local_clip import build_local_clip
 from imgsearch_core.milvus_store import MilvusStore, release_hosted
 from imgsearch_core.settings import Settings
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_working_directory(tmp_path_factory):
+    """Run every test, and every process it starts, in an empty folder: no `.env` of the developer's is read
+    and relative defaults such as ./data never land in the repository."""
+    previous = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("cwd"))
+    yield
+    os.chdir(previous)
+
+
+@pytest.fixture(autouse=True)
+def release_lite_data_directories():
+    """Stop serving every Milvus Lite data directory a test opened in this process, also when it failed."""
+    yield
+    release_hosted()
 
 
 @pytest.fixture(scope="session")
@@ -38,6 +65,7 @@ def encoder(tiny_model_dir) -> Encoder:
 @pytest.fixture
 def settings(tmp_path, tiny_model_dir) -> Settings:
     return Settings(
+        _env_file=None,
         milvus_uri=str(tmp_path / "data" / "milvus.db"),
         model=str(tiny_model_dir),
         device="cpu",
@@ -52,21 +80,24 @@ def store(settings):
     store = MilvusStore.from_settings(settings)
     yield store
     store.close()
-    release_hosted(settings.milvus_uri)
 
 
-@pytest.fixture
-def cli_env(settings) -> dict[str, str]:
+def cli_environment(data_dir: Path, model_dir: Path) -> dict[str, str]:
     """Environment for running the real `imgsearch` command in a subprocess."""
     return {
         **os.environ,
-        "IMGSEARCH_MILVUS_URI": settings.milvus_uri,
-        "IMGSEARCH_MODEL": settings.model,
+        "IMGSEARCH_MILVUS_URI": str(data_dir / "milvus.db"),
+        "IMGSEARCH_MODEL": str(model_dir),
         "IMGSEARCH_DEVICE": "cpu",
         "IMGSEARCH_BATCH_SIZE": "8",
-        "IMGSEARCH_THUMBNAIL_DIR": str(settings.thumbnail_dir),
+        "IMGSEARCH_THUMBNAIL_DIR": str(data_dir / "thumbnails"),
         "PYTHONUNBUFFERED": "1",
     }
+
+
+@pytest.fixture
+def cli_env(settings, tiny_model_dir) -> dict[str, str]:
+    return cli_environment(Path(settings.milvus_uri).parent, tiny_model_dir)
 
 
 @pytest.fixture(scope="session")
@@ -86,14 +117,69 @@ def write_photo(path: Path, seed: int, size: tuple[int, int] = (96, 64), fmt: st
     return path
 
 
-@pytest.fixture
-def photo_dir(tmp_path) -> Path:
-    root = tmp_path / "photos"
+def write_photo_set(root: Path) -> Path:
     for i in range(6):
         write_photo(root / f"photo{i}.png", seed=i)
     for i in range(6, 10):
         write_photo(root / "trip" / f"photo{i}.jpg", seed=i)
     return root
+
+
+@pytest.fixture
+def photo_dir(tmp_path) -> Path:
+    return write_photo_set(tmp_path / "photos")
+
+
+# ── Processes: each in its own session, stopped with its whole group, never left behind ──────────────
+
+_started: list[subprocess.Popen] = []
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def spawn(command: list[str], env: dict[str, str] | None = None, **kwargs) -> subprocess.Popen:
+    """Start ``command`` as the leader of a new process group, remembered so the session can check it stopped."""
+    process = subprocess.Popen(command, env=env, start_new_session=True, **kwargs)
+    _started.append(process)
+    return process
+
+
+def stop_process(process: subprocess.Popen, grace_s: float = 15) -> None:
+    """SIGTERM the process's whole group, wait, then SIGKILL whatever of the group is left; always reaps."""
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and (process.poll() is None or _group_alive(process.pid)):
+        time.sleep(0.05)
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait()
+    while _group_alive(process.pid) and time.monotonic() < deadline + 5:
+        time.sleep(0.05)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Fail the run if any process group a test started is still alive, and stop it."""
+    leaked = [p for p in _started if _group_alive(p.pid)]
+    for process in leaked:
+        stop_process(process, grace_s=2)
+    if leaked:
+        commands = "\n".join(" ".join(map(str, p.args))[:160] for p in leaked)
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        reporter.write_line(f"processes left running by the tests:\n{commands}", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def free_port() -> int:
@@ -102,48 +188,124 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_process(command: list[str], env: dict[str, str], ready_url: str, timeout_s: float = 90) -> subprocess.Popen:
-    """Start a server process and wait until ``ready_url`` answers 200; fail the test with its output if not.
+_PORT_TAKEN = ("address already in use", "address in use", "bind failed", "errno 98")
 
-    Output goes to a temporary file, not a pipe: a pipe nobody reads fills up with access logs and
-    blocks the server.
+
+def start_server(make_command: Callable[[int], list[str]], env: dict[str, str] | None,
+                 ready: Callable[[int], bool], timeout_s: float = 90, attempts: int = 4) -> tuple[subprocess.Popen, int]:
+    """Start a server on a free port and wait until ``ready(port)``; on a port taken meanwhile, retry another.
+
+    Output goes to a temporary file, not a pipe: a pipe nobody reads fills up with access logs and blocks the
+    server.
     """
-    import tempfile
+    for _attempt in range(attempts):
+        port = free_port()
+        log = tempfile.TemporaryFile(mode="w+")
+        process = spawn(make_command(port), env, stdout=log, stderr=subprocess.STDOUT, text=True)
 
-    log = tempfile.TemporaryFile(mode="w+")
-    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+        def output() -> str:
+            log.seek(0)
+            return log.read()[-5000:]
 
-    def output() -> str:
-        log.seek(0)
-        return log.read()[-5000:]
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"{command[1]} exited: {output()}")
-        try:
-            if httpx.get(ready_url, timeout=2).status_code == 200:
-                return process
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    process.kill()
-    pytest.fail(f"{' '.join(command)} did not become ready at {ready_url}: {output()}")
-
-
-def stop_process(process: subprocess.Popen) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        process.kill()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                if ready(port):
+                    return process, port
+            except Exception:
+                pass
+            time.sleep(0.3)
+        stop_process(process, grace_s=5)
+        text = output()
+        if any(marker in text.lower() for marker in _PORT_TAKEN):
+            continue  # another process took the port between free_port() and the bind
+        pytest.fail(f"{' '.join(make_command(port))} did not become ready on port {port}: {text}")
+    pytest.fail(f"no free port after {attempts} attempts")
 
 
-@pytest.fixture
-def server(imgsearch_bin, cli_env, photo_dir):
-    """A real `imgsearch serve` (uvicorn) over the indexed photo_dir; yields its base URL."""
-    subprocess.run([imgsearch_bin, "index", str(photo_dir)], env=cli_env, check=True, capture_output=True, timeout=120)
-    base = f"http://127.0.0.1:{free_port()}"
-    process = start_process([imgsearch_bin, "serve", "--port", base.rsplit(":", 1)[1]], cli_env, f"{base}/health")
+def http_ready(path: str) -> Callable[[int], bool]:
+    return lambda port: httpx.get(f"http://127.0.0.1:{port}{path}", timeout=2).status_code == 200
+
+
+def start_api(imgsearch_bin: str, env: dict[str, str]) -> tuple[subprocess.Popen, str]:
+    """A real `imgsearch serve` (uvicorn); returns the process and its base URL."""
+    process, port = start_server(lambda port: [imgsearch_bin, "serve", "--port", str(port)], env, http_ready("/health"))
+    return process, f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="session")
+def server_env(tmp_path_factory, tiny_model_dir) -> dict[str, str]:
+    data = tmp_path_factory.mktemp("served")
+    return {**cli_environment(data / "data", tiny_model_dir), "IMGSEARCH_TEST_PHOTOS": str(write_photo_set(data / "photos"))}
+
+
+@pytest.fixture(scope="session")
+def server(imgsearch_bin, server_env):
+    """One real `imgsearch serve` over 10 indexed photos, shared by the tests that only need a running server.
+
+    Tests that add images to it must compare counts before and after, not with a fixed number.
+    """
+    photos = server_env["IMGSEARCH_TEST_PHOTOS"]
+    subprocess.run([imgsearch_bin, "index", photos], env=server_env, check=True, capture_output=True, timeout=120)
+    process, base = start_api(imgsearch_bin, server_env)
     yield base
     stop_process(process)
+
+
+# ── Real Milvus servers on 127.0.0.1, started once per session and shared through unique collections ─
+
+MILVUS_SERVERS = ["milvus-lite-server", "milvus-2.3-standalone"]
+
+
+def _milvus_ready(port: int) -> bool:
+    from pymilvus import MilvusClient
+
+    client = MilvusClient(uri=f"http://127.0.0.1:{port}", timeout=5)
+    try:
+        client.list_collections()
+        return True
+    finally:
+        client.close()
+
+
+def _milvus_command(kind: str, data_dir: Path) -> Callable[[int], list[str]]:
+    bin_dir = Path(sys.executable).parent
+    if kind == "milvus-lite-server":
+        return lambda port: [str(bin_dir / "milvus-lite"), "server", "--data-dir", str(data_dir),
+                             "--host", "127.0.0.1", "--port", str(port)]
+    # The C++ standalone listens on a dozen fixed ports by default (etcd on 2379/2380 among them): give each a
+    # free one. Its embedded etcd reads its addresses from the file ETCD_CONFIG_PATH names.
+    def command(port: int) -> list[str]:
+        client, peer = free_port(), free_port()
+        (data_dir / "etcd.yaml").write_text(
+            f"listen-client-urls: http://127.0.0.1:{client}\nadvertise-client-urls: http://127.0.0.1:{client}\n"
+            f"listen-peer-urls: http://127.0.0.1:{peer}\ninitial-advertise-peer-urls: http://127.0.0.1:{peer}\n"
+            f"initial-cluster: default=http://127.0.0.1:{peer}\n")
+        ports = [f"--{name}-port={free_port()}" for name in
+                 ("root-coord", "proxy-internal", "query-coord", "query-node", "index-coord", "index-node",
+                  "data-coord", "data-node")]
+        return [str(bin_dir / "milvus-server"), "--data", str(data_dir), "--proxy-port", str(port),
+                "--etcd-port", str(client), *ports]
+    return command
+
+
+@pytest.fixture(scope="session")
+def milvus_servers(tmp_path_factory):
+    """``milvus_servers(kind)`` -> the URI of a real Milvus server of that kind, started on first use."""
+    running: dict[str, tuple[subprocess.Popen, str]] = {}
+
+    def get(kind: str) -> str:
+        if kind not in running:
+            data_dir = tmp_path_factory.mktemp(kind)
+            env = {**os.environ, "ETCD_CONFIG_PATH": str(data_dir / "etcd.yaml")}
+            process, port = start_server(_milvus_command(kind, data_dir), env, _milvus_ready, timeout_s=180)
+            running[kind] = (process, f"http://127.0.0.1:{port}")
+        return running[kind][1]
+
+    yield get
+    for process, _uri in running.values():
+        stop_process(process, grace_s=10)  # the C++ standalone ignores SIGTERM for a long while
+
+
+def unique_collection() -> str:
+    return f"t_{uuid.uuid4().hex[:12]}"

@@ -1,15 +1,19 @@
-"""The search API through `with TestClient(app)` (lifespan runs) on real Milvus Lite."""
+"""The search API through `with TestClient(app)` (lifespan runs) on real Milvus Lite.
+
+Every test that uses `client` runs twice: with the in-memory vector copy answering searches (Milvus search is
+made to fail, so a silent fall-back would be caught), and with the copy off, Milvus answering.
+"""
 
 from __future__ import annotations
 
 import io
+import time
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from imgsearch_core.milvus_store import release_hosted
 from indexer.runner import run_index
 from search_api.main import create_app
 from tests.conftest import write_photo
@@ -25,11 +29,37 @@ def indexed(photo_dir, settings, encoder):
     return photo_dir
 
 
-@pytest.fixture
-def client(settings, encoder, indexed):
-    with TestClient(create_app(settings, encoder=encoder)) as client:
+class CopyAnsweringClient(TestClient):
+    """Before each search, waits until the vector copy has caught up with every write (its background thread
+    must do that by itself); the copy, never Milvus, then answers."""
+
+    def post(self, url, *args, **kwargs):
+        if url.startswith("/search"):
+            wait_until_copy_is_fresh(self)
+        return super().post(url, *args, **kwargs)
+
+
+def wait_until_copy_is_fresh(client, timeout_s: float = 20) -> None:
+    deadline = time.monotonic() + timeout_s
+    while client.get("/health").json()["vector_cache"] != "fresh":
+        assert time.monotonic() < deadline, "the vector copy did not catch up with Milvus by itself"
+        time.sleep(0.05)
+
+
+def milvus_search_forbidden(*_args, **_kwargs):
+    raise AssertionError("Milvus answered a search although the vector copy was fresh")
+
+
+@pytest.fixture(params=["vector-copy", "milvus"])
+def client(request, settings, encoder, indexed):
+    if request.param == "milvus":
+        with TestClient(create_app(settings.model_copy(update={"vector_cache": "off"}), encoder=encoder)) as client:
+            assert client.get("/health").json()["vector_cache"] == "off"
+            yield client
+        return
+    with CopyAnsweringClient(create_app(settings.model_copy(update={"vector_cache": "on"}), encoder=encoder)) as client:
+        client.app.state.store.search = milvus_search_forbidden
         yield client
-    release_hosted(settings.milvus_uri)
 
 
 def ids_by_name(client) -> dict[str, str]:
@@ -76,11 +106,26 @@ def test_upload_combined_with_text_still_returns_results(client, indexed):
     assert response.status_code == 200 and len(response.json()["results"]) == 4
 
 
-def test_negative_text_changes_the_ranking(client):
+def stored_vectors(client) -> dict[str, np.ndarray]:
+    store = client.app.state.store
+    rows = store.get([row["id"] for row in store.iter_metadata()], with_vectors=True)
+    return {row_id: np.asarray(row["vector"], dtype=np.float32) for row_id, row in rows.items()}
+
+
+def test_negative_text_pulls_results_away_from_it(client, encoder):
+    positive, negative = encoder.embed_texts(["red", "blue squares"]).vectors
+    vectors = stored_vectors(client)
+    nearest_to_negative = max(vectors, key=lambda i: float(vectors[i] @ negative))
     plain = client.post("/search", json={"text": "red", "limit": 10}).json()["results"]
     pulled = client.post("/search", json={"text": "red", "negative_text": "blue squares", "negative_weight": 2.0,
                                           "limit": 10}).json()["results"]
-    assert [r["score"] for r in plain] != [r["score"] for r in pulled]
+    expected = positive - 2.0 * negative
+    expected /= np.linalg.norm(expected)
+    for result in pulled:  # each score is the cosine to text minus twice the negative, renormalised
+        assert result["score"] == pytest.approx(float(vectors[result["id"]] @ expected), abs=1e-4)
+    rank = {name: [r["id"] for r in results].index(nearest_to_negative) for name, results in
+            (("plain", plain), ("pulled", pulled))}
+    assert rank["pulled"] > rank["plain"]  # the image most like "blue squares" falls down the list
 
 
 def test_offset_pages_through_the_same_ranking(client):
@@ -183,7 +228,6 @@ def test_oversized_upload_gets_413_also_without_content_length(settings, encoder
         response = client.post("/search", content=chunks(), headers={"content-type": "application/json"})
         assert response.status_code == 413
         assert client.get("/health").json()["count"] == 10  # nothing lost
-    release_hosted(settings.milvus_uri)
 
 
 def test_api_key_is_required_everywhere_but_health(settings, encoder, indexed):
@@ -195,19 +239,16 @@ def test_api_key_is_required_everywhere_but_health(settings, encoder, indexed):
         assert client.post("/search", json={"text": "x"}, headers={"X-API-Key": "s3cret"}).status_code == 200
         assert client.post("/search", json={"text": "x"}, headers={"Authorization": "Bearer s3cret"}).status_code == 200
         assert client.get("/images/abc").status_code == 401
-    release_hosted(settings.milvus_uri)
 
 
 def test_cors_is_closed_by_default_and_opens_for_configured_origins(settings, encoder, indexed):
     with TestClient(create_app(settings, encoder=encoder)) as client:
         response = client.get("/health", headers={"Origin": "http://evil.example"})
         assert "access-control-allow-origin" not in response.headers
-    release_hosted(settings.milvus_uri)
     opened = settings.model_copy(update={"cors_origins": ["http://ui.example"]})
     with TestClient(create_app(opened, encoder=encoder)) as client:
         response = client.get("/health", headers={"Origin": "http://ui.example"})
         assert response.headers["access-control-allow-origin"] == "http://ui.example"
-    release_hosted(settings.milvus_uri)
 
 
 def test_index_job_makes_new_images_searchable_without_restart(client, tmp_path):
@@ -217,7 +258,6 @@ def test_index_job_makes_new_images_searchable_without_restart(client, tmp_path)
     response = client.post("/index", json={"paths": [str(new)]})
     assert response.status_code == 202
     job_id = response.json()["job_id"]
-    import time
 
     for _ in range(200):
         job = client.get(f"/index/{job_id}").json()
@@ -233,6 +273,9 @@ def test_index_job_makes_new_images_searchable_without_restart(client, tmp_path)
 
 def test_index_refuses_paths_outside_the_allowed_roots(client, tmp_path):
     assert client.post("/index", json={"paths": ["/etc"]}).status_code == 403
+    # Outside the roots, an existing and a missing path get the same answer: nothing tells which exist.
+    missing = client.post("/index", json={"paths": ["/etc/no-such-folder-here"]})
+    assert missing.status_code == 403 and "outside the allowed roots" in missing.json()["detail"]
     assert client.post("/index", json={"paths": [str(tmp_path / ".." / "..")]}).status_code == 403
     assert client.post("/index", json={"paths": [str(tmp_path / "missing")]}).status_code == 404
     assert client.post("/index", json={"paths": []}).status_code == 422

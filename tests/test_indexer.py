@@ -18,11 +18,28 @@ from imgsearch_core.errors import ModelMismatchError
 from imgsearch_core.local_clip import build_local_clip
 from imgsearch_core.milvus_store import MilvusStore, release_hosted
 from indexer.runner import run_index
-from tests.conftest import write_photo
+from tests.conftest import MILVUS_SERVERS, spawn, unique_collection, write_photo
 
 
 def index(photo_dir, settings, encoder, store):
-    return run_index([str(photo_dir)], settings, encoder, store)
+    report = run_index([str(photo_dir)], settings, encoder, store)
+    accounted = report.embedded + report.unchanged + report.moved + report.copied + len(report.failed)
+    assert accounted == report.scanned, report  # every file scanned is counted exactly once
+    assert min(report.embedded, report.unchanged, report.moved, report.copied, report.removed) >= 0, report
+    return report
+
+
+@pytest.fixture(params=["embedded", *MILVUS_SERVERS])
+def any_store(request, settings, milvus_servers):
+    """(settings, store) on embedded Milvus Lite, or in a fresh collection on a real Milvus server."""
+    if request.param != "embedded":
+        settings = settings.model_copy(update={"milvus_uri": milvus_servers(request.param),
+                                               "collection": unique_collection()})
+    store = MilvusStore.from_settings(settings)
+    yield settings, store
+    if request.param != "embedded" and store.exists():
+        store.drop()
+    store.close()
 
 
 def rows_by_path(store) -> dict[str, dict]:
@@ -65,21 +82,42 @@ def test_a_second_run_on_an_unchanged_tree_embeds_nothing(photo_dir, settings, e
     assert {p: r["indexed_at"] for p, r in rows_by_path(store).items()} == {p: r["indexed_at"] for p, r in before.items()}
 
 
-def test_moved_changed_and_deleted_files(photo_dir, settings, encoder, store):
+def test_moved_changed_and_deleted_files(photo_dir, any_store, encoder):
+    settings, store = any_store
     index(photo_dir, settings, encoder, store)
     old_vectors = {r["path"]: r["vector"] for r in store.get([r["id"] for r in rows_by_path(store).values()], with_vectors=True).values()}
     (photo_dir / "photo1.png").rename(photo_dir / "trip" / "renamed.png")
     (photo_dir / "photo2.png").unlink()
     write_photo(photo_dir / "photo3.png", seed=1234)  # new content, same path
     report = index(photo_dir, settings, encoder, store)
-    assert (report.moved, report.removed, report.embedded, report.unchanged) == (1, 1, 1, 7)
+    assert (report.moved, report.copied, report.removed, report.embedded, report.unchanged) == (1, 0, 1, 1, 7)
     rows = rows_by_path(store)
     assert str(photo_dir / "photo1.png") not in rows and str(photo_dir / "photo2.png") not in rows
     moved = store.get([rows[str(photo_dir / "trip" / "renamed.png")]["id"]], with_vectors=True)
     assert np.allclose(next(iter(moved.values()))["vector"], old_vectors[str(photo_dir / "photo1.png")])
     changed = store.get([rows[str(photo_dir / "photo3.png")]["id"]], with_vectors=True)
     assert not np.allclose(next(iter(changed.values()))["vector"], old_vectors[str(photo_dir / "photo3.png")])
-    assert len(rows) == 9
+    # One row per file: a re-embedded path replaces its row (on a server, an insert would leave two).
+    store.flush()
+    all_rows = list(store.iter_metadata())
+    assert len(rows) == len(all_rows) == store.count() == 9
+    assert sorted(r["path"] for r in all_rows) == sorted(str(p) for p in photo_dir.rglob("*") if p.is_file())
+    second = index(photo_dir, settings, encoder, store)
+    assert (second.embedded, second.unchanged, second.removed, store.count()) == (0, 9, 0, 9)
+
+
+def test_a_copy_of_an_indexed_file_reuses_its_vector_and_removes_nothing(photo_dir, any_store, encoder):
+    settings, store = any_store
+    index(photo_dir, settings, encoder, store)
+    copy = photo_dir / "trip" / "copy-of-photo0.png"
+    copy.write_bytes((photo_dir / "photo0.png").read_bytes())
+    report = index(photo_dir, settings, encoder, store)
+    assert (report.copied, report.moved, report.removed, report.embedded, report.unchanged) == (1, 0, 0, 0, 10)
+    rows = rows_by_path(store)
+    assert len(rows) == 11 and str(photo_dir / "photo0.png") in rows
+    vectors = store.get([rows[str(copy)]["id"], rows[str(photo_dir / "photo0.png")]["id"]], with_vectors=True)
+    original, copied = (np.asarray(v["vector"]) for v in vectors.values())
+    assert np.allclose(original, copied)
 
 
 def test_deleting_under_one_root_leaves_other_roots_alone(tmp_path, settings, encoder, store):
@@ -92,7 +130,7 @@ def test_deleting_under_one_root_leaves_other_roots_alone(tmp_path, settings, en
     assert str(a[0]) in rows_by_path(store)  # only a run over root a may sweep it
     report = run_index([str(tmp_path / "a")], settings, encoder, store)
     assert report.removed == 1 and store.count() == 5
-    assert len(b) == 3
+    assert {str(p) for p in b} <= set(rows_by_path(store))  # root b's rows survived both runs
 
 
 def test_an_indexed_image_queried_by_itself_comes_back_first_with_score_one(photo_dir, settings, encoder, store):
@@ -128,7 +166,8 @@ def test_cli_prints_a_json_summary_and_exits_zero_despite_broken_files(photo_dir
     summary = json.loads(result.stdout)
     assert {k: summary[k] for k in ("scanned", "embedded", "unchanged", "moved", "removed")} == {
         "scanned": 11, "embedded": 10, "unchanged": 0, "moved": 0, "removed": 0}
-    assert summary["failed"] == [{"path": str(photo_dir / "broken.jpg"), "reason": summary["failed"][0]["reason"]}]
+    assert [f["path"] for f in summary["failed"]] == [str(photo_dir / "broken.jpg")]
+    assert summary["failed"][0]["reason"] == "not a recognised image format"
     search = run_cli(imgsearch_bin, cli_env, "search", "--image", str(photo_dir / "photo4.png"), "-k", "2", "--json")
     assert search.returncode == 0, search.stderr
     assert json.loads(search.stdout)[0]["path"] == str(photo_dir / "photo4.png")
@@ -146,8 +185,8 @@ def test_kill_9_mid_run_then_resume_equals_one_clean_run(tmp_path, settings, img
     for i in range(400):
         write_photo(photos / f"{i // 100}" / f"p{i}.png", seed=i, size=(192, 128))
     env = {**cli_env, "IMGSEARCH_BATCH_SIZE": "4"}
-    process = subprocess.Popen([imgsearch_bin, "index", str(photos), "--json"], env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = spawn([imgsearch_bin, "index", str(photos), "--json"], env=env,
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     observer = None
     try:
         deadline = time.monotonic() + 120
@@ -205,7 +244,7 @@ def test_when_the_process_serving_the_data_directory_exits_another_takes_over(se
     store.ensure_collection(encoder.name, encoder.dim)
     store.close()
     release_hosted(settings.milvus_uri)  # this process stops serving; a child process becomes the host
-    host = subprocess.Popen([sys.executable, "-c", (
+    host = spawn([sys.executable, "-c", (
         "import sys, time; from imgsearch_core.milvus_store import MilvusStore;"
         f"MilvusStore({settings.milvus_uri!r}, 'images'); print('ready', flush=True); time.sleep(600)")],
         stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parent.parent)

@@ -13,6 +13,7 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 import ui.api_client
+from search_api.schemas import HealthResponse, SearchRequest, SearchResponse
 
 APP = str(Path(__file__).resolve().parent.parent / "ui" / "app.py")
 
@@ -23,13 +24,17 @@ def jpeg() -> bytes:
     return buffer.getvalue()
 
 
-def hit(i: int) -> dict:
-    return {"id": f"id{i}", "path": f"/photos/cat{i}.jpg", "score": 0.9 - i / 100, "width": 640, "height": 480,
+def hit(i: int, name: str = "cat") -> dict:
+    return {"id": f"id{i}", "path": f"/photos/{name}{i}.jpg", "score": 0.9 - i / 100, "width": 640, "height": 480,
             "image_url": f"/images/id{i}", "thumbnail_url": f"/images/id{i}/thumbnail"}
 
 
 class FakeApi:
-    """Answers like the search API and records the search bodies it got."""
+    """Answers like the search API and records what it was asked.
+
+    Every request body the page sends is validated with the API's own request model, and every answer with
+    the API's response models, so the fake cannot drift from the real API unnoticed.
+    """
 
     def __init__(self, count=3, results=3, search_status=200, search_detail=""):
         self.count = count
@@ -37,20 +42,54 @@ class FakeApi:
         self.search_status = search_status
         self.search_detail = search_detail
         self.searches: list[dict] = []
+        self.uploads: list[dict] = []  # form fields of POST /search/image, with the file's bytes under "file"
+        self.fetched: list[str] = []  # image and thumbnail paths requested
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         if request.url.path == "/health":
-            return httpx.Response(200, json={"status": "ok", "model": "/models/clip", "dim": 512, "count": self.count})
+            return self._json(HealthResponse, {"status": "ok", "model": "/models/clip", "dim": 512,
+                                               "count": self.count, "vector_cache": "fresh"})
         if request.url.path == "/search":
             body = json.loads(request.content)
+            SearchRequest.model_validate(body)  # the page sends only what the API accepts
             self.searches.append(body)
-            if self.search_status != 200:
-                return httpx.Response(self.search_status, json={"detail": self.search_detail})
-            n = min(self.results, body.get("limit", 20))
-            return httpx.Response(200, json={"results": [hit(i) for i in range(n)], "took_ms": 12.5, "notes": []})
+            # Results of "more like this" are named after the image, so a test sees which answer is shown.
+            return self._results(body.get("limit", 20), f"like-{body['image_id']}-" if "image_id" in body else "cat")
+        if request.url.path == "/search/image":
+            form = parse_multipart(request)
+            SearchRequest.model_validate({"text": form.get("text"), "limit": int(form["limit"])},
+                                         context={"has_upload": True})
+            self.uploads.append(form)
+            return self._results(int(form["limit"]))
         if request.url.path.startswith("/images/"):
+            self.fetched.append(request.url.path)
             return httpx.Response(200, content=jpeg(), headers={"content-type": "image/jpeg"})
         return httpx.Response(404, json={"detail": "not found"})
+
+    def _results(self, limit: int, name: str = "cat") -> httpx.Response:
+        if self.search_status != 200:
+            return httpx.Response(self.search_status, json={"detail": self.search_detail})
+        n = min(self.results, limit)
+        return self._json(SearchResponse, {"results": [hit(i, name) for i in range(n)], "took_ms": 12.5, "notes": []})
+
+    @staticmethod
+    def _json(model, body: dict) -> httpx.Response:
+        return httpx.Response(200, json=model.model_validate(body).model_dump(mode="json"))
+
+
+def parse_multipart(request: httpx.Request) -> dict:
+    """The fields of a multipart/form-data body; a file field's value is its bytes."""
+    from email.parser import BytesParser
+    from email.policy import HTTP
+
+    header = f"Content-Type: {request.headers['content-type']}\r\n\r\n".encode()
+    message = BytesParser(policy=HTTP).parsebytes(header + request.content)
+    fields = {}
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        payload = part.get_payload(decode=True)
+        fields[name] = payload if part.get_filename() else payload.decode()
+    return fields
 
 
 @pytest.fixture
@@ -112,7 +151,8 @@ def test_more_like_this_searches_by_that_image_id(fake):
     like.click().run()
     assert not app.exception
     assert api.searches[-1]["image_id"] == "id2" and "text" not in api.searches[-1]
-    assert "cat2.jpg" in texts(app)
+    shown = texts(app)
+    assert "like-id2-0.jpg" in shown and "cat0.jpg" not in shown  # the grid now shows the new answer
 
 
 def test_load_more_asks_for_the_next_page(fake):
@@ -143,3 +183,56 @@ def test_controls_reach_the_api(fake):
     app.sidebar.text_input[0].input("/photos/2024/").run()
     app.text_input(key="query_text").input("beach").run()
     assert api.searches[-1]["filter"] == {"path_prefix": "/photos/2024/"}
+    assert "min_score" not in api.searches[-1]  # the slider at its lowest means no minimum
+    next(s for s in app.sidebar.slider if s.label == "Minimum score").set_value(0.25).run()
+    assert api.searches[-1]["min_score"] == pytest.approx(0.25)
+    next(s for s in app.sidebar.slider if s.label == "Results per page").set_value(35).run()
+    assert api.searches[-1]["limit"] == 35
+
+
+def test_negative_text_is_sent_with_the_query(fake):
+    api = fake(FakeApi())
+    app = run("a dog on a beach")
+    assert "negative_text" not in api.searches[-1]
+    next(t for t in app.text_input if t.label == "…but not").input("people").run()
+    assert api.searches[-1]["text"] == "a dog on a beach" and api.searches[-1]["negative_text"] == "people"
+
+
+def test_the_grid_shows_thumbnails_and_the_preview_the_original(fake):
+    api = fake(FakeApi(results=4))
+    app = run("cats")
+    assert sorted(api.fetched) == sorted(f"/images/id{i}/thumbnail" for i in range(4))
+    api.fetched.clear()
+    next(b for b in app.button if b.key == "view-id1").click().run()
+    assert not app.exception
+    originals = [path for path in api.fetched if not path.endswith("/thumbnail")]
+    assert originals == ["/images/id1"]  # only the preview loads a full-size original
+
+
+def test_more_like_this_says_which_image_it_shows_and_can_go_back(fake):
+    api = fake(FakeApi())
+    app = run("cats")
+    next(b for b in app.button if b.key == "like-id1").click().run()
+    assert "Showing images like **cat1.jpg**" in [i.value for i in app.info]
+    next(b for b in app.button if "Back to text search" in b.label).click().run()
+    assert not any("Showing images like" in i.value for i in app.info)
+    assert len(api.searches) == 2  # the text search, then more-like-this; going back asks nothing new
+
+
+def test_an_uploaded_image_is_sent_to_the_api_with_the_text(fake, monkeypatch):
+    api = fake(FakeApi(results=2))
+    data = jpeg()
+
+    class Upload:  # what st.file_uploader returns, with the attributes the page reads
+        name, file_id = "query.jpg", "upload-1"
+
+        def getvalue(self):
+            return data
+
+    monkeypatch.setattr(st, "file_uploader", lambda *args, **kwargs: Upload())
+    app = run("at night")
+    assert not app.exception
+    assert api.searches == []
+    assert api.uploads[-1]["file"] == data and api.uploads[-1]["text"] == "at night"
+    assert int(api.uploads[-1]["limit"]) == 20
+    assert "2 results in 12 ms" in texts(app)

@@ -8,30 +8,35 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port, start_process, stop_process
+from tests.conftest import http_ready, start_server, stop_process
 
-ARTEFACTS = Path(__file__).resolve().parent.parent / "test-artefacts"
-CHROMIUM = os.environ.get("IMGSEARCH_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM = os.environ.get("TEST_CHROMIUM", "/usr/bin/chromium")
 
 
 @pytest.fixture
-def ui_url(server, imgsearch_bin, cli_env):
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    process = start_process([imgsearch_bin, "ui", "--port", str(port), "--api-url", server], cli_env,
-                            f"{url}/_stcore/health", timeout_s=60)
-    yield url
+def artefacts(tmp_path) -> Path:
+    """Screenshots go to a temporary folder, or to $TEST_ARTEFACTS (never into the repository unasked)."""
+    folder = Path(os.environ.get("TEST_ARTEFACTS") or tmp_path / "artefacts")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+@pytest.fixture
+def ui_url(server, imgsearch_bin, server_env):
+    process, port = start_server(
+        lambda port: [imgsearch_bin, "ui", "--port", str(port), "--api-url", server], server_env,
+        http_ready("/_stcore/health"), timeout_s=60)
+    yield f"http://127.0.0.1:{port}"
     stop_process(process)
 
 
 @pytest.mark.slow
 @pytest.mark.browser
-def test_typing_a_query_shows_result_images_and_more_like_this_works(ui_url):
+def test_typing_a_query_shows_result_images_and_more_like_this_works(ui_url, artefacts):
     if not shutil.which(CHROMIUM) and not os.path.exists(CHROMIUM):
         pytest.fail(f"Chromium not found at {CHROMIUM}: apt-get install chromium (.ci/run does)")
     from playwright.sync_api import expect, sync_playwright
 
-    ARTEFACTS.mkdir(exist_ok=True)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
             executable_path=CHROMIUM, headless=True,
@@ -48,10 +53,10 @@ def test_typing_a_query_shows_result_images_and_more_like_this_works(ui_url):
         expect(page.get_by_text("results in")).to_be_visible()
         assert results.count() >= 5
         assert page.locator("[data-testid='stImage'] img").first.evaluate("img => img.naturalWidth") > 0
-        page.screenshot(path=str(ARTEFACTS / "ui-results.png"), full_page=True)
+        page.screenshot(path=str(artefacts / "ui-results.png"), full_page=True)
 
         page.get_by_role("button", name="More like this").first.click()
         expect(page.get_by_text("Showing images like")).to_be_visible(timeout=30_000)
         expect(results.first).to_be_visible(timeout=30_000)
-        page.screenshot(path=str(ARTEFACTS / "ui-more-like-this.png"), full_page=True)
+        page.screenshot(path=str(artefacts / "ui-more-like-this.png"), full_page=True)
         browser.close()

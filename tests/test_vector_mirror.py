@@ -101,3 +101,22 @@ def test_reconcile_catches_a_write_whose_token_bump_never_happened(mirror, store
     assert mirror.fresh and row["id"] not in {h.id for h in mirror.search(row["vector"], limit=1, offset=0)}
     mirror.reconcile()
     assert mirror.search(row["vector"], limit=1, offset=0)[0].id == row["id"]
+
+
+def test_background_thread_catches_up_after_every_later_write(store, filled):
+    mirror = VectorMirror(store, DIM, poll_s=0.05)
+    mirror.start()
+    try:
+        assert mirror.wait_until_fresh(30)
+        for round_ in range(3):
+            new = unit_rows(2, seed=20 + round_, prefix=f"/round{round_}/")
+            for row in new:
+                row["indexed_at"] = int(time.time())
+            store.upsert(new)
+            assert mirror.wait_until_fresh(30), f"no catch-up after write {round_ + 1}"
+            assert mirror.search(new[0]["vector"], limit=1, offset=0)[0].id == new[0]["id"]
+        store.delete([filled[0]["id"]])
+        assert mirror.wait_until_fresh(30) and mirror.count() == 505
+        assert filled[0]["id"] not in {h.id for h in mirror.search(filled[0]["vector"], limit=5, offset=0)}
+    finally:
+        mirror.stop()
