@@ -119,27 +119,35 @@ def create_app(settings: Settings | None = None, encoder: Encoder | None = None)
                             for e in errors)
         return JSONResponse({"detail": message, "errors": errors}, status_code=422)
 
-    @app.exception_handler(ImageNotFoundError)
-    async def image_not_found(_request: Request, exc: ImageNotFoundError):
-        return JSONResponse({"detail": str(exc)}, status_code=404)
-
-    @app.exception_handler(ValueError)
-    async def bad_query(_request: Request, exc: ValueError):  # e.g. query parts that cancel out
-        return JSONResponse({"detail": str(exc)}, status_code=422)
-
-    @app.exception_handler(CollectionNotFoundError)
-    async def no_collection(_request: Request, exc: CollectionNotFoundError):
-        return JSONResponse({"detail": str(exc)}, status_code=503)
-
-    @app.exception_handler(ModelMismatchError)
-    async def mismatch(_request: Request, exc: ModelMismatchError):
-        return JSONResponse({"detail": str(exc)}, status_code=409)
+    for error_class in ERROR_STATUS:
+        app.add_exception_handler(error_class, domain_error)
 
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "X-API-Key", "Content-Type"])
     app.add_middleware(BodySizeLimit, limit=settings.max_upload_bytes, slack=64 * 1024)
     return app
+
+
+# Domain errors and the HTTP status each becomes: the one place that decides, by class, never by message text.
+ERROR_STATUS: dict[type[Exception], int] = {
+    ImageNotFoundError: 404,
+    ModelMismatchError: 409,
+    ValueError: 422,  # e.g. query parts that cancel out
+    CollectionNotFoundError: 503,
+}
+
+
+def status_for(exc: Exception) -> int:
+    """The status of the most specific class in ERROR_STATUS that ``exc`` is an instance of."""
+    for cls in type(exc).__mro__:
+        if cls in ERROR_STATUS:
+            return ERROR_STATUS[cls]
+    raise LookupError(f"no status for {type(exc).__name__}")
+
+
+async def domain_error(_request: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse({"detail": str(exc)}, status_code=status_for(exc))
 
 
 def _warm_up(encoder: Encoder) -> None:

@@ -31,3 +31,12 @@ def test_stored_content_is_findable_by_hash():
 def test_ids_are_stable_and_distinct():
     assert image_id("/r/a.jpg") == image_id("/r/a.jpg")
     assert image_id("/r/a.jpg") != image_id("/r/b.jpg")
+
+
+def test_ids_are_16_hex_digits_also_for_names_that_are_not_utf8():
+    import os
+    import re
+
+    odd = os.fsdecode(b"/r/caf\xe9.jpg")  # a Latin-1 name, as found on old disks: not valid UTF-8
+    assert re.fullmatch(r"[0-9a-f]{16}", image_id(odd)) and re.fullmatch(r"[0-9a-f]{16}", image_id("/r/a.jpg"))
+    assert image_id(odd) == image_id(odd) != image_id("/r/cafe.jpg")
