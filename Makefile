@@ -2,7 +2,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: help install test bench serve ui lint
+.PHONY: help install test bench serve ui lint mutants
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -28,3 +28,12 @@ ui: ## start the web UI on 127.0.0.1:8501
 
 lint: ## ruff
 	$(VENV)/bin/ruff check .
+
+mutants: ## mutation testing of the core logic with mutmut (see docs/mutation-testing.md; not part of CI)
+	$(PIP) install -q 'mutmut==3.8.1'
+	rm -rf mutants
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TEST_TINY_MODEL_DIR=$(CURDIR)/mutants-model \
+		$(VENV)/bin/mutmut run --max-children 2 | tail -n 3
+	$(VENV)/bin/mutmut export-cicd-stats >/dev/null
+	$(PY) tests/mutation_score.py
+	$(VENV)/bin/mutmut results

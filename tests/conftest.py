@@ -52,14 +52,28 @@ def release_lite_data_directories():
     release_hosted()
 
 
+# Kept for the life of the process: `make mutants` runs one pytest session per mutant in forks of one process,
+# and the model must not be built and loaded again for each.
+_tiny_model: dict[str, object] = {}
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
-    return build_local_clip(tmp_path_factory.mktemp("models") / "tiny-clip", "tiny", seed=0)
+    built = _tiny_model.get("dir")
+    if built is None or not built.exists():
+        cache = os.environ.get("TEST_TINY_MODEL_DIR")  # a folder that outlives one session, for `make mutants`
+        folder = Path(cache) if cache else tmp_path_factory.mktemp("models") / "tiny-clip"
+        built = folder if (folder / "modules.json").exists() else build_local_clip(folder, "tiny", seed=0)
+        _tiny_model.clear()
+        _tiny_model["dir"] = built
+    return built
 
 
 @pytest.fixture(scope="session")
 def encoder(tiny_model_dir) -> Encoder:
-    return Encoder(str(tiny_model_dir), device="cpu", batch_size=8)
+    if "encoder" not in _tiny_model:
+        _tiny_model["encoder"] = Encoder(str(tiny_model_dir), device="cpu", batch_size=8)
+    return _tiny_model["encoder"]
 
 
 @pytest.fixture
