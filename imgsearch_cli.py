@@ -158,7 +158,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_ui(args: argparse.Namespace) -> int:
     from ui.launch import launch
 
-    return launch(_settings(args), port=args.port, address=args.ui_host)
+    launch(_settings(args), port=args.port, address=args.ui_host)  # replaces this process; never returns
 
 
 COMMANDS = {"index": cmd_index, "search": cmd_search, "serve": cmd_serve, "ui": cmd_ui, "drop": cmd_drop}

@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 
-def launch(settings, port: int = 8501, address: str = "127.0.0.1") -> int:
+def launch(settings, port: int = 8501, address: str = "127.0.0.1") -> NoReturn:
     """Replace this process with Streamlit, so a signal to ``imgsearch ui`` reaches the server itself and no
     child outlives it."""
     app = Path(__file__).with_name("app.py")
