@@ -244,9 +244,12 @@ class MilvusStore:
         )
         identity = {"imgsearch.schema": str(_SCHEMA_VERSION), "imgsearch.model": model, "imgsearch.dim": str(dim)}
         self._call(lambda c: c.create_collection(
-            self.collection, schema=schema, index_params=index_params, properties=identity,
+            self.collection, schema=schema, properties=identity,
             description=f"imgsearch images embedded by {model}", consistency_level="Strong",
         ))
+        # sync=False: pymilvus would otherwise poll the index state with a fixed half-second sleep, and an
+        # index on an empty collection is built by the time load_collection runs.
+        self._call(lambda c: c.create_index(self.collection, index_params, sync=False))
         self._call(lambda c: c.load_collection(self.collection))
 
     def model_info(self) -> tuple[str, int]:

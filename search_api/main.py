@@ -5,62 +5,24 @@ from __future__ import annotations
 import logging
 from contextlib import asynccontextmanager
 
-from fastapi import Depends, FastAPI, HTTPException, Request
-from fastapi.encoders import jsonable_encoder
-from fastapi.exceptions import RequestValidationError
+from fastapi import Depends, FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from imgsearch_core.encoder import Encoder
-from imgsearch_core.errors import CollectionNotFoundError, ModelMismatchError
 from imgsearch_core.milvus_store import MilvusStore
 from imgsearch_core.settings import Settings, get_settings
 from search_api.deps import SettingsDep, StoreDep, require_api_key
+from search_api.http_errors import BodySizeLimit, install_error_handlers
 from search_api.routes import images, indexing, search
 from search_api.schemas import HealthResponse
 from search_api.services.batching import TextBatcher
 from search_api.services.jobs import JobManager
-from search_api.services.search import ImageNotFoundError, SearchService
+from search_api.services.search import SearchService
 from search_api.services.thumbnails import ThumbnailCache
 from search_api.services.vector_mirror import VectorMirror
 
 log = logging.getLogger(__name__)
-
-
-class BodySizeLimit:
-    """Refuse request bodies over ``limit`` bytes with 413, counted while streaming (no Content-Length needed)."""
-
-    def __init__(self, app: ASGIApp, limit: int, slack: int = 0):
-        self.app = app
-        self.limit = limit + slack  # multipart framing adds a little to the file itself
-        self.configured = limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            return await self._too_large(send)
-        received = 0
-
-        async def counting_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.limit:
-                    raise HTTPException(413, self._message())
-            return message
-
-        await self.app(scope, counting_receive, send)
-
-    def _message(self) -> str:
-        return f"upload is over the limit of {self.configured:,} bytes (IMGSEARCH_MAX_UPLOAD_BYTES)"
-
-    async def _too_large(self, send: Send) -> None:
-        await JSONResponse({"detail": self._message()}, status_code=413)({"type": "http"}, None, send)
 
 
 def create_app(settings: Settings | None = None, encoder: Encoder | None = None) -> FastAPI:
@@ -112,42 +74,13 @@ def create_app(settings: Settings | None = None, encoder: Encoder | None = None)
         cache = "off" if mirror is None else ("fresh" if mirror.fresh else "catching-up")
         return HealthResponse(status="ok", model=model.name, dim=model.dim, count=count, vector_cache=cache)
 
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(_request: Request, exc: RequestValidationError):
-        errors = jsonable_encoder(exc.errors(), custom_encoder={Exception: str, bytes: lambda b: b.decode("utf-8", "replace")})
-        message = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()) if p != 'body') or 'body'}: {e.get('msg')}"
-                            for e in errors)
-        return JSONResponse({"detail": message, "errors": errors}, status_code=422)
-
-    for error_class in ERROR_STATUS:
-        app.add_exception_handler(error_class, domain_error)
+    install_error_handlers(app)
 
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "X-API-Key", "Content-Type"])
     app.add_middleware(BodySizeLimit, limit=settings.max_upload_bytes, slack=64 * 1024)
     return app
-
-
-# Domain errors and the HTTP status each becomes: the one place that decides, by class, never by message text.
-ERROR_STATUS: dict[type[Exception], int] = {
-    ImageNotFoundError: 404,
-    ModelMismatchError: 409,
-    ValueError: 422,  # e.g. query parts that cancel out
-    CollectionNotFoundError: 503,
-}
-
-
-def status_for(exc: Exception) -> int:
-    """The status of the most specific class in ERROR_STATUS that ``exc`` is an instance of."""
-    for cls in type(exc).__mro__:
-        if cls in ERROR_STATUS:
-            return ERROR_STATUS[cls]
-    raise LookupError(f"no status for {type(exc).__name__}")
-
-
-async def domain_error(_request: Request, exc: Exception) -> JSONResponse:
-    return JSONResponse({"detail": str(exc)}, status_code=status_for(exc))
 
 
 def _warm_up(encoder: Encoder) -> None:

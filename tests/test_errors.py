@@ -3,7 +3,7 @@
 import pytest
 
 from imgsearch_core.errors import CollectionNotFoundError, ModelMismatchError
-from search_api.main import status_for
+from search_api.http_errors import status_for
 from search_api.services.search import ImageNotFoundError
 
 
