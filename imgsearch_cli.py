@@ -38,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     index = commands.add_parser("index", help="embed the images under PATHs into the collection (incremental)")
     index.add_argument("paths", nargs="+", metavar="PATH", help="folders or image files")
     index.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    index.add_argument("--prune", action="store_true",
+                       help="drop what is indexed under a PATH that is now missing or empty (by default such a "
+                            "root is refused, since an unmounted share looks the same)")
     index.add_argument("--batch-size", dest="batch_size", type=int, help="images per model batch [IMGSEARCH_BATCH_SIZE]")
     index.add_argument("--decode-workers", dest="decode_workers", type=int, help="decoding threads [IMGSEARCH_DECODE_WORKERS]")
     _add_common(index)
@@ -70,16 +73,18 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_index(args: argparse.Namespace) -> int:
     from imgsearch_core.encoder import Encoder, model_identity
     from imgsearch_core.milvus_store import MilvusStore
-    from indexer.runner import run_index
-    from indexer.scanner import resolve_roots
+    from indexer.runner import check_roots_exist, run_index
 
     settings = _settings(args)
-    resolve_roots(args.paths)  # a mistyped path fails before the model loads
     store = MilvusStore.from_settings(settings)
-    if store.exists():
+    exists = store.exists()
+    if not args.prune:  # a mistyped or unmounted path fails before the model loads
+        check_roots_exist(args.paths, store.iter_metadata() if exists else [])
+    if exists:
         store.check_model(model_identity(settings.model))  # fail fast, before loading the model
     encoder = Encoder.from_settings(settings)
-    report = run_index(args.paths, settings, encoder, store, show_progress=sys.stderr.isatty() and not args.json)
+    report = run_index(args.paths, settings, encoder, store, show_progress=sys.stderr.isatty() and not args.json,
+                       prune=args.prune)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
@@ -88,7 +93,9 @@ def cmd_index(args: argparse.Namespace) -> int:
               f"failed {len(report.failed)} in {report.elapsed_s:.1f}s")
         for failure in report.failed:
             print(f"  skipped {failure['path']}: {failure['reason']}")
-    return EXIT_OK
+    for refusal in report.refused:
+        print(f"imgsearch index: {refusal}", file=sys.stderr)
+    return EXIT_ERROR if report.refused else EXIT_OK
 
 
 def cmd_search(args: argparse.Namespace) -> int:

@@ -43,6 +43,7 @@ METADATA_FIELDS = ["id", "path", "size", "mtime_ns", "content_hash", "width", "h
 _MAX_PATH = 4096
 VALID_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _SCHEMA_VERSION = 1
+_ROOTS_PROPERTY = "imgsearch.roots"  # JSON list of the real paths of every indexed root
 
 _INDEX_PARAMS = {
     "HNSW": {"M": 16, "efConstruction": 200},
@@ -201,19 +202,37 @@ class MilvusStore:
             raise StoreUnavailableError(f"cannot connect to Milvus at {self.milvus_uri}: {exc.message}") from exc
 
     def _call(self, operation: Callable[[MilvusClient], T]) -> T:
-        """Run ``operation``; on an embedded store whose serving process went away, reconnect once."""
+        """Run ``operation``; on an embedded store whose serving process went away, reconnect once.
+
+        Milvus's own errors leave as domain errors a caller can act on: StoreUnavailableError when it cannot
+        be reached, CollectionNotFoundError when the collection was dropped under us.
+        """
         client = self._client
         try:
-            return operation(client)
+            try:
+                return operation(client)
+            except MilvusException as exc:
+                if _is_not_loaded(exc):  # a restarted server comes back with its collections released
+                    log.warning("collection %s was released (%s); loading it again", self.collection, exc.message)
+                    client.load_collection(self.collection)
+                    return operation(client)
+                if not (self.is_embedded and _is_connection_error(exc)):
+                    raise
+                log.warning("lost the Milvus Lite server (%s); reconnecting", exc.message)
+                with self._client_lock:
+                    if self._client is client:
+                        self._client = self._connect()
+                    client = self._client
+                return operation(client)
         except MilvusException as exc:
-            if not (self.is_embedded and _is_connection_error(exc)):
-                raise
-            log.warning("lost the Milvus Lite server (%s); reconnecting", exc.message)
-            with self._client_lock:
-                if self._client is client:
-                    self._client = self._connect()
-                client = self._client
-            return operation(client)
+            raise self._domain_error(exc) from exc
+
+    def _domain_error(self, exc: MilvusException) -> Exception:
+        if _is_connection_error(exc):
+            return StoreUnavailableError(f"Milvus at {self.milvus_uri} cannot be reached: {exc.message}")
+        if "collection not found" in str(exc.message).lower() or "can't find collection" in str(exc.message).lower():
+            return CollectionNotFoundError(self.collection)
+        return exc
 
     def close(self) -> None:
         self._client.close()
@@ -251,6 +270,29 @@ class MilvusStore:
         # index on an empty collection is built by the time load_collection runs.
         self._call(lambda c: c.create_index(self.collection, index_params, sync=False))
         self._call(lambda c: c.load_collection(self.collection))
+
+    def indexed_roots(self) -> list[str]:
+        """The folders (and single files) ever indexed into this collection: the API serves files only below them."""
+        if not self.exists():
+            return []
+        properties = self._call(lambda c: c.describe_collection(self.collection)).get("properties") or {}
+        try:
+            roots = json.loads(properties.get(_ROOTS_PROPERTY, "[]"))
+        except ValueError:
+            return []
+        return [root for root in roots if isinstance(root, str)]
+
+    def add_roots(self, roots: Sequence[str]) -> None:
+        """Record ``roots`` as indexed. Read-modify-write, checked afterwards: two indexers adding at once both land."""
+        for _attempt in range(5):
+            known = self.indexed_roots()
+            missing = [root for root in roots if root not in known]
+            if not missing:
+                return
+            value = json.dumps(sorted(set(known) | set(missing)))
+            self._call(lambda c, value=value: c.alter_collection_properties(
+                self.collection, properties={_ROOTS_PROPERTY: value}))
+        log.warning("could not record indexed roots %s after 5 attempts", roots)
 
     def model_info(self) -> tuple[str, int]:
         """The (model, dim) the collection was made with."""
@@ -341,7 +383,13 @@ class MilvusStore:
             self.collection, batch_size=batch_size, filter=filter_expr, output_fields=output_fields
         ))
         try:
-            while batch := iterator.next():
+            while True:
+                try:
+                    batch = iterator.next()
+                except MilvusException as exc:
+                    raise self._domain_error(exc) from exc
+                if not batch:
+                    break
                 yield from batch
         finally:
             iterator.close()
@@ -358,6 +406,11 @@ class MilvusStore:
         ))
         return [[Hit(id=hit["id"], score=float(hit["distance"]), row=dict(hit["entity"])) for hit in hits]
                 for hits in results]
+
+
+def _is_not_loaded(exc: MilvusException) -> bool:
+    text = str(exc.message).lower()
+    return "released" in text or "not loaded" in text
 
 
 def _is_connection_error(exc: MilvusException) -> bool:

@@ -30,6 +30,7 @@ class Settings(BaseSettings):
     batch_size: int = Field(32, ge=1, le=4096)
     decode_workers: int = Field(2, ge=1, le=64)
     max_image_pixels: int = Field(100_000_000, ge=1)
+    max_file_bytes: int = Field(256 * 1024 * 1024, ge=1)  # no file larger than this is ever read
 
     # Search API. "auto" keeps an in-memory copy of the vectors for exact, fast search on Milvus Lite.
     vector_cache: Literal["auto", "on", "off"] = "auto"
@@ -40,6 +41,7 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1)
     allowed_roots: list[Path] = []
     thumbnail_dir: Path = Path("./data/thumbnails")
+    thumbnail_cache_mb: int = Field(512, ge=1)  # least recently used thumbnails go first beyond this
 
     # Streamlit UI.
     api_url: str = "http://127.0.0.1:8000"

@@ -12,6 +12,7 @@ import numpy as np
 from imgsearch_core.encoder import Encoder
 from imgsearch_core.errors import ImageDecodeError
 from imgsearch_core.images import DecodedImage, decode_image
+from imgsearch_core.safe_files import UnsafeFileError, read_regular
 from indexer.plan import content_hash
 from indexer.scanner import FileEntry
 
@@ -30,12 +31,18 @@ class EmbeddedBatch:
     vectors: np.ndarray  # (len(files), dim)
 
 
-def load_file(entry: FileEntry, known_hashes: Callable[[str], bool], min_side: int, max_pixels: int) -> LoadedFile:
-    """Read ``entry`` once: hash it, and decode it unless its content is already in the index."""
+def load_file(
+    entry: FileEntry, known_hashes: Callable[[str], bool], min_side: int, max_pixels: int,
+    roots: list[str], max_bytes: int,
+) -> LoadedFile:
+    """Read ``entry`` once (a regular file inside ``roots``, at most ``max_bytes``): hash it, and decode it
+    unless its content is already in the index."""
     loaded = LoadedFile(entry)
     try:
-        with open(entry.path, "rb") as handle:
-            data = handle.read()
+        data = read_regular(entry.path, roots, max_bytes)
+    except UnsafeFileError as exc:
+        loaded.error = exc.reason
+        return loaded
     except OSError as exc:
         loaded.error = f"cannot read: {exc.strerror or exc}"
         return loaded

@@ -7,7 +7,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from indexer.scanner import FileEntry, under_roots
+from imgsearch_core.safe_files import within
+from indexer.scanner import FileEntry
 
 
 def image_id(path: str) -> str:
@@ -27,8 +28,14 @@ class Plan:
     rows_by_hash: dict[str, dict[str, Any]] = field(default_factory=dict)  # any stored row, by content
 
 
-def make_plan(files: list[FileEntry], stored_rows: Iterable[dict[str, Any]], roots: list[str]) -> Plan:
-    """Split ``files`` into unchanged (same size and mtime as stored) and to-process; find stale rows."""
+def make_plan(
+    files: list[FileEntry], stored_rows: Iterable[dict[str, Any]], roots: list[str], keep: Iterable[str] = ()
+) -> Plan:
+    """Split ``files`` into unchanged (same size and mtime as stored) and to-process; find stale rows.
+
+    Rows under ``keep`` (folders or files the scan could not look at) are never stale.
+    """
+    keep = list(keep)
     plan = Plan()
     stored_by_path: dict[str, dict[str, Any]] = {}
     for row in stored_rows:
@@ -43,5 +50,5 @@ def make_plan(files: list[FileEntry], stored_rows: Iterable[dict[str, Any]], roo
         else:
             plan.to_process.append(entry)
     plan.stale = [row for path, row in stored_by_path.items()
-                  if path not in on_disk and under_roots(path, roots)]
+                  if path not in on_disk and within(path, roots) and not within(path, keep)]
     return plan

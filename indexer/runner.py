@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -13,7 +14,8 @@ from imgsearch_core.milvus_store import MilvusStore
 from imgsearch_core.settings import Settings
 from indexer.embedder import EmbeddedBatch, LoadedFile, embed_in_batches, load_file, load_in_parallel
 from indexer.plan import make_plan
-from indexer.scanner import resolve_roots, scan
+from imgsearch_core.safe_files import within
+from indexer.scanner import RootNotFoundError, resolve_roots, scan
 from indexer.writer import BatchWriter, make_row
 
 
@@ -26,10 +28,14 @@ class IndexReport:
     copied: int = 0  # content already indexed at another path that still exists: vector reused
     removed: int = 0
     failed: list[dict[str, str]] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)  # roots whose rows were kept instead of swept, and why
     elapsed_s: float = 0.0
+    moved_from: set[str] = field(default_factory=set, repr=False)  # old paths of moved files (not reported)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        report = asdict(self)
+        del report["moved_from"]
+        return report
 
 
 ProgressCallback = Callable[[int, int], None]  # (files processed, files to process)
@@ -66,17 +72,38 @@ class Progress:
 
 def run_index(
     roots: list[str], settings: Settings, encoder: Encoder, store: MilvusStore, show_progress: bool = False,
-    on_progress: ProgressCallback | None = None,
+    on_progress: ProgressCallback | None = None, prune: bool = False,
 ) -> IndexReport:
-    """Bring the collection in line with the image files under ``roots``."""
+    """Bring the collection in line with the image files under ``roots``.
+
+    A root that is missing, or empty while rows are indexed under it (an unmounted share looks like that),
+    sweeps nothing unless ``prune``: a missing one raises RootNotFoundError, an empty one is listed in
+    ``report.refused``.
+    """
     started = time.monotonic()
-    roots = resolve_roots(roots)
+    roots = resolve_roots(roots, allow_missing=True)
     store.ensure_collection(encoder.name, encoder.dim)
     report = IndexReport()
 
-    files = scan(roots)
-    report.scanned = len(files)
-    plan = make_plan(files, store.iter_metadata(), roots)
+    stored = list(store.iter_metadata())
+    indexed_under = {root: sum(within(row["path"], [root]) for row in stored) for root in roots}
+    present = [root for root in roots if os.path.lexists(root)]
+    if not prune:
+        check_roots_exist(roots, stored)
+    store.add_roots(present)  # the API serves files only from recorded roots
+
+    scanned = scan(present, settings.max_file_bytes)
+    files = scanned.files
+    report.scanned = len(files) + len(scanned.failed)  # every entry met is counted once, skipped ones too
+    report.failed.extend(scanned.failed)
+    keep = list(scanned.keep)
+    for root in present:
+        if indexed_under[root] and not prune and not any(within(f.path, [root]) for f in files):
+            keep.append(root)
+            report.refused.append(
+                f"{root} has no image files now, but {indexed_under[root]} are indexed under it (an unmounted "
+                f"share looks like this); they are kept. If they were removed on purpose, run again with --prune")
+    plan = make_plan(files, stored, roots, keep)
     report.unchanged = len(plan.unchanged)
     stale_paths = {row["path"] for row in plan.stale}
 
@@ -85,7 +112,8 @@ def run_index(
     reused: list[LoadedFile] = []
 
     def load(entry):
-        return load_file(entry, plan.rows_by_hash.__contains__, encoder.image_size, settings.max_image_pixels)
+        return load_file(entry, plan.rows_by_hash.__contains__, encoder.image_size, settings.max_image_pixels,
+                         present, settings.max_file_bytes)
 
     loaded = load_in_parallel(plan.to_process, settings.decode_workers, 2 * settings.batch_size + settings.decode_workers, load)
     try:
@@ -110,13 +138,27 @@ def run_index(
     finally:
         progress.close()
 
-    # Sweep last: a run killed before this point leaves old rows, never missing ones.
-    store.delete([row["id"] for row in plan.stale])
-    report.removed = len(plan.stale) - report.moved  # a moved file's old row is not a removal
+    # Sweep last: a run killed before this point leaves old rows, never missing ones. Each path is looked at
+    # again right before its row goes, so a file that another indexer or the user put back is never dropped.
+    gone = [row for row in plan.stale if not os.path.lexists(row["path"])]
+    store.delete([row["id"] for row in gone])
+    gone_paths = {row["path"] for row in gone}
+    came_back = len(report.moved_from - gone_paths)  # counted as moved, but the old file is there again
+    report.moved -= came_back
+    report.copied += came_back
+    report.removed = len(gone_paths - report.moved_from)  # a moved file's old row is not a removal
     if report.embedded or report.moved or report.copied or report.removed:
         store.flush()
     report.elapsed_s = round(time.monotonic() - started, 3)
     return report
+
+
+def check_roots_exist(roots: list[str], stored_rows: Iterable[dict[str, Any]]) -> None:
+    """Raise RootNotFoundError for the first missing root, saying how many images are indexed under it."""
+    missing = [root for root in resolve_roots(roots, allow_missing=True) if not os.path.lexists(root)]
+    if missing:
+        indexed = sum(within(row["path"], missing[:1]) for row in stored_rows)
+        raise RootNotFoundError(missing[0], indexed)
 
 
 def _write_reused(items, rows_by_hash, stale_paths, store, writer, report) -> None:
@@ -136,6 +178,7 @@ def _write_reused(items, rows_by_hash, stale_paths, store, writer, report) -> No
             report.unchanged += 1
         elif source["path"] in stale_paths:
             report.moved += 1
+            report.moved_from.add(source["path"])
         else:
             report.copied += 1
     writer.add(rows)

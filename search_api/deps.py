@@ -9,6 +9,7 @@ from fastapi import Depends, HTTPException, Request, status
 
 from imgsearch_core.milvus_store import MilvusStore
 from imgsearch_core.settings import Settings
+from search_api.services.files import ServedFiles
 from search_api.services.jobs import JobManager
 from search_api.services.search import SearchService
 from search_api.services.thumbnails import ThumbnailCache
@@ -30,6 +31,10 @@ def get_thumbnails(request: Request) -> ThumbnailCache:
     return request.app.state.thumbnails
 
 
+def get_files(request: Request) -> ServedFiles:
+    return request.app.state.files
+
+
 def get_jobs(request: Request) -> JobManager:
     return request.app.state.jobs
 
@@ -39,6 +44,7 @@ SearchServiceDep = Annotated[SearchService, Depends(get_search_service)]
 StoreDep = Annotated[MilvusStore, Depends(get_store)]
 ThumbnailsDep = Annotated[ThumbnailCache, Depends(get_thumbnails)]
 JobsDep = Annotated[JobManager, Depends(get_jobs)]
+FilesDep = Annotated[ServedFiles, Depends(get_files)]
 
 
 def require_api_key(request: Request, settings: SettingsDep) -> None:

@@ -12,15 +12,21 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from imgsearch_core.errors import CollectionNotFoundError, ModelMismatchError
+from imgsearch_core.errors import CollectionNotFoundError, ModelMismatchError, StoreUnavailableError
+from search_api.services.jobs import JobQueueFullError, PathNotAllowedError, PathNotFoundError, UnusablePathError
 from search_api.services.search import ImageNotFoundError
 
 # Domain errors and the HTTP status each becomes: the one place that decides.
 ERROR_STATUS: dict[type[Exception], int] = {
     ImageNotFoundError: 404,
+    PathNotAllowedError: 403,
+    PathNotFoundError: 404,
+    UnusablePathError: 422,
+    JobQueueFullError: 429,
     ModelMismatchError: 409,
     ValueError: 422,  # e.g. query parts that cancel out
     CollectionNotFoundError: 503,
+    StoreUnavailableError: 503,  # Milvus down: try again later; the API reconnects by itself
 }
 
 

@@ -17,6 +17,7 @@ from search_api.http_errors import BodySizeLimit, install_error_handlers
 from search_api.routes import images, indexing, search
 from search_api.schemas import HealthResponse
 from search_api.services.batching import TextBatcher
+from search_api.services.files import ServedFiles
 from search_api.services.jobs import JobManager
 from search_api.services.search import SearchService
 from search_api.services.thumbnails import ThumbnailCache
@@ -44,7 +45,9 @@ def create_app(settings: Settings | None = None, encoder: Encoder | None = None)
         app.state.mirror = mirror
         batcher = TextBatcher(model)
         app.state.search_service = SearchService(model, store, batcher, mirror)
-        app.state.thumbnails = ThumbnailCache(settings.thumbnail_dir, settings.max_image_pixels)
+        app.state.thumbnails = ThumbnailCache(settings.thumbnail_dir, settings.max_image_pixels,
+                                              settings.thumbnail_cache_mb * 1024 * 1024)
+        app.state.files = ServedFiles(store, settings.allowed_roots, settings.max_file_bytes)
         app.state.jobs = JobManager(settings, model, store)
         yield
         app.state.jobs.shutdown()

@@ -3,6 +3,7 @@ sample images, and processes that are always stopped with everything they starte
 
 from __future__ import annotations
 
+import json
 import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # before anything imports huggingface_hub
@@ -250,7 +251,9 @@ def start_api(imgsearch_bin: str, env: dict[str, str]) -> tuple[subprocess.Popen
 @pytest.fixture(scope="session")
 def server_env(tmp_path_factory, tiny_model_dir) -> dict[str, str]:
     data = tmp_path_factory.mktemp("served")
-    return {**cli_environment(data / "data", tiny_model_dir), "IMGSEARCH_TEST_PHOTOS": str(write_photo_set(data / "photos"))}
+    photos = write_photo_set(data / "photos")
+    return {**cli_environment(data / "data", tiny_model_dir), "IMGSEARCH_TEST_PHOTOS": str(photos),
+            "IMGSEARCH_ALLOWED_ROOTS": json.dumps([str(photos)])}
 
 
 @pytest.fixture(scope="session")

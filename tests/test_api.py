@@ -150,7 +150,7 @@ def test_filters_by_path_prefix_and_size(client, indexed, settings, encoder):
 
 
 def test_path_prefix_with_underscore_and_quotes_is_literal(client, tmp_path, settings, encoder):
-    odd = tmp_path / 'photos' / 'a_b "q"'
+    odd = tmp_path / 'photos' / 'a_b "q"\nline\\2\t'
     write_photo(odd / "x.png", seed=77)
     write_photo(tmp_path / "photos" / "aXb" / "y.png", seed=78)
     store = client.app.state.store
@@ -164,11 +164,15 @@ def test_original_and_thumbnail_by_id(client, indexed, settings):
     original = client.get(f"/images/{image_id}")
     assert original.status_code == 200 and original.headers["content-type"] == "image/jpeg"
     assert original.content == (indexed / "trip" / "photo6.jpg").read_bytes()
-    thumb = client.get(f"/images/{image_id}/thumbnail?size=32")
+    thumb = client.get(f"/images/{image_id}/thumbnail?size=64")
     assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
-    assert max(Image.open(io.BytesIO(thumb.content)).size) == 32
-    assert list(settings.thumbnail_dir.glob(f"{image_id}-*-32.jpg"))  # cached for the next request
-    assert client.get(f"/images/{image_id}/thumbnail?size=32").content == thumb.content
+    assert max(Image.open(io.BytesIO(thumb.content)).size) == 64
+    assert list(settings.thumbnail_dir.glob(f"{image_id}-*-64.jpg"))  # cached for the next request
+    assert client.get(f"/images/{image_id}/thumbnail?size=64").content == thumb.content
+    # Sizes snap up to a few buckets, so a client cannot make the cache hold one file per pixel size.
+    assert client.get(f"/images/{image_id}/thumbnail?size=33").content == thumb.content
+    assert client.get(f"/images/{image_id}/thumbnail?size=100").status_code == 200
+    assert sorted(p.name.rsplit("-", 1)[1] for p in settings.thumbnail_dir.glob(f"{image_id}-*.jpg")) == ["128.jpg", "64.jpg"]
 
 
 def test_image_whose_file_was_deleted_gives_404_not_500(client, indexed):

@@ -1,17 +1,69 @@
-"""Indexing jobs started through the API, run one at a time on a background thread."""
+"""Indexing jobs started through the API, run one at a time on a background thread, from a bounded queue."""
 
 from __future__ import annotations
 
+import os
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from imgsearch_core.encoder import Encoder
 from imgsearch_core.errors import ImgsearchError
 from imgsearch_core.milvus_store import MilvusStore
+from imgsearch_core.safe_files import within
 from imgsearch_core.settings import Settings
 from indexer.runner import run_index
 from search_api.schemas import IndexJob
+
+MAX_QUEUED_JOBS = 16
+MAX_PATH_CHARS = 4096
+MAX_PATH_PARTS = 256
+MAX_NAME_BYTES = 255  # NAME_MAX on Linux, macOS and Windows file systems
+
+
+class PathNotAllowedError(ImgsearchError):
+    """A path outside IMGSEARCH_ALLOWED_ROOTS (403), said the same whether it exists or not."""
+
+
+class UnusablePathError(ImgsearchError):
+    """A path that could never name a file here (422)."""
+
+
+class PathNotFoundError(ImgsearchError):
+    """A path inside the allowed roots that does not exist (404)."""
+
+
+class JobQueueFullError(ImgsearchError):
+    """Too many jobs are waiting (429)."""
+
+
+def allowed_paths(raw_paths: list[str], allowed_roots: list[str]) -> list[str]:
+    """The real paths of ``raw_paths``, each checked against ``allowed_roots``, with nested ones merged.
+
+    Blocking (it resolves links on disk): call it off the event loop.
+    """
+    resolved: list[str] = []
+    for raw in raw_paths:
+        shown = raw[:200]
+        if not raw.strip() or "\x00" in raw or len(raw) > MAX_PATH_CHARS:
+            raise UnusablePathError(f"not a usable path: {shown!r}")
+        if not os.path.isabs(raw):
+            raise UnusablePathError(f"{shown!r} is not an absolute path ('~' and relative paths are not expanded)")
+        parts = Path(raw).parts
+        if len(parts) > MAX_PATH_PARTS or any(len(p.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES for p in parts):
+            raise UnusablePathError(f"{shown!r} has more than {MAX_PATH_PARTS} parts or a part over {MAX_NAME_BYTES} bytes")
+        try:
+            path = os.path.realpath(raw)  # resolves '..' and links before the check
+        except (OSError, ValueError) as exc:
+            raise UnusablePathError(f"{shown!r}: {exc}") from None
+        if not within(path, allowed_roots):
+            raise PathNotAllowedError(f"{shown} is outside the allowed roots ({', '.join(allowed_roots)})")
+        if not os.path.exists(path):
+            raise PathNotFoundError(f"{shown}: no such file or directory")
+        resolved.append(path)
+    unique = sorted(set(resolved))
+    return [p for p in unique if not within(p, [other for other in unique if other != p])]
 
 
 class JobManager:
@@ -19,13 +71,21 @@ class JobManager:
         self._settings = settings
         self._encoder = encoder
         self._store = store
+        self.allowed_roots = [os.path.realpath(Path(root).expanduser()) for root in settings.allowed_roots]
         self._jobs: dict[str, IndexJob] = {}
         self._lock = threading.Lock()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="index-job")
 
     def submit(self, paths: list[str]) -> IndexJob:
-        job = IndexJob(job_id=uuid.uuid4().hex, state="queued", paths=paths)
+        """Queue a job, or return the queued one for the same paths; raises JobQueueFullError."""
         with self._lock:
+            queued = [job for job in self._jobs.values() if job.state == "queued"]
+            for job in queued:
+                if job.paths == paths:
+                    return job.model_copy()
+            if len(queued) >= MAX_QUEUED_JOBS:
+                raise JobQueueFullError(f"{len(queued)} indexing jobs are already waiting; try again later")
+            job = IndexJob(job_id=uuid.uuid4().hex, state="queued", paths=paths)
             self._jobs[job.job_id] = job
         self._executor.submit(self._run, job.job_id)
         return job.model_copy()
@@ -42,8 +102,9 @@ class JobManager:
 
     def _run(self, job_id: str) -> None:
         self._update(job_id, state="running")
-        paths = self._jobs[job_id].paths
         try:
+            # Checked again: a link under an allowed root may have been re-pointed while the job waited.
+            paths = allowed_paths(self._jobs[job_id].paths, self.allowed_roots)
             report = run_index(
                 paths, self._settings, self._encoder, self._store,
                 on_progress=lambda done, total: self._update(job_id, processed=done, total=total),
@@ -53,7 +114,8 @@ class JobManager:
         except Exception as exc:  # a job must end in a state the client can read
             self._update(job_id, state="failed", error=f"{type(exc).__name__}: {exc}")
         else:
-            self._update(job_id, state="done", report=report.to_dict())
+            state = "failed" if report.refused else "done"
+            self._update(job_id, state=state, report=report.to_dict(), error="; ".join(report.refused) or None)
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -74,8 +74,13 @@ def to_hit(hit: Hit) -> SearchHit:
     )
 
 
+_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
 def _quote(value: str) -> str:
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    """A Milvus string literal for ``value``. A raw newline would end the literal, so it is escaped too; these
+    five escapes are the ones both Milvus Lite and the Milvus server read."""
+    return '"' + "".join(_ESCAPES.get(char, char) for char in value) + '"'
 
 
 def milvus_filter(search_filter: SearchFilter | None) -> str:

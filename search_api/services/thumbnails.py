@@ -1,37 +1,91 @@
-"""JPEG thumbnails, made on first request and kept on disk."""
+"""JPEG thumbnails, made on first request and kept on disk, in a folder of bounded size."""
 
 from __future__ import annotations
 
 import io
 import os
+import threading
+import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 from PIL import Image
 
 from imgsearch_core.images import decode_image
 
+# Requested sizes snap up to one of these, so a client cannot fill the cache with one file per pixel size.
+SIZE_BUCKETS = (64, 128, 256, 512, 1024)
+
+
+def bucket(size: int) -> int:
+    return next((b for b in SIZE_BUCKETS if b >= size), SIZE_BUCKETS[-1])
+
 
 class ThumbnailCache:
-    def __init__(self, folder: Path, max_pixels: int):
+    def __init__(self, folder: Path, max_pixels: int, max_bytes: int):
         self.folder = Path(folder)
         self.max_pixels = max_pixels
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self._total: int | None = None  # bytes in the folder, counted on first write
 
-    def get(self, image_id: str, content_hash: str, path: str, size: int) -> bytes:
-        """The thumbnail bytes, longest side ``size``; raises OSError or ImageDecodeError."""
+    def get(self, image_id: str, content_hash: str, size: int, read: Callable[[], bytes]) -> bytes:
+        """The thumbnail bytes, longest side ``bucket(size)``; ``read`` gives the original's bytes.
+
+        Raises what ``read`` raises, or ImageDecodeError.
+        """
+        size = bucket(size)
         cached = self.folder / f"{image_id}-{content_hash[:12]}-{size}.jpg"
         try:
-            return cached.read_bytes()
+            data = cached.read_bytes()
+            os.utime(cached)  # eviction takes the least recently used first
+            return data
         except FileNotFoundError:
             pass
-        with open(path, "rb") as handle:
-            decoded = decode_image(handle.read(), path, size, self.max_pixels)
+        decoded = decode_image(read(), image_id, size, self.max_pixels)
         image = decoded.image
         image.thumbnail((size, size), Image.Resampling.BICUBIC)
         buffer = io.BytesIO()
         image.save(buffer, format="JPEG", quality=85)
         data = buffer.getvalue()
-        self.folder.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, cached)  # atomic: concurrent requests never see half a file
+        self._store(cached, data)
         return data
+
+    def _store(self, cached: Path, data: bytes) -> None:
+        self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        tmp = self.folder / f".{uuid.uuid4().hex}.tmp"  # unique: concurrent makers never share a file
+        tmp.write_bytes(data)
+        os.replace(tmp, cached)  # atomic: every reader sees a whole JPEG
+        with self._lock:
+            if self._total is None:
+                self._total = self._folder_bytes()
+            else:
+                self._total += len(data)
+            if self._total > self.max_bytes:
+                self._total = self._evict(keep=cached)
+
+    def _folder_bytes(self) -> int:
+        return sum(entry.stat().st_size for entry in os.scandir(self.folder) if entry.name.endswith(".jpg"))
+
+    def _evict(self, keep: Path) -> int:
+        """Delete the least recently used thumbnails until the folder is at 3/4 of the bound; returns its size."""
+        entries = []
+        for entry in os.scandir(self.folder):
+            if entry.name.endswith(".jpg"):
+                try:
+                    info = entry.stat()
+                except FileNotFoundError:
+                    continue
+                entries.append((info.st_mtime_ns, info.st_size, entry.path))
+        total = sum(size for _mtime, size, _path in entries)
+        for _mtime, size, path in sorted(entries):
+            if total <= self.max_bytes * 3 // 4:
+                break
+            if path == str(keep):
+                continue
+            try:
+                os.unlink(path)
+                total -= size
+            except FileNotFoundError:
+                pass
+        return total
