@@ -120,7 +120,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.text:
         vectors.append(encoder.embed_texts([args.text]).vectors[0])
     if args.image:
-        decoded = decode_image(args.image.read_bytes(), str(args.image), encoder.image_size, settings.max_image_pixels)
+        decoded = decode_image(args.image.read_bytes(), str(args.image), encoder.image_size, settings.max_image_pixels,
+                               settings.max_decoded_bytes)
         vectors.append(encoder.embed_images([decoded.image])[0])
     from search_api.ranking import blend
 

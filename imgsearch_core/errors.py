@@ -14,13 +14,20 @@ class ImageDecodeError(ImgsearchError):
         self.reason = reason
 
 
+class UnknownImageFormatError(ImageDecodeError):
+    """The bytes are not in any image format this installation reads."""
+
+
 class ImageTooLargeError(ImageDecodeError):
-    def __init__(self, source: str, pixels: int, limit: int):
-        super().__init__(
-            source,
-            f"{pixels:,} pixels is over the limit of {limit:,} (IMGSEARCH_MAX_IMAGE_PIXELS); "
-            "refusing to decode a possible decompression bomb",
-        )
+    """A possible decompression bomb: too many pixels, or too much memory to decode (mode-aware)."""
+
+    def __init__(self, source: str, pixels: int, limit: int, decoded_bytes: int = 0, max_decoded_bytes: int = 0):
+        if decoded_bytes:
+            reason = (f"decoding would take {decoded_bytes / 2**20:,.0f} MB, over the limit of "
+                      f"{max_decoded_bytes / 2**20:,.0f} MB (IMGSEARCH_MAX_DECODED_MB)")
+        else:
+            reason = f"{pixels:,} pixels is over the limit of {limit:,} (IMGSEARCH_MAX_IMAGE_PIXELS)"
+        super().__init__(source, f"{reason}; refusing to decode a possible decompression bomb")
         self.pixels = pixels
         self.limit = limit
 

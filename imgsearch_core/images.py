@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from imgsearch_core.errors import ImageDecodeError, ImageTooLargeError
+from imgsearch_core.errors import ImageDecodeError, ImageTooLargeError, UnknownImageFormatError
 
 try:  # HEIC/HEIF through the optional pillow-heif plugin (`pip install imgsearch[heic]`).
     from pillow_heif import register_heif_opener
@@ -34,6 +34,19 @@ Image.MAX_IMAGE_PIXELS = None
 
 _ROTATED_ORIENTATIONS = {5, 6, 7, 8}  # EXIF orientations that swap width and height
 
+DEFAULT_MAX_DECODED_BYTES = 256 * 1024 * 1024
+
+# Bytes per pixel of Pillow's decoded modes. A one-bit PNG still takes a byte per pixel once decoded.
+_BYTES_PER_PIXEL = {"1": 1, "L": 1, "P": 1, "LA": 2, "La": 2, "PA": 2, "I;16": 2, "I;16B": 2, "I;16L": 2,
+                    "I;16N": 2, "RGB": 3, "YCbCr": 3, "LAB": 3, "HSV": 3}
+
+
+def decoded_bytes(mode: str, width: int, height: int) -> int:
+    """Peak bytes to decode an image of ``mode`` and size and convert it to RGB (mode-aware, not pixel count)."""
+    per_pixel = _BYTES_PER_PIXEL.get(mode, 4)
+    conversion = 0 if mode == "RGB" else 3 + (4 if mode in ("P", "PA", "LA", "La", "RGBA", "RGBa") else 0)
+    return width * height * (per_pixel + conversion)
+
 
 @dataclass(frozen=True)
 class DecodedImage:
@@ -42,12 +55,15 @@ class DecodedImage:
     height: int
 
 
-def decode_image(data: bytes, source: str, min_side: int, max_pixels: int) -> DecodedImage:
+def decode_image(data: bytes, source: str, min_side: int, max_pixels: int,
+                 max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES) -> DecodedImage:
     """Decode ``data`` into an upright RGB image whose shortest side is ``min_side``.
 
     Raises:
-        ImageTooLargeError: the header declares more than ``max_pixels`` pixels.
-        ImageDecodeError: the bytes are empty, truncated or not an image.
+        ImageTooLargeError: the header declares more than ``max_pixels`` pixels, or decoding would take more
+            than ``max_decoded_bytes`` of memory (after any reduced decoding the format allows).
+        UnknownImageFormatError: the bytes are not an image format Pillow reads.
+        ImageDecodeError: the bytes are empty or truncated.
     """
     if not data:
         raise ImageDecodeError(source, "empty file (0 bytes)")
@@ -56,12 +72,23 @@ def decode_image(data: bytes, source: str, min_side: int, max_pixels: int) -> De
         width, height = image.size
         if width * height > max_pixels:
             raise ImageTooLargeError(source, width * height, max_pixels)
-        orientation = image.getexif().get(0x0112, 1)
-        if orientation in _ROTATED_ORIENTATIONS:
-            width, height = height, width
         if image.format == "JPEG":
             # Let libjpeg decode at 1/2, 1/4 or 1/8 scale: a 12 MP photo never exists in full.
             image.draft(image.mode if image.mode in ("RGB", "L") else None, (min_side, min_side))
+        elif image.format == "JPEG2000":
+            # OpenJPEG decodes at 1/2**n resolution directly; n stops while the short side stays >= min_side.
+            factor = 0
+            while min(image.size) >> (factor + 1) >= min_side and factor < 5:
+                factor += 1
+            image.reduce = factor
+        scale = 2 ** getattr(image, "reduce", 0) if image.format == "JPEG2000" else 1
+        needed = decoded_bytes(image.mode, -(-image.size[0] // scale), -(-image.size[1] // scale))
+        if needed > max_decoded_bytes:
+            raise ImageTooLargeError(source, width * height, max_pixels, needed, max_decoded_bytes)
+        # After the memory check: Pillow reads a PNG's EXIF by decoding the whole image first.
+        orientation = image.getexif().get(0x0112, 1)
+        if orientation in _ROTATED_ORIENTATIONS:
+            width, height = height, width
         image.load()
         image = ImageOps.exif_transpose(image)
         image = _to_rgb(image)
@@ -69,7 +96,7 @@ def decode_image(data: bytes, source: str, min_side: int, max_pixels: int) -> De
     except ImageDecodeError:
         raise
     except UnidentifiedImageError:
-        raise ImageDecodeError(source, "not a recognised image format") from None
+        raise UnknownImageFormatError(source, "not a recognised image format") from None
     except Image.DecompressionBombError as exc:
         raise ImageDecodeError(source, f"decompression bomb: {exc}") from None
     except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as exc:

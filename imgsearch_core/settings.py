@@ -31,6 +31,7 @@ class Settings(BaseSettings):
     decode_workers: int = Field(2, ge=1, le=64)
     max_image_pixels: int = Field(100_000_000, ge=1)
     max_file_bytes: int = Field(256 * 1024 * 1024, ge=1)  # no file larger than this is ever read
+    max_decoded_mb: int = Field(256, ge=1)  # memory one image may take to decode (mode-aware bomb bound)
 
     # Search API. "auto" keeps an in-memory copy of the vectors for exact, fast search on Milvus Lite.
     vector_cache: Literal["auto", "on", "off"] = "auto"
@@ -55,6 +56,10 @@ class Settings(BaseSettings):
                 "or a server URI such as http://localhost:19530"
             )
         return uri
+
+    @property
+    def max_decoded_bytes(self) -> int:
+        return self.max_decoded_mb * 1024 * 1024
 
     @property
     def is_embedded(self) -> bool:

@@ -33,7 +33,7 @@ class EmbeddedBatch:
 
 def load_file(
     entry: FileEntry, known_hashes: Callable[[str], bool], min_side: int, max_pixels: int,
-    roots: list[str], max_bytes: int,
+    roots: list[str], max_bytes: int, max_decoded_bytes: int,
 ) -> LoadedFile:
     """Read ``entry`` once (a regular file inside ``roots``, at most ``max_bytes``): hash it, and decode it
     unless its content is already in the index."""
@@ -50,7 +50,7 @@ def load_file(
     if known_hashes(loaded.content_hash):
         return loaded
     try:
-        loaded.decoded = decode_image(data, entry.path, min_side, max_pixels)
+        loaded.decoded = decode_image(data, entry.path, min_side, max_pixels, max_decoded_bytes)
     except ImageDecodeError as exc:
         loaded.error = exc.reason
     return loaded

@@ -113,7 +113,7 @@ def run_index(
 
     def load(entry):
         return load_file(entry, plan.rows_by_hash.__contains__, encoder.image_size, settings.max_image_pixels,
-                         present, settings.max_file_bytes)
+                         present, settings.max_file_bytes, settings.max_decoded_bytes)
 
     loaded = load_in_parallel(plan.to_process, settings.decode_workers, 2 * settings.batch_size + settings.decode_workers, load)
     try:

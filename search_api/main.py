@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from contextlib import asynccontextmanager
 
@@ -25,6 +26,8 @@ from search_api.services.vector_mirror import VectorMirror
 
 log = logging.getLogger(__name__)
 
+UPLOADS_DECODED_AT_ONCE = 2  # with IMGSEARCH_MAX_DECODED_MB, bounds the memory uploads can take
+
 
 def create_app(settings: Settings | None = None, encoder: Encoder | None = None) -> FastAPI:
     settings = settings or get_settings()
@@ -46,7 +49,8 @@ def create_app(settings: Settings | None = None, encoder: Encoder | None = None)
         batcher = TextBatcher(model)
         app.state.search_service = SearchService(model, store, batcher, mirror)
         app.state.thumbnails = ThumbnailCache(settings.thumbnail_dir, settings.max_image_pixels,
-                                              settings.thumbnail_cache_mb * 1024 * 1024)
+                                              settings.max_decoded_bytes, settings.thumbnail_cache_mb * 1024 * 1024)
+        app.state.upload_slots = asyncio.Semaphore(UPLOADS_DECODED_AT_ONCE)
         app.state.files = ServedFiles(store, settings.allowed_roots, settings.max_file_bytes)
         app.state.jobs = JobManager(settings, model, store)
         yield

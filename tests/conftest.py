@@ -257,16 +257,23 @@ def server_env(tmp_path_factory, tiny_model_dir) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def server(imgsearch_bin, server_env):
-    """One real `imgsearch serve` over 10 indexed photos, shared by the tests that only need a running server.
+def served_process(imgsearch_bin, server_env):
+    """One real `imgsearch serve` over 10 indexed photos, shared by the tests that only need a running server:
+    (the process, its base URL).
 
     Tests that add images to it must compare counts before and after, not with a fixed number.
     """
     photos = server_env["IMGSEARCH_TEST_PHOTOS"]
     subprocess.run([imgsearch_bin, "index", photos], env=server_env, check=True, capture_output=True, timeout=120)
     process, base = start_api(imgsearch_bin, server_env)
-    yield base
+    yield process, base
     stop_process(process)
+
+
+@pytest.fixture(scope="session")
+def server(served_process) -> str:
+    """The base URL of the shared API process."""
+    return served_process[1]
 
 
 # ── Real Milvus servers on 127.0.0.1, started once per session and shared through unique collections ─

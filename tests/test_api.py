@@ -7,6 +7,7 @@ made to fail, so a silent fall-back would be caught), and with the copy off, Mil
 from __future__ import annotations
 
 import io
+import json
 import time
 
 import numpy as np
@@ -126,6 +127,26 @@ def test_negative_text_pulls_results_away_from_it(client, encoder):
     rank = {name: [r["id"] for r in results].index(nearest_to_negative) for name, results in
             (("plain", plain), ("pulled", pulled))}
     assert rank["pulled"] > rank["plain"]  # the image most like "blue squares" falls down the list
+
+
+def test_an_upload_takes_every_field_that_search_takes(client, indexed):
+    data = (indexed / "trip" / "photo6.jpg").read_bytes()
+
+    def upload(**query):
+        return client.post("/search/image", files={"file": ("q.jpg", data)}, data={"query": json.dumps(query)})
+
+    trip = str(indexed / "trip")
+    in_trip = upload(limit=50, filter={"path_prefix": trip}).json()["results"]
+    assert sorted(r["path"] for r in in_trip) == sorted(str(p) for p in (indexed / "trip").iterdir())
+    ranked = upload(limit=50).json()["results"]
+    cut = (ranked[2]["score"] + ranked[3]["score"]) / 2
+    assert [r["id"] for r in upload(min_score=cut).json()["results"]] == [r["id"] for r in ranked[:3]]
+    plain = {r["id"]: r["score"] for r in ranked}
+    pushed = {r["id"]: r["score"] for r in upload(limit=50, negative_text="red", negative_weight=2).json()["results"]}
+    assert plain.keys() == pushed.keys() and plain != pushed
+    assert upload(bogus=1).status_code == 422
+    bad = client.post("/search/image", files={"file": ("q.jpg", data)}, data={"query": "{not json"})
+    assert bad.status_code == 422 and "not valid JSON" in bad.json()["detail"]
 
 
 def test_offset_pages_through_the_same_ranking(client):

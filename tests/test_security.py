@@ -259,6 +259,29 @@ def test_many_long_path_requests_do_not_stall_health(server):
     assert codes <= {403, 404} and slowest < 5.0, (codes, slowest)
 
 
+def peak_memory_mb(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("VmHWM:")).split()[1]) / 1024
+
+
+def test_four_one_bit_png_bombs_at_once_are_refused_without_the_memory(served_process):
+    process, base = served_process
+    bomb = io.BytesIO()
+    Image.new("1", (10_000, 10_000)).save(bomb, format="PNG")  # 100 M pixels: at the pixel cap, not over it
+    assert len(bomb.getvalue()) < 20_000
+    before = peak_memory_mb(process.pid)
+
+    def upload(_):
+        return httpx.post(f"{base}/search/image", files={"file": ("bomb.png", bomb.getvalue())}, timeout=60)
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        responses = list(pool.map(upload, range(4)))
+
+    assert {r.status_code for r in responses} == {422}
+    assert "IMGSEARCH_MAX_DECODED_MB" in responses[0].json()["detail"]
+    assert peak_memory_mb(process.pid) - before < 100  # decoded naively, each would take 400 MB
+
+
 # ── Milvus going away ─────────────────────────────────────────────────────────────────────────────
 
 

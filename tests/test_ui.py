@@ -57,10 +57,10 @@ class FakeApi:
             return self._results(body.get("limit", 20), f"like-{body['image_id']}-" if "image_id" in body else "cat")
         if request.url.path == "/search/image":
             form = parse_multipart(request)
-            SearchRequest.model_validate({"text": form.get("text"), "limit": int(form["limit"])},
-                                         context={"has_upload": True})
-            self.uploads.append(form)
-            return self._results(int(form["limit"]))
+            query = json.loads(form.get("query", "{}"))
+            SearchRequest.model_validate(query, context={"has_upload": True})
+            self.uploads.append({"file": form["file"], **query})
+            return self._results(query.get("limit", 20))
         if request.url.path.startswith("/images/"):
             self.fetched.append(request.url.path)
             return httpx.Response(200, content=jpeg(), headers={"content-type": "image/jpeg"})
@@ -234,5 +234,12 @@ def test_an_uploaded_image_is_sent_to_the_api_with_the_text(fake, monkeypatch):
     assert not app.exception
     assert api.searches == []
     assert api.uploads[-1]["file"] == data and api.uploads[-1]["text"] == "at night"
-    assert int(api.uploads[-1]["limit"]) == 20
+    assert api.uploads[-1]["limit"] == 20
     assert "2 results in 12 ms" in texts(app)
+    # Every other control reaches an upload search too.
+    next(t for t in app.text_input if t.label == "…but not").input("people").run()
+    next(s for s in app.sidebar.slider if s.label == "Minimum score").set_value(0.25).run()
+    app.sidebar.text_input[0].input("/photos/2024/").run()
+    sent = api.uploads[-1]
+    assert sent["negative_text"] == "people" and sent["min_score"] == pytest.approx(0.25)
+    assert sent["filter"] == {"path_prefix": "/photos/2024/"} and api.searches == []

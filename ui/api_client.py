@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -53,13 +55,11 @@ class ApiClient:
         return self._request("GET", "/health").json()
 
     def search(self, **query) -> dict[str, Any]:
-        body = {k: v for k, v in query.items() if v not in (None, "", {})}
-        return self._request("POST", "/search", json=body).json()
+        return self._request("POST", "/search", json=_present(query)).json()
 
-    def search_image(self, data: bytes, filename: str, limit: int, text: str | None = None) -> dict[str, Any]:
-        form = {"limit": str(limit)}
-        if text:
-            form["text"] = text
+    def search_image(self, data: bytes, filename: str, **query) -> dict[str, Any]:
+        """Search by an uploaded image with any /search fields (text, negative_text, min_score, filter ...)."""
+        form = {"query": json.dumps(_present(query))}
         return self._request("POST", "/search/image", files={"file": (filename, data)}, data=form).json()
 
     def image(self, url: str) -> bytes:
@@ -75,3 +75,7 @@ class ApiClient:
 
         with ThreadPoolExecutor(max_workers=16) as pool:
             return list(pool.map(fetch, urls))
+
+
+def _present(query: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in query.items() if v not in (None, "", {})}

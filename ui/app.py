@@ -108,15 +108,15 @@ def main() -> None:
     limit = min(MAX_RESULTS, top_k * st.session_state.pages)
 
     try:
+        query = dict(
+            text=text.strip() or None, negative_text=negative.strip() or None, limit=limit,
+            min_score=min_score if min_score > -1.0 else None,
+            filter={"path_prefix": path_prefix} if path_prefix else None,
+        )
         if upload and not more_like:
-            response = client.search_image(upload.getvalue(), upload.name, limit, text.strip() or None)
+            response = client.search_image(upload.getvalue(), upload.name, **query)
         else:
-            response = client.search(
-                text=text.strip() or None, negative_text=negative.strip() or None,
-                image_id=more_like["id"] if more_like else None, limit=limit,
-                min_score=min_score if min_score > -1.0 else None,
-                filter={"path_prefix": path_prefix} if path_prefix else None,
-            )
+            response = client.search(image_id=more_like["id"] if more_like else None, **query)
     except (ApiError, ApiUnreachable) as exc:
         show_error(exc)
         return

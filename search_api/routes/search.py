@@ -1,13 +1,14 @@
 from __future__ import annotations
 
+import json
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, HTTPException, UploadFile, status
+from fastapi import APIRouter, File, Form, HTTPException, Request, UploadFile, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from imgsearch_core.errors import ImageDecodeError
+from imgsearch_core.errors import ImageDecodeError, UnknownImageFormatError
 from imgsearch_core.images import decode_image
 from search_api.deps import SearchServiceDep, SettingsDep
 from search_api.schemas import MAX_LIMIT, ErrorResponse, SearchRequest, SearchResponse
@@ -25,23 +26,39 @@ async def search(request: SearchRequest, service: SearchServiceDep) -> SearchRes
 @router.post("/search/image", response_model=SearchResponse,
              responses={413: {"model": ErrorResponse}, 415: {"model": ErrorResponse}, 422: {"model": ErrorResponse}})
 async def search_by_image(
+    http_request: Request,
     service: SearchServiceDep,
     settings: SettingsDep,
     file: Annotated[UploadFile, File(description="an example image")],
-    limit: Annotated[int, Form(ge=1, le=MAX_LIMIT)] = 20,
+    query: Annotated[str | None, Form(max_length=50_000, description=(
+        'any fields of a /search body as JSON, e.g. {"negative_text": "people", "min_score": 0.2, '
+        '"filter": {"path_prefix": "/photos/2024"}}'))] = None,
+    limit: Annotated[int | None, Form(ge=1, le=MAX_LIMIT)] = None,
     text: Annotated[str | None, Form(max_length=10_000)] = None,
 ) -> SearchResponse:
-    """Search by an uploaded example image, optionally combined with text."""
-    data = await file.read()
+    """Search by an uploaded example image, with everything `/search` takes: text, negative text, weights,
+    minimum score, paging and filters (in `query`; `text` and `limit` may also be given as form fields)."""
     try:
-        decoded = await run_in_threadpool(
-            decode_image, data, file.filename or "upload", service.encoder.image_size, settings.max_image_pixels
-        )
-    except ImageDecodeError as exc:
-        code = status.HTTP_415_UNSUPPORTED_MEDIA_TYPE if "not a recognised" in exc.reason else 422
-        raise HTTPException(code, f"cannot use the upload as an image: {exc.reason}") from None
-    try:  # the text part is checked like /search's, so blank text gets the same 422
-        request = SearchRequest.model_validate({"text": text, "limit": limit}, context={"has_upload": True})
+        fields = json.loads(query) if query else {}
+    except ValueError as exc:
+        raise HTTPException(422, f"query: not valid JSON: {exc}") from None
+    if not isinstance(fields, dict):
+        raise HTTPException(422, "query: must be a JSON object of /search fields")
+    fields.update({name: value for name, value in (("text", text), ("limit", limit)) if value is not None})
+    try:  # checked like /search's body before the upload is decoded, so blank text gets the same 422
+        request = SearchRequest.model_validate(fields, context={"has_upload": True})
     except ValidationError as exc:
         raise RequestValidationError(exc.errors(include_url=False)) from None
+
+    data = await file.read()
+    async with http_request.app.state.upload_slots:  # a few decodes at once: memory stays bounded
+        try:
+            decoded = await run_in_threadpool(
+                decode_image, data, file.filename or "upload", service.encoder.image_size, settings.max_image_pixels,
+                settings.max_decoded_bytes,
+            )
+        except UnknownImageFormatError as exc:
+            raise HTTPException(status.HTTP_415_UNSUPPORTED_MEDIA_TYPE, f"cannot use the upload: {exc.reason}") from None
+        except ImageDecodeError as exc:
+            raise HTTPException(422, f"cannot use the upload as an image: {exc.reason}") from None
     return await service.search(request, uploaded=decoded)

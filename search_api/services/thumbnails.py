@@ -22,9 +22,10 @@ def bucket(size: int) -> int:
 
 
 class ThumbnailCache:
-    def __init__(self, folder: Path, max_pixels: int, max_bytes: int):
+    def __init__(self, folder: Path, max_pixels: int, max_decoded_bytes: int, max_bytes: int):
         self.folder = Path(folder)
         self.max_pixels = max_pixels
+        self.max_decoded_bytes = max_decoded_bytes
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
         self._total: int | None = None  # bytes in the folder, counted on first write
@@ -42,7 +43,7 @@ class ThumbnailCache:
             return data
         except FileNotFoundError:
             pass
-        decoded = decode_image(read(), image_id, size, self.max_pixels)
+        decoded = decode_image(read(), image_id, size, self.max_pixels, self.max_decoded_bytes)
         image = decoded.image
         image.thumbnail((size, size), Image.Resampling.BICUBIC)
         buffer = io.BytesIO()
