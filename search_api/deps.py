@@ -47,15 +47,20 @@ JobsDep = Annotated[JobManager, Depends(get_jobs)]
 FilesDep = Annotated[ServedFiles, Depends(get_files)]
 
 
-def require_api_key(request: Request, settings: SettingsDep) -> None:
-    """With IMGSEARCH_API_KEY set, demand it as a Bearer token or an X-API-Key header."""
+def has_api_key(request: Request, settings: Settings) -> bool:
+    """True when no key is configured, or the request carries it (Bearer token or X-API-Key header)."""
     expected = settings.api_key
     if not expected:
-        return
+        return True
     supplied = request.headers.get("x-api-key", "")
     authorization = request.headers.get("authorization", "")
     if authorization.lower().startswith("bearer "):
         supplied = authorization[7:].strip()
-    if not hmac.compare_digest(supplied.encode(), expected.encode()):
+    return hmac.compare_digest(supplied.encode(), expected.encode())
+
+
+def require_api_key(request: Request, settings: SettingsDep) -> None:
+    """With IMGSEARCH_API_KEY set, demand it."""
+    if not has_api_key(request, settings):
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "missing or wrong API key",
                             headers={"WWW-Authenticate": "Bearer"})

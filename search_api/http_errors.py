@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from imgsearch_core.errors import CollectionNotFoundError, ModelMismatchError, StoreUnavailableError
+from search_api.services.batching import QueryQueueFullError
 from search_api.services.jobs import JobQueueFullError, PathNotAllowedError, PathNotFoundError, UnusablePathError
 from search_api.services.search import ImageNotFoundError
 
@@ -26,7 +27,8 @@ ERROR_STATUS: dict[type[Exception], int] = {
     ModelMismatchError: 409,
     ValueError: 422,  # e.g. query parts that cancel out
     CollectionNotFoundError: 503,
-    StoreUnavailableError: 503,  # Milvus down: try again later; the API reconnects by itself
+    StoreUnavailableError: 503,
+    QueryQueueFullError: 503,  # Milvus down: try again later; the API reconnects by itself
 }
 
 

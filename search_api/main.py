@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from imgsearch_core.encoder import Encoder
 from imgsearch_core.milvus_store import MilvusStore
 from imgsearch_core.settings import Settings, get_settings
-from search_api.deps import SettingsDep, StoreDep, require_api_key
+from search_api.deps import SettingsDep, StoreDep, has_api_key, require_api_key
 from search_api.http_errors import BodySizeLimit, install_error_handlers
 from search_api.routes import images, indexing, search
 from search_api.schemas import HealthResponse
@@ -60,19 +60,27 @@ def create_app(settings: Settings | None = None, encoder: Encoder | None = None)
             mirror.stop()
         store.close()
 
+    keyed = bool(settings.api_key)
     app = FastAPI(
         title="imgsearch",
         version="0.1.0",
         description="Semantic image search: text, example images and combinations, over a Milvus collection.",
         lifespan=lifespan,
+        # With a key, the schema and its pages are served below only to callers that present it.
+        docs_url=None if keyed else "/docs", redoc_url=None if keyed else "/redoc",
+        openapi_url=None if keyed else "/openapi.json",
     )
     protected = [Depends(require_api_key)]
     app.include_router(search.router, dependencies=protected)
     app.include_router(images.router, dependencies=protected)
     app.include_router(indexing.router, dependencies=protected)
+    if keyed:
+        _add_protected_docs(app, protected)
 
-    @app.get("/health", response_model=HealthResponse, tags=["health"])
-    async def health(request: Request, store: StoreDep, _settings: SettingsDep) -> HealthResponse:
+    @app.get("/health", response_model=HealthResponse, response_model_exclude_none=True, tags=["health"])
+    async def health(request: Request, store: StoreDep, settings: SettingsDep) -> HealthResponse:
+        if not has_api_key(request, settings):
+            return HealthResponse(status="ok")  # alive, and nothing more, to a caller without the key
         model = request.app.state.encoder
         mirror = request.app.state.mirror
         count = mirror.count() if mirror is not None else None
@@ -88,6 +96,22 @@ def create_app(settings: Settings | None = None, encoder: Encoder | None = None)
                            allow_headers=["Authorization", "X-API-Key", "Content-Type"])
     app.add_middleware(BodySizeLimit, limit=settings.max_upload_bytes, slack=64 * 1024)
     return app
+
+
+def _add_protected_docs(app: FastAPI, protected: list) -> None:
+    from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+
+    @app.get("/openapi.json", include_in_schema=False, dependencies=protected)
+    async def openapi() -> dict:
+        return app.openapi()
+
+    @app.get("/docs", include_in_schema=False, dependencies=protected)
+    async def docs():
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="imgsearch")
+
+    @app.get("/redoc", include_in_schema=False, dependencies=protected)
+    async def redoc():
+        return get_redoc_html(openapi_url="/openapi.json", title="imgsearch")
 
 
 def _warm_up(encoder: Encoder) -> None:

@@ -68,12 +68,14 @@ class SearchResponse(BaseModel):
 
 
 class HealthResponse(BaseModel):
+    """With an API key set, a caller without it gets only ``status``: nothing about the collection."""
+
     status: Literal["ok"]
-    model: str
-    dim: int
-    count: int
-    vector_cache: Literal["fresh", "catching-up", "off"] = Field(
-        "off", description="whether searches are answered from the in-memory copy (fresh) or by Milvus")
+    model: str | None = None
+    dim: int | None = None
+    count: int | None = None
+    vector_cache: Literal["fresh", "catching-up", "off"] | None = Field(
+        None, description="whether searches are answered from the in-memory copy (fresh) or by Milvus")
 
 
 class IndexRequest(BaseModel):

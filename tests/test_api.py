@@ -258,7 +258,12 @@ def test_oversized_upload_gets_413_also_without_content_length(settings, encoder
 def test_api_key_is_required_everywhere_but_health(settings, encoder, indexed):
     keyed = settings.model_copy(update={"api_key": "s3cret"})
     with TestClient(create_app(keyed, encoder=encoder)) as client:
-        assert client.get("/health").status_code == 200
+        assert client.get("/health").json() == {"status": "ok"}  # alive, and nothing about the collection
+        assert client.get("/health", headers={"X-API-Key": "s3cret"}).json()["count"] == 10
+        for page in ("/docs", "/redoc", "/openapi.json"):
+            assert client.get(page).status_code == 401, page
+            assert client.get(page, headers={"X-API-Key": "s3cret"}).status_code == 200, page
+        assert "/search/image" in client.get("/openapi.json", headers={"X-API-Key": "s3cret"}).json()["paths"]
         assert client.post("/search", json={"text": "x"}).status_code == 401
         assert client.post("/search", json={"text": "x"}, headers={"X-API-Key": "wrong"}).status_code == 401
         assert client.post("/search", json={"text": "x"}, headers={"X-API-Key": "s3cret"}).status_code == 200
