@@ -46,6 +46,7 @@ class Settings(BaseSettings):
 
     # Streamlit UI.
     api_url: str = "http://127.0.0.1:8000"
+    ui_password: str = ""  # when set, the page asks for it before showing anything
 
     @field_validator("milvus_uri")
     @classmethod

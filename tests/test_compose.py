@@ -70,3 +70,21 @@ def test_dockerfile_copies_what_exists_and_installs_cpu_torch_before_the_project
     assert dockerfile.index("torch==") < dockerfile.index("pip install .")
     assert "whl/cpu" in dockerfile
     assert "imgsearch" in dockerfile.split("CMD", 1)[1]
+
+
+def test_nothing_is_published_beyond_this_host_and_every_service_needs_its_secret(compose):
+    services = compose["services"]
+    for name, service in services.items():
+        for mapping in service.get("ports", []):
+            host = mapping.rsplit(":", 2)[0]
+            assert host in ("127.0.0.1", "${IMGSEARCH_BIND:-127.0.0.1}"), f"{name} publishes {mapping}"
+    assert "ports" not in services["etcd"] and "ports" not in services["minio"]
+    # `${VAR:?message}`: compose refuses to start without the secret instead of running open.
+    for service in ("api", "ui"):
+        assert services[service]["environment"]["IMGSEARCH_API_KEY"].startswith("${IMGSEARCH_API_KEY:?")
+    milvus_env = services["milvus"]["environment"]
+    assert milvus_env["COMMON_SECURITY_AUTHORIZATIONENABLED"] == "true"
+    assert milvus_env["COMMON_SECURITY_DEFAULTROOTPASSWORD"].startswith("${MILVUS_ROOT_PASSWORD:?")
+    assert services["api"]["environment"]["IMGSEARCH_MILVUS_TOKEN"].startswith("root:${MILVUS_ROOT_PASSWORD:?")
+    # Inside its container the UI must listen on all interfaces, or the published port reaches nothing.
+    assert services["ui"]["command"][services["ui"]["command"].index("--host") + 1] == "0.0.0.0"

@@ -243,3 +243,20 @@ def test_an_uploaded_image_is_sent_to_the_api_with_the_text(fake, monkeypatch):
     sent = api.uploads[-1]
     assert sent["negative_text"] == "people" and sent["min_score"] == pytest.approx(0.25)
     assert sent["filter"] == {"path_prefix": "/photos/2024/"} and api.searches == []
+
+
+def test_with_a_ui_password_nothing_is_shown_or_asked_of_the_api_until_it_is_given(fake, monkeypatch):
+    api = fake(FakeApi())
+    monkeypatch.setenv("IMGSEARCH_UI_PASSWORD", "open sesame")
+    app = AppTest.from_file(APP, default_timeout=30).run()
+    assert [t.label for t in app.text_input] == ["Password"] and not app.sidebar.slider
+    assert api.searches == [] and not app.metric  # not even the image count
+
+    app.text_input(key="ui_password").input("wrong")
+    app.button[0].click().run()
+    assert "Wrong password." in texts(app) and [t.label for t in app.text_input] == ["Password"]
+
+    app.text_input(key="ui_password").input("open sesame")
+    app.button[0].click().run()
+    app.text_input(key="query_text").input("beach").run()
+    assert api.searches[-1]["text"] == "beach"

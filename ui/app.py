@@ -5,7 +5,9 @@ Run with `imgsearch ui`. Every piece of data comes from the search API over HTTP
 
 from __future__ import annotations
 
+import hmac
 import os
+import time
 from pathlib import PurePath
 
 import streamlit as st
@@ -54,7 +56,26 @@ def preview(client: ApiClient, hit: dict) -> None:
     st.caption(f"{hit['path']}  ·  {hit['width']}×{hit['height']}  ·  score {hit['score']:.3f}")
 
 
+def require_password() -> None:
+    """With IMGSEARCH_UI_PASSWORD set, show nothing (and ask the API nothing) until it is given."""
+    expected = os.environ.get("IMGSEARCH_UI_PASSWORD", "")
+    if not expected or st.session_state.get("signed_in"):
+        return
+    st.title("imgsearch")
+    with st.form("sign-in"):
+        supplied = st.text_input("Password", type="password", key="ui_password")
+        submitted = st.form_submit_button("Sign in")
+    if submitted:
+        if hmac.compare_digest(supplied.encode(), expected.encode()):
+            st.session_state.signed_in = True
+            st.rerun()
+        time.sleep(1)  # slows guessing down
+        st.error("Wrong password.")
+    st.stop()
+
+
 def main() -> None:
+    require_password()
     st.session_state.setdefault("more_like", None)
     st.session_state.setdefault("pages", 1)
     base_url, api_key = api_settings()
