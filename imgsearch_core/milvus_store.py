@@ -1,21 +1,26 @@
 """The Milvus gateway: one collection of image vectors with their file metadata.
 
 With a Milvus Lite URI (a path ending in ``.db``) several processes share the
-data directory: the first process that opens it serves it over gRPC on
-127.0.0.1 (Milvus Lite allows one process per directory) and writes the port
-to ``<data dir>/imgsearch-endpoint.json``; later processes connect to that
-port. If the serving process exits, the next call of another process takes
-over. With a server URI (``http://host:19530``) every process simply connects.
+data directory: the first process that opens it serves it over gRPC on a Unix
+socket (Milvus Lite allows one process per directory) and writes the socket's
+path to ``<data dir>/imgsearch-endpoint.json``; later processes connect to it.
+If the serving process exits, the next call of another process takes over.
+The socket lies in the data directory (mode 0700) or, when that path is too
+long for a socket, in a private runtime folder: only the owner can connect.
+With a server URI (``http://host:19530``) every process simply connects.
 """
 
 from __future__ import annotations
 
 import atexit
+import hashlib
 import json
 import logging
 import os
 import re
 import socket
+import stat
+import tempfile
 import threading
 import time
 import uuid
@@ -74,7 +79,7 @@ def resolve_uri(milvus_uri: str, wait_s: float = 30.0) -> str:
     if not milvus_uri.endswith(".db"):
         return milvus_uri
     data_dir = Path(milvus_uri).expanduser().resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
+    _private_dir(data_dir)
     deadline = time.monotonic() + wait_s
     while True:
         url = _live_endpoint(data_dir)
@@ -83,7 +88,7 @@ def resolve_uri(milvus_uri: str, wait_s: float = 30.0) -> str:
         try:
             return _host(data_dir)
         except _DataDirLocked:
-            # Another process holds the directory and is about to publish its port (or is a
+            # Another process holds the directory and is about to publish its socket (or is a
             # process that does not share it, such as a plain pymilvus script).
             if time.monotonic() > deadline:
                 raise StoreUnavailableError(
@@ -97,20 +102,57 @@ class _DataDirLocked(Exception):
     pass
 
 
+def _private_dir(path: Path) -> None:
+    """Create ``path`` (and parents) for the owner only; an existing one of ours is tightened to 0700.
+
+    Raises StoreUnavailableError for a folder of another user or a symbolic link in its place.
+    """
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = os.lstat(path)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+        raise StoreUnavailableError(f"{path} is not a folder of this user; refusing to keep Milvus data in it")
+    if stat.S_IMODE(info.st_mode) & 0o077:
+        os.chmod(path, 0o700)
+
+
+_MAX_SOCKET_PATH = 100  # sun_path holds 108 bytes on Linux, 104 on macOS
+
+
+def _socket_path(data_dir: Path, pid: int) -> Path:
+    """Where process ``pid`` serves ``data_dir``. The pid is part of the name: a new host never reuses the
+    address of a dead one, which pymilvus would still hold a broken channel to."""
+    inside = data_dir / f"imgsearch-{pid}.sock"
+    if len(os.fsencode(inside)) <= _MAX_SOCKET_PATH:
+        return inside
+    runtime = Path(os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()) / f"imgsearch-{os.getuid()}"
+    _private_dir(runtime)
+    digest = hashlib.blake2b(os.fsencode(data_dir), digest_size=10).hexdigest()
+    return runtime / f"{digest}-{pid}.sock"
+
+
+def _remove_stale_sockets(data_dir: Path) -> None:
+    """Sockets of hosts that died; called while holding the directory's lock, so none is in use."""
+    pattern = _socket_path(data_dir, 0).name.replace("-0.sock", "-*.sock")
+    for stale in _socket_path(data_dir, 0).parent.glob(pattern):
+        stale.unlink(missing_ok=True)
+
+
 def _live_endpoint(data_dir: Path) -> str | None:
     with _hosted_lock:
         if data_dir in _hosted:
-            return f"http://127.0.0.1:{_hosted[data_dir][2]}"
+            return f"unix:{_hosted[data_dir][2]}"
     try:
         info = json.loads((data_dir / ENDPOINT_FILE).read_text())
-        pid, port = int(info["pid"]), int(info["port"])
+        pid, path = int(info["pid"]), str(info["socket"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    if not _pid_alive(pid):
+    if not _pid_alive(pid) or path != str(_socket_path(data_dir, pid)):  # only a socket this folder would use
         return None
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1.0):
-            return f"http://127.0.0.1:{port}"
+        with socket.socket(socket.AF_UNIX) as probe:
+            probe.settimeout(1.0)
+            probe.connect(path)
+        return f"unix:{path}"
     except OSError:
         return None
 
@@ -126,23 +168,35 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _host(data_dir: Path) -> str:
-    from milvus_lite import DataDirLockedError
-    from milvus_lite.adapter.grpc.server import start_server_in_thread
+    from milvus_lite import DataDirLockedError, MilvusLite
+    from milvus_lite.adapter.grpc.server import _build_server
 
     with _hosted_lock:
         if data_dir in _hosted:
-            return f"http://127.0.0.1:{_hosted[data_dir][2]}"
+            return f"unix:{_hosted[data_dir][2]}"
         try:
-            server, db, port = start_server_in_thread(str(data_dir), host="127.0.0.1", port=0)
+            db = MilvusLite(str(data_dir))
         except DataDirLockedError:
             raise _DataDirLocked() from None
-        _hosted[data_dir] = (server, db, port)
+        path = _socket_path(data_dir, os.getpid())
+        try:
+            _remove_stale_sockets(data_dir)
+            server = _build_server(db, 8)
+            server.add_insecure_port(f"unix:{path}")
+            server.start()
+            os.chmod(path, 0o600)
+        except BaseException:
+            db.close()
+            raise
+        _hosted[data_dir] = (server, db, str(path))
     endpoint = data_dir / ENDPOINT_FILE
     tmp = endpoint.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"pid": os.getpid(), "port": port}))
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(json.dumps({"pid": os.getpid(), "socket": str(path)}))
     os.replace(tmp, endpoint)
-    log.info("serving Milvus Lite data directory %s on 127.0.0.1:%d", data_dir, port)
-    return f"http://127.0.0.1:{port}"
+    log.info("serving Milvus Lite data directory %s on %s", data_dir, path)
+    return f"unix:{path}"
 
 
 def release_hosted(milvus_uri: str | None = None) -> None:
@@ -152,7 +206,7 @@ def release_hosted(milvus_uri: str | None = None) -> None:
         entries = [(d, e) for d, e in _hosted.items() if wanted is None or d == wanted]
         for data_dir, _entry in entries:
             del _hosted[data_dir]
-    for data_dir, (server, db, _port) in entries:
+    for data_dir, (server, db, socket_path) in entries:
         try:
             info = json.loads((data_dir / ENDPOINT_FILE).read_text())
             if info.get("pid") == os.getpid():
@@ -161,6 +215,7 @@ def release_hosted(milvus_uri: str | None = None) -> None:
             pass
         try:
             server.stop(grace=2).wait(5)
+            Path(socket_path).unlink(missing_ok=True)  # before the lock goes: the next host makes its own
         finally:
             db.close()
 

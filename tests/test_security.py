@@ -10,6 +10,7 @@ import concurrent.futures
 import io
 import json
 import os
+import stat
 import subprocess
 import time
 from pathlib import Path
@@ -18,6 +19,7 @@ import httpx
 import pytest
 from PIL import Image
 
+from imgsearch_core.milvus_store import MilvusStore, release_hosted
 from indexer.runner import run_index
 from tests.conftest import (
     _milvus_command,
@@ -173,6 +175,29 @@ def test_a_file_put_back_during_a_run_is_not_swept(tmp_path, settings, encoder, 
     report = index(root, settings, encoder, store, on_progress=put_back)
 
     assert str(kept) in paths_in(store) and report.removed == 0
+
+
+# ── The embedded database ──────────────────────────────────────────────────────────────────────────
+
+
+@pytest.mark.parametrize("depth", [1, 12], ids=["socket-in-data-dir", "path-too-long-for-a-socket"])
+def test_the_shared_lite_endpoint_is_a_socket_only_the_owner_can_reach(tmp_path, depth):
+    data_dir = tmp_path.joinpath(*["nested-folder"] * depth) / "milvus.db"
+    store = MilvusStore(str(data_dir), unique_collection())
+    try:
+        assert stat.S_IMODE(data_dir.stat().st_mode) == 0o700
+        endpoint = data_dir / "imgsearch-endpoint.json"
+        assert stat.S_IMODE(endpoint.stat().st_mode) == 0o600
+        info = json.loads(endpoint.read_text())
+        assert "port" not in info  # no TCP port: other local users had one to connect to
+        sock = Path(info["socket"])
+        assert stat.S_ISSOCK(sock.stat().st_mode) and stat.S_IMODE(sock.parent.stat().st_mode) == 0o700
+        assert stat.S_IMODE(sock.stat().st_mode) & 0o077 == 0
+        assert store.count() == 0
+    finally:
+        store.close()
+        release_hosted(str(data_dir))
+    assert not sock.exists()  # removed when the host stops
 
 
 # ── What the API serves ────────────────────────────────────────────────────────────────────────────
