@@ -115,7 +115,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.model is None and "IMGSEARCH_MODEL" not in os.environ:
         settings = settings.model_copy(update={"model": model})  # search with whatever made the index
     encoder = Encoder.from_settings(settings)
-    store.check_model(encoder.name, encoder.dim)
+    store.check_model(encoder.name, encoder.dim, encoder.fingerprint)
     vectors = []
     if args.text:
         vectors.append(encoder.embed_texts([args.text]).vectors[0])

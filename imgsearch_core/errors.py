@@ -49,6 +49,23 @@ class ModelMismatchError(ImgsearchError):
         self.dim = dim
 
 
+class WeightsMismatchError(ModelMismatchError):
+    """Same model name, other weights: e.g. a fine-tune saved over the folder the collection was indexed with."""
+
+    def __init__(self, collection: str, model: str):
+        ImgsearchError.__init__(
+            self,
+            f"Collection '{collection}' was indexed with other weights than those now at '{model}' (the model's "
+            f"answers to fixed probe inputs differ). Its vectors cannot be compared with this model's. Restore the "
+            f"weights it was indexed with, or index into a new collection: IMGSEARCH_COLLECTION=<new name> "
+            f"imgsearch index PATH ...",
+        )
+        self.collection = collection
+        self.indexed_model = self.model = model
+        self.indexed_dim = 0
+        self.dim = None
+
+
 class CollectionNotFoundError(ImgsearchError):
     def __init__(self, collection: str):
         super().__init__(f"Collection '{collection}' does not exist yet: run `imgsearch index PATH` first.")

@@ -32,7 +32,12 @@ from typing import Any, TypeVar
 import numpy as np
 from pymilvus import DataType, MilvusClient, MilvusException
 
-from imgsearch_core.errors import CollectionNotFoundError, ModelMismatchError, StoreUnavailableError
+from imgsearch_core.errors import (
+    CollectionNotFoundError,
+    ModelMismatchError,
+    StoreUnavailableError,
+    WeightsMismatchError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +54,8 @@ _MAX_PATH = 4096
 VALID_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _SCHEMA_VERSION = 1
 _ROOTS_PROPERTY = "imgsearch.roots"  # JSON list of the real paths of every indexed root
+_FINGERPRINT_PROPERTY = "imgsearch.fingerprint"  # JSON: what the model makes of fixed probes (see Encoder)
+_CREATED_PROPERTY = "imgsearch.created"  # a random token per creation: tells a re-created collection apart
 
 _INDEX_PARAMS = {
     "HNSW": {"M": 16, "efConstruction": 200},
@@ -297,10 +304,11 @@ class MilvusStore:
     def exists(self) -> bool:
         return self._call(lambda c: c.has_collection(self.collection))
 
-    def ensure_collection(self, model: str, dim: int) -> None:
-        """Create the collection for ``model``, or check that an existing one was made by it."""
+    def ensure_collection(self, model: str, dim: int, fingerprint: Sequence[float] | None = None) -> None:
+        """Create the collection for ``model``, or check that an existing one was made by it (and, given a
+        fingerprint, by the same weights)."""
         if self.exists():
-            self.check_model(model, dim)
+            self.check_model(model, dim, fingerprint)
             return
         schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
         schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=64)
@@ -316,7 +324,10 @@ class MilvusStore:
         index_params.add_index(
             "vector", index_type=self.index_type, metric_type="COSINE", params=_INDEX_PARAMS[self.index_type]
         )
-        identity = {"imgsearch.schema": str(_SCHEMA_VERSION), "imgsearch.model": model, "imgsearch.dim": str(dim)}
+        identity = {"imgsearch.schema": str(_SCHEMA_VERSION), "imgsearch.model": model, "imgsearch.dim": str(dim),
+                    _CREATED_PROPERTY: uuid.uuid4().hex}
+        if fingerprint is not None:
+            identity[_FINGERPRINT_PROPERTY] = json.dumps([round(float(v), 5) for v in fingerprint])
         self._call(lambda c: c.create_collection(
             self.collection, schema=schema, properties=identity,
             description=f"imgsearch images embedded by {model}", consistency_level="Strong",
@@ -330,9 +341,8 @@ class MilvusStore:
         """The folders (and single files) ever indexed into this collection: the API serves files only below them."""
         if not self.exists():
             return []
-        properties = self._call(lambda c: c.describe_collection(self.collection)).get("properties") or {}
         try:
-            roots = json.loads(properties.get(_ROOTS_PROPERTY, "[]"))
+            roots = json.loads(self._properties().get(_ROOTS_PROPERTY, "[]"))
         except ValueError:
             return []
         return [root for root in roots if isinstance(root, str)]
@@ -359,11 +369,31 @@ class MilvusStore:
         model = (info.get("properties") or {}).get("imgsearch.model")
         return (model or "(not an imgsearch collection)"), dim
 
-    def check_model(self, model: str, dim: int | None = None) -> None:
-        """Raise ModelMismatchError unless the collection was made by ``model`` (and ``dim``, if given)."""
+    def _properties(self) -> dict[str, str]:
+        return self._call(lambda c: c.describe_collection(self.collection)).get("properties") or {}
+
+    def creation_token(self) -> str:
+        """Changes when the collection is dropped and made again; raises CollectionNotFoundError if it is gone."""
+        if not self.exists():
+            raise CollectionNotFoundError(self.collection)
+        return self._properties().get(_CREATED_PROPERTY, "")
+
+    def check_model(self, model: str, dim: int | None = None, fingerprint: Sequence[float] | None = None) -> None:
+        """Raise ModelMismatchError unless the collection was made by ``model`` (and ``dim``, if given), and
+        WeightsMismatchError if a ``fingerprint`` is given and differs from the recorded one. A collection made
+        before fingerprints were recorded gets this one."""
         indexed_model, indexed_dim = self.model_info()
         if indexed_model != model or (dim is not None and indexed_dim != dim):
             raise ModelMismatchError(self.collection, indexed_model, indexed_dim, model, dim)
+        if fingerprint is None:
+            return
+        recorded = self._properties().get(_FINGERPRINT_PROPERTY)
+        if recorded is None:
+            value = json.dumps([round(float(v), 5) for v in fingerprint])
+            self._call(lambda c: c.alter_collection_properties(self.collection, properties={_FINGERPRINT_PROPERTY: value}))
+            return
+        if not fingerprints_match(json.loads(recorded), fingerprint):
+            raise WeightsMismatchError(self.collection, model)
 
     def drop(self) -> None:
         self._call(lambda c: c.drop_collection(self.collection))
@@ -461,6 +491,14 @@ class MilvusStore:
         ))
         return [[Hit(id=hit["id"], score=float(hit["distance"]), row=dict(hit["entity"])) for hit in hits]
                 for hits in results]
+
+
+def fingerprints_match(a: Sequence[float], b: Sequence[float]) -> bool:
+    """Same weights give nearly the same probe embeddings on any device or precision; other weights do not."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape or not a.size:
+        return False
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-12)) >= 0.98
 
 
 def _is_not_loaded(exc: MilvusException) -> bool:

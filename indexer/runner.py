@@ -82,7 +82,7 @@ def run_index(
     """
     started = time.monotonic()
     roots = resolve_roots(roots, allow_missing=True)
-    store.ensure_collection(encoder.name, encoder.dim)
+    store.ensure_collection(encoder.name, encoder.dim, encoder.fingerprint)
     report = IndexReport()
 
     stored = list(store.iter_metadata())

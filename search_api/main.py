@@ -36,7 +36,7 @@ def create_app(settings: Settings | None = None, encoder: Encoder | None = None)
     async def lifespan(app: FastAPI):
         model = encoder or await run_in_threadpool(Encoder.from_settings, settings)
         store = await run_in_threadpool(MilvusStore.from_settings, settings)
-        await run_in_threadpool(store.ensure_collection, model.name, model.dim)  # fails on a model mismatch
+        await run_in_threadpool(store.ensure_collection, model.name, model.dim, model.fingerprint)  # fails on a model mismatch
         await run_in_threadpool(_warm_up, model)
         app.state.settings = settings
         app.state.encoder = model

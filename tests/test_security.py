@@ -10,6 +10,7 @@ import concurrent.futures
 import io
 import json
 import os
+import shutil
 import stat
 import subprocess
 import time
@@ -19,6 +20,7 @@ import httpx
 import pytest
 from PIL import Image
 
+from imgsearch_core.local_clip import build_local_clip
 from imgsearch_core.milvus_store import MilvusStore, release_hosted
 from indexer.runner import run_index
 from tests.conftest import (
@@ -198,6 +200,46 @@ def test_the_shared_lite_endpoint_is_a_socket_only_the_owner_can_reach(tmp_path,
         store.close()
         release_hosted(str(data_dir))
     assert not sock.exists()  # removed when the host stops
+
+
+# ── The model behind a name ─────────────────────────────────────────────────────────────────────────
+
+
+def test_other_weights_saved_under_the_indexed_model_folder_are_refused(tmp_path, imgsearch_bin):
+    model = build_local_clip(tmp_path / "model", "tiny", seed=0)
+    env = cli_environment(tmp_path / "data", model)
+    root = tmp_path / "root"
+    for i in range(3):
+        write_photo(root / f"p{i}.png", seed=i)
+    subprocess.run([imgsearch_bin, "index", str(root)], env=env, check=True, capture_output=True, timeout=120)
+    shutil.rmtree(model)
+    build_local_clip(model, "tiny", seed=1)  # a fine-tune saved over the same folder: same name, other weights
+
+    write_photo(root / "p9.png", seed=9)
+    refused = subprocess.run([imgsearch_bin, "index", str(root)], env=env, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 1 and "other weights" in refused.stderr
+    search = subprocess.run([imgsearch_bin, "search", "x"], env=env, capture_output=True, text=True, timeout=120)
+    assert search.returncode == 1 and "other weights" in search.stderr
+
+
+def test_the_api_checks_again_when_its_collection_is_dropped_and_made_again(settings, encoder, photo_dir):
+    from fastapi.testclient import TestClient
+
+    from search_api.main import create_app
+
+    with TestClient(create_app(settings, encoder=encoder)) as client:
+        store = client.app.state.store
+        run_index([str(photo_dir)], settings, encoder, store)
+        assert client.post("/search", json={"text": "x"}).status_code == 200
+        store.drop()
+        store.ensure_collection(encoder.name, encoder.dim, [-v for v in encoder.fingerprint])  # other weights
+        client.app.state.search_service.recheck_s = 0  # look at once rather than within 5 s
+        refused = client.post("/search", json={"text": "x"})
+        assert refused.status_code == 409 and "other weights" in refused.json()["detail"]
+        store.drop()
+        assert client.post("/search", json={"text": "x"}).status_code == 503  # gone: says so, no 500
+        store.ensure_collection(encoder.name, encoder.dim, encoder.fingerprint)
+        assert client.post("/search", json={"text": "x"}).status_code == 200
 
 
 # ── What the API serves ────────────────────────────────────────────────────────────────────────────

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from starlette.concurrency import run_in_threadpool
@@ -29,9 +29,27 @@ class SearchService:
     store: MilvusStore
     text_batcher: TextBatcher  # concurrent text queries share one model call
     mirror: VectorMirror | None = None  # exact in-memory search on the embedded default
+    recheck_s: float = 5.0  # how often to look whether the collection was dropped and made again
+    _checked_token: str | None = field(default=None, init=False)
+    _checked_at: float = field(default=-1e9, init=False)
+
+    def check_collection(self) -> None:
+        """If the collection was re-created since the last look, check its model and weights again.
+
+        Raises ModelMismatchError (409) or CollectionNotFoundError (503). Blocking: call off the event loop.
+        """
+        now = time.monotonic()
+        if now - self._checked_at < self.recheck_s:
+            return
+        token = self.store.creation_token()
+        if token != self._checked_token:
+            self.store.check_model(self.encoder.name, self.encoder.dim, self.encoder.fingerprint)
+            self._checked_token = token
+        self._checked_at = now
 
     async def search(self, request: SearchRequest, uploaded: DecodedImage | None = None) -> SearchResponse:
         started = time.perf_counter()
+        await run_in_threadpool(self.check_collection)
         parts: list[tuple[np.ndarray, float]] = []
         notes: list[str] = []
         texts = [t for t in (request.text, request.negative_text) if t is not None]
