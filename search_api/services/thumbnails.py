@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -39,7 +40,7 @@ class ThumbnailCache:
         cached = self.folder / f"{image_id}-{content_hash[:12]}-{size}.jpg"
         try:
             data = cached.read_bytes()
-            os.utime(cached)  # eviction takes the least recently used first
+            _touch(cached)  # eviction takes the least recently used first
             return data
         except FileNotFoundError:
             pass
@@ -57,6 +58,7 @@ class ThumbnailCache:
         tmp = self.folder / f".{uuid.uuid4().hex}.tmp"  # unique: concurrent makers never share a file
         tmp.write_bytes(data)
         os.replace(tmp, cached)  # atomic: every reader sees a whole JPEG
+        _touch(cached)
         with self._lock:
             if self._total is None:
                 self._total = self._folder_bytes()
@@ -90,3 +92,12 @@ class ThumbnailCache:
             except FileNotFoundError:
                 pass
         return total
+
+
+def _touch(path: Path) -> None:
+    """Mark ``path`` used now, to the nanosecond (file systems stamp new files with a coarser clock)."""
+    now = time.time_ns()
+    try:
+        os.utime(path, ns=(now, now))
+    except FileNotFoundError:  # evicted by a concurrent request meanwhile
+        pass
