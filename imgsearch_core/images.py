@@ -41,11 +41,19 @@ _BYTES_PER_PIXEL = {"1": 1, "L": 1, "P": 1, "LA": 2, "La": 2, "PA": 2, "I;16": 2
                     "I;16N": 2, "RGB": 3, "YCbCr": 3, "LAB": 3, "HSV": 3}
 
 
-def decoded_bytes(mode: str, width: int, height: int) -> int:
+_HIGH_DEPTH = ("I", "F", "I;16", "I;16B", "I;16L", "I;16N")
+
+
+def decoded_bytes(mode: str, width: int, height: int, rotated: bool = False) -> int:
     """Peak bytes to decode an image of ``mode`` and size and convert it to RGB (mode-aware, not pixel count)."""
     per_pixel = _BYTES_PER_PIXEL.get(mode, 4)
-    conversion = 0 if mode == "RGB" else 3 + (4 if mode in ("P", "PA", "LA", "La", "RGBA", "RGBa") else 0)
-    return width * height * (per_pixel + conversion)
+    if mode == "RGB":
+        conversion = 0
+    elif mode in _HIGH_DEPTH:
+        conversion = 4 + 4 + 1 + 3  # float32 copy, its scaled copy, 8-bit grey, RGB (see _high_depth_grey_to_rgb)
+    else:
+        conversion = 3 + (4 if mode in ("P", "PA", "LA", "La", "RGBA", "RGBa") else 0)
+    return width * height * (per_pixel + conversion + (per_pixel if rotated else 0))
 
 
 @dataclass(frozen=True)
@@ -75,18 +83,21 @@ def decode_image(data: bytes, source: str, min_side: int, max_pixels: int,
         if image.format == "JPEG":
             # Let libjpeg decode at 1/2, 1/4 or 1/8 scale: a 12 MP photo never exists in full.
             image.draft(image.mode if image.mode in ("RGB", "L") else None, (min_side, min_side))
-        elif image.format == "JPEG2000":
+        scale = 1
+        if image.format == "JPEG2000":
             # OpenJPEG decodes at 1/2**n resolution directly; n stops while the short side stays >= min_side.
             factor = 0
             while min(image.size) >> (factor + 1) >= min_side and factor < 5:
                 factor += 1
             image.reduce = factor
-        scale = 2 ** getattr(image, "reduce", 0) if image.format == "JPEG2000" else 1
-        needed = decoded_bytes(image.mode, -(-image.size[0] // scale), -(-image.size[1] // scale))
+            scale = 2**factor
+        orientation = image.getexif().get(0x0112, 1) if image.format != "PNG" else None
+        needed = decoded_bytes(image.mode, -(-image.size[0] // scale), -(-image.size[1] // scale),
+                               rotated=orientation in _ROTATED_ORIENTATIONS)
         if needed > max_decoded_bytes:
             raise ImageTooLargeError(source, width * height, max_pixels, needed, max_decoded_bytes)
-        # After the memory check: Pillow reads a PNG's EXIF by decoding the whole image first.
-        orientation = image.getexif().get(0x0112, 1)
+        if orientation is None:  # after the memory check: Pillow reads a PNG's EXIF by decoding it all first
+            orientation = image.getexif().get(0x0112, 1)
         if orientation in _ROTATED_ORIENTATIONS:
             width, height = height, width
         image.load()
@@ -101,6 +112,8 @@ def decode_image(data: bytes, source: str, min_side: int, max_pixels: int,
         raise ImageDecodeError(source, f"decompression bomb: {exc}") from None
     except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as exc:
         raise ImageDecodeError(source, f"cannot decode: {exc}") from None
+    except Exception as exc:  # a plugin's own bug on hostile bytes: this file fails, never the run
+        raise ImageDecodeError(source, f"cannot decode: {type(exc).__name__}: {exc}") from None
     return DecodedImage(image=image, width=width, height=height)
 
 

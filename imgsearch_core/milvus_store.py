@@ -19,7 +19,6 @@ import logging
 import os
 import re
 import socket
-import stat
 import tempfile
 import threading
 import time
@@ -38,6 +37,7 @@ from imgsearch_core.errors import (
     StoreUnavailableError,
     WeightsMismatchError,
 )
+from imgsearch_core.safe_files import UnsafeFileError, private_dir
 
 log = logging.getLogger(__name__)
 
@@ -110,16 +110,10 @@ class _DataDirLocked(Exception):
 
 
 def _private_dir(path: Path) -> None:
-    """Create ``path`` (and parents) for the owner only; an existing one of ours is tightened to 0700.
-
-    Raises StoreUnavailableError for a folder of another user or a symbolic link in its place.
-    """
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    info = os.lstat(path)
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
-        raise StoreUnavailableError(f"{path} is not a folder of this user; refusing to keep Milvus data in it")
-    if stat.S_IMODE(info.st_mode) & 0o077:
-        os.chmod(path, 0o700)
+    try:
+        private_dir(path)
+    except UnsafeFileError as exc:
+        raise StoreUnavailableError(f"{path}: {exc.reason}; refusing to keep Milvus data in it") from None
 
 
 _MAX_SOCKET_PATH = 100  # sun_path holds 108 bytes on Linux, 104 on macOS
@@ -304,11 +298,13 @@ class MilvusStore:
     def exists(self) -> bool:
         return self._call(lambda c: c.has_collection(self.collection))
 
-    def ensure_collection(self, model: str, dim: int, fingerprint: Sequence[float] | None = None) -> None:
+    def ensure_collection(self, model: str, dim: int, fingerprint: Sequence[float] | None = None,
+                          record_fingerprint: bool = False) -> None:
         """Create the collection for ``model``, or check that an existing one was made by it (and, given a
-        fingerprint, by the same weights)."""
+        fingerprint, by the same weights). ``record_fingerprint``: a writer (the indexer) records its
+        fingerprint on a collection made before fingerprints were kept; readers never do."""
         if self.exists():
-            self.check_model(model, dim, fingerprint)
+            self.check_model(model, dim, fingerprint, record_fingerprint)
             return
         schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
         schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=64)
@@ -378,10 +374,11 @@ class MilvusStore:
             raise CollectionNotFoundError(self.collection)
         return self._properties().get(_CREATED_PROPERTY, "")
 
-    def check_model(self, model: str, dim: int | None = None, fingerprint: Sequence[float] | None = None) -> None:
+    def check_model(self, model: str, dim: int | None = None, fingerprint: Sequence[float] | None = None,
+                    record_missing: bool = False) -> None:
         """Raise ModelMismatchError unless the collection was made by ``model`` (and ``dim``, if given), and
         WeightsMismatchError if a ``fingerprint`` is given and differs from the recorded one. A collection made
-        before fingerprints were recorded gets this one."""
+        before fingerprints were recorded gets this one if ``record_missing``."""
         indexed_model, indexed_dim = self.model_info()
         if indexed_model != model or (dim is not None and indexed_dim != dim):
             raise ModelMismatchError(self.collection, indexed_model, indexed_dim, model, dim)
@@ -389,6 +386,8 @@ class MilvusStore:
             return
         recorded = self._properties().get(_FINGERPRINT_PROPERTY)
         if recorded is None:
+            if not record_missing:
+                return
             value = json.dumps([round(float(v), 5) for v in fingerprint])
             self._call(lambda c: c.alter_collection_properties(self.collection, properties={_FINGERPRINT_PROPERTY: value}))
             return

@@ -12,9 +12,11 @@ re-pointed between the check and the read cannot slip another file in.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import BinaryIO
 
 from imgsearch_core.errors import ImgsearchError
@@ -111,3 +113,30 @@ def iter_chunks(handle: BinaryIO, size: int) -> Iterator[bytes]:
                 break
             left -= len(chunk)
             yield chunk
+
+
+def private_dir(path: Path) -> None:
+    """Create ``path`` (and parents) for the owner only; an existing one of ours is tightened to 0700.
+
+    Raises UnsafeFileError for a folder of another user or a symbolic link in its place.
+    """
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = os.lstat(path)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+        raise UnsafeFileError(str(path), "not a folder of this user (or a symbolic link); refusing to use it")
+    if stat.S_IMODE(info.st_mode) & 0o077:
+        os.chmod(path, 0o700)
+
+
+def read_own_file(path: Path, max_bytes: int) -> bytes:
+    """A file imgsearch wrote itself (a cached thumbnail): never through a link, regular, at most ``max_bytes``.
+    Raises FileNotFoundError when absent, UnsafeFileError when it is not what imgsearch would have written."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UnsafeFileError(str(path), "a symbolic link where imgsearch keeps its own files") from None
+        raise
+    with os.fdopen(fd, "rb") as handle:
+        check_regular(str(path), os.fstat(fd), max_bytes)
+        return handle.read(max_bytes + 1)[:max_bytes]

@@ -82,7 +82,7 @@ def run_index(
     """
     started = time.monotonic()
     roots = resolve_roots(roots, allow_missing=True)
-    store.ensure_collection(encoder.name, encoder.dim, encoder.fingerprint)
+    store.ensure_collection(encoder.name, encoder.dim, encoder.fingerprint, record_fingerprint=True)
     report = IndexReport()
 
     stored = list(store.iter_metadata())
@@ -104,6 +104,12 @@ def run_index(
                 f"{root} has no image files now, but {indexed_under[root]} are indexed under it (an unmounted "
                 f"share looks like this); they are kept. If they were removed on purpose, run again with --prune")
     plan = make_plan(files, stored, roots, keep)
+    if not prune:
+        for folder, count in _emptied_folders(plan.stale, present).items():
+            report.refused.append(
+                f"{folder} is empty now, but {count} images were indexed under it (an unmounted share looks like "
+                f"this); they are kept. If they were removed on purpose, run again with --prune")
+            plan.stale = [row for row in plan.stale if not within(row["path"], [folder])]
     report.unchanged = len(plan.unchanged)
     stale_paths = {row["path"] for row in plan.stale}
 
@@ -151,6 +157,27 @@ def run_index(
         store.flush()
     report.elapsed_s = round(time.monotonic() - started, 3)
     return report
+
+
+def _emptied_folders(stale: list[dict[str, Any]], roots: list[str]) -> dict[str, int]:
+    """Folders below the roots that are empty now although indexed images lay in them, with how many:
+    the mount point of an unmounted share. A folder deleted as a whole is not one of them."""
+    counts: dict[str, int] = {}
+    empty: dict[str, bool] = {}
+    for row in stale:
+        folder = os.path.dirname(row["path"])
+        while not os.path.lexists(folder) and folder not in roots and within(folder, roots):
+            folder = os.path.dirname(folder)
+        if folder in roots or not within(folder, roots):
+            continue  # a root itself is judged by run_index
+        if folder not in empty:
+            try:
+                empty[folder] = os.path.isdir(folder) and not os.listdir(folder)
+            except OSError:
+                empty[folder] = False
+        if empty[folder]:
+            counts[folder] = counts.get(folder, 0) + 1
+    return counts
 
 
 def check_roots_exist(roots: list[str], stored_rows: Iterable[dict[str, Any]]) -> None:

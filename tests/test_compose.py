@@ -82,6 +82,7 @@ def test_nothing_is_published_beyond_this_host_and_every_service_needs_its_secre
     # `${VAR:?message}`: compose refuses to start without the secret instead of running open.
     for service in ("api", "ui"):
         assert services[service]["environment"]["IMGSEARCH_API_KEY"].startswith("${IMGSEARCH_API_KEY:?")
+    assert services["ui"]["environment"]["IMGSEARCH_UI_PASSWORD"].startswith("${IMGSEARCH_UI_PASSWORD:?")
     milvus_env = services["milvus"]["environment"]
     assert milvus_env["COMMON_SECURITY_AUTHORIZATIONENABLED"] == "true"
     assert milvus_env["COMMON_SECURITY_DEFAULTROOTPASSWORD"].startswith("${MILVUS_ROOT_PASSWORD:?")

@@ -147,3 +147,22 @@ def test_decompression_bomb_is_refused_before_decoding():
     with pytest.raises(ImageTooLargeError) as caught:
         decode(bomb, max_pixels=10_000_000)
     assert caught.value.pixels == 36_000_000
+
+
+@pytest.mark.parametrize("size", [(100, 80), (1200, 900)])
+def test_jpeg2000_decodes_small_and_reduced(size):
+    """Small enough that no reduction applies, or large enough that OpenJPEG decodes it at a fraction."""
+    source = Image.new("RGB", size, (200, 30, 30))
+    decoded = decode(encode(source, "JPEG2000"))
+    assert (decoded.width, decoded.height) == size
+    assert min(decoded.image.size) <= max(224, min(size)) and decoded.image.getpixel((5, 5))[0] > 150
+
+
+def test_a_decoder_that_fails_in_an_unexpected_way_gives_a_decode_error(monkeypatch):
+    def broken(*_args, **_kwargs):
+        raise TypeError("a plugin bug")
+
+    data = encode(Image.new("RGB", (50, 50)), "PNG")
+    monkeypatch.setattr(Image.Image, "load", broken)
+    with pytest.raises(ImageDecodeError, match="TypeError: a plugin bug"):
+        decode(data)

@@ -8,6 +8,7 @@ import pytest
 
 import search_api.services.jobs as jobs_module
 from search_api.services.jobs import JobManager, JobQueueFullError, allowed_paths
+from imgsearch_core.safe_files import UnsafeFileError
 from search_api.services.thumbnails import ThumbnailCache
 from tests.conftest import write_photo
 
@@ -56,3 +57,14 @@ def test_the_thumbnail_folder_stays_under_its_bound_dropping_the_least_recently_
         cache.get(f"id{i}", "hash", 256, photo.read_bytes)
         assert sum(p.stat().st_size for p in folder.glob("*.jpg")) <= one * 5.5 * 1.2
     assert not list(folder.glob("*.tmp"))
+
+
+def test_a_link_planted_in_the_thumbnail_folder_is_not_followed(tmp_path):
+    folder = tmp_path / "thumbs"
+    folder.mkdir(mode=0o700)
+    secret = tmp_path / "secret.txt"
+    secret.write_text("private key")
+    (folder / "id0-hash-256.jpg").symlink_to(secret)  # where the thumbnail of id0 would be cached
+    cache = ThumbnailCache(folder, 10**8, 2**28, 2**30)
+    with pytest.raises(UnsafeFileError, match="symbolic link"):
+        cache.get("id0", "hash", 256, lambda: pytest.fail("must not fall back to making one"))

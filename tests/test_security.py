@@ -20,6 +20,7 @@ import httpx
 import pytest
 from PIL import Image
 
+from imgsearch_core.errors import WeightsMismatchError
 from imgsearch_core.local_clip import build_local_clip
 from imgsearch_core.milvus_store import MilvusStore, release_hosted
 from indexer.runner import run_index
@@ -141,6 +142,24 @@ def test_a_root_that_is_now_empty_sweeps_nothing_until_pruned(tmp_path, cli_env,
     assert pruned.returncode == 0 and "removed 3" in pruned.stdout, pruned.stderr
 
 
+def test_an_emptied_folder_inside_a_root_sweeps_nothing_until_pruned(tmp_path, settings, encoder, store):
+    root = tmp_path / "photos"
+    write_photo(root / "local.png", seed=1)
+    for i in range(3):
+        write_photo(root / "nas" / f"p{i}.png", seed=10 + i)
+    write_photo(root / "album" / "a.png", seed=20)
+    index(root, settings, encoder, store)
+    for photo in (root / "nas").iterdir():  # the share's mount point, unmounted: there, but empty
+        photo.unlink()
+    shutil.rmtree(root / "album")  # a folder deleted as a whole is an ordinary deletion
+
+    report = index(root, settings, encoder, store)
+    assert report.removed == 1 and len(report.refused) == 1 and "--prune" in report.refused[0]
+    assert sum("/nas/" in p for p in paths_in(store)) == 3
+
+    assert index(root, settings, encoder, store, prune=True).removed == 3
+
+
 def test_a_missing_root_sweeps_nothing_until_pruned(tmp_path, cli_env, imgsearch_bin):
     share = tmp_path / "share"
     for i in range(2):
@@ -220,6 +239,15 @@ def test_other_weights_saved_under_the_indexed_model_folder_are_refused(tmp_path
     assert refused.returncode == 1 and "other weights" in refused.stderr
     search = subprocess.run([imgsearch_bin, "search", "x"], env=env, capture_output=True, text=True, timeout=120)
     assert search.returncode == 1 and "other weights" in search.stderr
+
+
+def test_only_the_indexer_records_a_fingerprint_on_a_collection_made_before_them(settings, encoder, store):
+    store.ensure_collection(encoder.name, encoder.dim)  # as an older imgsearch made it: no fingerprint
+    other = [-v for v in encoder.fingerprint]
+    store.check_model(encoder.name, encoder.dim, other)  # a reader (the API, `imgsearch search`) with other weights
+    store.ensure_collection(encoder.name, encoder.dim, encoder.fingerprint, record_fingerprint=True)  # the indexer
+    with pytest.raises(WeightsMismatchError):
+        store.check_model(encoder.name, encoder.dim, other)
 
 
 def test_the_api_checks_again_when_its_collection_is_dropped_and_made_again(settings, encoder, photo_dir):

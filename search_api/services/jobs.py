@@ -17,6 +17,8 @@ from indexer.runner import run_index
 from search_api.schemas import IndexJob
 
 MAX_QUEUED_JOBS = 16
+MAX_FINISHED_JOBS = 100  # older finished jobs are forgotten
+MAX_REPORTED_FAILURES = 1000  # per job; the rest are counted in report["failed_not_listed"]
 MAX_PATH_CHARS = 4096
 MAX_PATH_PARTS = 256
 MAX_NAME_BYTES = 255  # NAME_MAX on Linux, macOS and Windows file systems
@@ -115,7 +117,17 @@ class JobManager:
             self._update(job_id, state="failed", error=f"{type(exc).__name__}: {exc}")
         else:
             state = "failed" if report.refused else "done"
-            self._update(job_id, state=state, report=report.to_dict(), error="; ".join(report.refused) or None)
+            summary = report.to_dict()
+            summary["failed_not_listed"] = max(0, len(summary["failed"]) - MAX_REPORTED_FAILURES)
+            summary["failed"] = summary["failed"][:MAX_REPORTED_FAILURES]
+            self._update(job_id, state=state, report=summary, error="; ".join(report.refused) or None)
+        self._forget_old_jobs()
+
+    def _forget_old_jobs(self) -> None:
+        with self._lock:
+            finished = [job_id for job_id, job in self._jobs.items() if job.state in ("done", "failed")]
+            for job_id in finished[:-MAX_FINISHED_JOBS]:  # dicts keep insertion order: the oldest first
+                del self._jobs[job_id]
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

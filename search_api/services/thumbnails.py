@@ -13,9 +13,11 @@ from pathlib import Path
 from PIL import Image
 
 from imgsearch_core.images import decode_image
+from imgsearch_core.safe_files import private_dir, read_own_file
 
 # Requested sizes snap up to one of these, so a client cannot fill the cache with one file per pixel size.
 SIZE_BUCKETS = (64, 128, 256, 512, 1024)
+MAX_THUMBNAIL_BYTES = 8 * 1024 * 1024  # a 1024-px JPEG is far smaller; a larger cache file was not ours
 
 
 def bucket(size: int) -> int:
@@ -29,6 +31,7 @@ class ThumbnailCache:
         self.max_decoded_bytes = max_decoded_bytes
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
+        self._decoding = threading.BoundedSemaphore(2)  # like uploads: memory stays bounded under many requests
         self._total: int | None = None  # bytes in the folder, counted on first write
 
     def get(self, image_id: str, content_hash: str, size: int, read: Callable[[], bytes]) -> bytes:
@@ -39,12 +42,13 @@ class ThumbnailCache:
         size = bucket(size)
         cached = self.folder / f"{image_id}-{content_hash[:12]}-{size}.jpg"
         try:
-            data = cached.read_bytes()
+            data = read_own_file(cached, MAX_THUMBNAIL_BYTES)
             _touch(cached)  # eviction takes the least recently used first
             return data
         except FileNotFoundError:
             pass
-        decoded = decode_image(read(), image_id, size, self.max_pixels, self.max_decoded_bytes)
+        with self._decoding:
+            decoded = decode_image(read(), image_id, size, self.max_pixels, self.max_decoded_bytes)
         image = decoded.image
         image.thumbnail((size, size), Image.Resampling.BICUBIC)
         buffer = io.BytesIO()
@@ -54,7 +58,7 @@ class ThumbnailCache:
         return data
 
     def _store(self, cached: Path, data: bytes) -> None:
-        self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        private_dir(self.folder)  # refuses a folder of another user
         tmp = self.folder / f".{uuid.uuid4().hex}.tmp"  # unique: concurrent makers never share a file
         tmp.write_bytes(data)
         os.replace(tmp, cached)  # atomic: every reader sees a whole JPEG
