@@ -120,3 +120,18 @@ def test_background_thread_catches_up_after_every_later_write(store, filled):
         assert filled[0]["id"] not in {h.id for h in mirror.search(filled[0]["vector"], limit=5, offset=0)}
     finally:
         mirror.stop()
+
+
+def test_an_empty_collection_gives_an_empty_copy_that_answers_and_then_fills(store):
+    store.ensure_collection("test-model", DIM)
+    mirror = VectorMirror(store, DIM)
+    mirror.sync_now()
+    assert mirror.fresh and mirror.count() == 0
+    query = unit_rows(1, seed=9)[0]["vector"]
+    assert mirror.search(query, 10, 0) == []
+    assert mirror.search(query, 10, 0, path_prefix="/lib/", min_width=1) == []
+    rows = [{**row, "indexed_at": int(time.time())} for row in unit_rows(20, seed=3)]  # written now, as the indexer does
+    store.upsert(rows)
+    mirror.sync_now()
+    hits = mirror.search(rows[4]["vector"], 3, 0)
+    assert mirror.count() == 20 and hits[0].id == rows[4]["id"] and hits[0].row["path"] == rows[4]["path"]
