@@ -11,10 +11,10 @@ from typing import Any
 
 from imgsearch_core.encoder import Encoder
 from imgsearch_core.milvus_store import MilvusStore
+from imgsearch_core.safe_files import within
 from imgsearch_core.settings import Settings
 from indexer.embedder import EmbeddedBatch, LoadedFile, embed_in_batches, load_file, load_in_parallel
 from indexer.plan import make_plan
-from imgsearch_core.safe_files import within
 from indexer.scanner import RootNotFoundError, resolve_roots, scan
 from indexer.writer import BatchWriter, make_row
 

@@ -218,7 +218,7 @@ def start_server(make_command: Callable[[int], list[str]], env: dict[str, str] |
         log = tempfile.TemporaryFile(mode="w+")
         process = spawn(make_command(port), env, stdout=log, stderr=subprocess.STDOUT, text=True)
 
-        def output() -> str:
+        def output(log=log) -> str:
             log.seek(0)
             return log.read()[-5000:]
 

@@ -7,8 +7,8 @@ import threading
 import pytest
 
 import search_api.services.jobs as jobs_module
-from search_api.services.jobs import JobManager, JobQueueFullError, allowed_paths
 from imgsearch_core.safe_files import UnsafeFileError
+from search_api.services.jobs import JobManager, JobQueueFullError, allowed_paths
 from search_api.services.thumbnails import ThumbnailCache
 from tests.conftest import write_photo
 

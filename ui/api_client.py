@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any

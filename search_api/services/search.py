@@ -110,8 +110,8 @@ def milvus_filter(search_filter: SearchFilter | None) -> str:
         # A range over the strings that start with the prefix: exact, unlike LIKE, whose '_' is a wildcard.
         prefix = search_filter.path_prefix
         clauses.append(f"(path >= {_quote(prefix)} and path < {_quote(prefix + chr(0x10FFFF))})")
-    for field, op in (("min_width", ">="), ("max_width", "<="), ("min_height", ">="), ("max_height", "<=")):
-        value = getattr(search_filter, field)
+    for bound, op in (("min_width", ">="), ("max_width", "<="), ("min_height", ">="), ("max_height", "<=")):
+        value = getattr(search_filter, bound)
         if value is not None:
-            clauses.append(f"{field.split('_')[1]} {op} {int(value)}")
+            clauses.append(f"{bound.split('_')[1]} {op} {int(value)}")
     return " and ".join(clauses)
