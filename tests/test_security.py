@@ -48,6 +48,23 @@ def paths_in(store) -> set[str]:
     return {row["path"] for row in store.iter_rows()}
 
 
+def index_cli(imgsearch_bin, env, *args) -> subprocess.CompletedProcess:
+    """`imgsearch index ARGS` as a user runs it."""
+    return subprocess.run([imgsearch_bin, "index", *map(str, args)], env=env, capture_output=True, text=True,
+                          timeout=120)
+
+
+def indexed_share(tmp_path, imgsearch_bin, env, photos: int) -> Path:
+    """A folder of ``photos`` images, indexed, then emptied."""
+    share = tmp_path / "share"
+    for i in range(photos):
+        write_photo(share / f"p{i}.png", seed=i)
+    assert index_cli(imgsearch_bin, env, share).returncode == 0
+    for photo in share.iterdir():
+        photo.unlink()
+    return share
+
+
 def reasons(report) -> dict[str, str]:
     return {Path(f["path"]).name: f["reason"] for f in report.failed}
 
@@ -124,21 +141,14 @@ def test_a_folder_that_cannot_be_listed_keeps_its_rows(tmp_path, settings, encod
 
 
 def test_a_root_that_is_now_empty_sweeps_nothing_until_pruned(tmp_path, cli_env, imgsearch_bin, settings):
-    share = tmp_path / "share"
-    for i in range(3):
-        write_photo(share / f"p{i}.png", seed=i)
-    subprocess.run([imgsearch_bin, "index", str(share)], env=cli_env, check=True, capture_output=True, timeout=120)
-    for photo in share.iterdir():  # what an unmounted share looks like: the mount point, empty
-        photo.unlink()
+    share = indexed_share(tmp_path, imgsearch_bin, cli_env, 3)  # what an unmounted share looks like: empty
 
-    refused = subprocess.run([imgsearch_bin, "index", str(share)], env=cli_env, capture_output=True, text=True,
-                             timeout=120)
+    refused = index_cli(imgsearch_bin, cli_env, share)
     assert refused.returncode == 1
     assert "3 are indexed under it" in refused.stderr and "--prune" in refused.stderr
     assert "removed 0" in refused.stdout
 
-    pruned = subprocess.run([imgsearch_bin, "index", str(share), "--prune"], env=cli_env, capture_output=True,
-                            text=True, timeout=120)
+    pruned = index_cli(imgsearch_bin, cli_env, share, "--prune")
     assert pruned.returncode == 0 and "removed 3" in pruned.stdout, pruned.stderr
 
 
@@ -161,21 +171,14 @@ def test_an_emptied_folder_inside_a_root_sweeps_nothing_until_pruned(tmp_path, s
 
 
 def test_a_missing_root_sweeps_nothing_until_pruned(tmp_path, cli_env, imgsearch_bin):
-    share = tmp_path / "share"
-    for i in range(2):
-        write_photo(share / f"p{i}.png", seed=i)
-    subprocess.run([imgsearch_bin, "index", str(share)], env=cli_env, check=True, capture_output=True, timeout=120)
-    for photo in share.iterdir():
-        photo.unlink()
+    share = indexed_share(tmp_path, imgsearch_bin, cli_env, 2)
     share.rmdir()
 
-    refused = subprocess.run([imgsearch_bin, "index", str(share)], env=cli_env, capture_output=True, text=True,
-                             timeout=120)
+    refused = index_cli(imgsearch_bin, cli_env, share)
     assert refused.returncode == 1 and "no such file or directory" in refused.stderr and "--prune" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1  # one line, no traceback
 
-    pruned = subprocess.run([imgsearch_bin, "index", str(share), "--prune"], env=cli_env, capture_output=True,
-                            text=True, timeout=120)
+    pruned = index_cli(imgsearch_bin, cli_env, share, "--prune")
     assert pruned.returncode == 0 and "removed 2" in pruned.stdout, pruned.stderr
 
 
