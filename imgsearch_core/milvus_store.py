@@ -119,22 +119,27 @@ def _private_dir(path: Path) -> None:
 _MAX_SOCKET_PATH = 100  # sun_path holds 108 bytes on Linux, 104 on macOS
 
 
+def _socket_stem(data_dir: Path) -> Path:
+    """The folder and name prefix of ``data_dir``'s sockets: inside it, or in a private runtime folder when
+    that path would be too long for a socket (judged with the longest pid, so it never depends on the pid)."""
+    if len(os.fsencode(data_dir / "imgsearch-4294967295.sock")) <= _MAX_SOCKET_PATH:
+        return data_dir / "imgsearch"
+    runtime = Path(os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()) / f"imgsearch-{os.getuid()}"
+    _private_dir(runtime)
+    return runtime / hashlib.blake2b(os.fsencode(data_dir), digest_size=10).hexdigest()
+
+
 def _socket_path(data_dir: Path, pid: int) -> Path:
     """Where process ``pid`` serves ``data_dir``. The pid is part of the name: a new host never reuses the
     address of a dead one, which pymilvus would still hold a broken channel to."""
-    inside = data_dir / f"imgsearch-{pid}.sock"
-    if len(os.fsencode(inside)) <= _MAX_SOCKET_PATH:
-        return inside
-    runtime = Path(os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()) / f"imgsearch-{os.getuid()}"
-    _private_dir(runtime)
-    digest = hashlib.blake2b(os.fsencode(data_dir), digest_size=10).hexdigest()
-    return runtime / f"{digest}-{pid}.sock"
+    stem = _socket_stem(data_dir)
+    return stem.with_name(f"{stem.name}-{pid}.sock")
 
 
 def _remove_stale_sockets(data_dir: Path) -> None:
     """Sockets of hosts that died; called while holding the directory's lock, so none is in use."""
-    pattern = _socket_path(data_dir, 0).name.replace("-0.sock", "-*.sock")
-    for stale in _socket_path(data_dir, 0).parent.glob(pattern):
+    stem = _socket_stem(data_dir)
+    for stale in stem.parent.glob(f"{stem.name}-*.sock"):
         stale.unlink(missing_ok=True)
 
 

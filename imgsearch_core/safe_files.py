@@ -52,13 +52,13 @@ def kind_of(mode: int) -> str:
                        (stat.S_ISBLK, "a block device"), (stat.S_ISDIR, "a directory")):
         if test(mode):
             return name
-    return "not a regular file"
+    return "a special file"
 
 
 def check_regular(path: str, info: os.stat_result, max_bytes: int) -> None:
     """Raise UnsafeFileError unless ``info`` (a stat of ``path``) is a regular file of at most ``max_bytes``."""
     if not stat.S_ISREG(info.st_mode):
-        raise UnsafeFileError(path, f"{kind_of(info.st_mode)}, not a regular file; skipped")
+        raise UnsafeFileError(path, f"{kind_of(info.st_mode)}, not a regular file")
     if info.st_size > max_bytes:
         raise UnsafeFileError(path, f"{info.st_size:,} bytes is over the limit of {max_bytes:,} "
                                     f"(IMGSEARCH_MAX_FILE_BYTES)")
@@ -139,4 +139,4 @@ def read_own_file(path: Path, max_bytes: int) -> bytes:
         raise
     with os.fdopen(fd, "rb") as handle:
         check_regular(str(path), os.fstat(fd), max_bytes)
-        return handle.read(max_bytes + 1)[:max_bytes]
+        return handle.read(max_bytes)

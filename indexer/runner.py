@@ -15,7 +15,7 @@ from imgsearch_core.safe_files import within
 from imgsearch_core.settings import Settings
 from indexer.embedder import EmbeddedBatch, LoadedFile, embed_in_batches, load_file, load_in_parallel
 from indexer.plan import make_plan
-from indexer.scanner import RootNotFoundError, resolve_roots, scan
+from indexer.scanner import FileEntry, RootNotFoundError, resolve_roots, scan
 from indexer.writer import BatchWriter, make_row
 
 
@@ -76,9 +76,9 @@ def run_index(
 ) -> IndexReport:
     """Bring the collection in line with the image files under ``roots``.
 
-    A root that is missing, or empty while rows are indexed under it (an unmounted share looks like that),
-    sweeps nothing unless ``prune``: a missing one raises RootNotFoundError, an empty one is listed in
-    ``report.refused``.
+    A root that is missing, or a root or folder below it that is empty while rows are indexed under it (an
+    unmounted share looks like that), sweeps nothing unless ``prune``: a missing root raises RootNotFoundError,
+    an empty folder is listed in ``report.refused``.
     """
     started = time.monotonic()
     roots = resolve_roots(roots, allow_missing=True)
@@ -86,7 +86,6 @@ def run_index(
     report = IndexReport()
 
     stored = list(store.iter_metadata())
-    indexed_under = {root: sum(within(row["path"], [root]) for row in stored) for root in roots}
     present = [root for root in roots if os.path.lexists(root)]
     if not prune:
         check_roots_exist(roots, stored)
@@ -96,19 +95,12 @@ def run_index(
     files = scanned.files
     report.scanned = len(files) + len(scanned.failed)  # every entry met is counted once, skipped ones too
     report.failed.extend(scanned.failed)
-    keep = list(scanned.keep)
-    for root in present:
-        if indexed_under[root] and not prune and not any(within(f.path, [root]) for f in files):
-            keep.append(root)
-            report.refused.append(
-                f"{root} has no image files now, but {indexed_under[root]} are indexed under it (an unmounted "
-                f"share looks like this); they are kept. If they were removed on purpose, run again with --prune")
-    plan = make_plan(files, stored, roots, keep)
+    plan = make_plan(files, stored, roots, scanned.keep)
     if not prune:
-        for folder, count in _emptied_folders(plan.stale, present).items():
+        for folder, count in _emptied_folders(plan.stale, files, present).items():
             report.refused.append(
-                f"{folder} is empty now, but {count} images were indexed under it (an unmounted share looks like "
-                f"this); they are kept. If they were removed on purpose, run again with --prune")
+                f"{folder} has no image files now, but {count} are indexed under it (an unmounted share looks "
+                f"like this); they are kept. If they were removed on purpose, run again with --prune")
             plan.stale = [row for row in plan.stale if not within(row["path"], [folder])]
     report.unchanged = len(plan.unchanged)
     stale_paths = {row["path"] for row in plan.stale}
@@ -159,24 +151,29 @@ def run_index(
     return report
 
 
-def _emptied_folders(stale: list[dict[str, Any]], roots: list[str]) -> dict[str, int]:
-    """Folders below the roots that are empty now although indexed images lay in them, with how many:
-    the mount point of an unmounted share. A folder deleted as a whole is not one of them."""
+def _emptied_folders(stale: list[dict[str, Any]], files: list[FileEntry], roots: list[str]) -> dict[str, int]:
+    """Folders with no image files now although indexed images lay in them, with how many: a root with none
+    left, or an empty folder below one. Both are what an unmounted share looks like; a folder deleted as a
+    whole is not one of them."""
+    bare_roots = [root for root in roots if not any(within(f.path, [root]) for f in files)]
     counts: dict[str, int] = {}
     empty: dict[str, bool] = {}
     for row in stale:
-        folder = os.path.dirname(row["path"])
-        while not os.path.lexists(folder) and folder not in roots and within(folder, roots):
-            folder = os.path.dirname(folder)
-        if folder in roots or not within(folder, roots):
-            continue  # a root itself is judged by run_index
-        if folder not in empty:
-            try:
-                empty[folder] = os.path.isdir(folder) and not os.listdir(folder)
-            except OSError:
-                empty[folder] = False
-        if empty[folder]:
-            counts[folder] = counts.get(folder, 0) + 1
+        folder = next((root for root in bare_roots if within(row["path"], [root])), None)
+        if folder is None:
+            folder = os.path.dirname(row["path"])
+            while not os.path.lexists(folder) and folder not in roots and within(folder, roots):
+                folder = os.path.dirname(folder)
+            if folder in roots or not within(folder, roots):
+                continue  # an ordinary deletion
+            if folder not in empty:
+                try:
+                    empty[folder] = os.path.isdir(folder) and not os.listdir(folder)
+                except OSError:
+                    empty[folder] = False
+            if not empty[folder]:
+                continue
+        counts[folder] = counts.get(folder, 0) + 1
     return counts
 
 

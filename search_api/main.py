@@ -11,7 +11,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from starlette.concurrency import run_in_threadpool
 
 from imgsearch_core.encoder import Encoder
-from imgsearch_core.milvus_store import MilvusStore
+from imgsearch_core.milvus_store import MilvusStore, release_hosted
 from imgsearch_core.settings import Settings, get_settings
 from search_api.deps import SettingsDep, StoreDep, has_api_key, require_api_key
 from search_api.http_errors import BodySizeLimit, install_error_handlers
@@ -59,6 +59,8 @@ def create_app(settings: Settings | None = None, encoder: Encoder | None = None)
         if mirror is not None:
             mirror.stop()
         store.close()
+        # Here, not only at exit: uvicorn re-raises SIGTERM after shutdown, and atexit handlers never run.
+        release_hosted(settings.milvus_uri)
 
     keyed = bool(settings.api_key)
     app = FastAPI(

@@ -38,18 +38,16 @@ class SearchService:
 
         Raises ModelMismatchError (409) or CollectionNotFoundError (503). Blocking: call off the event loop.
         """
-        now = time.monotonic()
-        if now - self._checked_at < self.recheck_s:
-            return
         token = self.store.creation_token()
         if token != self._checked_token:
             self.store.check_model(self.encoder.name, self.encoder.dim, self.encoder.fingerprint)
             self._checked_token = token
-        self._checked_at = now
+        self._checked_at = time.monotonic()
 
     async def search(self, request: SearchRequest, uploaded: DecodedImage | None = None) -> SearchResponse:
         started = time.perf_counter()
-        await run_in_threadpool(self.check_collection)
+        if time.monotonic() - self._checked_at >= self.recheck_s:  # no thread hop on the searches in between
+            await run_in_threadpool(self.check_collection)
         parts: list[tuple[np.ndarray, float]] = []
         notes: list[str] = []
         texts = [t for t in (request.text, request.negative_text) if t is not None]
