@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -25,6 +24,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
+from machine import machine_info, print_machine  # noqa: E402
 from PIL import Image  # noqa: E402
 
 
@@ -111,6 +111,7 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
+        print_machine(machine_info())
         print("building random-weight ViT-B/32 ...", flush=True)
         model_dir = build_local_clip(tmp / "vit-b-32", "vit-b-32")
         print(f"writing {args.images} JPEGs of 4000x3000 ...", flush=True)
@@ -132,8 +133,7 @@ def main() -> int:
         "batch_size": args.batch_size,
         "decode_workers": args.workers,
         "torch_threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(),
-        "machine": platform.machine(),
+        **machine_info(),
         "imgsearch": ours,
         "naive": naive,
         "bare_model": bare,

@@ -172,10 +172,13 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results/query_latency.json")
     args = parser.parse_args()
 
+    from machine import machine_info, print_machine
+
     from imgsearch_core.local_clip import build_local_clip
 
-    results = {"benchmark": "query_latency", "model": "ViT-B/32 architecture, random weights", "cpu_count": os.cpu_count(),
+    results = {"benchmark": "query_latency", "model": "ViT-B/32 architecture, random weights", **machine_info(),
                "sizes": {}}
+    print_machine(results)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         print("building random-weight ViT-B/32 ...", flush=True)
