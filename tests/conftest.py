@@ -185,6 +185,14 @@ def stop_process(process: subprocess.Popen, grace_s: float = 15) -> None:
         time.sleep(0.05)
 
 
+def pytest_collection_modifyitems(config, items):
+    """Mark the tests that run imgsearch in another process: `make mutants` leaves them out, since the code a
+    child process runs is never the mutated copy."""
+    for item in items:
+        if "imgsearch_bin" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.own_process)
+
+
 def pytest_sessionfinish(session, exitstatus):
     """Fail the run if any process group a test started is still alive, and stop it."""
     leaked = [p for p in _started if _group_alive(p.pid)]
