@@ -33,7 +33,8 @@ mutants: ## mutation testing of the core logic with mutmut (see docs/mutation-te
 	$(PIP) install -q 'mutmut==3.8.1'
 	rm -rf mutants
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TEST_TINY_MODEL_DIR=$(CURDIR)/mutants-model \
-		$(VENV)/bin/mutmut run --max-children 2 | tail -n 3
+		$(VENV)/bin/mutmut run --max-children 2 > mutants.log 2>&1 || { tail -n 30 mutants.log; exit 1; }
+	tail -n 3 mutants.log
 	$(VENV)/bin/mutmut export-cicd-stats >/dev/null
 	$(PY) tests/mutation_score.py
 	$(VENV)/bin/mutmut results

@@ -1,0 +1,180 @@
+"""The Milvus gateway on real Milvus Lite: which model and weights a collection accepts, which failures become
+which errors, and what a search returns."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from pymilvus import MilvusException
+
+from imgsearch_core.errors import (
+    CollectionNotFoundError,
+    ModelMismatchError,
+    StoreUnavailableError,
+    WeightsMismatchError,
+)
+from imgsearch_core.milvus_store import fingerprints_match
+from tests.test_vector_mirror import DIM, unit_rows
+
+
+def near(vector, cosine: float, seed: int = 0) -> np.ndarray:
+    """A vector at exactly ``cosine`` to ``vector``."""
+    v = np.asarray(vector, dtype=np.float64)
+    v = v / np.linalg.norm(v)
+    other = np.random.default_rng(seed).standard_normal(v.shape)
+    other -= (other @ v) * v
+    other /= np.linalg.norm(other)
+    return cosine * v + np.sqrt(1 - cosine**2) * other
+
+
+@pytest.mark.parametrize(("cosine", "same"), [(1.0, True), (0.99, True), (0.981, True), (0.979, False), (0.5, False),
+                                              (-1.0, False)])
+def test_fingerprints_match_only_when_nearly_the_same(cosine, same):
+    probe = np.random.default_rng(1).standard_normal(64)
+    assert fingerprints_match(probe, near(probe, cosine)) is same
+    assert fingerprints_match(near(probe, cosine), probe) is same
+
+
+def test_fingerprints_of_other_lengths_or_none_at_all_never_match():
+    probe = np.random.default_rng(1).standard_normal(64)
+    assert not fingerprints_match(probe, probe[:32])
+    assert not fingerprints_match([], [])
+    assert fingerprints_match(probe * 3, probe)  # the scale of the numbers does not matter, only the direction
+
+
+def test_a_collection_accepts_its_own_model_and_weights_only(store):
+    probe = np.random.default_rng(2).standard_normal(64)
+    store.ensure_collection("model-a", DIM, probe)
+    store.check_model("model-a", DIM, probe)
+    store.check_model("model-a", None, near(probe, 0.99))  # same weights on another device: tiny differences
+    store.ensure_collection("model-a", DIM, probe)  # opening it again is fine
+    with pytest.raises(ModelMismatchError, match="model-a") as wrong_model:
+        store.check_model("model-b", DIM, probe)
+    assert "model-b" in str(wrong_model.value)
+    with pytest.raises(ModelMismatchError):
+        store.check_model("model-a", DIM + 1)
+    with pytest.raises(WeightsMismatchError):
+        store.check_model("model-a", DIM, near(probe, 0.9))
+    with pytest.raises(WeightsMismatchError):
+        store.ensure_collection("model-a", DIM, near(probe, 0.9), record_fingerprint=True)  # never overwritten
+    assert store.model_info() == ("model-a", DIM)
+
+
+def test_a_reader_never_records_a_fingerprint(store):
+    store.ensure_collection("model-a", DIM)
+    probe = np.random.default_rng(3).standard_normal(64)
+    store.check_model("model-a", DIM, probe)  # a reader: records nothing
+    store.check_model("model-a", DIM, -probe)
+    store.check_model("model-a", DIM, probe, record_missing=True)  # a writer: records its own
+    store.check_model("model-a", DIM, near(probe, 0.99))
+    with pytest.raises(WeightsMismatchError):
+        store.check_model("model-a", DIM, -probe)
+
+
+def test_a_missing_collection_says_so(store):
+    assert not store.exists() and store.count() == 0 and store.indexed_roots() == []
+    with pytest.raises(CollectionNotFoundError):
+        store.model_info()
+    with pytest.raises(CollectionNotFoundError):
+        store.creation_token()
+    with pytest.raises(CollectionNotFoundError):
+        store.check_model("model-a")
+
+
+def test_each_creation_of_a_collection_gets_its_own_token(store):
+    store.ensure_collection("model-a", DIM)
+    first = store.creation_token()
+    assert first == store.creation_token()
+    store.drop()
+    store.ensure_collection("model-a", DIM)
+    assert store.creation_token() not in ("", first)
+
+
+def test_roots_are_recorded_once_each_and_kept(store):
+    store.ensure_collection("model-a", DIM)
+    store.add_roots(["/b", "/a"])
+    store.add_roots(["/a", "/c"])
+    assert store.indexed_roots() == ["/a", "/b", "/c"]
+
+
+# Messages as gRPC and Milvus word them when the server is gone or the collection is.
+@pytest.mark.parametrize("message", [
+    "<_InactiveRpcError: StatusCode.UNAVAILABLE>", "failed to connect to all addresses", "Deadline Exceeded",
+    "Channel closed!", "Socket closed"])
+def test_an_unreachable_milvus_becomes_store_unavailable(store, message):
+    store.ensure_collection("model-a", DIM)
+    calls = []
+
+    def fails(_client):
+        calls.append(1)
+        raise MilvusException(code=2, message=message)
+
+    with pytest.raises(StoreUnavailableError, match="cannot be reached"):
+        store._call(fails)
+    assert len(calls) == 2  # embedded: reconnected once and tried again
+
+
+@pytest.mark.parametrize("message", ["collection not found[collection=images]", "can't find collection: images"])
+def test_a_dropped_collection_becomes_collection_not_found(store, message):
+    def fails(_client):
+        raise MilvusException(code=100, message=message)
+
+    with pytest.raises(CollectionNotFoundError):
+        store._call(fails)
+
+
+def test_other_milvus_errors_are_not_mistaken_for_an_outage(store):
+    calls = []
+
+    def fails(_client):
+        calls.append(1)
+        raise MilvusException(code=1100, message="invalid expression: width >>> 3")
+
+    with pytest.raises(MilvusException, match="invalid expression"):
+        store._call(fails)
+    assert len(calls) == 1  # no reconnect, no retry
+
+
+@pytest.mark.parametrize("message", ["collection not loaded", "collection has been released"])
+def test_a_released_collection_is_loaded_again_and_the_call_retried(store, message):
+    store.ensure_collection("model-a", DIM)
+    store._call(lambda c: c.release_collection(store.collection))
+    calls = []
+
+    def fails_once(client):
+        calls.append(1)
+        if len(calls) == 1:
+            raise MilvusException(code=101, message=message)
+        return client.query(store.collection, filter="", output_fields=["count(*)"])
+
+    assert store._call(fails_once)[0]["count(*)"] == 0
+    assert len(calls) == 2
+
+
+def test_deep_pages_of_a_search_are_exact(store):
+    store.ensure_collection("model-a", DIM)
+    rows = unit_rows(300, seed=4)
+    store.upsert(rows)
+    query = np.asarray(rows[0]["vector"])
+    expected = np.argsort(-np.stack([r["vector"] for r in rows]) @ query, kind="stable")
+    ids = [rows[i]["id"] for i in expected]
+    first = [hit.id for hit in store.search(query[None, :], limit=100, offset=0)[0]]
+    second = [hit.id for hit in store.search(query[None, :], limit=100, offset=100)[0]]
+    assert first == ids[:100] and second == ids[100:200]  # beyond the default search breadth of 64
+    hit = store.search(query[None, :], limit=1)[0][0]
+    assert hit.id == rows[0]["id"] and hit.score == pytest.approx(1.0, abs=1e-5)
+    assert hit.row["path"] == rows[0]["path"] and hit.row["width"] == rows[0]["width"]
+
+
+def test_rows_can_be_read_back_with_and_without_vectors(store):
+    store.ensure_collection("model-a", DIM)
+    rows = unit_rows(3, seed=5)
+    store.upsert(rows)
+    got = store.get([rows[0]["id"], "no-such-id", "'; drop"], with_vectors=True)
+    assert list(got) == [rows[0]["id"]]
+    np.testing.assert_allclose(got[rows[0]["id"]]["vector"], rows[0]["vector"], atol=1e-6)
+    plain = store.get([rows[1]["id"]])[rows[1]["id"]]
+    assert "vector" not in plain and plain["content_hash"] == rows[1]["content_hash"]
+    assert sorted(r["id"] for r in store.iter_rows(filter_expr="width >= 0", batch_size=2)) == sorted(r["id"] for r in rows)
+    store.delete([r["id"] for r in rows], batch=2)
+    assert store.count() == 0
