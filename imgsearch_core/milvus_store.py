@@ -487,14 +487,26 @@ class MilvusStore:
         self, vectors: np.ndarray, limit: int, offset: int = 0, filter_expr: str = ""
     ) -> list[list[Hit]]:
         """Nearest rows by cosine similarity, best first, one list per query vector."""
-        ef = max(64, limit + offset)
         results = self._call(lambda c: c.search(
-            self.collection, data=np.asarray(vectors, dtype=np.float32).tolist(), limit=limit, offset=offset,
+            self.collection, data=np.asarray(vectors).tolist(), limit=limit, offset=offset,
             filter=filter_expr, output_fields=METADATA_FIELDS,
-            search_params={"metric_type": "COSINE", "params": {"ef": ef, "nprobe": 32, "search_list": ef}},
+            search_params={"metric_type": "COSINE", "params": search_params(self.index_type, limit + offset)},
         ))
         return [[Hit(id=hit["id"], score=float(hit["distance"]), row=dict(hit["entity"])) for hit in hits]
                 for hits in results]
+
+
+def search_params(index_type: str, depth: int) -> dict[str, int]:
+    """The search breadth for ``index_type`` that reaches ``depth`` (limit + offset) results: a server refuses an
+    HNSW ``ef`` or a DiskANN ``search_list`` below it. The floor of 64 and IVF's nprobe trade speed for recall
+    on a server's index; Milvus Lite searches exactly whatever they are."""
+    if index_type == "HNSW":
+        return {"ef": max(64, depth)}
+    if index_type == "DISKANN":
+        return {"search_list": max(64, depth)}
+    if index_type == "IVF_FLAT":
+        return {"nprobe": 32}
+    return {}
 
 
 def fingerprints_match(a: Sequence[float], b: Sequence[float]) -> bool:

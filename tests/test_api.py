@@ -75,10 +75,12 @@ def test_health_reports_model_dimension_and_count(client, settings):
 
 
 def test_text_search_returns_ranked_results_with_urls(client):
+    started = time.perf_counter()
     response = client.post("/search", json={"text": "a photo of blocks", "limit": 5})
+    wall_ms = (time.perf_counter() - started) * 1000
     assert response.status_code == 200
     body = response.json()
-    assert len(body["results"]) == 5 and body["took_ms"] > 0
+    assert len(body["results"]) == 5 and 0 < body["took_ms"] <= wall_ms
     scores = [r["score"] for r in body["results"]]
     assert scores == sorted(scores, reverse=True)
     first = body["results"][0]
@@ -168,6 +170,8 @@ def test_filters_by_path_prefix_and_size(client, indexed, settings, encoder):
     assert wide.json()["results"] == []
     sized = client.post("/search", json={"text": "x", "limit": 50, "filter": {"max_width": 96, "min_height": 64}})
     assert len(sized.json()["results"]) == 10
+    for bounds, count in (({"min_height": 64, "max_height": 64}, 10), ({"max_height": 63}, 0), ({"min_height": 65}, 0)):
+        assert len(client.post("/search", json={"text": "x", "limit": 50, "filter": bounds}).json()["results"]) == count
 
 
 def test_path_prefix_with_underscore_and_quotes_is_literal(client, tmp_path, settings, encoder):
@@ -212,7 +216,8 @@ def test_bad_search_requests_get_422_with_a_message(client, body):
 
 
 def test_unknown_ids_get_404(client):
-    assert client.post("/search", json={"image_id": "0000000000000000"}).status_code == 404
+    missing = client.post("/search", json={"image_id": "0000000000000000"})
+    assert missing.status_code == 404 and missing.json()["detail"] == "no indexed image with id '0000000000000000'"
     assert client.get("/images/0000000000000000").status_code == 404
     assert client.get("/images/0000000000000000/thumbnail").status_code == 404
     assert client.get("/index/nope").status_code == 404

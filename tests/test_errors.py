@@ -22,7 +22,7 @@ def test_a_subclass_gets_its_parents_status_and_unknown_errors_are_not_guessed()
         pass
 
     assert status_for(Narrower("x")) == 404
-    with pytest.raises(LookupError):
+    with pytest.raises(LookupError, match="RuntimeError"):
         status_for(RuntimeError("a bug"))
 
 
@@ -69,6 +69,22 @@ def test_a_422_says_which_field_and_why_in_one_line(edge, body, detail):
 def test_undecodable_bytes_in_a_body_are_reported_not_a_500(edge):
     response = edge.post("/search", content=b"\xff\xfe", headers={"content-type": "application/json"})
     assert response.status_code == 422 and "JSON decode error" in response.json()["detail"]
+    # Not declared as JSON, the raw bytes reach validation and are echoed back, undecodable ones replaced.
+    response = edge.post("/search", content=b"\xff\xfe", headers={"content-type": "text/plain"})
+    assert response.status_code == 422 and response.json()["errors"][0]["input"] == "\ufffd\ufffd"
+    assert response.json()["detail"] == "body: Input should be a valid dictionary or object to extract fields from"
+
+
+def test_an_error_without_a_location_is_put_on_the_body():
+    import asyncio
+    import json
+
+    from fastapi.exceptions import RequestValidationError
+
+    from search_api.http_errors import validation_error
+
+    response = asyncio.run(validation_error(None, RequestValidationError([{"type": "custom", "msg": "too vague"}])))
+    assert response.status_code == 422 and json.loads(response.body)["detail"] == "body: too vague"
 
 
 def test_a_domain_error_becomes_its_status_with_its_message(edge):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,10 +15,11 @@ import numpy as np
 import pytest
 
 from imgsearch_core.encoder import Encoder
-from imgsearch_core.errors import ModelMismatchError
+from imgsearch_core.errors import ModelMismatchError, WeightsMismatchError
 from imgsearch_core.local_clip import build_local_clip
 from imgsearch_core.milvus_store import MilvusStore, release_hosted
-from indexer.runner import run_index
+from indexer.runner import Progress, run_index
+from indexer.scanner import RootNotFoundError
 from tests.conftest import MILVUS_SERVERS, spawn, unique_collection, write_photo
 
 
@@ -42,13 +44,35 @@ def any_store(request, settings, milvus_servers):
     store.close()
 
 
+def test_the_progress_bar_is_drawn_only_when_asked_and_the_callback_hears_every_step(capsys, monkeypatch):
+    import tqdm
+
+    # No monitor thread: it would outlive the test, and `make mutants` forks this process for every mutant.
+    monkeypatch.setattr(tqdm.tqdm, "monitor_interval", 0)
+    heard = []
+    progress = Progress(3, show_bar=True, callback=lambda done, total: heard.append((done, total)))
+    progress.advance(2)
+    progress.advance(0)
+    progress.advance()
+    progress.close()
+    drawn = capsys.readouterr().err
+    assert "indexing" in drawn and "3/3" in drawn and "img/s" in drawn
+    assert heard == [(0, 3), (2, 3), (3, 3)]
+    Progress(0, show_bar=True).close()  # nothing to do: no bar
+    quiet = Progress(3, show_bar=False)
+    quiet.advance(3)
+    quiet.close()
+    assert capsys.readouterr().err == ""
+
+
 def rows_by_path(store) -> dict[str, dict]:
     return {row["path"]: row for row in store.iter_metadata()}
 
 
-def test_first_run_embeds_every_image_and_stores_its_metadata(photo_dir, settings, encoder, store):
+def test_first_run_embeds_every_image_and_stores_its_metadata(photo_dir, settings, encoder, store, capfd):
     report = index(photo_dir, settings, encoder, store)
     assert (report.scanned, report.embedded, report.failed) == (10, 10, [])
+    assert capfd.readouterr().err == ""  # called as a library, it draws no progress bar
     rows = rows_by_path(store)
     assert len(rows) == 10
     photo = rows[str(photo_dir / "photo0.png")]
@@ -262,3 +286,97 @@ def test_when_the_process_serving_the_data_directory_exits_another_takes_over(se
     finally:
         if host.poll() is None:
             host.kill()
+
+
+# ── What the runner reports, in process: the counts a user reads ─────────────────────────────────────
+
+
+def test_the_report_counts_touched_and_moved_files_and_the_time_taken(tmp_path, settings, encoder, store):
+    root = tmp_path / "photos"
+    for i in range(6):
+        write_photo(root / f"p{i}.png", seed=i)
+    heard = []
+    started = time.monotonic()
+    first = run_index([str(root)], settings, encoder, store, on_progress=lambda done, total: heard.append((done, total)))
+    assert 0 < first.elapsed_s <= time.monotonic() - started
+    assert heard[0] == (0, 6) and heard[-1] == (6, 6)
+    for name in ("p0.png", "p1.png", "p2.png"):  # touched: same content, new mtime
+        os.utime(root / name, ns=(1, 1))
+    (root / "p3.png").rename(root / "moved3.png")
+    (root / "p4.png").rename(root / "moved4.png")
+    report = index(root, settings, encoder, store)
+    assert (report.embedded, report.unchanged, report.moved, report.copied, report.removed) == (0, 4, 2, 0, 0)
+
+
+def test_a_file_moved_back_during_the_run_is_counted_as_copied_and_kept(tmp_path, settings, encoder, store):
+    root = tmp_path / "photos"
+    write_photo(root / "a.png", seed=1)
+    index(root, settings, encoder, store)
+    (root / "a.png").rename(root / "b.png")
+
+    def put_back(done, total):
+        if total and done == total:  # after the rows are written, before the sweep
+            shutil.copy(root / "b.png", root / "a.png")
+
+    report = run_index([str(root)], settings, encoder, store, on_progress=put_back)
+    assert (report.moved, report.copied, report.removed) == (0, 1, 0)
+    assert set(rows_by_path(store)) == {str(root / "a.png"), str(root / "b.png")}
+
+
+def test_an_indexed_copy_that_vanishes_mid_run_is_reported_not_written(tmp_path, settings, encoder, store, monkeypatch):
+    root = tmp_path / "photos"
+    write_photo(root / "a.png", seed=1)
+    index(root, settings, encoder, store)
+    shutil.copy(root / "a.png", root / "copy.png")
+    monkeypatch.setattr(store, "get", lambda ids, with_vectors=False: {})  # another writer deleted the source row
+    report = index(root, settings, encoder, store)
+    assert report.failed == [{"path": str(root / "copy.png"), "reason": "indexed copy vanished during the run; re-run"}]
+    assert set(rows_by_path(store)) == {str(root / "a.png")}
+
+
+def test_an_emptied_share_below_a_root_is_named_with_its_count(tmp_path, settings, encoder, store):
+    root = tmp_path / "photos"
+    write_photo(root / "keep.png", seed=1)
+    for i in range(3):
+        write_photo(root / "nas" / "2024" / f"p{i}.png", seed=10 + i)
+    index(root, settings, encoder, store)
+    shutil.rmtree(root / "nas" / "2024")  # the mount point "nas" is left, empty
+    report = index(root, settings, encoder, store)
+    assert report.removed == 0 and len(report.refused) == 1
+    assert report.refused[0].startswith(f"{root / 'nas'} has no image files now, but 3 are indexed under it")
+
+
+def test_a_root_left_empty_is_named_with_its_count_and_other_roots_are_swept(tmp_path, settings, encoder, store):
+    share, local = tmp_path / "share", tmp_path / "local"
+    for i in range(2):
+        write_photo(share / f"s{i}.png", seed=i)
+    write_photo(local / "l0.png", seed=5)
+    write_photo(local / "l1.png", seed=6)
+    run_index([str(share), str(local)], settings, encoder, store)
+    for photo in share.iterdir():
+        photo.unlink()
+    (local / "l1.png").unlink()
+    report = run_index([str(share), str(local)], settings, encoder, store)
+    assert report.refused == [f"{share} has no image files now, but 2 are indexed under it (an unmounted share looks "
+                              f"like this); they are kept. If they were removed on purpose, run again with --prune"]
+    assert report.removed == 1 and len(rows_by_path(store)) == 3  # the share's two are kept
+
+
+def test_a_missing_root_is_named_with_how_many_images_it_holds(tmp_path, settings, encoder, store):
+    first, second = tmp_path / "first", tmp_path / "second"
+    for i in range(2):
+        write_photo(first / f"f{i}.png", seed=i)
+    for i in range(3):
+        write_photo(second / f"s{i}.png", seed=10 + i)
+    run_index([str(first), str(second)], settings, encoder, store)
+    shutil.rmtree(second)
+    with pytest.raises(RootNotFoundError) as missing:
+        run_index([str(first), str(second)], settings, encoder, store)
+    assert str(missing.value).startswith(f"{second}: no such file or directory; 3 images indexed under it are kept")
+    assert len(rows_by_path(store)) == 5
+
+
+def test_the_indexer_records_its_weights_so_other_weights_are_refused(photo_dir, settings, encoder, store):
+    index(photo_dir, settings, encoder, store)
+    with pytest.raises(WeightsMismatchError):
+        store.check_model(encoder.name, encoder.dim, [-v for v in encoder.fingerprint])

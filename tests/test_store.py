@@ -3,6 +3,10 @@ which errors, and what a search returns."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from pymilvus import MilvusException
@@ -13,7 +17,7 @@ from imgsearch_core.errors import (
     StoreUnavailableError,
     WeightsMismatchError,
 )
-from imgsearch_core.milvus_store import fingerprints_match
+from imgsearch_core.milvus_store import _CREATED_PROPERTY, _pid_alive, fingerprints_match, search_params
 from tests.test_vector_mirror import DIM, unit_rows
 
 
@@ -51,10 +55,14 @@ def test_a_collection_accepts_its_own_model_and_weights_only(store):
     with pytest.raises(ModelMismatchError, match="model-a") as wrong_model:
         store.check_model("model-b", DIM, probe)
     assert "model-b" in str(wrong_model.value)
-    with pytest.raises(ModelMismatchError):
+    with pytest.raises(ModelMismatchError) as wrong_dim:
         store.check_model("model-a", DIM + 1)
-    with pytest.raises(WeightsMismatchError):
+    assert f"Collection '{store.collection}' was indexed with model 'model-a' (dim {DIM})" in str(wrong_dim.value)
+    assert f"uses 'model-a' (dim {DIM + 1})" in str(wrong_dim.value)
+    with pytest.raises(WeightsMismatchError) as wrong_weights:
         store.check_model("model-a", DIM, near(probe, 0.9))
+    assert f"Collection '{store.collection}' was indexed with other weights than those now at 'model-a'" in str(
+        wrong_weights.value)
     with pytest.raises(WeightsMismatchError):
         store.ensure_collection("model-a", DIM, near(probe, 0.9), record_fingerprint=True)  # never overwritten
     assert store.model_info() == ("model-a", DIM)
@@ -100,7 +108,7 @@ def test_roots_are_recorded_once_each_and_kept(store):
 # Messages as gRPC and Milvus word them when the server is gone or the collection is.
 @pytest.mark.parametrize("message", [
     "<_InactiveRpcError: StatusCode.UNAVAILABLE>", "failed to connect to all addresses", "Deadline Exceeded",
-    "Channel closed!", "Socket closed"])
+    "Channel closed!", "Socket closed", "recvmsg: socket reset by peer"])
 def test_an_unreachable_milvus_becomes_store_unavailable(store, message):
     store.ensure_collection("model-a", DIM)
     calls = []
@@ -178,3 +186,78 @@ def test_rows_can_be_read_back_with_and_without_vectors(store):
     assert sorted(r["id"] for r in store.iter_rows(filter_expr="width >= 0", batch_size=2)) == sorted(r["id"] for r in rows)
     store.delete([r["id"] for r in rows], batch=2)
     assert store.count() == 0
+
+
+@pytest.mark.parametrize(("index_type", "knob"), [("HNSW", "ef"), ("DISKANN", "search_list")])
+@pytest.mark.parametrize("depth", [1, 64, 65, 500])
+def test_the_search_breadth_reaches_the_deepest_result_asked_for(index_type, knob, depth):
+    # A Milvus server refuses an HNSW ef or a DiskANN search_list below limit + offset.
+    assert search_params(index_type, depth) == {knob: max(64, depth)}
+
+
+@pytest.mark.parametrize(("index_type", "knobs"), [("IVF_FLAT", {"nprobe"}), ("FLAT", set()), ("AUTOINDEX", set())])
+def test_other_index_types_get_only_their_own_knobs(index_type, knobs):
+    assert set(search_params(index_type, 100)) == knobs
+
+
+class RecordingClient:
+    """Stands in for MilvusClient: records the search the gateway sends (Milvus Lite ignores most of it)."""
+
+    def __init__(self):
+        self.calls = []
+
+    def search(self, collection, **kwargs):
+        self.calls.append((collection, kwargs))
+        return [[]]
+
+
+def test_a_search_asks_milvus_for_cosine_over_the_page_with_the_metadata_but_not_the_vectors(store, monkeypatch):
+    client = RecordingClient()
+    monkeypatch.setattr(store, "index_type", "HNSW")
+    monkeypatch.setattr(store, "_client", client)
+    store.search(np.ones((1, DIM), np.float16), limit=30, offset=90, filter_expr="width >= 10")
+    ((collection, sent),) = client.calls
+    assert collection == store.collection
+    assert sent["search_params"] == {"metric_type": "COSINE", "params": {"ef": 120}}
+    assert (sent["limit"], sent["offset"], sent["filter"]) == (30, 90, "width >= 10")
+    assert "vector" not in sent["output_fields"] and {"path", "width", "height"} <= set(sent["output_fields"])
+    assert sent["data"] == [[1.0] * DIM]  # plain floats: gRPC cannot carry numpy's float16
+
+
+def test_errors_about_a_missing_collection_name_it(store):
+    with pytest.raises(CollectionNotFoundError, match=store.collection):
+        store.creation_token()
+
+    def fails(_client):
+        raise MilvusException(code=100, message="collection not found[collection=x]")
+
+    with pytest.raises(CollectionNotFoundError, match=store.collection):
+        store._call(fails)
+
+
+def test_a_collection_made_before_creation_tokens_has_an_empty_one(store):
+    store.ensure_collection("model-a", DIM)
+    store._call(lambda c: c.drop_collection_properties(store.collection, property_keys=[_CREATED_PROPERTY]))
+    assert store.creation_token() == ""
+
+
+def test_a_process_is_alive_until_it_has_exited_and_been_reaped():
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        assert _pid_alive(child.pid) and _pid_alive(os.getpid())
+    finally:
+        child.kill()
+        child.wait()
+    assert not _pid_alive(child.pid)
+
+
+def test_a_collection_not_made_by_imgsearch_is_refused_and_named_as_such(store):
+    from pymilvus import DataType, MilvusClient
+
+    schema = MilvusClient.create_schema(auto_id=False)
+    schema.add_field("pk", DataType.INT64, is_primary=True)
+    schema.add_field("embedding", DataType.FLOAT_VECTOR, dim=8)
+    store._call(lambda c: c.create_collection(store.collection, schema=schema))
+    assert store.model_info() == ("(not an imgsearch collection)", 0)
+    with pytest.raises(ModelMismatchError, match=r"indexed with model '\(not an imgsearch collection\)' \(dim 0\)"):
+        store.check_model("model-a", DIM)

@@ -62,6 +62,14 @@ def test_mirror_search_is_the_exact_top_k(mirror, filled):
     assert [h.id for h in page] == brute_force(filled, query, 10)[5:]
 
 
+@pytest.mark.parametrize("depth", [1, 2, 64, 499, 500, 501, 2000])
+def test_every_depth_of_results_is_exact_up_to_the_whole_collection(mirror, filled, depth):
+    query = unit_rows(1, seed=11)[0]["vector"]
+    assert [h.id for h in mirror.search(query, limit=depth, offset=0)] == brute_force(filled, query, depth)
+    last = mirror.search(query, limit=10, offset=depth - 1)
+    assert [h.id for h in last] == brute_force(filled, query, depth + 9)[depth - 1:]
+
+
 def test_mirror_filters_match_the_same_filter_done_by_hand(mirror, filled):
     query = unit_rows(1, seed=10)[0]["vector"]
     hits = mirror.search(query, limit=20, offset=0, path_prefix="/lib/3/", min_width=120, max_height=100)
@@ -135,3 +143,6 @@ def test_an_empty_collection_gives_an_empty_copy_that_answers_and_then_fills(sto
     mirror.sync_now()
     hits = mirror.search(rows[4]["vector"], 3, 0)
     assert mirror.count() == 20 and hits[0].id == rows[4]["id"] and hits[0].row["path"] == rows[4]["path"]
+    filtered = mirror.search(rows[4]["vector"], 20, 0, min_width=110, max_height=95)
+    assert [h.id for h in filtered] == brute_force(rows, rows[4]["vector"], 20,
+                                                   lambda r: r["width"] >= 110 and r["height"] <= 95)

@@ -20,7 +20,6 @@ from search_api.services.vector_mirror import VectorMirror
 class ImageNotFoundError(LookupError):
     def __init__(self, image_id: str):
         super().__init__(f"no indexed image with id '{image_id}'")
-        self.image_id = image_id
 
 
 @dataclass
