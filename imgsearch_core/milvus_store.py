@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
-from pymilvus import DataType, MilvusClient, MilvusException
+from pymilvus import MilvusClient, MilvusException
 
 from imgsearch_core.errors import (
     CollectionNotFoundError,
@@ -38,6 +38,7 @@ from imgsearch_core.errors import (
     WeightsMismatchError,
 )
 from imgsearch_core.safe_files import UnsafeFileError, private_dir
+from imgsearch_core.store.fields import METADATA_FIELDS, add_columns
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +50,6 @@ logging.getLogger("pymilvus.client.iterator.query_iterator").setLevel(logging.ER
 logging.getLogger("pymilvus.decorators").setLevel(logging.CRITICAL)
 
 ENDPOINT_FILE = "imgsearch-endpoint.json"
-METADATA_FIELDS = ["id", "path", "size", "mtime_ns", "content_hash", "width", "height", "indexed_at"]
-_MAX_PATH = 4096
 VALID_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _SCHEMA_VERSION = 1
 _ROOTS_PROPERTY = "imgsearch.roots"  # JSON list of the real paths of every indexed root
@@ -312,15 +311,7 @@ class MilvusStore:
             self.check_model(model, dim, fingerprint, record_fingerprint)
             return
         schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
-        schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=64)
-        schema.add_field("path", DataType.VARCHAR, max_length=_MAX_PATH)
-        schema.add_field("size", DataType.INT64)
-        schema.add_field("mtime_ns", DataType.INT64)
-        schema.add_field("content_hash", DataType.VARCHAR, max_length=64)
-        schema.add_field("width", DataType.INT64)
-        schema.add_field("height", DataType.INT64)
-        schema.add_field("indexed_at", DataType.INT64)
-        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
+        add_columns(schema, dim)
         index_params = MilvusClient.prepare_index_params()
         index_params.add_index(
             "vector", index_type=self.index_type, metric_type="COSINE", params=_INDEX_PARAMS[self.index_type]

@@ -11,11 +11,6 @@ from imgsearch_core.safe_files import within
 from indexer.scanner import FileEntry
 
 
-def image_id(path: str) -> str:
-    """A stable id for the file at ``path``: the same path always gets the same id."""
-    return hashlib.blake2b(path.encode("utf-8", "surrogateescape"), digest_size=8).hexdigest()
-
-
 def content_hash(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=16).hexdigest()
 

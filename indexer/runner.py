@@ -13,10 +13,11 @@ from imgsearch_core.encoder import Encoder
 from imgsearch_core.milvus_store import MilvusStore
 from imgsearch_core.safe_files import within
 from imgsearch_core.settings import Settings
+from imgsearch_core.store.fields import FileFacts, make_row
 from indexer.embedder import EmbeddedBatch, LoadedFile, embed_in_batches, load_file, load_in_parallel
 from indexer.plan import make_plan
 from indexer.scanner import FileEntry, RootNotFoundError, resolve_roots, scan
-from indexer.writer import BatchWriter, make_row
+from indexer.writer import BatchWriter
 
 
 @dataclass
@@ -117,7 +118,7 @@ def run_index(
     try:
         for item in embed_in_batches(loaded, encoder, settings.batch_size):
             if isinstance(item, EmbeddedBatch):
-                writer.add([make_row(f.entry, f.content_hash, f.decoded.width, f.decoded.height, vector)
+                writer.add([make_row(_facts(f.entry, f.content_hash, f.decoded.width, f.decoded.height), vector)
                             for f, vector in zip(item.files, item.vectors)])
                 report.embedded += len(item.files)
                 progress.advance(len(item.files))
@@ -185,6 +186,10 @@ def check_roots_exist(roots: list[str], stored_rows: Iterable[dict[str, Any]]) -
         raise RootNotFoundError(missing[0], indexed)
 
 
+def _facts(entry: FileEntry, content_hash: str, width: int, height: int) -> FileFacts:
+    return FileFacts(entry.path, entry.size, entry.mtime_ns, content_hash, width, height)
+
+
 def _write_reused(items, rows_by_hash, stale_paths, store, writer, report) -> None:
     """Files whose content is already indexed: copy the stored vector instead of embedding again."""
     if not items:
@@ -197,7 +202,7 @@ def _write_reused(items, rows_by_hash, stale_paths, store, writer, report) -> No
         if source is None:  # deleted by a concurrent writer since the plan was made: report it, embed next run
             report.failed.append({"path": item.entry.path, "reason": "indexed copy vanished during the run; re-run"})
             continue
-        rows.append(make_row(item.entry, item.content_hash, source["width"], source["height"], source["vector"]))
+        rows.append(make_row(_facts(item.entry, item.content_hash, source["width"], source["height"]), source["vector"]))
         if source["path"] == item.entry.path:  # touched, content the same
             report.unchanged += 1
         elif source["path"] in stale_paths:

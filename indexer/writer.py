@@ -2,28 +2,9 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
-import numpy as np
-
 from imgsearch_core.milvus_store import MilvusStore
-from indexer.plan import image_id
-from indexer.scanner import FileEntry
-
-
-def make_row(entry: FileEntry, content_hash: str, width: int, height: int, vector: np.ndarray) -> dict[str, Any]:
-    return {
-        "id": image_id(entry.path),
-        "path": entry.path,
-        "size": entry.size,
-        "mtime_ns": entry.mtime_ns,
-        "content_hash": content_hash,
-        "width": int(width),
-        "height": int(height),
-        "indexed_at": int(time.time()),
-        "vector": vector,
-    }
 
 
 class BatchWriter:

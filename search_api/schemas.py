@@ -6,18 +6,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from imgsearch_core.store.fields import SearchFilter
+
 MAX_LIMIT = 200
 MAX_OFFSET = 10_000
-
-
-class SearchFilter(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    path_prefix: str | None = Field(None, max_length=4096, description="only images whose path starts with this")
-    min_width: int | None = Field(None, ge=0, le=1_000_000)
-    max_width: int | None = Field(None, ge=0, le=1_000_000)
-    min_height: int | None = Field(None, ge=0, le=1_000_000)
-    max_height: int | None = Field(None, ge=0, le=1_000_000)
 
 
 class SearchRequest(BaseModel):

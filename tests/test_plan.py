@@ -1,6 +1,7 @@
 """The incremental plan, as pure logic: what is unchanged, what must be read, what is gone."""
 
-from indexer.plan import image_id, make_plan
+from imgsearch_core.store.fields import image_id
+from indexer.plan import make_plan
 from indexer.scanner import FileEntry
 
 

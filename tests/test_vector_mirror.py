@@ -7,9 +7,15 @@ import time
 import numpy as np
 import pytest
 
+from imgsearch_core.store.fields import SearchFilter
+from imgsearch_core.store.filters import ImageFilter
 from search_api.services.vector_mirror import VectorMirror
 
 DIM = 16
+
+
+def where(**bounds) -> ImageFilter:
+    return ImageFilter.from_request(SearchFilter(**bounds))
 
 
 def unit_rows(n: int, seed: int, prefix: str = "/lib/") -> list[dict]:
@@ -72,7 +78,7 @@ def test_every_depth_of_results_is_exact_up_to_the_whole_collection(mirror, fill
 
 def test_mirror_filters_match_the_same_filter_done_by_hand(mirror, filled):
     query = unit_rows(1, seed=10)[0]["vector"]
-    hits = mirror.search(query, limit=20, offset=0, path_prefix="/lib/3/", min_width=120, max_height=100)
+    hits = mirror.search(query, 20, 0, where(path_prefix="/lib/3/", min_width=120, max_height=100))
     expected = brute_force(filled, query, 20, lambda r: r["path"].startswith("/lib/3/") and r["width"] >= 120
                            and r["height"] <= 100)
     assert [h.id for h in hits] == expected and hits
@@ -137,12 +143,12 @@ def test_an_empty_collection_gives_an_empty_copy_that_answers_and_then_fills(sto
     assert mirror.fresh and mirror.count() == 0
     query = unit_rows(1, seed=9)[0]["vector"]
     assert mirror.search(query, 10, 0) == []
-    assert mirror.search(query, 10, 0, path_prefix="/lib/", min_width=1) == []
+    assert mirror.search(query, 10, 0, where(path_prefix="/lib/", min_width=1)) == []
     rows = [{**row, "indexed_at": int(time.time())} for row in unit_rows(20, seed=3)]  # written now, as the indexer does
     store.upsert(rows)
     mirror.sync_now()
     hits = mirror.search(rows[4]["vector"], 3, 0)
     assert mirror.count() == 20 and hits[0].id == rows[4]["id"] and hits[0].row["path"] == rows[4]["path"]
-    filtered = mirror.search(rows[4]["vector"], 20, 0, min_width=110, max_height=95)
+    filtered = mirror.search(rows[4]["vector"], 20, 0, where(min_width=110, max_height=95))
     assert [h.id for h in filtered] == brute_force(rows, rows[4]["vector"], 20,
                                                    lambda r: r["width"] >= 110 and r["height"] <= 95)

@@ -11,8 +11,9 @@ from starlette.concurrency import run_in_threadpool
 from imgsearch_core.encoder import Encoder
 from imgsearch_core.images import DecodedImage
 from imgsearch_core.milvus_store import Hit, MilvusStore
+from imgsearch_core.store.filters import ImageFilter
 from search_api.ranking import blend
-from search_api.schemas import SearchFilter, SearchHit, SearchRequest, SearchResponse
+from search_api.schemas import SearchHit, SearchRequest, SearchResponse
 from search_api.services.batching import TextBatcher
 from search_api.services.vector_mirror import VectorMirror
 
@@ -68,17 +69,17 @@ class SearchService:
             vector = (await run_in_threadpool(self.encoder.embed_images, [uploaded.image]))[0]
             parts.append((vector, request.image_weight))
         query = blend(parts)
-        hits = await run_in_threadpool(self._nearest, query, request.limit, request.offset, request.filter)
+        hits = await run_in_threadpool(self._nearest, query, request.limit, request.offset,
+                                      ImageFilter.from_request(request.filter))
         results = [to_hit(hit) for hit in hits if request.min_score is None or hit.score >= request.min_score]
         return SearchResponse(results=results, took_ms=round((time.perf_counter() - started) * 1000, 2), notes=notes)
 
-    def _nearest(self, query: np.ndarray, limit: int, offset: int, search_filter: SearchFilter | None) -> list[Hit]:
+    def _nearest(self, query: np.ndarray, limit: int, offset: int, image_filter: ImageFilter) -> list[Hit]:
         if self.mirror is not None:
-            bounds = search_filter.model_dump() if search_filter else {}
-            hits = self.mirror.search(query, limit, offset, **bounds)
+            hits = self.mirror.search(query, limit, offset, image_filter)
             if hits is not None:
                 return hits
-        return self.store.search(query[None, :], limit, offset, milvus_filter(search_filter))[0]
+        return self.store.search(query[None, :], limit, offset, image_filter.expr())[0]
 
 
 def to_hit(hit: Hit) -> SearchHit:
@@ -87,28 +88,3 @@ def to_hit(hit: Hit) -> SearchHit:
         width=hit.row["width"], height=hit.row["height"],
         image_url=f"/images/{hit.id}", thumbnail_url=f"/images/{hit.id}/thumbnail",
     )
-
-
-_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
-
-
-def _quote(value: str) -> str:
-    """A Milvus string literal for ``value``. A raw newline would end the literal, so it is escaped too; these
-    five escapes are the ones both Milvus Lite and the Milvus server read."""
-    return '"' + "".join(_ESCAPES.get(char, char) for char in value) + '"'
-
-
-def milvus_filter(search_filter: SearchFilter | None) -> str:
-    """A Milvus boolean expression for the filter; '' for none."""
-    if search_filter is None:
-        return ""
-    clauses = []
-    if search_filter.path_prefix:
-        # A range over the strings that start with the prefix: exact, unlike LIKE, whose '_' is a wildcard.
-        prefix = search_filter.path_prefix
-        clauses.append(f"(path >= {_quote(prefix)} and path < {_quote(prefix + chr(0x10FFFF))})")
-    for bound, op in (("min_width", ">="), ("max_width", "<="), ("min_height", ">="), ("max_height", "<=")):
-        value = getattr(search_filter, bound)
-        if value is not None:
-            clauses.append(f"{bound.split('_')[1]} {op} {int(value)}")
-    return " and ".join(clauses)

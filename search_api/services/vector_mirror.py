@@ -22,8 +22,11 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+from pymilvus import DataType
 
 from imgsearch_core.milvus_store import Hit, MilvusStore
+from imgsearch_core.store.fields import FILTERABLE
+from imgsearch_core.store.filters import ImageFilter
 
 log = logging.getLogger(__name__)
 
@@ -32,32 +35,40 @@ _CLOCK_SLACK_S = 5  # indexed_at is whole seconds written by other processes' cl
 
 @dataclass(frozen=True)
 class _Snapshot:
-    ids: np.ndarray  # (n,) str
+    ids: list[str]
     vectors: np.ndarray  # (n, dim) float32, unit length
-    paths: np.ndarray  # (n,) str
-    widths: np.ndarray  # (n,) int64
-    heights: np.ndarray  # (n,) int64
+    # The filterable columns (imgsearch_core/store/fields.py): numbers as int64 arrays, strings as lists, so
+    # that one long path does not widen every row as a fixed-width numpy string array would.
+    columns: dict[str, np.ndarray | list]
     extra: tuple[dict, ...]  # per row: the remaining metadata fields, for responses
 
     @property
     def size(self) -> int:
         return len(self.ids)
 
+    def take(self, keep: list[int]) -> _Snapshot:
+        rows = np.asarray(keep, dtype=np.int64)
+        return _Snapshot([self.ids[i] for i in keep], self.vectors[rows],
+                         {name: [values[i] for i in keep] if isinstance(values, list) else values[rows]
+                          for name, values in self.columns.items()},
+                         tuple(self.extra[i] for i in keep))
 
-def _empty(dim: int) -> _Snapshot:
-    return _Snapshot(np.array([], dtype=str), np.zeros((0, dim), np.float32), np.array([], dtype=str),
-                     np.zeros(0, np.int64), np.zeros(0, np.int64), ())
+    def __add__(self, other: _Snapshot) -> _Snapshot:
+        return _Snapshot(self.ids + other.ids, np.concatenate([self.vectors, other.vectors]),
+                         {name: values + other.columns[name] if isinstance(values, list)
+                          else np.concatenate([values, other.columns[name]]) for name, values in self.columns.items()},
+                         self.extra + other.extra)
 
 
 def _snapshot_from_rows(rows: list[dict], dim: int) -> _Snapshot:
-    if not rows:
-        return _empty(dim)
+    columns: dict[str, np.ndarray | list] = {}
+    for column in FILTERABLE:
+        values = [r[column.name] for r in rows]
+        columns[column.name] = values if column.dtype == DataType.VARCHAR else np.array(values, dtype=np.int64)
     return _Snapshot(
-        ids=np.array([r["id"] for r in rows]),
+        ids=[r["id"] for r in rows],
         vectors=np.asarray([r["vector"] for r in rows], dtype=np.float32).reshape(len(rows), dim),
-        paths=np.array([r["path"] for r in rows]),
-        widths=np.array([r["width"] for r in rows], dtype=np.int64),
-        heights=np.array([r["height"] for r in rows], dtype=np.int64),
+        columns=columns,
         extra=tuple({k: v for k, v in r.items() if k != "vector"} for r in rows),
     )
 
@@ -111,24 +122,15 @@ class VectorMirror:
             time.sleep(0.05)
         return self.fresh
 
-    def search(self, query: np.ndarray, limit: int, offset: int, path_prefix: str | None = None,
-               min_width: int | None = None, max_width: int | None = None,
-               min_height: int | None = None, max_height: int | None = None) -> list[Hit] | None:
+    def search(self, query: np.ndarray, limit: int, offset: int,
+               image_filter: ImageFilter = ImageFilter()) -> list[Hit] | None:
         """Exact top ``offset..offset+limit`` by cosine similarity, or None when the mirror is behind Milvus."""
         snapshot = self._snapshot
         if snapshot is None or not self.fresh:
             return None
         candidates = None
-        mask = np.ones(snapshot.size, dtype=bool)
-        if path_prefix:
-            mask &= np.char.startswith(snapshot.paths, path_prefix)
-        for values, bound, keep in ((snapshot.widths, min_width, np.greater_equal),
-                                    (snapshot.widths, max_width, np.less_equal),
-                                    (snapshot.heights, min_height, np.greater_equal),
-                                    (snapshot.heights, max_height, np.less_equal)):
-            if bound is not None:
-                mask &= keep(values, bound)
-        if not mask.all():
+        mask = image_filter.mask(snapshot.columns, snapshot.size)
+        if mask is not None and not mask.all():
             candidates = np.flatnonzero(mask)
         vectors = snapshot.vectors if candidates is None else snapshot.vectors[candidates]
         scores = _dot(vectors, np.asarray(query, dtype=np.float32))
@@ -184,14 +186,5 @@ class VectorMirror:
         changed = list(self._store.iter_rows(with_vectors=True, filter_expr=f"indexed_at >= {since}"))
         present = {row["id"] for row in self._store.iter_rows(fields=["id"])}
         changed_ids = {row["id"] for row in changed}
-        keep = np.array([i for i, row_id in enumerate(old.ids.tolist()) if row_id in present and row_id not in changed_ids],
-                        dtype=np.int64)
-        new = _snapshot_from_rows(changed, self._dim)
-        return _Snapshot(
-            ids=np.concatenate([old.ids[keep], new.ids]),
-            vectors=np.concatenate([old.vectors[keep], new.vectors]),
-            paths=np.concatenate([old.paths[keep], new.paths]),
-            widths=np.concatenate([old.widths[keep], new.widths]),
-            heights=np.concatenate([old.heights[keep], new.heights]),
-            extra=tuple(old.extra[i] for i in keep.tolist()) + new.extra,
-        )
+        keep = [i for i, row_id in enumerate(old.ids) if row_id in present and row_id not in changed_ids]
+        return old.take(keep) + _snapshot_from_rows(changed, self._dim)

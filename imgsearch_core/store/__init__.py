@@ -1,0 +1,1 @@
+"""The collection: its columns (``fields``) and the filters over them (``filters``)."""

@@ -1,0 +1,70 @@
+"""A filter keeps the same rows whether Milvus evaluates its expression or the vector copy its mask."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from imgsearch_core.store.fields import METADATA_FIELDS, SearchFilter
+from imgsearch_core.store.filters import Clause, ImageFilter, prefix_end
+
+DIM = 4
+# Paths with what breaks string literals and ranges: quotes, backslashes, newlines, '_' and '%', characters
+# around the surrogate gap, and the last code point.
+PATH_CHARS = st.sampled_from(list('ab_%"\\\n\t /') + ["\ud7ff", "\ue000", "\uffff", "\U0010ffff", "é", "日"])
+paths = st.text(PATH_CHARS, min_size=0, max_size=6).map(lambda tail: "/p/" + tail)
+rows_strategy = st.lists(st.tuples(paths, st.integers(0, 40), st.integers(0, 40)), min_size=1, max_size=12,
+                         unique_by=lambda row: row[0])
+
+
+def filters_over(rows):
+    known_prefixes = st.sampled_from([path[:cut] for path, _, _ in rows for cut in range(len(path) + 1)])
+    bound = st.none() | st.integers(0, 41)
+    return st.builds(
+        lambda prefix, *bounds: SearchFilter(path_prefix=prefix, **dict(zip(
+            ("min_width", "max_width", "min_height", "max_height"), bounds))),
+        st.none() | known_prefixes | paths, bound, bound, bound, bound)
+
+
+@pytest.fixture
+def collection(store):
+    store.ensure_collection("test-model", DIM)
+    return store
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data(), rows=rows_strategy)
+def test_milvus_and_the_mask_keep_the_same_rows(collection, data, rows):
+    store = collection
+    stored = [{"id": f"{i:016d}", "path": path, "size": 1, "mtime_ns": 1, "content_hash": "h", "width": width,
+               "height": height, "indexed_at": 1, "vector": np.ones(DIM, np.float32)}
+              for i, (path, width, height) in enumerate(rows)]
+    store.delete([row["id"] for row in store.iter_rows(fields=["id"])])
+    store.upsert(stored)
+    for _ in range(5):
+        image_filter = ImageFilter.from_request(data.draw(filters_over(rows)))
+        by_milvus = {row["id"] for row in store.iter_rows(fields=["id"], filter_expr=image_filter.expr())}
+        columns = {name: [row[name] for row in stored] for name in METADATA_FIELDS}
+        mask = image_filter.mask(columns, len(stored))
+        by_mask = {row["id"] for row, keep in zip(stored, mask if mask is not None else [True] * len(stored)) if keep}
+        assert by_milvus == by_mask, image_filter.expr()
+
+
+@given(prefix=st.text(PATH_CHARS, max_size=4), other=st.text(PATH_CHARS, max_size=6))
+def test_the_prefix_range_holds_exactly_the_strings_with_the_prefix(prefix, other):
+    end = prefix_end(prefix)
+    in_range = prefix <= other and (end is None or other < end)
+    assert in_range == other.startswith(prefix)
+
+
+def test_an_empty_filter_keeps_every_row_and_says_nothing():
+    assert ImageFilter.from_request(None).expr() == "" and not ImageFilter.from_request(SearchFilter())
+    assert ImageFilter.from_request(SearchFilter(path_prefix="")).mask({"path": ["/a"]}, 1) is None
+
+
+def test_bounds_become_clauses_in_the_order_they_are_declared():
+    image_filter = ImageFilter.from_request(SearchFilter(max_height=5, min_width=2, path_prefix="/x"))
+    assert image_filter.clauses == (Clause("path", "prefix", "/x"), Clause("width", ">=", 2), Clause("height", "<=", 5))
+    assert image_filter.expr() == '(path >= "/x" and path < "/y") and width >= 2 and height <= 5'
