@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 VectorIndexType = Literal["HNSW", "IVF_FLAT", "DISKANN", "FLAT", "AUTOINDEX"]
@@ -57,6 +57,16 @@ class Settings(BaseSettings):
                 "or a server URI such as http://localhost:19530"
             )
         return uri
+
+    @model_validator(mode="after")
+    def _vector_cache_needs_the_generation_token(self) -> Settings:
+        # Every imgsearch writer bumps a token in the Lite data directory; a Milvus server has none, so a copy
+        # there could never tell that it is behind.
+        if self.vector_cache == "on" and not self.is_embedded:
+            raise ValueError(
+                "IMGSEARCH_VECTOR_CACHE=on needs the embedded Milvus Lite store: on a Milvus server the API cannot "
+                "tell when its in-memory copy falls behind. Use auto (the default) or off.")
+        return self
 
     @property
     def max_decoded_bytes(self) -> int:

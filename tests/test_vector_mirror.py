@@ -117,6 +117,28 @@ def test_reconcile_catches_a_write_whose_token_bump_never_happened(mirror, store
     assert mirror.search(row["vector"], limit=1, offset=0)[0].id == row["id"]
 
 
+def test_a_write_stamped_long_ago_is_caught_up_too(mirror, store, filled):
+    # indexed_at comes from the writer's clock: a machine whose clock is behind, or a restored backup.
+    old = {**unit_rows(1, seed=5, prefix="/restored/")[0], "indexed_at": 1}
+    changed = {**filled[7], "vector": old["vector"], "indexed_at": 2}  # an indexed row rewritten, stamped old
+    store.upsert([old, changed])
+    mirror.sync_now()
+    assert mirror.search(old["vector"], limit=2, offset=0)[0].id in {old["id"], changed["id"]}
+    assert {h.id for h in mirror.search(old["vector"], limit=2, offset=0)} == {old["id"], changed["id"]}
+    assert mirror.count() == 501
+
+
+def test_the_copy_is_refused_where_no_writer_keeps_a_generation_token(tmp_path):
+    from pydantic import ValidationError
+
+    from imgsearch_core.settings import Settings
+
+    with pytest.raises(ValidationError, match="IMGSEARCH_VECTOR_CACHE=on needs the embedded Milvus Lite store"):
+        Settings(milvus_uri="http://milvus:19530", vector_cache="on")
+    assert Settings(milvus_uri="http://milvus:19530", vector_cache="auto").vector_cache == "auto"
+    assert Settings(milvus_uri=str(tmp_path / "m.db"), vector_cache="on").vector_cache == "on"
+
+
 def test_background_thread_catches_up_after_every_later_write(store, filled):
     mirror = VectorMirror(store, DIM, poll_s=0.05)
     mirror.start()

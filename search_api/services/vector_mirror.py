@@ -10,8 +10,10 @@ search. Milvus stays the system of record:
   each write (``MilvusStore.generation()``);
 - a search uses the mirror only when its token equals the current one, and
   otherwise goes to Milvus, so a search never misses a row that was written;
-- a background thread catches up: rows with a recent ``indexed_at`` are
-  fetched, and rows whose ids vanished are dropped.
+- a background thread catches up: it reads every row's metadata (no vectors),
+  fetches the vectors of the rows that are new or whose metadata differs from
+  the copy's (``indexed_at`` is set on every write), and drops the rest. No
+  clock is compared, so a row written with any timestamp is picked up.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from imgsearch_core.store.filters import ImageFilter
 
 log = logging.getLogger(__name__)
 
-_CLOCK_SLACK_S = 5  # indexed_at is whole seconds written by other processes' clocks
+_FETCH_BATCH = 1000  # vectors fetched per request while catching up
 
 
 @dataclass(frozen=True)
@@ -94,7 +96,6 @@ class VectorMirror:
         self._reconciled_at = time.monotonic()
         self._snapshot: _Snapshot | None = None
         self._token: str | None = None  # generation the snapshot reflects
-        self._synced_at = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="vector-mirror", daemon=True)
 
@@ -173,18 +174,19 @@ class VectorMirror:
     def sync_now(self) -> None:
         """Bring the copy up to date with Milvus (the background thread calls this when behind)."""
         token = self._store.generation()  # read before the data: a write after this makes us stale again
-        started = time.time()
         if self._snapshot is None:
             snapshot = _snapshot_from_rows(list(self._store.iter_rows(with_vectors=True)), self._dim)
         else:
             snapshot = self._catch_up(self._snapshot)
-        self._snapshot, self._token, self._synced_at = snapshot, token, started
+        self._snapshot, self._token = snapshot, token
         log.info("vector mirror holds %d rows", snapshot.size)
 
     def _catch_up(self, old: _Snapshot) -> _Snapshot:
-        since = int(self._synced_at) - _CLOCK_SLACK_S
-        changed = list(self._store.iter_rows(with_vectors=True, filter_expr=f"indexed_at >= {since}"))
-        present = {row["id"] for row in self._store.iter_rows(fields=["id"])}
-        changed_ids = {row["id"] for row in changed}
-        keep = [i for i, row_id in enumerate(old.ids) if row_id in present and row_id not in changed_ids]
+        current = {row["id"]: row for row in self._store.iter_rows()}  # metadata only: cheap next to vectors
+        keep = [i for i, row_id in enumerate(old.ids) if current.get(row_id) == old.extra[i]]
+        kept = {old.ids[i] for i in keep}
+        wanted = [row_id for row_id in current if row_id not in kept]
+        changed: list[dict] = []
+        for start in range(0, len(wanted), _FETCH_BATCH):
+            changed.extend(self._store.get(wanted[start:start + _FETCH_BATCH], with_vectors=True).values())
         return old.take(keep) + _snapshot_from_rows(changed, self._dim)
