@@ -198,7 +198,8 @@ def pytest_collection_modifyitems(config, items):
 # otherwise run every test that reached the function, and the API tests reach the indexer and the store
 # through their fixtures: 70 tests per surviving mutant instead of about 15. The vector copy meets the API
 # tests only in their [vector-copy] half.
-_TESTS_OF_LAYER = {
+_TESTS_OF_LAYER = {  # the first prefix that matches
+    "imgsearch_core.store.": ("test_filters.py", "test_store.py", "test_indexer.py", "test_vector_mirror.py"),
     "indexer.": ("test_plan.py", "test_indexer.py", "test_security.py"),
     "imgsearch_core.": ("test_store.py", "test_indexer.py", "test_vector_mirror.py", "test_security.py"),
     "search_api.ranking.": ("test_ranking.py", "test_api.py"),

@@ -52,6 +52,7 @@ def test_milvus_and_the_mask_keep_the_same_rows(collection, data, rows):
         assert by_milvus == by_mask, image_filter.expr()
 
 
+@settings(deadline=None)
 @given(prefix=st.text(PATH_CHARS, max_size=4), other=st.text(PATH_CHARS, max_size=6))
 def test_the_prefix_range_holds_exactly_the_strings_with_the_prefix(prefix, other):
     end = prefix_end(prefix)

@@ -261,3 +261,24 @@ def test_a_collection_not_made_by_imgsearch_is_refused_and_named_as_such(store):
     assert store.model_info() == ("(not an imgsearch collection)", 0)
     with pytest.raises(ModelMismatchError, match=r"indexed with model '\(not an imgsearch collection\)' \(dim 0\)"):
         store.check_model("model-a", DIM)
+
+
+def test_the_collection_is_made_as_its_columns_declare(store):
+    from pymilvus import DataType
+
+    from imgsearch_core.store.fields import COLUMNS
+
+    store.ensure_collection("model-a", DIM)
+    info = store._call(lambda c: c.describe_collection(store.collection))
+    made = {f["name"]: (f["type"], f["params"].get("max_length"), f.get("is_primary", False)) for f in info["fields"]}
+    declared = {c.name: (c.dtype, c.max_length or None, c.name == "id") for c in COLUMNS}
+    assert made == declared | {"vector": (DataType.FLOAT_VECTOR, None, False)}
+    assert next(f for f in info["fields"] if f["name"] == "vector")["params"]["dim"] == DIM
+    # No dynamic fields: a typo in a column name fails instead of storing a new key. Strong: a search sees
+    # every write that came before it, also on a Milvus server.
+    assert not info["enable_dynamic_field"] and info["consistency_level_name"] == "Strong"
+    properties = info["properties"]
+    assert (properties["imgsearch.schema"], properties["imgsearch.model"], properties["imgsearch.dim"]) == (
+        "1", "model-a", str(DIM))
+    index = store._call(lambda c: c.describe_index(store.collection, "vector"))
+    assert (index["index_type"], index["metric_type"]) == (store.index_type, "COSINE")
