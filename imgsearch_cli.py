@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_index(args: argparse.Namespace) -> int:
     from imgsearch_core.encoder import Encoder, model_identity
-    from imgsearch_core.milvus_store import MilvusStore
+    from imgsearch_core.store import MilvusStore
     from indexer.runner import check_roots_exist, run_index
 
     settings = _settings(args)
@@ -101,7 +101,7 @@ def cmd_index(args: argparse.Namespace) -> int:
 def cmd_search(args: argparse.Namespace) -> int:
     from imgsearch_core.encoder import Encoder
     from imgsearch_core.images import decode_image
-    from imgsearch_core.milvus_store import MilvusStore
+    from imgsearch_core.store import MilvusStore
 
     if not args.text and not args.image:
         print("imgsearch search: give a text query or --image PATH", file=sys.stderr)
@@ -137,7 +137,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_drop(args: argparse.Namespace) -> int:
-    from imgsearch_core.milvus_store import MilvusStore
+    from imgsearch_core.store import MilvusStore
 
     settings = _settings(args)
     store = MilvusStore.from_settings(settings)

@@ -46,8 +46,8 @@ def make_photos(folder: Path, count: int, size=(4000, 3000)) -> list[Path]:
 
 def bench_imgsearch(paths, model_dir, data_dir, batch_size, workers):
     from imgsearch_core.encoder import Encoder
-    from imgsearch_core.milvus_store import MilvusStore, release_hosted
     from imgsearch_core.settings import Settings
+    from imgsearch_core.store import MilvusStore, release_hosted
     from indexer.runner import run_index
 
     settings = Settings(milvus_uri=str(data_dir / "imgsearch.db"), model=str(model_dir), device="cpu",

@@ -47,7 +47,7 @@ def percentiles(samples_ms: list[float]) -> dict[str, float]:
 
 def fill_collection(uri: str, model_dir: Path, dim: int, rows: int) -> np.ndarray:
     from imgsearch_core.encoder import model_identity
-    from imgsearch_core.milvus_store import MilvusStore, release_hosted
+    from imgsearch_core.store import MilvusStore, release_hosted
 
     store = MilvusStore(uri, "images")
     store.ensure_collection(model_identity(str(model_dir)), dim)

@@ -10,9 +10,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from imgsearch_core.encoder import Encoder
-from imgsearch_core.milvus_store import MilvusStore
 from imgsearch_core.safe_files import within
 from imgsearch_core.settings import Settings
+from imgsearch_core.store import MilvusStore
 from imgsearch_core.store.fields import FileFacts, make_row
 from indexer.embedder import EmbeddedBatch, LoadedFile, embed_in_batches, load_file, load_in_parallel
 from indexer.plan import make_plan

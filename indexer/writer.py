@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from imgsearch_core.milvus_store import MilvusStore
+from imgsearch_core.store import MilvusStore
 
 
 class BatchWriter:

@@ -7,8 +7,8 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
 
-from imgsearch_core.milvus_store import MilvusStore
 from imgsearch_core.settings import Settings
+from imgsearch_core.store import MilvusStore
 from search_api.services.files import ServedFiles
 from search_api.services.jobs import JobManager
 from search_api.services.search import SearchService

@@ -11,8 +11,9 @@ from fastapi.middleware.cors import CORSMiddleware
 from starlette.concurrency import run_in_threadpool
 
 from imgsearch_core.encoder import Encoder
-from imgsearch_core.milvus_store import MilvusStore, release_hosted
 from imgsearch_core.settings import Settings, get_settings
+from imgsearch_core.store import MilvusStore, release_hosted
+from imgsearch_core.store.vector_copy import VectorCopy
 from search_api.deps import SettingsDep, StoreDep, has_api_key, require_api_key
 from search_api.http_errors import BodySizeLimit, install_error_handlers
 from search_api.routes import images, indexing, search
@@ -22,7 +23,6 @@ from search_api.services.files import ServedFiles
 from search_api.services.jobs import JobManager
 from search_api.services.search import SearchService
 from search_api.services.thumbnails import ThumbnailCache
-from search_api.services.vector_mirror import VectorMirror
 
 log = logging.getLogger(__name__)
 
@@ -41,13 +41,13 @@ def create_app(settings: Settings | None = None, encoder: Encoder | None = None)
         app.state.settings = settings
         app.state.encoder = model
         app.state.store = store
-        mirror = None
+        vector_copy = None
         if settings.vector_cache == "on" or (settings.vector_cache == "auto" and store.is_embedded):
-            mirror = VectorMirror(store, model.dim)
-            mirror.start()
-        app.state.mirror = mirror
+            vector_copy = VectorCopy(store, model.dim)
+            vector_copy.start()
+        app.state.vector_copy = vector_copy
         batcher = TextBatcher(model)
-        app.state.search_service = SearchService(model, store, batcher, mirror)
+        app.state.search_service = SearchService(model, vector_copy or store, batcher)
         app.state.thumbnails = ThumbnailCache(settings.thumbnail_dir, settings.max_image_pixels,
                                               settings.max_decoded_bytes, settings.thumbnail_cache_mb * 1024 * 1024)
         app.state.upload_slots = asyncio.Semaphore(UPLOADS_DECODED_AT_ONCE)
@@ -56,8 +56,8 @@ def create_app(settings: Settings | None = None, encoder: Encoder | None = None)
         yield
         app.state.jobs.shutdown()
         batcher.close()
-        if mirror is not None:
-            mirror.stop()
+        if vector_copy is not None:
+            vector_copy.stop()
         store.close()
         # Here, not only at exit: uvicorn re-raises SIGTERM after shutdown, and atexit handlers never run.
         release_hosted(settings.milvus_uri)
@@ -84,11 +84,9 @@ def create_app(settings: Settings | None = None, encoder: Encoder | None = None)
         if not has_api_key(request, settings):
             return HealthResponse(status="ok")  # alive, and nothing more, to a caller without the key
         model = request.app.state.encoder
-        mirror = request.app.state.mirror
-        count = mirror.count() if mirror is not None else None
-        if count is None:
-            count = await run_in_threadpool(store.count)
-        cache = "off" if mirror is None else ("fresh" if mirror.fresh else "catching-up")
+        vector_copy = request.app.state.vector_copy
+        count = await run_in_threadpool((vector_copy or store).count)
+        cache = "off" if vector_copy is None else ("fresh" if vector_copy.fresh else "catching-up")
         return HealthResponse(status="ok", model=model.name, dim=model.dim, count=count, vector_cache=cache)
 
     install_error_handlers(app)

@@ -30,8 +30,8 @@ from PIL import Image
 
 from imgsearch_core.encoder import Encoder
 from imgsearch_core.local_clip import build_local_clip
-from imgsearch_core.milvus_store import MilvusStore, release_hosted
 from imgsearch_core.settings import Settings
+from imgsearch_core.store import MilvusStore, release_hosted
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -199,12 +199,13 @@ def pytest_collection_modifyitems(config, items):
 # through their fixtures: 70 tests per surviving mutant instead of about 15. The vector copy meets the API
 # tests only in their [vector-copy] half.
 _TESTS_OF_LAYER = {  # the first prefix that matches
-    "imgsearch_core.store.": ("test_filters.py", "test_store.py", "test_indexer.py", "test_vector_mirror.py"),
+    "imgsearch_core.store.vector_copy.": ("test_vector_copy.py", "test_api.py::vector-copy"),
+    "imgsearch_core.store.fields.": ("test_filters.py", "test_store.py", "test_indexer.py", "test_vector_copy.py"),
+    "imgsearch_core.store.filters.": ("test_filters.py", "test_vector_copy.py", "test_api.py"),
+    "imgsearch_core.": ("test_store.py", "test_indexer.py", "test_vector_copy.py", "test_security.py"),
     "indexer.": ("test_plan.py", "test_indexer.py", "test_security.py"),
-    "imgsearch_core.": ("test_store.py", "test_indexer.py", "test_vector_mirror.py", "test_security.py"),
     "search_api.ranking.": ("test_ranking.py", "test_api.py"),
     "search_api.http_errors.": ("test_errors.py", "test_security.py", "test_api.py"),
-    "search_api.services.vector_mirror.": ("test_vector_mirror.py", "test_api.py::vector-copy"),
     "search_api.services.search.": ("test_api.py", "test_security.py"),
 }
 

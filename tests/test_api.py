@@ -22,7 +22,7 @@ from tests.conftest import write_photo
 
 @pytest.fixture
 def indexed(photo_dir, settings, encoder):
-    from imgsearch_core.milvus_store import MilvusStore
+    from imgsearch_core.store import MilvusStore
 
     store = MilvusStore.from_settings(settings)
     run_index([str(photo_dir)], settings, encoder, store)

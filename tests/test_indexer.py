@@ -17,7 +17,7 @@ import pytest
 from imgsearch_core.encoder import Encoder
 from imgsearch_core.errors import ModelMismatchError, WeightsMismatchError
 from imgsearch_core.local_clip import build_local_clip
-from imgsearch_core.milvus_store import MilvusStore, release_hosted
+from imgsearch_core.store import MilvusStore, release_hosted
 from indexer.runner import Progress, run_index
 from indexer.scanner import RootNotFoundError
 from tests.conftest import MILVUS_SERVERS, spawn, unique_collection, write_photo
@@ -269,7 +269,7 @@ def test_when_the_process_serving_the_data_directory_exits_another_takes_over(se
     store.close()
     release_hosted(settings.milvus_uri)  # this process stops serving; a child process becomes the host
     host = spawn([sys.executable, "-c", (
-        "import sys, time; from imgsearch_core.milvus_store import MilvusStore;"
+        "import sys, time; from imgsearch_core.store import MilvusStore;"
         f"MilvusStore({settings.milvus_uri!r}, 'images'); print('ready', flush=True); time.sleep(600)")],
         stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parent.parent)
     try:

@@ -51,10 +51,10 @@ def recall_at_10(client, ids, vectors, encoder) -> float:
 def test_recall_at_10_against_brute_force(ten_thousand, settings, encoder, vector_cache):
     ids, vectors = ten_thousand
     with TestClient(create_app(settings.model_copy(update={"vector_cache": vector_cache}), encoder=encoder)) as client:
-        mirror = client.app.state.mirror
-        assert (mirror is not None) == (vector_cache == "on")
-        if mirror is not None:
-            assert mirror.wait_until_fresh(60)
+        vector_copy = client.app.state.vector_copy
+        assert (vector_copy is not None) == (vector_cache == "on")
+        if vector_copy is not None:
+            assert vector_copy.wait_until_fresh(60)
             client.app.state.store.search = milvus_search_forbidden  # the exact copy, not HNSW, must answer
         recall = recall_at_10(client, ids, vectors, encoder)
     if vector_cache == "on":

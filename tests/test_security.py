@@ -22,7 +22,7 @@ from PIL import Image
 
 from imgsearch_core.errors import WeightsMismatchError
 from imgsearch_core.local_clip import build_local_clip
-from imgsearch_core.milvus_store import MilvusStore, release_hosted
+from imgsearch_core.store import MilvusStore, release_hosted
 from indexer.runner import run_index
 from tests.conftest import (
     _milvus_command,

@@ -17,8 +17,11 @@ from imgsearch_core.errors import (
     StoreUnavailableError,
     WeightsMismatchError,
 )
-from imgsearch_core.milvus_store import _CREATED_PROPERTY, _pid_alive, fingerprints_match, search_params
-from tests.test_vector_mirror import DIM, unit_rows
+from imgsearch_core.store.fields import SearchFilter
+from imgsearch_core.store.filters import ImageFilter
+from imgsearch_core.store.gateway import _CREATED_PROPERTY, fingerprints_match, search_params
+from imgsearch_core.store.lite import _pid_alive
+from tests.test_vector_copy import DIM, unit_rows
 
 
 def near(vector, cosine: float, seed: int = 0) -> np.ndarray:
@@ -215,7 +218,8 @@ def test_a_search_asks_milvus_for_cosine_over_the_page_with_the_metadata_but_not
     client = RecordingClient()
     monkeypatch.setattr(store, "index_type", "HNSW")
     monkeypatch.setattr(store, "_client", client)
-    store.search(np.ones((1, DIM), np.float16), limit=30, offset=90, filter_expr="width >= 10")
+    store.search(np.ones((1, DIM), np.float16), limit=30, offset=90,
+                 image_filter=ImageFilter.from_request(SearchFilter(min_width=10)))
     ((collection, sent),) = client.calls
     assert collection == store.collection
     assert sent["search_params"] == {"metric_type": "COSINE", "params": {"ef": 120}}

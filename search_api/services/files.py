@@ -10,8 +10,8 @@ import threading
 from pathlib import Path
 from typing import BinaryIO
 
-from imgsearch_core.milvus_store import MilvusStore
 from imgsearch_core.safe_files import OutsideRootsError, open_regular, read_opened
+from imgsearch_core.store import MilvusStore
 
 
 class ServedFiles:

@@ -10,9 +10,9 @@ from pathlib import Path
 
 from imgsearch_core.encoder import Encoder
 from imgsearch_core.errors import ImgsearchError
-from imgsearch_core.milvus_store import MilvusStore
 from imgsearch_core.safe_files import within
 from imgsearch_core.settings import Settings
+from imgsearch_core.store import MilvusStore
 from indexer.runner import run_index
 from search_api.schemas import IndexJob
 

@@ -10,12 +10,12 @@ from starlette.concurrency import run_in_threadpool
 
 from imgsearch_core.encoder import Encoder
 from imgsearch_core.images import DecodedImage
-from imgsearch_core.milvus_store import Hit, MilvusStore
+from imgsearch_core.store import Hit, MilvusStore
 from imgsearch_core.store.filters import ImageFilter
+from imgsearch_core.store.vector_copy import VectorCopy
 from search_api.ranking import blend
 from search_api.schemas import SearchHit, SearchRequest, SearchResponse
 from search_api.services.batching import TextBatcher
-from search_api.services.vector_mirror import VectorMirror
 
 
 class ImageNotFoundError(LookupError):
@@ -26,9 +26,8 @@ class ImageNotFoundError(LookupError):
 @dataclass
 class SearchService:
     encoder: Encoder
-    store: MilvusStore
+    store: MilvusStore | VectorCopy  # the copy on the embedded default: exact in-memory search
     text_batcher: TextBatcher  # concurrent text queries share one model call
-    mirror: VectorMirror | None = None  # exact in-memory search on the embedded default
     recheck_s: float = 5.0  # how often to look whether the collection was dropped and made again
     _checked_token: str | None = field(default=None, init=False)
     _checked_at: float = field(default=-1e9, init=False)
@@ -75,11 +74,7 @@ class SearchService:
         return SearchResponse(results=results, took_ms=round((time.perf_counter() - started) * 1000, 2), notes=notes)
 
     def _nearest(self, query: np.ndarray, limit: int, offset: int, image_filter: ImageFilter) -> list[Hit]:
-        if self.mirror is not None:
-            hits = self.mirror.search(query, limit, offset, image_filter)
-            if hits is not None:
-                return hits
-        return self.store.search(query[None, :], limit, offset, image_filter.expr())[0]
+        return self.store.search(query[None, :], limit, offset, image_filter)[0]
 
 
 def to_hit(hit: Hit) -> SearchHit:

@@ -1,4 +1,4 @@
-"""An in-memory copy of an embedded collection's vectors, for exact and fast search.
+"""The gateway with an in-memory copy of an embedded collection's vectors in front, for exact and fast search.
 
 Milvus Lite is pure Python: each search walks every stored row in Python to
 resolve upserts and deletes, about 100-130 ms at 100,000 rows on two cores
@@ -8,7 +8,7 @@ search. Milvus stays the system of record:
 
 - every imgsearch writer bumps a generation token in the data directory after
   each write (``MilvusStore.generation()``);
-- a search uses the mirror only when its token equals the current one, and
+- a search uses the copy only when its token equals the current one, and
   otherwise goes to Milvus, so a search never misses a row that was written;
 - a background thread catches up: it reads every row's metadata (no vectors),
   fetches the vectors of the rows that are new or whose metadata differs from
@@ -26,9 +26,9 @@ from dataclasses import dataclass
 import numpy as np
 from pymilvus import DataType
 
-from imgsearch_core.milvus_store import Hit, MilvusStore
 from imgsearch_core.store.fields import FILTERABLE
 from imgsearch_core.store.filters import ImageFilter
+from imgsearch_core.store.gateway import Hit, MilvusStore
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +87,16 @@ def _dot(vectors: np.ndarray, query: np.ndarray) -> np.ndarray:
         return torch.mv(torch.from_numpy(vectors), torch.from_numpy(query)).numpy()
 
 
-class VectorMirror:
+class VectorCopy:
+    """Searches like the gateway (``search()``), from the copy while it is fresh and from Milvus otherwise.
+
+    Only an embedded collection has the generation token the copy needs to know it is fresh.
+    """
+
     def __init__(self, store: MilvusStore, dim: int, poll_s: float = 0.5, reconcile_s: float = 30.0):
+        if store.generation_token is None:
+            raise ValueError("the vector copy needs an embedded (Milvus Lite) collection: a server keeps no "
+                             "generation token")
         self._store = store
         self._dim = dim
         self._poll_s = poll_s
@@ -97,7 +105,13 @@ class VectorMirror:
         self._snapshot: _Snapshot | None = None
         self._token: str | None = None  # generation the snapshot reflects
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="vector-mirror", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="vector-copy", daemon=True)
+
+    def __getattr__(self, name: str):
+        """Everything but ``search`` and ``count`` is the gateway's own (``get``, ``check_model`` ...)."""
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self._store, name)
 
     def start(self) -> None:
         self._thread.start()
@@ -110,10 +124,19 @@ class VectorMirror:
     def fresh(self) -> bool:
         return self._snapshot is not None and self._token == self._store.generation()
 
-    def count(self) -> int | None:
-        """Rows in the collection, if the mirror is fresh; None otherwise."""
+    def count(self) -> int:
+        """Rows in the collection: from the copy if it is fresh, else from Milvus."""
         snapshot = self._snapshot
-        return snapshot.size if snapshot is not None and self.fresh else None
+        return snapshot.size if snapshot is not None and self.fresh else self._store.count()
+
+    def search(
+        self, vectors: np.ndarray, limit: int, offset: int = 0, image_filter: ImageFilter = ImageFilter()
+    ) -> list[list[Hit]]:
+        """The gateway's search: nearest rows by cosine similarity, best first, one list per query vector."""
+        answers = [self.search_copy(query, limit, offset, image_filter) for query in np.asarray(vectors)]
+        if any(hits is None for hits in answers):
+            return self._store.search(vectors, limit, offset, image_filter)
+        return answers
 
     def wait_until_fresh(self, timeout_s: float) -> bool:
         deadline = time.monotonic() + timeout_s
@@ -123,9 +146,9 @@ class VectorMirror:
             time.sleep(0.05)
         return self.fresh
 
-    def search(self, query: np.ndarray, limit: int, offset: int,
-               image_filter: ImageFilter = ImageFilter()) -> list[Hit] | None:
-        """Exact top ``offset..offset+limit`` by cosine similarity, or None when the mirror is behind Milvus."""
+    def search_copy(self, query: np.ndarray, limit: int, offset: int,
+                    image_filter: ImageFilter = ImageFilter()) -> list[Hit] | None:
+        """Exact top ``offset..offset+limit`` by cosine similarity, or None when the copy is behind Milvus."""
         snapshot = self._snapshot
         if snapshot is None or not self.fresh:
             return None
@@ -154,7 +177,7 @@ class VectorMirror:
                 elif time.monotonic() - self._reconciled_at > self._reconcile_s:
                     self.reconcile()
             except Exception:  # Milvus briefly unreachable: searches fall back to Milvus meanwhile
-                log.warning("vector mirror could not sync; searches go to Milvus until it can", exc_info=True)
+                log.warning("vector copy could not sync; searches go to Milvus until it can", exc_info=True)
                 self._stop.wait(5)
             self._stop.wait(self._poll_s)
 
@@ -167,7 +190,7 @@ class VectorMirror:
         self._reconciled_at = time.monotonic()
         snapshot = self._snapshot
         if snapshot is not None and self._store.count() != snapshot.size:
-            log.warning("vector mirror disagreed with Milvus on the row count; catching up")
+            log.warning("vector copy disagreed with Milvus on the row count; catching up")
             self._token = None
             self.sync_now()
 
@@ -179,7 +202,7 @@ class VectorMirror:
         else:
             snapshot = self._catch_up(self._snapshot)
         self._snapshot, self._token = snapshot, token
-        log.info("vector mirror holds %d rows", snapshot.size)
+        log.info("vector copy holds %d rows", snapshot.size)
 
     def _catch_up(self, old: _Snapshot) -> _Snapshot:
         current = {row["id"]: row for row in self._store.iter_rows()}  # metadata only: cheap next to vectors

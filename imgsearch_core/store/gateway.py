@@ -1,31 +1,19 @@
 """The Milvus gateway: one collection of image vectors with their file metadata.
 
-With a Milvus Lite URI (a path ending in ``.db``) several processes share the
-data directory: the first process that opens it serves it over gRPC on a Unix
-socket (Milvus Lite allows one process per directory) and writes the socket's
-path to ``<data dir>/imgsearch-endpoint.json``; later processes connect to it.
-If the serving process exits, the next call of another process takes over.
-The socket lies in the data directory (mode 0700) or, when that path is too
-long for a socket, in a private runtime folder: only the owner can connect.
-With a server URI (``http://host:19530``) every process simply connects.
+Every other part of imgsearch reaches Milvus through ``MilvusStore``: it maps Milvus failures to errors of its
+own (unreachable, collection gone), records which model and weights made the collection, and bumps the
+generation token after each write. Embedded data directories are shared between processes by ``lite``.
 """
 
 from __future__ import annotations
 
-import atexit
-import hashlib
 import json
 import logging
-import os
 import re
-import socket
-import tempfile
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
@@ -37,19 +25,16 @@ from imgsearch_core.errors import (
     StoreUnavailableError,
     WeightsMismatchError,
 )
-from imgsearch_core.safe_files import UnsafeFileError, private_dir
 from imgsearch_core.store.fields import METADATA_FIELDS, add_columns
+from imgsearch_core.store.filters import ImageFilter
+from imgsearch_core.store.generation import GenerationToken
+from imgsearch_core.store.lite import resolve_uri
 
 log = logging.getLogger(__name__)
 
-# Milvus Lite lacks AllocTimestamp; pymilvus' query iterator falls back to a client timestamp, which is
-# correct, but both sides log the miss on every call.
-logging.getLogger("grpc._server").setLevel(logging.CRITICAL)
-logging.getLogger("pymilvus.client.iterator.query_iterator").setLevel(logging.ERROR)
 # pymilvus logs every failed RPC with a traceback; this gateway turns failures into errors of its own.
 logging.getLogger("pymilvus.decorators").setLevel(logging.CRITICAL)
 
-ENDPOINT_FILE = "imgsearch-endpoint.json"
 VALID_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _SCHEMA_VERSION = 1
 _ROOTS_PROPERTY = "imgsearch.roots"  # JSON list of the real paths of every indexed root
@@ -74,163 +59,6 @@ class Hit:
     row: dict[str, Any]
 
 
-# ── Embedded (Milvus Lite) endpoint sharing ─────────────────────────────────
-
-_hosted: dict[Path, tuple[Any, Any, int]] = {}
-_hosted_lock = threading.Lock()
-
-
-def resolve_uri(milvus_uri: str, wait_s: float = 30.0) -> str:
-    """The gRPC address to connect to for ``milvus_uri``; hosts a Lite data directory if nobody does."""
-    if not milvus_uri.endswith(".db"):
-        return milvus_uri
-    data_dir = Path(milvus_uri).expanduser().resolve()
-    _private_dir(data_dir)
-    deadline = time.monotonic() + wait_s
-    while True:
-        url = _live_endpoint(data_dir)
-        if url:
-            return url
-        try:
-            return _host(data_dir)
-        except _DataDirLocked:
-            # Another process holds the directory and is about to publish its socket (or is a
-            # process that does not share it, such as a plain pymilvus script).
-            if time.monotonic() > deadline:
-                raise StoreUnavailableError(
-                    f"Milvus Lite data directory {data_dir} is locked by another process that does not "
-                    f"serve it to others. Stop that process, or point IMGSEARCH_MILVUS_URI at a Milvus server."
-                ) from None
-            time.sleep(0.2)
-
-
-class _DataDirLocked(Exception):
-    pass
-
-
-def _private_dir(path: Path) -> None:
-    try:
-        private_dir(path)
-    except UnsafeFileError as exc:
-        raise StoreUnavailableError(f"{path}: {exc.reason}; refusing to keep Milvus data in it") from None
-
-
-_MAX_SOCKET_PATH = 100  # sun_path holds 108 bytes on Linux, 104 on macOS
-
-
-def _socket_stem(data_dir: Path) -> Path:
-    """The folder and name prefix of ``data_dir``'s sockets: inside it, or in a private runtime folder when
-    that path would be too long for a socket (judged with the longest pid, so it never depends on the pid)."""
-    if len(os.fsencode(data_dir / "imgsearch-4294967295.sock")) <= _MAX_SOCKET_PATH:
-        return data_dir / "imgsearch"
-    runtime = Path(os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()) / f"imgsearch-{os.getuid()}"
-    _private_dir(runtime)
-    return runtime / hashlib.blake2b(os.fsencode(data_dir), digest_size=10).hexdigest()
-
-
-def _socket_path(data_dir: Path, pid: int) -> Path:
-    """Where process ``pid`` serves ``data_dir``. The pid is part of the name: a new host never reuses the
-    address of a dead one, which pymilvus would still hold a broken channel to."""
-    stem = _socket_stem(data_dir)
-    return stem.with_name(f"{stem.name}-{pid}.sock")
-
-
-def _remove_stale_sockets(data_dir: Path) -> None:
-    """Sockets of hosts that died; called while holding the directory's lock, so none is in use."""
-    stem = _socket_stem(data_dir)
-    for stale in stem.parent.glob(f"{stem.name}-*.sock"):
-        stale.unlink(missing_ok=True)
-
-
-def _live_endpoint(data_dir: Path) -> str | None:
-    with _hosted_lock:
-        if data_dir in _hosted:
-            return f"unix:{_hosted[data_dir][2]}"
-    try:
-        info = json.loads((data_dir / ENDPOINT_FILE).read_text())
-        pid, path = int(info["pid"]), str(info["socket"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    if not _pid_alive(pid) or path != str(_socket_path(data_dir, pid)):  # only a socket this folder would use
-        return None
-    try:
-        with socket.socket(socket.AF_UNIX) as probe:
-            probe.settimeout(1.0)
-            probe.connect(path)
-        return f"unix:{path}"
-    except OSError:
-        return None
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _host(data_dir: Path) -> str:
-    from milvus_lite import DataDirLockedError, MilvusLite
-    from milvus_lite.adapter.grpc.server import _build_server
-
-    with _hosted_lock:
-        if data_dir in _hosted:
-            return f"unix:{_hosted[data_dir][2]}"
-        try:
-            db = MilvusLite(str(data_dir))
-        except DataDirLockedError:
-            raise _DataDirLocked() from None
-        path = _socket_path(data_dir, os.getpid())
-        try:
-            _remove_stale_sockets(data_dir)
-            server = _build_server(db, 8)
-            server.add_insecure_port(f"unix:{path}")
-            server.start()
-            os.chmod(path, 0o600)
-        except BaseException:
-            db.close()
-            raise
-        _hosted[data_dir] = (server, db, str(path))
-    endpoint = data_dir / ENDPOINT_FILE
-    tmp = endpoint.with_suffix(f".{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(json.dumps({"pid": os.getpid(), "socket": str(path)}))
-    os.replace(tmp, endpoint)
-    log.info("serving Milvus Lite data directory %s on %s", data_dir, path)
-    return f"unix:{path}"
-
-
-def release_hosted(milvus_uri: str | None = None) -> None:
-    """Stop serving the Lite data directory of ``milvus_uri`` (all of them when None; called at exit)."""
-    with _hosted_lock:
-        wanted = None if milvus_uri is None else Path(milvus_uri).expanduser().resolve()
-        entries = [(d, e) for d, e in _hosted.items() if wanted is None or d == wanted]
-        for data_dir, _entry in entries:
-            del _hosted[data_dir]
-    for data_dir, (server, db, socket_path) in entries:
-        try:
-            info = json.loads((data_dir / ENDPOINT_FILE).read_text())
-            if info.get("pid") == os.getpid():
-                (data_dir / ENDPOINT_FILE).unlink()
-        except (OSError, ValueError):
-            pass
-        try:
-            server.stop(grace=2).wait(5)
-            Path(socket_path).unlink(missing_ok=True)  # before the lock goes: the next host makes its own
-        finally:
-            db.close()
-
-
-atexit.register(release_hosted)
-
-
-# ── The collection gateway ──────────────────────────────────────────────────
-
-
 class MilvusStore:
     """One image collection. Thread-safe; create once per process and share."""
 
@@ -239,6 +67,7 @@ class MilvusStore:
         self.collection = collection
         self.index_type = index_type
         self._token = token
+        self.generation_token = GenerationToken.of(milvus_uri, collection)  # None on a Milvus server
         self._client_lock = threading.Lock()
         self._client = self._connect()
         self._loaded = False
@@ -392,7 +221,7 @@ class MilvusStore:
 
     def drop(self) -> None:
         self._call(lambda c: c.drop_collection(self.collection))
-        self._bump_generation()
+        self._wrote()
 
     # Writes
 
@@ -400,36 +229,23 @@ class MilvusStore:
         if rows:
             payload = [{**row, "vector": np.asarray(row["vector"], dtype=np.float32).tolist()} for row in rows]
             self._call(lambda c: c.upsert(self.collection, payload))
-            self._bump_generation()
+            self._wrote()
 
     def delete(self, ids: Sequence[str], batch: int = 1000) -> None:
         for start in range(0, len(ids), batch):
             chunk = list(ids[start:start + batch])
             self._call(lambda c, chunk=chunk: c.delete(self.collection, ids=chunk))
-            self._bump_generation()
+            self._wrote()
 
     # Change tracking for readers that cache (embedded mode only)
 
-    def _generation_file(self) -> Path | None:
-        if not self.is_embedded:
-            return None
-        return Path(self.milvus_uri).expanduser().resolve() / f"imgsearch-generation-{self.collection}"
-
     def generation(self) -> str:
-        """A token that changes after every write by any imgsearch process to this embedded collection."""
-        path = self._generation_file()
-        try:
-            return path.read_text() if path else ""
-        except FileNotFoundError:
-            return ""
+        """Changes after every write by any imgsearch process to this embedded collection; '' on a server."""
+        return self.generation_token.read() if self.generation_token else ""
 
-    def _bump_generation(self) -> None:
-        path = self._generation_file()
-        if path is None:
-            return
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        tmp.write_text(uuid.uuid4().hex)
-        os.replace(tmp, path)
+    def _wrote(self) -> None:
+        if self.generation_token:
+            self.generation_token.bump()
 
     def flush(self) -> None:
         self._call(lambda c: c.flush(self.collection))
@@ -475,12 +291,12 @@ class MilvusStore:
             iterator.close()
 
     def search(
-        self, vectors: np.ndarray, limit: int, offset: int = 0, filter_expr: str = ""
+        self, vectors: np.ndarray, limit: int, offset: int = 0, image_filter: ImageFilter = ImageFilter()
     ) -> list[list[Hit]]:
         """Nearest rows by cosine similarity, best first, one list per query vector."""
         results = self._call(lambda c: c.search(
             self.collection, data=np.asarray(vectors).tolist(), limit=limit, offset=offset,
-            filter=filter_expr, output_fields=METADATA_FIELDS,
+            filter=image_filter.expr(), output_fields=METADATA_FIELDS,
             search_params={"metric_type": "COSINE", "params": search_params(self.index_type, limit + offset)},
         ))
         return [[Hit(id=hit["id"], score=float(hit["distance"]), row=dict(hit["entity"])) for hit in hits]

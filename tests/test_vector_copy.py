@@ -1,0 +1,197 @@
+"""The vector copy against real Milvus Lite: exact results, never behind a write."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from imgsearch_core.store.fields import SearchFilter
+from imgsearch_core.store.filters import ImageFilter
+from imgsearch_core.store.vector_copy import VectorCopy
+
+DIM = 16
+
+
+def where(**bounds) -> ImageFilter:
+    return ImageFilter.from_request(SearchFilter(**bounds))
+
+
+def unit_rows(n: int, seed: int, prefix: str = "/lib/") -> list[dict]:
+    rng = np.random.default_rng(seed)
+    vectors = rng.standard_normal((n, DIM)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    return [{"id": f"{seed:04d}{i:012d}", "path": f"{prefix}{i % 7}/img{i}.jpg", "size": 1, "mtime_ns": 1,
+             "content_hash": f"h{seed}-{i}", "width": 100 + i % 50, "height": 80 + i % 30, "indexed_at": 1,
+             "vector": vectors[i]} for i in range(n)]
+
+
+@pytest.fixture
+def filled(store, encoder):
+    store.ensure_collection("test-model", DIM)
+    rows = unit_rows(500, seed=1)
+    for start in range(0, 500, 100):
+        store.upsert(rows[start:start + 100])
+    return rows
+
+
+@pytest.fixture
+def vector_copy(store, filled):
+    vector_copy = VectorCopy(store, DIM)
+    vector_copy.sync_now()
+    return vector_copy
+
+
+def test_background_thread_makes_the_copy_fresh(store, filled):
+    vector_copy = VectorCopy(store, DIM, poll_s=0.05)
+    vector_copy.start()
+    try:
+        assert vector_copy.wait_until_fresh(30) and vector_copy.count() == 500
+    finally:
+        vector_copy.stop()
+
+
+def brute_force(rows, query, k, keep=lambda row: True):
+    kept = [r for r in rows if keep(r)]
+    scores = np.array([float(r["vector"] @ query) for r in kept])
+    order = np.argsort(-scores)[:k]
+    return [kept[i]["id"] for i in order]
+
+
+def test_the_copy_search_is_the_exact_top_k(vector_copy, filled):
+    query = unit_rows(1, seed=9)[0]["vector"]
+    hits = vector_copy.search_copy(query, limit=10, offset=0)
+    assert [h.id for h in hits] == brute_force(filled, query, 10)
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    page = vector_copy.search_copy(query, limit=5, offset=5)
+    assert [h.id for h in page] == brute_force(filled, query, 10)[5:]
+
+
+@pytest.mark.parametrize("depth", [1, 2, 64, 499, 500, 501, 2000])
+def test_every_depth_of_results_is_exact_up_to_the_whole_collection(vector_copy, filled, depth):
+    query = unit_rows(1, seed=11)[0]["vector"]
+    assert [h.id for h in vector_copy.search_copy(query, limit=depth, offset=0)] == brute_force(filled, query, depth)
+    last = vector_copy.search_copy(query, limit=10, offset=depth - 1)
+    assert [h.id for h in last] == brute_force(filled, query, depth + 9)[depth - 1:]
+
+
+def test_the_copy_filters_match_the_same_filter_done_by_hand(vector_copy, filled):
+    query = unit_rows(1, seed=10)[0]["vector"]
+    hits = vector_copy.search_copy(query, 20, 0, where(path_prefix="/lib/3/", min_width=120, max_height=100))
+    expected = brute_force(filled, query, 20, lambda r: r["path"].startswith("/lib/3/") and r["width"] >= 120
+                           and r["height"] <= 100)
+    assert [h.id for h in hits] == expected and hits
+
+
+def test_a_write_makes_the_copy_step_aside_until_it_has_caught_up(vector_copy, store, filled):
+    new = unit_rows(3, seed=2, prefix="/new/")
+    for row in new:
+        row["indexed_at"] = int(time.time())  # as the indexer writes it
+    store.upsert(new)
+    assert not vector_copy.fresh and vector_copy.search_copy(new[1]["vector"], limit=1, offset=0) is None
+    vector_copy.sync_now()
+    assert vector_copy.search_copy(new[1]["vector"], limit=1, offset=0)[0].id == new[1]["id"]
+    store.delete([filled[0]["id"]])
+    assert vector_copy.search_copy(filled[0]["vector"], limit=1, offset=0) is None
+    vector_copy.sync_now()
+    assert filled[0]["id"] not in {h.id for h in vector_copy.search_copy(filled[0]["vector"], limit=5, offset=0)}
+    assert vector_copy.count() == 502
+
+
+def test_a_stale_copy_answers_nothing(store, filled):
+    vector_copy = VectorCopy(store, DIM)  # never started: never fresh
+    assert vector_copy.search_copy(filled[0]["vector"], limit=3, offset=0) is None
+    assert not vector_copy.fresh and vector_copy.count() == 500  # counted by Milvus
+
+
+def test_the_copy_searches_like_the_gateway_and_asks_milvus_while_behind(vector_copy, store, filled, monkeypatch):
+    queries = np.stack([filled[3]["vector"], filled[9]["vector"]])
+    from_milvus = store.search(queries, 5, 0, where(min_width=110))
+    assert [[h.id for h in hits] for hits in vector_copy.search(queries, 5, 0, where(min_width=110))] == [
+        [h.id for h in hits] for hits in from_milvus]
+    monkeypatch.setattr(store, "search", lambda *a, **k: pytest.fail("Milvus searched although the copy was fresh"))
+    assert vector_copy.search(queries[:1], 1, 0)[0][0].id == filled[3]["id"]
+    monkeypatch.undo()
+    store.upsert(unit_rows(1, seed=8, prefix="/late/"))  # the copy is behind until it syncs
+    assert vector_copy.search(queries[:1], 1, 0)[0][0].id == filled[3]["id"]
+    assert vector_copy.count() == 501 and not vector_copy.fresh
+
+
+def test_a_copy_of_a_collection_on_a_server_is_refused():
+    class ServerStore:
+        generation_token = None
+
+    with pytest.raises(ValueError, match="needs an embedded"):
+        VectorCopy(ServerStore(), DIM)
+
+
+def test_reconcile_catches_a_write_whose_token_bump_never_happened(vector_copy, store, filled):
+    token_file = store.generation_token.path
+    before = token_file.read_text()
+    row = unit_rows(1, seed=3, prefix="/killed/")[0]
+    row["indexed_at"] = int(time.time())
+    store.upsert([row])
+    token_file.write_text(before)  # as if the writer died right after its write
+    assert vector_copy.fresh and row["id"] not in {h.id for h in vector_copy.search_copy(row["vector"], limit=1, offset=0)}
+    vector_copy.reconcile()
+    assert vector_copy.search_copy(row["vector"], limit=1, offset=0)[0].id == row["id"]
+
+
+def test_a_write_stamped_long_ago_is_caught_up_too(vector_copy, store, filled):
+    # indexed_at comes from the writer's clock: a machine whose clock is behind, or a restored backup.
+    old = {**unit_rows(1, seed=5, prefix="/restored/")[0], "indexed_at": 1}
+    changed = {**filled[7], "vector": old["vector"], "indexed_at": 2}  # an indexed row rewritten, stamped old
+    store.upsert([old, changed])
+    vector_copy.sync_now()
+    assert vector_copy.search_copy(old["vector"], limit=2, offset=0)[0].id in {old["id"], changed["id"]}
+    assert {h.id for h in vector_copy.search_copy(old["vector"], limit=2, offset=0)} == {old["id"], changed["id"]}
+    assert vector_copy.count() == 501
+
+
+def test_the_copy_is_refused_where_no_writer_keeps_a_generation_token(tmp_path):
+    from pydantic import ValidationError
+
+    from imgsearch_core.settings import Settings
+
+    with pytest.raises(ValidationError, match="IMGSEARCH_VECTOR_CACHE=on needs the embedded Milvus Lite store"):
+        Settings(milvus_uri="http://milvus:19530", vector_cache="on")
+    assert Settings(milvus_uri="http://milvus:19530", vector_cache="auto").vector_cache == "auto"
+    assert Settings(milvus_uri=str(tmp_path / "m.db"), vector_cache="on").vector_cache == "on"
+
+
+def test_background_thread_catches_up_after_every_later_write(store, filled):
+    vector_copy = VectorCopy(store, DIM, poll_s=0.05)
+    vector_copy.start()
+    try:
+        assert vector_copy.wait_until_fresh(30)
+        for round_ in range(3):
+            new = unit_rows(2, seed=20 + round_, prefix=f"/round{round_}/")
+            for row in new:
+                row["indexed_at"] = int(time.time())
+            store.upsert(new)
+            assert vector_copy.wait_until_fresh(30), f"no catch-up after write {round_ + 1}"
+            assert vector_copy.search_copy(new[0]["vector"], limit=1, offset=0)[0].id == new[0]["id"]
+        store.delete([filled[0]["id"]])
+        assert vector_copy.wait_until_fresh(30) and vector_copy.count() == 505
+        assert filled[0]["id"] not in {h.id for h in vector_copy.search_copy(filled[0]["vector"], limit=5, offset=0)}
+    finally:
+        vector_copy.stop()
+
+
+def test_an_empty_collection_gives_an_empty_copy_that_answers_and_then_fills(store):
+    store.ensure_collection("test-model", DIM)
+    vector_copy = VectorCopy(store, DIM)
+    vector_copy.sync_now()
+    assert vector_copy.fresh and vector_copy.count() == 0
+    query = unit_rows(1, seed=9)[0]["vector"]
+    assert vector_copy.search_copy(query, 10, 0) == []
+    assert vector_copy.search_copy(query, 10, 0, where(path_prefix="/lib/", min_width=1)) == []
+    rows = [{**row, "indexed_at": int(time.time())} for row in unit_rows(20, seed=3)]  # written now, as the indexer does
+    store.upsert(rows)
+    vector_copy.sync_now()
+    hits = vector_copy.search_copy(rows[4]["vector"], 3, 0)
+    assert vector_copy.count() == 20 and hits[0].id == rows[4]["id"] and hits[0].row["path"] == rows[4]["path"]
+    filtered = vector_copy.search_copy(rows[4]["vector"], 20, 0, where(min_width=110, max_height=95))
+    assert [h.id for h in filtered] == brute_force(rows, rows[4]["vector"], 20,
+                                                   lambda r: r["width"] >= 110 and r["height"] <= 95)
