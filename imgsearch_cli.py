@@ -64,6 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="address to listen on (default 127.0.0.1, this machine only; 0.0.0.0 exposes the UI "
                          "to the network)")
 
+    upgrade = commands.add_parser(
+        "upgrade", help="bring a collection made by an older imgsearch to the current schema (nothing is embedded "
+                        "again; the old collection serves until the copy is complete)")
+    upgrade.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    _add_common(upgrade)
+
     drop = commands.add_parser("drop", help="delete the collection and everything indexed in it")
     drop.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     _add_common(drop)
@@ -156,6 +162,43 @@ def cmd_drop(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_upgrade(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from imgsearch_core.store import MilvusStore
+    from imgsearch_core.store.upgrade import upgrade
+
+    settings = _settings(args)
+    store = MilvusStore.from_settings(settings)
+    bar = None
+
+    def show(done: int, total: int) -> None:
+        nonlocal bar
+        if args.json or not sys.stderr.isatty():
+            return
+        if bar is None:
+            from tqdm import tqdm
+
+            bar = tqdm(total=total, unit="row", desc="upgrading", file=sys.stderr)
+        bar.update(done - bar.n)
+
+    try:
+        report = upgrade(store, settings.max_file_bytes, on_progress=show)
+    finally:
+        if bar is not None:
+            bar.close()
+    if args.json:
+        print(json.dumps(asdict(report)))
+    elif report.from_version == report.to_version:
+        print(f"collection '{settings.collection}' already has schema version {report.to_version}: nothing to do")
+    else:
+        print(f"upgraded collection '{settings.collection}' from schema version {report.from_version} to "
+              f"{report.to_version}: {report.rows} rows copied, none embedded again; {report.dated_by_exif} dated "
+              f"by EXIF, {report.files_unreadable} files gone or changed (dated by their file time) "
+              f"in {report.elapsed_s:.1f} s")
+    return EXIT_OK
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from search_api.main import serve
 
@@ -169,7 +212,8 @@ def cmd_ui(args: argparse.Namespace) -> int:
     launch(_settings(args), port=args.port, address=args.ui_host)  # replaces this process; never returns
 
 
-COMMANDS = {"index": cmd_index, "search": cmd_search, "serve": cmd_serve, "ui": cmd_ui, "drop": cmd_drop}
+COMMANDS = {"index": cmd_index, "search": cmd_search, "serve": cmd_serve, "ui": cmd_ui, "upgrade": cmd_upgrade,
+            "drop": cmd_drop}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -66,6 +66,28 @@ class WeightsMismatchError(ModelMismatchError):
         self.dim = None
 
 
+class SchemaOutdatedError(ImgsearchError):
+    """The collection was written by an older imgsearch, whose rows lack columns this one fills."""
+
+    def __init__(self, collection: str, version: int, current: int):
+        super().__init__(
+            f"Collection '{collection}' has schema version {version}; this imgsearch uses version {current} "
+            f"(it adds when each photo was taken, its format and camera). Run `imgsearch upgrade` once: it copies "
+            f"every row and vector into the new schema without embedding anything again, and the old collection "
+            f"keeps serving until the copy is complete.")
+        self.collection = collection
+        self.version = version
+
+
+class SchemaTooNewError(ImgsearchError):
+    def __init__(self, collection: str, version: int, current: int):
+        super().__init__(
+            f"Collection '{collection}' has schema version {version}, written by a newer imgsearch than this one "
+            f"(version {current}). Update imgsearch.")
+        self.collection = collection
+        self.version = version
+
+
 class CollectionNotFoundError(ImgsearchError):
     def __init__(self, collection: str):
         super().__init__(f"Collection '{collection}' does not exist yet: run `imgsearch index PATH` first.")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
+from datetime import datetime
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -57,10 +58,74 @@ def decoded_bytes(mode: str, width: int, height: int, rotated: bool = False) -> 
 
 
 @dataclass(frozen=True)
+class PhotoExif:
+    """What a photo's EXIF says about where it came from; empty where it says nothing (or nonsense)."""
+
+    taken_at: datetime | None = None  # local wall-clock time of capture, no time zone
+    camera_make: str = ""
+    camera_model: str = ""
+    gps: str = ""  # "lat,lon", decimal degrees
+
+
+@dataclass(frozen=True)
 class DecodedImage:
     image: Image.Image  # RGB, shortest side about `min_side` (or smaller if the original is)
     width: int  # of the upright original
     height: int
+    format: str = ""  # as Pillow names it: JPEG, PNG, WEBP ...
+    exif: PhotoExif = PhotoExif()
+
+
+_EXIF_IFD, _GPS_IFD = 0x8769, 0x8825
+_DATETIME_ORIGINAL, _DATETIME_DIGITIZED, _DATETIME = 0x9003, 0x9004, 0x0132
+_MAKE, _MODEL = 0x010F, 0x0110
+_CAMERA_CHARS = 64
+
+
+def photo_exif(exif: Image.Exif) -> PhotoExif:
+    """Capture time, camera and position from EXIF. Hostile or broken EXIF gives empty fields, never an error."""
+    try:
+        details = exif.get_ifd(_EXIF_IFD)
+        taken = (_exif_time(details.get(_DATETIME_ORIGINAL)) or _exif_time(details.get(_DATETIME_DIGITIZED))
+                 or _exif_time(exif.get(_DATETIME)))
+        return PhotoExif(taken, _exif_text(exif.get(_MAKE)), _exif_text(exif.get(_MODEL)),
+                         _exif_gps(exif.get_ifd(_GPS_IFD)))
+    except Exception:  # a malformed IFD in a hostile file
+        return PhotoExif()
+
+
+def _exif_time(value: object) -> datetime | None:
+    text = _exif_text(value)
+    try:
+        moment = datetime.strptime(text[:19], "%Y:%m:%d %H:%M:%S")
+    except ValueError:  # "0000:00:00 00:00:00", blanks, garbage
+        return None
+    return moment if 1826 <= moment.year <= 2200 else None  # the first photograph; nothing from the future
+
+
+def _exif_text(value: object) -> str:
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    if not isinstance(value, str):
+        return ""
+    text = "".join(char for char in value.replace("\x00", "") if char.isprintable()).strip()
+    return text[:_CAMERA_CHARS]
+
+
+def _exif_gps(gps: dict) -> str:
+    try:
+        lat = _degrees(gps[2]) * (-1 if str(gps.get(1, "N")).upper().startswith("S") else 1)
+        lon = _degrees(gps[4]) * (-1 if str(gps.get(3, "E")).upper().startswith("W") else 1)
+    except (KeyError, TypeError, ValueError, ZeroDivisionError, IndexError):
+        return ""
+    if not (-90 <= lat <= 90 and -180 <= lon <= 180):
+        return ""
+    return f"{lat:.6f},{lon:.6f}"
+
+
+def _degrees(dms) -> float:
+    degrees, minutes, seconds = (float(part) for part in dms)
+    return degrees + minutes / 60 + seconds / 3600
 
 
 def decode_image(data: bytes, source: str, min_side: int, max_pixels: int,
@@ -100,6 +165,8 @@ def decode_image(data: bytes, source: str, min_side: int, max_pixels: int,
             orientation = image.getexif().get(0x0112, 1)
         if orientation in _ROTATED_ORIENTATIONS:
             width, height = height, width
+        image_format = image.format or ""
+        exif = photo_exif(image.getexif())
         image.load()
         image = ImageOps.exif_transpose(image)
         image = _to_rgb(image)
@@ -114,7 +181,19 @@ def decode_image(data: bytes, source: str, min_side: int, max_pixels: int,
         raise ImageDecodeError(source, f"cannot decode: {exc}") from None
     except Exception as exc:  # a plugin's own bug on hostile bytes: this file fails, never the run
         raise ImageDecodeError(source, f"cannot decode: {type(exc).__name__}: {exc}") from None
-    return DecodedImage(image=image, width=width, height=height)
+    return DecodedImage(image=image, width=width, height=height, format=image_format, exif=exif)
+
+
+def photo_header(data: bytes) -> tuple[str, PhotoExif]:
+    """A file's format and EXIF without decoding its pixels (for rows indexed before these were kept).
+
+    A PNG's EXIF may follow its pixels, and Pillow decodes them all to reach it: skipped."""
+    try:
+        image = Image.open(io.BytesIO(data))
+        image_format = image.format or ""
+        return image_format, photo_exif(image.getexif()) if image_format != "PNG" else PhotoExif()
+    except Exception:  # not an image (any more), or hostile bytes: nothing known
+        return "", PhotoExif()
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

@@ -13,7 +13,7 @@ from imgsearch_core.encoder import Encoder
 from imgsearch_core.errors import ImageDecodeError
 from imgsearch_core.images import DecodedImage, decode_image
 from imgsearch_core.safe_files import UnsafeFileError, read_regular
-from indexer.plan import content_hash
+from imgsearch_core.store.fields import content_hash
 from indexer.scanner import FileEntry
 
 

@@ -10,10 +10,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from imgsearch_core.encoder import Encoder
+from imgsearch_core.images import DecodedImage
 from imgsearch_core.safe_files import within
 from imgsearch_core.settings import Settings
 from imgsearch_core.store import MilvusStore
-from imgsearch_core.store.fields import FileFacts, make_row
+from imgsearch_core.store.fields import FileFacts, make_row, mtime_wall_clock, wall_clock_seconds
 from indexer.embedder import EmbeddedBatch, LoadedFile, embed_in_batches, load_file, load_in_parallel
 from indexer.plan import make_plan
 from indexer.scanner import FileEntry, RootNotFoundError, resolve_roots, scan
@@ -118,7 +119,7 @@ def run_index(
     try:
         for item in embed_in_batches(loaded, encoder, settings.batch_size):
             if isinstance(item, EmbeddedBatch):
-                writer.add([make_row(_facts(f.entry, f.content_hash, f.decoded.width, f.decoded.height), vector)
+                writer.add([make_row(_facts(f.entry, f.content_hash, f.decoded), vector)
                             for f, vector in zip(item.files, item.vectors)])
                 report.embedded += len(item.files)
                 progress.advance(len(item.files))
@@ -186,8 +187,21 @@ def check_roots_exist(roots: list[str], stored_rows: Iterable[dict[str, Any]]) -
         raise RootNotFoundError(missing[0], indexed)
 
 
-def _facts(entry: FileEntry, content_hash: str, width: int, height: int) -> FileFacts:
-    return FileFacts(entry.path, entry.size, entry.mtime_ns, content_hash, width, height)
+def _facts(entry: FileEntry, content_hash: str, decoded: DecodedImage) -> FileFacts:
+    exif = decoded.exif
+    taken_at, source = ((wall_clock_seconds(exif.taken_at), "exif") if exif.taken_at is not None
+                        else (mtime_wall_clock(entry.mtime_ns), "mtime"))
+    return FileFacts(entry.path, entry.size, entry.mtime_ns, content_hash, decoded.width, decoded.height,
+                     taken_at, source, decoded.format, exif.camera_make, exif.camera_model, exif.gps)
+
+
+def _facts_from_row(entry: FileEntry, source: dict[str, Any]) -> FileFacts:
+    """A file whose content is indexed under another row: the same picture, so the same photo facts (a date
+    from the file's time is this file's time)."""
+    taken_at = source["taken_at"] if source["taken_at_source"] == "exif" else mtime_wall_clock(entry.mtime_ns)
+    return FileFacts(entry.path, entry.size, entry.mtime_ns, source["content_hash"], source["width"],
+                     source["height"], taken_at, source["taken_at_source"], source["format"],
+                     source["camera_make"], source["camera_model"], source["gps"])
 
 
 def _write_reused(items, rows_by_hash, stale_paths, store, writer, report) -> None:
@@ -202,7 +216,7 @@ def _write_reused(items, rows_by_hash, stale_paths, store, writer, report) -> No
         if source is None:  # deleted by a concurrent writer since the plan was made: report it, embed next run
             report.failed.append({"path": item.entry.path, "reason": "indexed copy vanished during the run; re-run"})
             continue
-        rows.append(make_row(_facts(item.entry, item.content_hash, source["width"], source["height"]), source["vector"]))
+        rows.append(make_row(_facts_from_row(item.entry, source), source["vector"]))
         if source["path"] == item.entry.path:  # touched, content the same
             report.unchanged += 1
         elif source["path"] in stale_paths:

@@ -12,7 +12,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from imgsearch_core.errors import CollectionNotFoundError, ModelMismatchError, StoreUnavailableError
+from imgsearch_core.errors import (
+    CollectionNotFoundError,
+    ModelMismatchError,
+    SchemaOutdatedError,
+    SchemaTooNewError,
+    StoreUnavailableError,
+)
 from search_api.services.batching import QueryQueueFullError
 from search_api.services.jobs import JobQueueFullError, PathNotAllowedError, PathNotFoundError, UnusablePathError
 from search_api.services.search import ImageNotFoundError
@@ -25,6 +31,8 @@ ERROR_STATUS: dict[type[Exception], int] = {
     UnusablePathError: 422,
     JobQueueFullError: 429,
     ModelMismatchError: 409,
+    SchemaOutdatedError: 409,  # the collection was swapped for an older one under a running API
+    SchemaTooNewError: 409,
     ValueError: 422,  # e.g. query parts that cancel out
     CollectionNotFoundError: 503,
     StoreUnavailableError: 503,

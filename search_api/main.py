@@ -124,4 +124,11 @@ def _warm_up(encoder: Encoder) -> None:
 def serve(settings: Settings) -> None:
     import uvicorn
 
+    store = MilvusStore.from_settings(settings)  # refuse an old schema with its message, not a traceback
+    try:
+        if store.exists() or store.finish_interrupted_switch():
+            store.check_schema()
+    finally:
+        store.close()
+
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
@@ -51,6 +52,12 @@ class SearchHit(BaseModel):
     height: int
     image_url: str
     thumbnail_url: str
+    taken_at: datetime | None = Field(None, description="local wall-clock time the photo was taken, no time zone")
+    taken_at_source: Literal["exif", "mtime", ""] = Field("", description="exif, or the file's time when EXIF has none")
+    format: str = Field("", description="JPEG, PNG, WEBP ... as Pillow names it")
+    camera_make: str = ""
+    camera_model: str = ""
+    gps: str = Field("", description="'lat,lon' in decimal degrees, from EXIF")
 
 
 class SearchResponse(BaseModel):

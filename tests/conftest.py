@@ -132,6 +132,26 @@ def write_photo(path: Path, seed: int, size: tuple[int, int] = (96, 64), fmt: st
     return path
 
 
+def write_exif_photo(path: Path, seed: int, taken: str = "", make: str = "", model: str = "",
+                     gps: tuple | None = None) -> Path:
+    """A JPEG as a camera writes it: ``taken`` ("2019:06:01 09:30:00") as DateTimeOriginal, Make, Model and
+    ``gps`` = (lat ref, (d, m, s), lon ref, (d, m, s))."""
+    rng = np.random.default_rng(seed)
+    pixels = np.kron(rng.integers(0, 256, (4, 6, 3), dtype=np.uint8), np.ones((16, 16, 1), dtype=np.uint8))
+    exif = Image.Exif()
+    if make:
+        exif[0x010F] = make
+    if model:
+        exif[0x0110] = model
+    if taken:
+        exif.get_ifd(0x8769)[0x9003] = taken
+    if gps:
+        exif.get_ifd(0x8825).update(dict(zip((1, 2, 3, 4), gps)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path, "JPEG", exif=exif.tobytes())
+    return path
+
+
 def write_photo_set(root: Path) -> Path:
     for i in range(6):
         write_photo(root / f"photo{i}.png", seed=i)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -15,17 +17,26 @@ DIM = 4
 # around the surrogate gap, and the last code point.
 PATH_CHARS = st.sampled_from(list('ab_%"\\\n\t /') + ["\ud7ff", "\ue000", "\uffff", "\U0010ffff", "é", "日"])
 paths = st.text(PATH_CHARS, min_size=0, max_size=6).map(lambda tail: "/p/" + tail)
-rows_strategy = st.lists(st.tuples(paths, st.integers(0, 40), st.integers(0, 40)), min_size=1, max_size=12,
-                         unique_by=lambda row: row[0])
+DAY = 86_400
+FORMATS = ["JPEG", "PNG", "WEBP", ""]
+CAMERAS = ["X100V", "iPhone 12", 'odd "model"\\', ""]
+rows_strategy = st.lists(st.tuples(paths, st.integers(0, 40), st.integers(0, 40),
+                                   st.integers(0, 10).map(lambda d: 1_500_000_000 + d * DAY),
+                                   st.sampled_from(FORMATS), st.sampled_from(CAMERAS)),
+                         min_size=1, max_size=12, unique_by=lambda row: row[0])
 
 
 def filters_over(rows):
-    known_prefixes = st.sampled_from([path[:cut] for path, _, _ in rows for cut in range(len(path) + 1)])
+    known_prefixes = st.sampled_from([row[0][:cut] for row in rows for cut in range(len(row[0]) + 1)])
     bound = st.none() | st.integers(0, 41)
+    day = st.none() | st.integers(0, 11).map(lambda d: datetime.fromtimestamp(1_500_000_000 + d * DAY, timezone.utc))
+    some = st.none() | st.lists(st.sampled_from(FORMATS[:-1] + ["GIF"]), max_size=3)
+    cameras = st.none() | st.lists(st.sampled_from(CAMERAS[:-1]), max_size=2)
     return st.builds(
-        lambda prefix, *bounds: SearchFilter(path_prefix=prefix, **dict(zip(
-            ("min_width", "max_width", "min_height", "max_height"), bounds))),
-        st.none() | known_prefixes | paths, bound, bound, bound, bound)
+        lambda prefix, min_w, max_w, min_h, max_h, after, before, formats, models: SearchFilter(
+            path_prefix=prefix, min_width=min_w, max_width=max_w, min_height=min_h, max_height=max_h,
+            taken_after=after, taken_before=before, formats=formats, cameras=models),
+        st.none() | known_prefixes | paths, bound, bound, bound, bound, day, day, some, cameras)
 
 
 @pytest.fixture
@@ -39,8 +50,10 @@ def collection(store):
 def test_milvus_and_the_mask_keep_the_same_rows(collection, data, rows):
     store = collection
     stored = [{"id": f"{i:016d}", "path": path, "size": 1, "mtime_ns": 1, "content_hash": "h", "width": width,
-               "height": height, "indexed_at": 1, "vector": np.ones(DIM, np.float32)}
-              for i, (path, width, height) in enumerate(rows)]
+               "height": height, "indexed_at": 1, "taken_at": taken_at, "taken_at_source": "exif",
+               "format": image_format, "camera_make": "", "camera_model": camera, "gps": "",
+               "vector": np.ones(DIM, np.float32)}
+              for i, (path, width, height, taken_at, image_format, camera) in enumerate(rows)]
     store.delete([row["id"] for row in store.iter_rows(fields=["id"])])
     store.upsert(stored)
     for _ in range(5):

@@ -17,7 +17,7 @@ from imgsearch_core.errors import (
     StoreUnavailableError,
     WeightsMismatchError,
 )
-from imgsearch_core.store.fields import SearchFilter
+from imgsearch_core.store.fields import SCHEMA_VERSION, SearchFilter
 from imgsearch_core.store.filters import ImageFilter
 from imgsearch_core.store.gateway import _CREATED_PROPERTY, fingerprints_match, search_params
 from imgsearch_core.store.lite import _pid_alive
@@ -283,6 +283,7 @@ def test_the_collection_is_made_as_its_columns_declare(store):
     assert not info["enable_dynamic_field"] and info["consistency_level_name"] == "Strong"
     properties = info["properties"]
     assert (properties["imgsearch.schema"], properties["imgsearch.model"], properties["imgsearch.dim"]) == (
-        "1", "model-a", str(DIM))
+        str(SCHEMA_VERSION), "model-a", str(DIM))
+    assert store.target() == f"{store.collection}_v{SCHEMA_VERSION}"  # the configured name is an alias
     index = store._call(lambda c: c.describe_index(store.collection, "vector"))
     assert (index["index_type"], index["metric_type"]) == (store.index_type, "COSINE")

@@ -1,30 +1,54 @@
 """The collection's columns, declared once.
 
-Each column says its Milvus type, how the indexer fills it from a file, and whether searches can filter on it.
-The schema, the rows the indexer writes, the request filter model (and so the OpenAPI schema), the Milvus
-expression and the vector copy's columns are all read from ``COLUMNS``.
+Each column says its Milvus type, how the indexer fills it from a file, which schema version added it, and
+whether searches can filter on it (and how). The schema, the rows the indexer writes, the upgrade of older
+collections, the request filter model (and so the OpenAPI schema), the Milvus expression and the vector copy's
+columns are all read from ``COLUMNS``.
 
-Adding a filterable column: declare it here, fill it where the file is read (``FileFacts``, filled in
-``indexer/runner.py``), and show it in the UI. The rest follows.
+Adding a filterable column: declare it here (with ``since=SCHEMA_VERSION + 1`` and a new SCHEMA_VERSION), fill
+it where the file is read (``FileFacts``, filled in ``indexer/runner.py`` and for older rows in
+``imgsearch_core/store/upgrade.py``), and show it in the UI. The rest follows.
 """
 
 from __future__ import annotations
 
+import calendar
 import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from datetime import datetime
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 from pymilvus import DataType
 
 MAX_PATH = 4096  # the longest path a row holds
+SCHEMA_VERSION = 2  # 1: file metadata and size; 2: when the photo was taken, its format and camera
 
 
 def image_id(path: str) -> str:
     """Stable row id for a file path (16 hex chars of sha1; collisions negligible at library scale)."""
     return hashlib.sha1(path.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+
+
+def content_hash(data: bytes) -> str:
+    """What tells two files with the same bytes apart from all others (a moved or copied file is found by it)."""
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def wall_clock_seconds(moment: datetime) -> int:
+    """A local wall-clock time as seconds since 1970-01-01 read as UTC: how ``taken_at`` is kept.
+
+    EXIF dates carry no time zone, so a photo taken at 09:00 on holiday is stored as 09:00, and a filter
+    "taken after 2019-06-01" means after midnight where the photo was taken. An aware datetime counts by
+    its own wall clock too."""
+    return calendar.timegm(moment.replace(tzinfo=None).timetuple())
+
+
+def mtime_wall_clock(mtime_ns: int) -> int:
+    """A file's modification time on this machine's wall clock, kept like an EXIF date."""
+    return wall_clock_seconds(datetime.fromtimestamp(mtime_ns / 1e9))
 
 
 @dataclass(frozen=True)
@@ -37,6 +61,78 @@ class FileFacts:
     content_hash: str
     width: int
     height: int
+    taken_at: int = 0  # wall_clock_seconds(); from EXIF, else from mtime_ns (see taken_at_source)
+    taken_at_source: str = ""  # "exif" or "mtime"
+    format: str = ""  # as Pillow names it: JPEG, PNG, WEBP, HEIF ...; "" if not known
+    camera_make: str = ""
+    camera_model: str = ""
+    gps: str = ""  # "lat,lon" in decimal degrees, "" if the photo has none
+
+
+# ── How a column is filtered: each kind names its request fields and turns them into clauses ──────────
+
+
+@dataclass(frozen=True)
+class Clause:
+    column: str
+    op: str  # "prefix", ">=", "<=", "<" or "in"
+    value: Any
+
+
+@dataclass(frozen=True)
+class Prefix:
+    param: str
+    description: str
+
+    def fields(self, column: Column) -> dict[str, Any]:
+        return {self.param: (str | None, Field(None, max_length=MAX_PATH, description=self.description))}
+
+    def clauses(self, column: Column, given: dict[str, Any]) -> list[Clause]:
+        return [Clause(column.name, "prefix", given[self.param])] if given.get(self.param) else []
+
+
+@dataclass(frozen=True)
+class Range:
+    low: str
+    high: str
+    upper: int = 1_000_000
+
+    def fields(self, column: Column) -> dict[str, Any]:
+        return {self.low: (int | None, Field(None, ge=0, le=self.upper, description=f"{column.name} at least this")),
+                self.high: (int | None, Field(None, ge=0, le=self.upper, description=f"{column.name} at most this"))}
+
+    def clauses(self, column: Column, given: dict[str, Any]) -> list[Clause]:
+        bounds = ((self.low, ">="), (self.high, "<="))
+        return [Clause(column.name, op, int(given[param])) for param, op in bounds if given.get(param) is not None]
+
+
+@dataclass(frozen=True)
+class Period:
+    after: str
+    before: str
+
+    def fields(self, column: Column) -> dict[str, Any]:
+        return {self.after: (datetime | None, Field(None, description="taken at or after this (ISO date or time)")),
+                self.before: (datetime | None, Field(None, description="taken before this (ISO date or time)"))}
+
+    def clauses(self, column: Column, given: dict[str, Any]) -> list[Clause]:
+        bounds = ((self.after, ">="), (self.before, "<"))
+        return [Clause(column.name, op, wall_clock_seconds(given[param]))
+                for param, op in bounds if given.get(param) is not None]
+
+
+@dataclass(frozen=True)
+class OneOf:
+    param: str
+    description: str
+
+    def fields(self, column: Column) -> dict[str, Any]:
+        item = Annotated[str, Field(max_length=column.max_length)]
+        return {self.param: (list[item] | None, Field(None, max_length=100, description=self.description))}
+
+    def clauses(self, column: Column, given: dict[str, Any]) -> list[Clause]:
+        values = given.get(self.param)
+        return [Clause(column.name, "in", tuple(values))] if values is not None else []
 
 
 @dataclass(frozen=True)
@@ -45,24 +141,38 @@ class Column:
     dtype: DataType
     fill: Callable[[FileFacts], Any]
     max_length: int = 0  # VARCHAR only
-    filter: Literal["prefix", "range"] | None = None  # prefix: `{name}_prefix`; range: `min_{name}`, `max_{name}`
-    upper: int = 1_000_000  # largest bound a range filter accepts
+    filter: Prefix | Range | Period | OneOf | None = None
+    since: int = 1  # the schema version that added it
     description: str = ""
 
 
 COLUMNS: tuple[Column, ...] = (
     Column("id", DataType.VARCHAR, lambda f: image_id(f.path), max_length=64),
-    Column("path", DataType.VARCHAR, lambda f: f.path, max_length=MAX_PATH, filter="prefix",
-           description="only images whose path starts with this"),
+    Column("path", DataType.VARCHAR, lambda f: f.path, max_length=MAX_PATH,
+           filter=Prefix("path_prefix", "only images whose path starts with this")),
     Column("size", DataType.INT64, lambda f: int(f.size)),
     Column("mtime_ns", DataType.INT64, lambda f: int(f.mtime_ns)),
     Column("content_hash", DataType.VARCHAR, lambda f: f.content_hash, max_length=64),
-    Column("width", DataType.INT64, lambda f: int(f.width), filter="range", description="pixels"),
-    Column("height", DataType.INT64, lambda f: int(f.height), filter="range", description="pixels"),
+    Column("width", DataType.INT64, lambda f: int(f.width), filter=Range("min_width", "max_width")),
+    Column("height", DataType.INT64, lambda f: int(f.height), filter=Range("min_height", "max_height")),
     Column("indexed_at", DataType.INT64, lambda f: int(time.time())),
+    Column("taken_at", DataType.INT64, lambda f: int(f.taken_at), since=2,
+           filter=Period("taken_after", "taken_before")),
+    Column("taken_at_source", DataType.VARCHAR, lambda f: f.taken_at_source, max_length=8, since=2),
+    Column("format", DataType.VARCHAR, lambda f: f.format, max_length=16, since=2,
+           filter=OneOf("formats", "only these file formats, as Pillow names them: JPEG, PNG, WEBP ...")),
+    Column("camera_make", DataType.VARCHAR, lambda f: f.camera_make, max_length=64, since=2),
+    Column("camera_model", DataType.VARCHAR, lambda f: f.camera_model, max_length=64, since=2,
+           filter=OneOf("cameras", "only photos from these camera models (EXIF Model), exactly as stored")),
+    Column("gps", DataType.VARCHAR, lambda f: f.gps, max_length=32, since=2),
 )
 METADATA_FIELDS = [column.name for column in COLUMNS]  # every column but the vector
 FILTERABLE = tuple(column for column in COLUMNS if column.filter)
+
+
+def columns_of(version: int) -> list[str]:
+    """The metadata columns a collection of schema ``version`` holds."""
+    return [column.name for column in COLUMNS if column.since <= version]
 
 
 def make_row(facts: FileFacts, vector: Any) -> dict[str, Any]:
@@ -82,12 +192,7 @@ def add_columns(schema: Any, dim: int) -> None:
 def _filter_fields() -> dict[str, Any]:  # pragma: no mutate block
     fields: dict[str, Any] = {}
     for column in FILTERABLE:
-        if column.filter == "prefix":
-            fields[f"{column.name}_prefix"] = (str | None, Field(None, max_length=MAX_PATH, description=column.description))
-        else:
-            for side, word in (("min", "at least"), ("max", "at most")):
-                fields[f"{side}_{column.name}"] = (int | None, Field(
-                    None, ge=0, le=column.upper, description=f"{column.name} {word} this ({column.description})"))
+        fields |= column.filter.fields(column)
     return fields
 
 

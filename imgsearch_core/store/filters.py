@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel
 
-from imgsearch_core.store.fields import FILTERABLE
+from imgsearch_core.store.fields import FILTERABLE, Clause
 
 _ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
 _SURROGATES = range(0xD800, 0xE000)
@@ -39,13 +39,6 @@ def prefix_end(prefix: str) -> str | None:
 
 
 @dataclass(frozen=True)
-class Clause:
-    column: str
-    op: str  # "prefix", ">=" or "<="
-    value: Any
-
-
-@dataclass(frozen=True)
 class ImageFilter:
     """The rows a search may return: all clauses hold. An empty filter keeps every row."""
 
@@ -53,19 +46,11 @@ class ImageFilter:
 
     @classmethod
     def from_request(cls, request_filter: BaseModel | None) -> ImageFilter:
+        """The clauses of a request's ``filter``, in the order the columns are declared."""
         if request_filter is None:
             return cls()
         given = request_filter.model_dump(exclude_none=True)
-        clauses = []
-        for column in FILTERABLE:
-            if column.filter == "prefix":
-                if given.get(f"{column.name}_prefix"):
-                    clauses.append(Clause(column.name, "prefix", given[f"{column.name}_prefix"]))
-            else:
-                for side, op in (("min", ">="), ("max", "<=")):
-                    if f"{side}_{column.name}" in given:
-                        clauses.append(Clause(column.name, op, int(given[f"{side}_{column.name}"])))
-        return cls(tuple(clauses))
+        return cls(tuple(clause for column in FILTERABLE for clause in column.filter.clauses(column, given)))
 
     def __bool__(self) -> bool:
         return bool(self.clauses)
@@ -79,8 +64,10 @@ class ImageFilter:
                 end = prefix_end(clause.value)
                 low = f"{clause.column} >= {quote(clause.value)}"
                 parts.append(f"({low} and {clause.column} < {quote(end)})" if end is not None else low)
+            elif clause.op == "in":
+                parts.append(f"{clause.column} in [{', '.join(quote(v) for v in clause.value)}]")
             else:
-                parts.append(f"{clause.column} {clause.op} {clause.value}")
+                parts.append(f"{clause.column} {clause.op} {int(clause.value)}")
         return " and ".join(parts)
 
     def mask(self, columns: Mapping[str, Sequence[Any] | np.ndarray], size: int) -> np.ndarray | None:
@@ -93,8 +80,12 @@ class ImageFilter:
             if clause.op == "prefix":
                 prefix = clause.value
                 keep &= np.fromiter((value.startswith(prefix) for value in values), dtype=bool, count=size)
-            elif clause.op == ">=":
-                keep &= np.asarray(values) >= clause.value
+            elif clause.op == "in":
+                wanted = set(clause.value)
+                keep &= np.fromiter((value in wanted for value in values), dtype=bool, count=size)
             else:
-                keep &= np.asarray(values) <= clause.value
+                keep &= _COMPARE[clause.op](np.asarray(values), clause.value)
         return keep
+
+
+_COMPARE = {">=": np.greater_equal, "<=": np.less_equal, "<": np.less}

@@ -22,10 +22,12 @@ from pymilvus import MilvusClient, MilvusException
 from imgsearch_core.errors import (
     CollectionNotFoundError,
     ModelMismatchError,
+    SchemaOutdatedError,
+    SchemaTooNewError,
     StoreUnavailableError,
     WeightsMismatchError,
 )
-from imgsearch_core.store.fields import METADATA_FIELDS, add_columns
+from imgsearch_core.store.fields import METADATA_FIELDS, SCHEMA_VERSION, add_columns
 from imgsearch_core.store.filters import ImageFilter
 from imgsearch_core.store.generation import GenerationToken
 from imgsearch_core.store.lite import resolve_uri
@@ -36,9 +38,9 @@ log = logging.getLogger(__name__)
 logging.getLogger("pymilvus.decorators").setLevel(logging.CRITICAL)
 
 VALID_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
-_SCHEMA_VERSION = 1
 _ROOTS_PROPERTY = "imgsearch.roots"  # JSON list of the real paths of every indexed root
 _FINGERPRINT_PROPERTY = "imgsearch.fingerprint"  # JSON: what the model makes of fixed probes (see Encoder)
+UPGRADE_PROPERTY = "imgsearch.upgrade"  # "copying" while an upgrade fills a collection, then "complete"
 _CREATED_PROPERTY = "imgsearch.created"  # a random token per creation: tells a re-created collection apart
 
 _INDEX_PARAMS = {
@@ -136,27 +138,76 @@ class MilvusStore:
         """Create the collection for ``model``, or check that an existing one was made by it (and, given a
         fingerprint, by the same weights). ``record_fingerprint``: a writer (the indexer) records its
         fingerprint on a collection made before fingerprints were kept; readers never do."""
+        if not self.exists() and self.finish_interrupted_switch():
+            log.warning("finished the upgrade of collection %s that was interrupted at its very end", self.collection)
         if self.exists():
             self.check_model(model, dim, fingerprint, record_fingerprint)
             return
+        identity = {"imgsearch.model": model, "imgsearch.dim": str(dim)}
+        if fingerprint is not None:
+            identity[_FINGERPRINT_PROPERTY] = json.dumps([round(float(v), 5) for v in fingerprint])
+        physical = self.physical_name(SCHEMA_VERSION)
+        self.create_physical(physical, dim, identity)
+        self._call(lambda c: c.create_alias(physical, self.collection))
+
+    # The name users configure is an alias of a collection named after its schema version (images -> images_v2),
+    # so that an upgrade can build the next version beside it and switch the alias when the copy is complete.
+
+    def physical_name(self, version: int) -> str:
+        return f"{self.collection}_v{version}"
+
+    def create_physical(self, physical: str, dim: int, properties: dict[str, str]) -> None:
+        """Create collection ``physical`` with the current schema, its index, and ``properties``, and load it."""
         schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
         add_columns(schema, dim)
         index_params = MilvusClient.prepare_index_params()
         index_params.add_index(
             "vector", index_type=self.index_type, metric_type="COSINE", params=_INDEX_PARAMS[self.index_type]
         )
-        identity = {"imgsearch.schema": str(_SCHEMA_VERSION), "imgsearch.model": model, "imgsearch.dim": str(dim),
-                    _CREATED_PROPERTY: uuid.uuid4().hex}
-        if fingerprint is not None:
-            identity[_FINGERPRINT_PROPERTY] = json.dumps([round(float(v), 5) for v in fingerprint])
+        properties = {**properties, "imgsearch.schema": str(SCHEMA_VERSION), _CREATED_PROPERTY: uuid.uuid4().hex}
+        model = properties.get("imgsearch.model", "")
         self._call(lambda c: c.create_collection(
-            self.collection, schema=schema, properties=identity,
+            physical, schema=schema, properties=properties,
             description=f"imgsearch images embedded by {model}", consistency_level="Strong",
         ))
         # sync=False: pymilvus would otherwise poll the index state with a fixed half-second sleep, and an
         # index on an empty collection is built by the time load_collection runs.
-        self._call(lambda c: c.create_index(self.collection, index_params, sync=False))
-        self._call(lambda c: c.load_collection(self.collection))
+        self._call(lambda c: c.create_index(physical, index_params, sync=False))
+        self._call(lambda c: c.load_collection(physical))
+
+    def target(self) -> str | None:
+        """The collection the configured name points to (itself, for a collection made before aliases)."""
+        if not self.exists():
+            return None
+        return self._call(lambda c: c.describe_collection(self.collection))["collection_name"]
+
+    def schema_version(self) -> int:
+        """The schema version the collection was written with (1 for collections made before versions were read)."""
+        try:
+            return int(self._properties().get("imgsearch.schema", "1"))
+        except ValueError:
+            return 1
+
+    def check_schema(self) -> None:
+        """Raise SchemaOutdatedError (run `imgsearch upgrade`) or SchemaTooNewError unless the collection has the
+        schema this code reads and writes."""
+        version = self.schema_version()
+        if version < SCHEMA_VERSION:
+            raise SchemaOutdatedError(self.collection, version, SCHEMA_VERSION)
+        if version > SCHEMA_VERSION:
+            raise SchemaTooNewError(self.collection, version, SCHEMA_VERSION)
+
+    def finish_interrupted_switch(self) -> bool:
+        """An upgrade that dropped the old collection but died before naming the new one: name it now."""
+        physical = self.physical_name(SCHEMA_VERSION)
+        if not self._call(lambda c: c.has_collection(physical)):
+            return False
+        properties = self._call(lambda c: c.describe_collection(physical)).get("properties") or {}
+        if properties.get(UPGRADE_PROPERTY) != "complete":
+            return False
+        self._call(lambda c: c.create_alias(physical, self.collection))
+        self._wrote()
+        return True
 
     def indexed_roots(self) -> list[str]:
         """The folders (and single files) ever indexed into this collection: the API serves files only below them."""
@@ -205,6 +256,8 @@ class MilvusStore:
         WeightsMismatchError if a ``fingerprint`` is given and differs from the recorded one. A collection made
         before fingerprints were recorded gets this one if ``record_missing``."""
         indexed_model, indexed_dim = self.model_info()
+        if indexed_model != "(not an imgsearch collection)":
+            self.check_schema()
         if indexed_model != model or (dim is not None and indexed_dim != dim):
             raise ModelMismatchError(self.collection, indexed_model, indexed_dim, model, dim)
         if fingerprint is None:
@@ -220,7 +273,12 @@ class MilvusStore:
             raise WeightsMismatchError(self.collection, model)
 
     def drop(self) -> None:
-        self._call(lambda c: c.drop_collection(self.collection))
+        """Drop the collection the configured name points to, and the name."""
+        target = self.target()
+        if target is not None and target != self.collection:
+            self._call(lambda c: c.drop_alias(self.collection))
+        if target is not None:
+            self._call(lambda c: c.drop_collection(target))
         self._wrote()
 
     # Writes

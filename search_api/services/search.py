@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 
 import numpy as np
 from starlette.concurrency import run_in_threadpool
@@ -78,8 +79,12 @@ class SearchService:
 
 
 def to_hit(hit: Hit) -> SearchHit:
+    row = hit.row
+    taken_at = (datetime.fromtimestamp(row["taken_at"], timezone.utc).replace(tzinfo=None)
+                if row.get("taken_at_source") else None)
     return SearchHit(
-        id=hit.id, path=hit.row["path"], score=round(hit.score, 6),
-        width=hit.row["width"], height=hit.row["height"],
+        id=hit.id, path=row["path"], score=round(hit.score, 6), width=row["width"], height=row["height"],
         image_url=f"/images/{hit.id}", thumbnail_url=f"/images/{hit.id}/thumbnail",
+        taken_at=taken_at, taken_at_source=row.get("taken_at_source", ""), format=row.get("format", ""),
+        camera_make=row.get("camera_make", ""), camera_model=row.get("camera_model", ""), gps=row.get("gps", ""),
     )

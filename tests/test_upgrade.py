@@ -1,0 +1,134 @@
+"""`imgsearch upgrade` against a collection as schema 1 wrote it: every row and vector kept, nothing
+embedded again, new columns filled from the files, and a crash at any step leaves a collection that serves."""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime
+
+import numpy as np
+import pytest
+
+from imgsearch_core.errors import SchemaOutdatedError
+from imgsearch_core.store.fields import SCHEMA_VERSION, SearchFilter, wall_clock_seconds
+from imgsearch_core.store.filters import ImageFilter
+from imgsearch_core.store.upgrade import upgrade
+from indexer.runner import run_index
+from tests.conftest import write_exif_photo, write_photo
+from tests.legacy_v1 import index_v1
+
+
+@pytest.fixture
+def old_library(tmp_path, store, encoder):
+    """A schema-1 collection of four photos: two with EXIF, one PNG, and one deleted since it was indexed."""
+    root = tmp_path / "photos"
+    paths = [
+        write_exif_photo(root / "beach.jpg", seed=1, taken="2019:06:01 09:30:00", make="FUJIFILM", model="X100V",
+                         gps=("S", (33.0, 51.0, 36.0), "E", (151.0, 12.0, 36.0))),
+        write_exif_photo(root / "city.jpg", seed=2, taken="2021:12:24 18:00:00", make="Apple", model="iPhone 12"),
+        write_photo(root / "scan.png", seed=3),
+        write_photo(root / "gone.png", seed=4),
+    ]
+    os.utime(paths[2], ns=(1_600_000_000 * 10**9, 1_600_000_000 * 10**9))
+    rows = index_v1(store, encoder, paths, [str(root)])
+    paths[3].unlink()
+    return root, {row["path"]: row for row in rows}
+
+
+def by_path(store) -> dict[str, dict]:
+    return {row["path"]: row for row in store.iter_rows(with_vectors=True)}
+
+
+def test_index_refuses_an_old_schema_and_names_the_command(old_library, settings, encoder, store):
+    root, _rows = old_library
+    with pytest.raises(SchemaOutdatedError, match="Run `imgsearch upgrade` once"):
+        run_index([str(root)], settings, encoder, store)
+    assert store.schema_version() == 1 and store.count() == 4  # nothing touched
+
+
+def test_upgrade_keeps_every_vector_and_fills_the_new_columns_from_the_files(old_library, settings, store):
+    root, before = old_library
+    report = upgrade(store, settings.max_file_bytes, batch_size=3)  # two batches
+    assert (report.from_version, report.to_version, report.rows) == (1, SCHEMA_VERSION, 4)
+    assert (report.dated_by_exif, report.files_unreadable) == (2, 1)
+    assert store.schema_version() == SCHEMA_VERSION and store.target() == f"{store.collection}_v{SCHEMA_VERSION}"
+    after = by_path(store)
+    assert set(after) == set(before)
+    for path, old in before.items():
+        new = after[path]
+        assert np.array_equal(np.asarray(new["vector"], np.float32), np.asarray(old["vector"], np.float32))
+        assert {k: new[k] for k in old if k != "vector"} == {k: v for k, v in old.items() if k != "vector"}
+    beach = after[str(root / "beach.jpg")]
+    assert (beach["taken_at_source"], beach["format"], beach["camera_make"], beach["camera_model"]) == (
+        "exif", "JPEG", "FUJIFILM", "X100V")
+    assert beach["taken_at"] == wall_clock_seconds(datetime(2019, 6, 1, 9, 30))
+    assert beach["gps"] == "-33.860000,151.210000"
+    scan = after[str(root / "scan.png")]
+    assert (scan["taken_at_source"], scan["format"], scan["camera_model"]) == ("mtime", "PNG", "")
+    gone = after[str(root / "gone.png")]
+    assert (gone["taken_at_source"], gone["format"]) == ("mtime", "")  # dated by the time it had when indexed
+    # The old collection is gone; the configured name finds the new one, and its filters work.
+    assert store._call(lambda c: c.list_collections()) == [f"{store.collection}_v{SCHEMA_VERSION}"]
+    query = np.asarray(before[str(root / "city.jpg")]["vector"], np.float32)[None, :]
+    before_2020 = ImageFilter.from_request(SearchFilter(taken_before="2020-01-01"))
+    assert [hit.row["path"] for hit in store.search(query, 10, 0, before_2020)[0]] == [str(root / "beach.jpg")]
+    in_2021 = ImageFilter.from_request(SearchFilter(taken_after="2021-01-01", cameras=["iPhone 12"]))
+    assert [hit.row["path"] for hit in store.search(query, 10, 0, in_2021)[0]] == [str(root / "city.jpg")]
+
+
+def test_upgrade_is_a_no_op_on_a_current_collection(store, settings, encoder, photo_dir):
+    run_index([str(photo_dir)], settings, encoder, store)
+    report = upgrade(store, settings.max_file_bytes)
+    assert report.from_version == report.to_version == SCHEMA_VERSION and report.rows == 0
+    assert store.count() == 10
+
+
+def test_a_crash_mid_copy_leaves_the_old_collection_serving_and_a_rerun_completes(old_library, settings, store,
+                                                                                  monkeypatch):
+    _root, before = old_library
+    real_call, calls = store._call, []
+
+    def dies_on_the_second_batch(operation):
+        calls.append(operation)
+        if len([c for c in calls if "upsert" in c.__code__.co_names]) == 2:
+            raise KeyboardInterrupt  # as if killed
+        return real_call(operation)
+
+    monkeypatch.setattr(store, "_call", dies_on_the_second_batch)
+    with pytest.raises(KeyboardInterrupt):
+        upgrade(store, settings.max_file_bytes, batch_size=2)
+    monkeypatch.undo()
+    assert store.schema_version() == 1 and store.count() == 4 and store.target() == store.collection
+    query = np.asarray(next(iter(before.values()))["vector"], np.float32)[None, :]
+    assert store.search(query, 1)[0][0].row["path"] == next(iter(before))  # still serving
+
+    report = upgrade(store, settings.max_file_bytes, batch_size=2)
+    assert report.rows == 4 and store.schema_version() == SCHEMA_VERSION and len(by_path(store)) == 4
+
+
+def test_a_crash_between_dropping_the_old_and_naming_the_new_is_finished_by_the_next_command(
+        old_library, settings, encoder, store, monkeypatch):
+    root, _before = old_library
+    real_call = store._call
+
+    def dies_before_the_alias(operation):
+        if "create_alias" in operation.__code__.co_names:
+            raise KeyboardInterrupt
+        return real_call(operation)
+
+    monkeypatch.setattr(store, "_call", dies_before_the_alias)
+    with pytest.raises(KeyboardInterrupt):
+        upgrade(store, settings.max_file_bytes)
+    monkeypatch.undo()
+    assert not store.exists()  # the window: the name points nowhere, the copy is complete beside it
+    report = run_index([str(root)], settings, encoder, store)  # any command that opens the collection ends it
+    assert store.schema_version() == SCHEMA_VERSION and store.count() == 3 and report.embedded == 0
+    assert report.removed == 1  # gone.png, really deleted
+
+
+def test_a_copy_cut_short_is_not_mistaken_for_a_finished_one(old_library, settings, store):
+    physical = store.physical_name(SCHEMA_VERSION)
+    store.create_physical(physical, store.model_info()[1], {"imgsearch.upgrade": "copying"})
+    assert not store.finish_interrupted_switch()
+    report = upgrade(store, settings.max_file_bytes)
+    assert report.rows == 4 and store.count() == 4 and store.schema_version() == SCHEMA_VERSION
