@@ -120,7 +120,7 @@ def _exif_gps(gps: dict) -> str:
         return ""
     if not (-90 <= lat <= 90 and -180 <= lon <= 180):
         return ""
-    return f"{lat:.6f},{lon:.6f}"
+    return f"{lat + 0.0:.6f},{lon + 0.0:.6f}"  # + 0.0: no "-0.000000"
 
 
 def _degrees(dms) -> float:

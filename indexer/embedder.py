@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -88,5 +89,5 @@ def embed_in_batches(loaded: Iterable[LoadedFile], encoder: Encoder, batch_size:
 def _embed(batch: list[LoadedFile], encoder: Encoder) -> EmbeddedBatch:
     vectors = encoder.embed_images([item.decoded.image for item in batch])
     for item in batch:
-        item.decoded = DecodedImage(image=None, width=item.decoded.width, height=item.decoded.height)  # free pixels
+        item.decoded = dataclasses.replace(item.decoded, image=None)  # free the pixels, keep what was learnt
     return EmbeddedBatch(batch, vectors)

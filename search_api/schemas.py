@@ -11,6 +11,7 @@ from imgsearch_core.store.fields import SearchFilter
 
 MAX_LIMIT = 200
 MAX_OFFSET = 10_000
+SORT_POOL = 1_000  # sort=newest orders this many best matches by date
 
 
 class SearchRequest(BaseModel):
@@ -26,6 +27,8 @@ class SearchRequest(BaseModel):
     offset: int = Field(0, ge=0, le=MAX_OFFSET)
     min_score: float | None = Field(None, ge=-1, le=1)
     filter: SearchFilter | None = None
+    sort: Literal["relevance", "newest"] = Field(
+        "relevance", description=f"newest: the {SORT_POOL:,} best matches (above min_score), newest photo first")
 
     @field_validator("text", "negative_text")
     @classmethod

@@ -17,7 +17,7 @@ from PIL import Image
 
 from indexer.runner import run_index
 from search_api.main import create_app
-from tests.conftest import write_photo
+from tests.conftest import write_exif_photo, write_photo
 
 
 @pytest.fixture
@@ -182,6 +182,51 @@ def test_path_prefix_with_underscore_and_quotes_is_literal(client, tmp_path, set
     run_index([str(tmp_path / "photos")], settings, encoder, store)
     body = client.post("/search", json={"text": "x", "limit": 50, "filter": {"path_prefix": str(odd)}}).json()
     assert [r["path"] for r in body["results"]] == [str(odd / "x.png")]
+
+
+@pytest.fixture
+def holiday(client, tmp_path, settings, encoder):
+    """Three camera JPEGs beside the ten plain photos (dated by their file times, which are now)."""
+    trip = tmp_path / "photos" / "holiday"
+    write_exif_photo(trip / "beach.jpg", seed=50, taken="2019:06:01 09:30:00", make="FUJIFILM", model="X100V",
+                     gps=("N", (48.0, 51.0, 29.0), "E", (2.0, 17.0, 40.0)))
+    write_exif_photo(trip / "dinner.jpg", seed=51, taken="2019:06:01 21:00:00", make="FUJIFILM", model="X100V")
+    write_exif_photo(trip / "train.jpg", seed=52, taken="2018:12:24 08:00:00", make="Apple", model="iPhone 12")
+    run_index([str(tmp_path / "photos")], settings, encoder, client.app.state.store)
+    return trip
+
+
+def names(response) -> list[str]:
+    assert response.status_code == 200, response.text
+    return [r["path"].rsplit("/", 1)[1] for r in response.json()["results"]]
+
+
+def test_photos_are_found_by_when_they_were_taken_their_format_and_camera(client, holiday):
+    def search(**bounds):
+        return set(names(client.post("/search", json={"text": "x", "limit": 50, "filter": bounds})))
+
+    assert search(taken_after="2019-06-01", taken_before="2019-06-02") == {"beach.jpg", "dinner.jpg"}
+    assert search(taken_after="2019-06-01T12:00:00", taken_before="2019-06-02") == {"dinner.jpg"}
+    assert search(taken_before="2019-06-01") == {"train.jpg"}  # the before bound is exclusive
+    assert search(cameras=["iPhone 12"]) == {"train.jpg"}
+    assert search(formats=["PNG"]) == {f"photo{i}.png" for i in range(6)}
+    assert search(formats=["JPEG"], cameras=["X100V", "iPhone 12"]) == {"beach.jpg", "dinner.jpg", "train.jpg"}
+    assert search(formats=["GIF"]) == set()
+    beach = next(r for r in client.post("/search", json={"text": "x", "limit": 50}).json()["results"]
+                 if r["path"].endswith("beach.jpg"))
+    assert (beach["taken_at"], beach["taken_at_source"], beach["format"], beach["camera_make"], beach["camera_model"],
+            beach["gps"]) == ("2019-06-01T09:30:00", "exif", "JPEG", "FUJIFILM", "X100V", "48.858056,2.294444")
+    plain = next(r for r in client.post("/search", json={"text": "x", "limit": 50}).json()["results"]
+                 if r["path"].endswith("photo0.png"))
+    assert plain["taken_at_source"] == "mtime" and plain["camera_model"] == "" and plain["format"] == "PNG"
+
+
+def test_newest_first_orders_the_best_matches_by_when_they_were_taken(client, holiday):
+    body = {"text": "x", "limit": 2, "sort": "newest", "filter": {"path_prefix": str(holiday) + "/"}}
+    assert names(client.post("/search", json=body)) == ["dinner.jpg", "beach.jpg"]
+    assert names(client.post("/search", json={**body, "offset": 2})) == ["train.jpg"]
+    everything = names(client.post("/search", json={"text": "x", "limit": 20, "sort": "newest"}))
+    assert everything[-3:] == ["dinner.jpg", "beach.jpg", "train.jpg"]  # the plain photos are dated now
 
 
 def test_original_and_thumbnail_by_id(client, indexed, settings):

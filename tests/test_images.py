@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from datetime import datetime
 
 import numpy as np
 import pytest
@@ -166,3 +167,60 @@ def test_a_decoder_that_fails_in_an_unexpected_way_gives_a_decode_error(monkeypa
     monkeypatch.setattr(Image.Image, "load", broken)
     with pytest.raises(ImageDecodeError, match="TypeError: a plugin bug"):
         decode(data)
+
+
+# ── What EXIF says about a photo: read when sane, ignored when not ─────────────────────────────────────
+
+
+def exif_of(**tags):
+    from PIL import Image
+
+    exif = Image.Exif()
+    for key, value in tags.items():
+        if key == "details":
+            exif.get_ifd(0x8769).update(value)
+        elif key == "gps":
+            exif.get_ifd(0x8825).update(value)
+        else:
+            exif[int(key[1:], 16)] = value
+    return exif
+
+
+def test_the_capture_time_prefers_the_original_then_digitized_then_file_date():
+    from imgsearch_core.images import photo_exif
+
+    both = exif_of(details={0x9003: "2019:06:01 09:30:00", 0x9004: "2020:01:01 00:00:00"}, x0132="2021:01:01 00:00:00")
+    assert photo_exif(both).taken_at == datetime(2019, 6, 1, 9, 30)
+    assert photo_exif(exif_of(details={0x9004: "2020:01:01 00:00:00"})).taken_at == datetime(2020, 1, 1)
+    assert photo_exif(exif_of(x0132="2021:02:03 04:05:06")).taken_at == datetime(2021, 2, 3, 4, 5, 6)
+    assert photo_exif(exif_of()).taken_at is None
+
+
+@pytest.mark.parametrize("value", ["0000:00:00 00:00:00", "    :  :     :  :  ", "2019-06-01", "1700:01:01 00:00:00",
+                                   "2999:01:01 00:00:00", "2019:13:45 99:99:99", b"\xff\xfe", 12345])
+def test_nonsense_dates_are_no_date(value):
+    from imgsearch_core.images import photo_exif
+
+    assert photo_exif(exif_of(details={0x9003: value})).taken_at is None
+
+
+def test_camera_names_are_cleaned_and_bounded_and_bad_gps_is_dropped():
+    from imgsearch_core.images import photo_exif
+
+    exif = photo_exif(exif_of(x010F="  Canon\x00\x00", x0110="EOS\n5D" + "x" * 500,
+                              gps={1: "N", 2: (1.0, 0.0, 0.0), 3: "W", 4: (0.0, 0.0, 0.0)}))
+    assert exif.camera_make == "Canon" and exif.camera_model.startswith("EOS5D") and len(exif.camera_model) == 64
+    assert exif.gps == "1.000000,0.000000"
+    for gps in ({1: "N", 2: (95.0, 0.0, 0.0), 3: "E", 4: (1.0, 0.0, 0.0)},  # beyond the pole
+                {1: "N", 2: (1.0, 0.0), 3: "E", 4: (1.0, 0.0, 0.0)},  # two parts
+                {2: "north"}):
+        assert photo_exif(exif_of(gps=gps)).gps == ""
+
+
+def test_a_decoded_photo_carries_its_format_and_exif(tmp_path):
+    from tests.conftest import write_exif_photo
+
+    photo = write_exif_photo(tmp_path / "a.jpg", seed=1, taken="2019:06:01 09:30:00", model="X100V")
+    decoded = decode_image(photo.read_bytes(), str(photo), 32, 10**8)
+    assert (decoded.format, decoded.exif.taken_at, decoded.exif.camera_model) == ("JPEG", datetime(2019, 6, 1, 9, 30),
+                                                                                  "X100V")

@@ -18,9 +18,10 @@ from imgsearch_core.encoder import Encoder
 from imgsearch_core.errors import ModelMismatchError, WeightsMismatchError
 from imgsearch_core.local_clip import build_local_clip
 from imgsearch_core.store import MilvusStore, release_hosted
+from imgsearch_core.store.fields import mtime_wall_clock
 from indexer.runner import Progress, run_index
 from indexer.scanner import RootNotFoundError
-from tests.conftest import MILVUS_SERVERS, spawn, unique_collection, write_photo
+from tests.conftest import MILVUS_SERVERS, spawn, unique_collection, write_exif_photo, write_photo
 
 
 def index(photo_dir, settings, encoder, store):
@@ -374,6 +375,25 @@ def test_a_missing_root_is_named_with_how_many_images_it_holds(tmp_path, setting
         run_index([str(first), str(second)], settings, encoder, store)
     assert str(missing.value).startswith(f"{second}: no such file or directory; 3 images indexed under it are kept")
     assert len(rows_by_path(store)) == 5
+
+
+def test_a_copy_keeps_the_photos_exif_date_and_a_plain_file_gets_its_own_time(tmp_path, settings, encoder, store):
+    root = tmp_path / "photos"
+    write_exif_photo(root / "camera.jpg", seed=1, taken="2019:06:01 09:30:00", model="X100V")
+    write_photo(root / "plain.png", seed=2)
+    index(root, settings, encoder, store)
+    shutil.copy(root / "camera.jpg", root / "camera copy.jpg")
+    shutil.copy(root / "plain.png", root / "plain copy.png")
+    os.utime(root / "plain copy.png", ns=(1_500_000_000 * 10**9, 1_500_000_000 * 10**9))
+    report = index(root, settings, encoder, store)
+    assert report.copied == 2 and report.embedded == 0
+    rows = rows_by_path(store)
+    camera, copy = rows[str(root / "camera.jpg")], rows[str(root / "camera copy.jpg")]
+    assert {k: copy[k] for k in ("taken_at", "taken_at_source", "format", "camera_model")} == {
+        k: camera[k] for k in ("taken_at", "taken_at_source", "format", "camera_model")}
+    assert camera["taken_at_source"] == "exif" and camera["format"] == "JPEG"
+    plain_copy = rows[str(root / "plain copy.png")]
+    assert plain_copy["taken_at_source"] == "mtime" and plain_copy["taken_at"] == mtime_wall_clock(1_500_000_000 * 10**9)
 
 
 def test_the_indexer_records_its_weights_so_other_weights_are_refused(photo_dir, settings, encoder, store):

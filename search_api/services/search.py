@@ -15,7 +15,7 @@ from imgsearch_core.store import Hit, MilvusStore
 from imgsearch_core.store.filters import ImageFilter
 from imgsearch_core.store.vector_copy import VectorCopy
 from search_api.ranking import blend
-from search_api.schemas import SearchHit, SearchRequest, SearchResponse
+from search_api.schemas import SORT_POOL, SearchHit, SearchRequest, SearchResponse
 from search_api.services.batching import TextBatcher
 
 
@@ -69,8 +69,15 @@ class SearchService:
             vector = (await run_in_threadpool(self.encoder.embed_images, [uploaded.image]))[0]
             parts.append((vector, request.image_weight))
         query = blend(parts)
-        hits = await run_in_threadpool(self._nearest, query, request.limit, request.offset,
-                                      ImageFilter.from_request(request.filter))
+        image_filter = ImageFilter.from_request(request.filter)
+        if request.sort == "newest":  # the best matches, ordered by date, then paged
+            pool = await run_in_threadpool(self._nearest, query, max(SORT_POOL, request.offset + request.limit), 0,
+                                           image_filter)
+            pool = [hit for hit in pool if request.min_score is None or hit.score >= request.min_score]
+            pool.sort(key=lambda hit: (-hit.row["taken_at"], -hit.score))
+            hits = pool[request.offset:request.offset + request.limit]
+        else:
+            hits = await run_in_threadpool(self._nearest, query, request.limit, request.offset, image_filter)
         results = [to_hit(hit) for hit in hits if request.min_score is None or hit.score >= request.min_score]
         return SearchResponse(results=results, took_ms=round((time.perf_counter() - started) * 1000, 2), notes=notes)
 
