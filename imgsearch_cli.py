@@ -50,6 +50,14 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--image", type=Path, help="an example image file")
     search.add_argument("-k", "--limit", type=int, default=10, help="how many results (default 10)")
     search.add_argument("--json", action="store_true", help="print JSON on stdout")
+    search.add_argument("--after", dest="taken_after", metavar="DATE", help="taken at or after (2019-06-01, 2019-06-01T18:00)")
+    search.add_argument("--before", dest="taken_before", metavar="DATE", help="taken before this date or time")
+    search.add_argument("--format", dest="formats", action="append", metavar="FORMAT",
+                        help="only this file format (JPEG, PNG, HEIF ...); repeat for several")
+    search.add_argument("--camera", dest="cameras", action="append", metavar="MODEL",
+                        help="only this camera model, as EXIF names it (X100V); repeat for several")
+    search.add_argument("--path-prefix", dest="path_prefix", metavar="PREFIX", help="only paths that start with this")
+    search.add_argument("--newest", action="store_true", help="newest photo first, among the 1,000 best matches")
     _add_common(search)
 
     serve = commands.add_parser("serve", help="start the HTTP search API")
@@ -129,11 +137,24 @@ def cmd_search(args: argparse.Namespace) -> int:
         decoded = decode_image(args.image.read_bytes(), str(args.image), encoder.image_size, settings.max_image_pixels,
                                settings.max_decoded_bytes)
         vectors.append(encoder.embed_images([decoded.image])[0])
+    from imgsearch_core.store.fields import SearchFilter
+    from imgsearch_core.store.filters import ImageFilter
     from search_api.ranking import blend
 
-    hits = store.search(blend([(v, 1.0) for v in vectors])[None, :], limit=args.limit)[0]
+    bounds = {name: getattr(args, name) for name in ("taken_after", "taken_before", "formats", "cameras", "path_prefix")}
+    image_filter = ImageFilter.from_request(SearchFilter(**{k: v for k, v in bounds.items() if v is not None}))
+    query = blend([(v, 1.0) for v in vectors])[None, :]
+    if args.newest:
+        hits = sorted(store.search(query, limit=max(1000, args.limit), image_filter=image_filter)[0],
+                      key=lambda hit: (-hit.row["taken_at"], -hit.score))[:args.limit]
+    else:
+        hits = store.search(query, limit=args.limit, image_filter=image_filter)[0]
     if args.json:
-        print(json.dumps([{"id": h.id, "path": h.row["path"], "score": round(h.score, 4)} for h in hits], indent=2))
+        from search_api.services.search import to_hit
+
+        print(json.dumps([{"id": h.id, "path": h.row["path"], "score": round(h.score, 4),
+                           "taken_at": to_hit(h).taken_at.isoformat() if h.row["taken_at_source"] else None,
+                           "format": h.row["format"], "camera_model": h.row["camera_model"]} for h in hits], indent=2))
     elif not hits:
         print("no results (is anything indexed? run: imgsearch index PATH)")
     else:

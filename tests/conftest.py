@@ -220,8 +220,10 @@ def pytest_collection_modifyitems(config, items):
 # tests only in their [vector-copy] half.
 _TESTS_OF_LAYER = {  # the first prefix that matches
     "imgsearch_core.store.vector_copy.": ("test_vector_copy.py", "test_api.py::vector-copy"),
-    "imgsearch_core.store.fields.": ("test_filters.py", "test_store.py", "test_indexer.py", "test_vector_copy.py"),
+    "imgsearch_core.store.fields.": ("test_filters.py", "test_store.py", "test_indexer.py", "test_vector_copy.py",
+                                     "test_upgrade.py"),
     "imgsearch_core.store.filters.": ("test_filters.py", "test_vector_copy.py", "test_api.py"),
+    "imgsearch_core.store.upgrade.": ("test_upgrade.py",),
     "imgsearch_core.": ("test_store.py", "test_indexer.py", "test_vector_copy.py", "test_security.py"),
     "indexer.": ("test_plan.py", "test_indexer.py", "test_security.py"),
     "search_api.ranking.": ("test_ranking.py", "test_api.py"),

@@ -74,6 +74,8 @@ def test_first_run_embeds_every_image_and_stores_its_metadata(photo_dir, setting
     report = index(photo_dir, settings, encoder, store)
     assert (report.scanned, report.embedded, report.failed) == (10, 10, [])
     assert capfd.readouterr().err == ""  # called as a library, it draws no progress bar
+    assert report.to_dict() == {"scanned": 10, "embedded": 10, "unchanged": 0, "moved": 0, "copied": 0, "removed": 0,
+                                "failed": [], "refused": [], "elapsed_s": report.elapsed_s}  # what --json prints
     rows = rows_by_path(store)
     assert len(rows) == 10
     photo = rows[str(photo_dir / "photo0.png")]

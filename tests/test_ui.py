@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from datetime import date
 from pathlib import Path
 
 import httpx
@@ -25,8 +26,10 @@ def jpeg() -> bytes:
 
 
 def hit(i: int, name: str = "cat") -> dict:
+    taken = {"taken_at": f"2019-06-0{i + 1}T09:30:00", "taken_at_source": "exif", "camera_make": "FUJIFILM",
+             "camera_model": "X100V", "format": "JPEG"} if i == 0 else {}
     return {"id": f"id{i}", "path": f"/photos/{name}{i}.jpg", "score": 0.9 - i / 100, "width": 640, "height": 480,
-            "image_url": f"/images/id{i}", "thumbnail_url": f"/images/id{i}/thumbnail"}
+            "image_url": f"/images/id{i}", "thumbnail_url": f"/images/id{i}/thumbnail", **taken}
 
 
 class FakeApi:
@@ -188,6 +191,23 @@ def test_controls_reach_the_api(fake):
     assert api.searches[-1]["min_score"] == pytest.approx(0.25)
     next(s for s in app.sidebar.slider if s.label == "Results per page").set_value(35).run()
     assert api.searches[-1]["limit"] == 35
+
+
+def test_photo_filters_and_newest_first_reach_the_api(fake):
+    api = fake(FakeApi())
+    app = run("beach")
+    assert "filter" not in api.searches[-1] and "sort" not in api.searches[-1]
+    next(d for d in app.sidebar.date_input if d.label == "Taken on or after").set_value(date(2019, 6, 1)).run()
+    next(d for d in app.sidebar.date_input if d.label == "Taken before").set_value(date(2019, 7, 1)).run()
+    next(m for m in app.sidebar.multiselect if m.label == "Formats").select("JPEG").select("HEIF").run()
+    next(t for t in app.sidebar.text_input if t.label == "Camera model").input(" X100V ").run()
+    next(t for t in app.sidebar.toggle if t.label == "Newest first").set_value(True).run()
+    assert api.searches[-1]["filter"] == {"taken_after": "2019-06-01", "taken_before": "2019-07-01",
+                                          "formats": ["JPEG", "HEIF"], "cameras": ["X100V"]}
+    assert api.searches[-1]["sort"] == "newest"
+    assert "**0.900** · cat0.jpg · 2019-06-01" in texts(app)  # when it was taken, under the thumbnail
+    next(b for b in app.button if b.key == "view-id0").click().run()
+    assert "Taken 2019-06-01 09:30:00  ·  FUJIFILM X100V  ·  JPEG" in texts(app)
 
 
 def test_negative_text_is_sent_with_the_query(fake):

@@ -3,13 +3,16 @@ embedded again, new columns filled from the files, and a crash at any step leave
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 from datetime import datetime
 
 import numpy as np
 import pytest
 
 from imgsearch_core.errors import SchemaOutdatedError
+from imgsearch_core.store import release_hosted
 from imgsearch_core.store.fields import SCHEMA_VERSION, SearchFilter, wall_clock_seconds
 from imgsearch_core.store.filters import ImageFilter
 from imgsearch_core.store.upgrade import upgrade
@@ -132,3 +135,38 @@ def test_a_copy_cut_short_is_not_mistaken_for_a_finished_one(old_library, settin
     assert not store.finish_interrupted_switch()
     report = upgrade(store, settings.max_file_bytes)
     assert report.rows == 4 and store.count() == 4 and store.schema_version() == SCHEMA_VERSION
+
+
+# ── As a user runs it ─────────────────────────────────────────────────────────────────────────────────
+
+
+def run_cli(imgsearch_bin, env, *args, timeout=180):
+    return subprocess.run([imgsearch_bin, *args], env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_the_cli_refuses_an_old_schema_then_upgrades_it_without_the_model(old_library, settings, store,
+                                                                        imgsearch_bin, cli_env):
+    root, _before = old_library
+    release_hosted(settings.milvus_uri)  # let the commands below host the data directory
+    for command in (["index", str(root)], ["serve", "--port", "1"]):
+        refused = run_cli(imgsearch_bin, cli_env, *command)
+        assert refused.returncode == 1 and "Run `imgsearch upgrade` once" in refused.stderr, refused.stderr
+        assert "Traceback" not in refused.stderr
+    no_model = {**cli_env, "IMGSEARCH_MODEL": "/nonexistent/model"}  # nothing is embedded: no model is loaded
+    upgraded = run_cli(imgsearch_bin, no_model, "upgrade")
+    assert upgraded.returncode == 0, upgraded.stderr
+    assert upgraded.stdout.startswith(f"upgraded collection '{settings.collection}' from schema version 1 to "
+                                      f"{SCHEMA_VERSION}: 4 rows copied, none embedded again; 2 dated by EXIF, "
+                                      f"1 files gone or changed")
+    again = run_cli(imgsearch_bin, no_model, "upgrade", "--json")
+    assert json.loads(again.stdout) == {"from_version": SCHEMA_VERSION, "to_version": SCHEMA_VERSION, "rows": 0,
+                                        "dated_by_exif": 0, "files_unreadable": 0, "elapsed_s": 0.0}
+    found = run_cli(imgsearch_bin, cli_env, "search", "x", "--after", "2019-01-01", "--before", "2020-01-01", "--json")
+    assert found.returncode == 0, found.stderr
+    assert [(hit["path"], hit["taken_at"], hit["camera_model"]) for hit in json.loads(found.stdout)] == [
+        (str(root / "beach.jpg"), "2019-06-01T09:30:00", "X100V")]
+    by_camera = run_cli(imgsearch_bin, cli_env, "search", "x", "--camera", "iPhone 12", "--camera", "X100V",
+                        "--newest", "--json")
+    assert [hit["path"] for hit in json.loads(by_camera.stdout)] == [str(root / "city.jpg"), str(root / "beach.jpg")]
+    bad = run_cli(imgsearch_bin, cli_env, "search", "x", "--after", "last tuesday")
+    assert bad.returncode == 1 and "taken_after" in bad.stderr and "Traceback" not in bad.stderr

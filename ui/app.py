@@ -8,6 +8,7 @@ from __future__ import annotations
 import hmac
 import os
 import time
+from datetime import date
 from pathlib import PurePath
 
 import streamlit as st
@@ -16,6 +17,8 @@ from ui.api_client import ApiClient, ApiError, ApiUnreachable
 
 COLUMNS = 5
 MAX_RESULTS = 200  # the API's limit per request
+FORMATS = ["JPEG", "PNG", "WEBP", "HEIF", "AVIF", "GIF", "TIFF", "BMP", "MPO"]  # as Pillow names them
+EARLIEST, LATEST = date(1826, 1, 1), date(2200, 12, 31)
 
 st.set_page_config(page_title="imgsearch", page_icon="🔎", layout="wide")
 
@@ -54,6 +57,11 @@ def preview(client: ApiClient, hit: dict) -> None:
     except (ApiError, ApiUnreachable) as exc:
         show_error(exc)
     st.caption(f"{hit['path']}  ·  {hit['width']}×{hit['height']}  ·  score {hit['score']:.3f}")
+    if hit.get("taken_at"):
+        camera = " ".join(part for part in (hit.get("camera_make"), hit.get("camera_model")) if part)
+        source = "" if hit.get("taken_at_source") == "exif" else " (file time)"
+        st.caption(f"Taken {hit['taken_at'].replace('T', ' ')}{source}" + (f"  ·  {camera}" if camera else "")
+                   + (f"  ·  {hit['format']}" if hit.get("format") else ""))
 
 
 def require_password() -> None:
@@ -97,6 +105,12 @@ def main() -> None:
         min_score = st.slider("Minimum score", -1.0, 1.0, -1.0, step=0.05,
                               help="hide results less similar than this (cosine similarity)")
         path_prefix = st.text_input("Only paths starting with", placeholder="/photos/2024/")
+        st.subheader("Photos")
+        taken_after = st.date_input("Taken on or after", value=None, min_value=EARLIEST, max_value=LATEST)
+        taken_before = st.date_input("Taken before", value=None, min_value=EARLIEST, max_value=LATEST)
+        formats = st.multiselect("Formats", FORMATS, placeholder="any")
+        camera = st.text_input("Camera model", placeholder="X100V", help="as the photo's EXIF names it, exactly")
+        newest = st.toggle("Newest first", help="the best matches, ordered by when they were taken")
 
     if health["count"] == 0:
         st.info("The index is empty. Add images from a terminal with `imgsearch index ~/Pictures` "
@@ -121,8 +135,12 @@ def main() -> None:
         st.caption("Type a few words, drop an image, or pick “More like this” on a result.")
         return
 
+    bounds = {"path_prefix": path_prefix or None, "taken_after": taken_after and taken_after.isoformat(),
+              "taken_before": taken_before and taken_before.isoformat(), "formats": formats or None,
+              "cameras": [camera.strip()] if camera.strip() else None}
+    search_filter = {name: value for name, value in bounds.items() if value is not None} or None
     signature = (text, negative, upload.file_id if upload else None, more_like and more_like["id"], top_k,
-                 min_score, path_prefix)
+                 min_score, repr(search_filter), newest)
     if st.session_state.get("signature") != signature:
         st.session_state.signature = signature
         st.session_state.pages = 1
@@ -132,7 +150,7 @@ def main() -> None:
         query = dict(
             text=text.strip() or None, negative_text=negative.strip() or None, limit=limit,
             min_score=min_score if min_score > -1.0 else None,
-            filter={"path_prefix": path_prefix} if path_prefix else None,
+            filter=search_filter, sort="newest" if newest else None,
         )
         if upload and not more_like:
             response = client.search_image(upload.getvalue(), upload.name, **query)
@@ -167,7 +185,8 @@ def render_grid(client: ApiClient, results: list[dict]) -> None:
                     st.image(thumb, use_container_width=True)
                 else:
                     st.caption("(no thumbnail)")
-                st.caption(f"**{hit['score']:.3f}** · {name}")
+                taken = f" · {hit['taken_at'][:10]}" if hit.get("taken_at") else ""
+                st.caption(f"**{hit['score']:.3f}** · {name}{taken}")
                 st.button("More like this", key=f"like-{hit['id']}", on_click=start_more_like_this,
                           args=(hit["id"], name), use_container_width=True)
                 if st.button("View large", key=f"view-{hit['id']}", use_container_width=True):
