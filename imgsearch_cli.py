@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    from imgsearch_core.encoder import Encoder, model_identity
+    from imgsearch_core.encoder import load_embedder, model_identity
     from imgsearch_core.store import MilvusStore
     from indexer.runner import check_roots_exist, run_index
 
@@ -96,7 +96,7 @@ def cmd_index(args: argparse.Namespace) -> int:
         check_roots_exist(args.paths, store.iter_metadata() if exists else [])
     if exists:
         store.check_model(model_identity(settings.model))  # fail fast, before loading the model
-    encoder = Encoder.from_settings(settings)
+    encoder = load_embedder(settings)
     report = run_index(args.paths, settings, encoder, store, show_progress=sys.stderr.isatty() and not args.json,
                        prune=args.prune)
     if args.json:
@@ -113,7 +113,7 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from imgsearch_core.encoder import Encoder
+    from imgsearch_core.encoder import load_embedder
     from imgsearch_core.images import decode_image
     from imgsearch_core.store import MilvusStore
 
@@ -128,7 +128,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     model, _dim = store.model_info()
     if args.model is None and "IMGSEARCH_MODEL" not in os.environ:
         settings = settings.model_copy(update={"model": model})  # search with whatever made the index
-    encoder = Encoder.from_settings(settings)
+    encoder = load_embedder(settings)
     store.check_model(encoder.name, encoder.dim, encoder.fingerprint)
     vectors = []
     if args.text:
@@ -153,7 +153,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         from search_api.services.search import to_hit
 
         print(json.dumps([{"id": h.id, "path": h.row["path"], "score": round(h.score, 4),
-                           "taken_at": to_hit(h).taken_at.isoformat() if h.row["taken_at_source"] else None,
+                           "taken_at": to_hit(h).taken_at.isoformat(),
                            "format": h.row["format"], "camera_model": h.row["camera_model"]} for h in hits], indent=2))
     elif not hits:
         print("no results (is anything indexed? run: imgsearch index PATH)")

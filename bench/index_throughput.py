@@ -45,14 +45,14 @@ def make_photos(folder: Path, count: int, size=(4000, 3000)) -> list[Path]:
 
 
 def bench_imgsearch(paths, model_dir, data_dir, batch_size, workers):
-    from imgsearch_core.encoder import Encoder
+    from imgsearch_core.encoder import load_embedder
     from imgsearch_core.settings import Settings
     from imgsearch_core.store import MilvusStore, release_hosted
     from indexer.runner import run_index
 
     settings = Settings(milvus_uri=str(data_dir / "imgsearch.db"), model=str(model_dir), device="cpu",
                         batch_size=batch_size, decode_workers=workers)
-    encoder = Encoder.from_settings(settings)
+    encoder = load_embedder(settings)
     store = MilvusStore.from_settings(settings)
     started = time.perf_counter()
     report = run_index([str(paths[0].parent)], settings, encoder, store)
@@ -105,9 +105,8 @@ def main() -> int:
     args = parser.parse_args()
 
     import torch
+    from local_clip import build_local_clip  # bench/local_clip.py, beside this script
     from sentence_transformers import SentenceTransformer
-
-    from imgsearch_core.local_clip import build_local_clip
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

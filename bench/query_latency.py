@@ -146,9 +146,9 @@ _ENCODERS: dict = {}
 
 
 def bare_costs(model_dir: Path, vectors: np.ndarray, repeats: int = 30) -> dict:
-    from imgsearch_core.encoder import Encoder
+    from imgsearch_core.encoder import SentenceTransformerEmbedder
 
-    encoder = _ENCODERS.get(model_dir) or _ENCODERS.setdefault(model_dir, Encoder(str(model_dir), device="cpu"))
+    encoder = _ENCODERS.get(model_dir) or _ENCODERS.setdefault(model_dir, SentenceTransformerEmbedder(str(model_dir), device="cpu"))
     # Two separate loops: right after a BLAS call OpenBLAS threads spin for a while and would slow the encode.
     encode_ms, numpy_ms, queries = [], [], []
     for i in range(repeats):
@@ -172,9 +172,8 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results/query_latency.json")
     args = parser.parse_args()
 
+    from local_clip import build_local_clip  # bench/local_clip.py, beside this script
     from machine import machine_info, print_machine
-
-    from imgsearch_core.local_clip import build_local_clip
 
     results = {"benchmark": "query_latency", "model": "ViT-B/32 architecture, random weights", **machine_info(),
                "sizes": {}}

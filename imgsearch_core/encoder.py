@@ -1,8 +1,10 @@
 """The embedding model behind two calls: ``embed_images`` and ``embed_texts``.
 
-Any sentence-transformers model that encodes both text and images works: a
-hub name such as ``clip-ViT-B-32`` or a local directory in sentence-transformers
-format (CLIP, SigLIP, OpenCLIP conversions, BioCLIP, FashionCLIP ...).
+Indexing and search see a model only as an ``Embedder``, made by ``load_embedder``. Today every model loads
+through sentence-transformers (``SentenceTransformerEmbedder``): a hub name such as ``clip-ViT-B-32`` or a local
+directory in sentence-transformers format (CLIP, SigLIP, OpenCLIP conversions, BioCLIP, FashionCLIP ...). Other
+model families (open_clip, a multilingual text tower paired with a CLIP image tower) plug in behind the same
+interface.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 from PIL import Image
@@ -21,13 +24,33 @@ class TextEmbedding:
     truncated: list[bool]  # True where a text was longer than the model's token limit
 
 
+class Embedder(Protocol):
+    """What indexing and search need from a model."""
+
+    name: str  # recorded with a collection: a hub name, or a local directory's absolute path
+    dim: int
+    image_size: int  # the shortest side the model looks at: images are decoded to about this
+    max_text_tokens: int | None
+    fingerprint: list[float]  # what these weights make of fixed probes (see SentenceTransformerEmbedder)
+
+    def embed_images(self, images: list[Image.Image]) -> np.ndarray:
+        """(n, dim) float32 rows of unit length."""
+
+    def embed_texts(self, texts: list[str]) -> TextEmbedding: ...
+
+
+def load_embedder(settings) -> Embedder:
+    """The model that ``settings.model`` names, on ``settings``' device."""
+    return SentenceTransformerEmbedder(settings.model, device=settings.resolved_device(), batch_size=settings.batch_size)
+
+
 def model_identity(model: str) -> str:
     """The name recorded with a collection: an existing local directory by absolute path, else the name."""
     path = Path(model).expanduser()
     return str(path.resolve()) if path.is_dir() else model
 
 
-class Encoder:
+class SentenceTransformerEmbedder:
     """A loaded sentence-transformers model. Create once; share between threads."""
 
     def __init__(self, model: str, device: str = "cpu", batch_size: int = 32):
@@ -47,10 +70,6 @@ class Encoder:
         self.image_size = self._image_input_size()
         self.dim = int(self.embed_texts(["warm-up"]).vectors.shape[1])
         self.fingerprint = self._fingerprint()
-
-    @classmethod
-    def from_settings(cls, settings) -> Encoder:
-        return cls(settings.model, device=settings.resolved_device(), batch_size=settings.batch_size)
 
     def embed_images(self, images: list[Image.Image]) -> np.ndarray:
         """Embed RGB images; returns (n, dim) float32 rows of unit length."""

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from imgsearch_core.encoder import Encoder
+from imgsearch_core.encoder import Embedder
 from imgsearch_core.errors import ImageDecodeError
 from imgsearch_core.images import DecodedImage, decode_image
 from imgsearch_core.safe_files import UnsafeFileError, read_regular
@@ -71,7 +71,7 @@ def load_in_parallel(
             yield pending.popleft().result()
 
 
-def embed_in_batches(loaded: Iterable[LoadedFile], encoder: Encoder, batch_size: int) -> Iterator[LoadedFile | EmbeddedBatch]:
+def embed_in_batches(loaded: Iterable[LoadedFile], encoder: Embedder, batch_size: int) -> Iterator[LoadedFile | EmbeddedBatch]:
     """Pass through files that need no embedding; group the decoded ones into embedded batches."""
     batch: list[LoadedFile] = []
     for item in loaded:
@@ -86,7 +86,7 @@ def embed_in_batches(loaded: Iterable[LoadedFile], encoder: Encoder, batch_size:
         yield _embed(batch, encoder)
 
 
-def _embed(batch: list[LoadedFile], encoder: Encoder) -> EmbeddedBatch:
+def _embed(batch: list[LoadedFile], encoder: Embedder) -> EmbeddedBatch:
     vectors = encoder.embed_images([item.decoded.image for item in batch])
     for item in batch:
         item.decoded = dataclasses.replace(item.decoded, image=None)  # free the pixels, keep what was learnt

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from imgsearch_core.encoder import Encoder
+from imgsearch_core.encoder import Embedder
 from imgsearch_core.images import DecodedImage
 from imgsearch_core.safe_files import within
 from imgsearch_core.settings import Settings
@@ -73,7 +73,7 @@ class Progress:
 
 
 def run_index(
-    roots: list[str], settings: Settings, encoder: Encoder, store: MilvusStore, show_progress: bool = False,
+    roots: list[str], settings: Settings, encoder: Embedder, store: MilvusStore, show_progress: bool = False,
     on_progress: ProgressCallback | None = None, prune: bool = False,
 ) -> IndexReport:
     """Bring the collection in line with the image files under ``roots``.

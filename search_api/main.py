@@ -10,7 +10,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.concurrency import run_in_threadpool
 
-from imgsearch_core.encoder import Encoder
+from imgsearch_core.encoder import Embedder, load_embedder
 from imgsearch_core.settings import Settings, get_settings
 from imgsearch_core.store import MilvusStore, release_hosted
 from imgsearch_core.store.vector_copy import VectorCopy
@@ -29,12 +29,12 @@ log = logging.getLogger(__name__)
 UPLOADS_DECODED_AT_ONCE = 2  # with IMGSEARCH_MAX_DECODED_MB, bounds the memory uploads can take
 
 
-def create_app(settings: Settings | None = None, encoder: Encoder | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, encoder: Embedder | None = None) -> FastAPI:
     settings = settings or get_settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        model = encoder or await run_in_threadpool(Encoder.from_settings, settings)
+        model = encoder or await run_in_threadpool(load_embedder, settings)
         store = await run_in_threadpool(MilvusStore.from_settings, settings)
         await run_in_threadpool(store.ensure_collection, model.name, model.dim, model.fingerprint)  # fails on a model mismatch
         await run_in_threadpool(_warm_up, model)
@@ -114,7 +114,7 @@ def _add_protected_docs(app: FastAPI, protected: list) -> None:
         return get_redoc_html(openapi_url="/openapi.json", title="imgsearch")
 
 
-def _warm_up(encoder: Encoder) -> None:
+def _warm_up(encoder: Embedder) -> None:
     from PIL import Image
 
     encoder.embed_images([Image.new("RGB", (encoder.image_size, encoder.image_size))])

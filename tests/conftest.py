@@ -28,8 +28,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgsearch_core.encoder import Encoder
-from imgsearch_core.local_clip import build_local_clip
+from bench.local_clip import build_local_clip
+from imgsearch_core.encoder import SentenceTransformerEmbedder
 from imgsearch_core.settings import Settings
 from imgsearch_core.store import MilvusStore, release_hosted
 
@@ -71,9 +71,9 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def encoder(tiny_model_dir) -> Encoder:
+def encoder(tiny_model_dir) -> SentenceTransformerEmbedder:
     if "encoder" not in _tiny_model:
-        _tiny_model["encoder"] = Encoder(str(tiny_model_dir), device="cpu", batch_size=8)
+        _tiny_model["encoder"] = SentenceTransformerEmbedder(str(tiny_model_dir), device="cpu", batch_size=8)
     return _tiny_model["encoder"]
 
 

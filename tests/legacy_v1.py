@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pymilvus import DataType, MilvusClient
 
-from imgsearch_core.encoder import Encoder
+from imgsearch_core.encoder import Embedder
 from imgsearch_core.images import decode_image
 from imgsearch_core.store import MilvusStore
 from imgsearch_core.store.fields import content_hash, image_id
@@ -44,7 +44,7 @@ def create_v1_collection(store: MilvusStore, model: str, dim: int, fingerprint=N
     store._call(lambda c: c.load_collection(store.collection))
 
 
-def index_v1(store: MilvusStore, encoder: Encoder, paths: list[Path], roots: list[str]) -> list[dict]:
+def index_v1(store: MilvusStore, encoder: Embedder, paths: list[Path], roots: list[str]) -> list[dict]:
     """What `imgsearch index` of schema 1 wrote for ``paths``: the rows, with their vectors."""
     create_v1_collection(store, encoder.name, encoder.dim, encoder.fingerprint)
     rows = []

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from imgsearch_core.encoder import Encoder
+from bench.local_clip import build_local_clip
+from imgsearch_core.encoder import SentenceTransformerEmbedder
 from imgsearch_core.errors import ModelMismatchError, WeightsMismatchError
-from imgsearch_core.local_clip import build_local_clip
 from imgsearch_core.store import MilvusStore, release_hosted
 from imgsearch_core.store.fields import mtime_wall_clock
 from indexer.runner import Progress, run_index
@@ -174,7 +174,7 @@ def test_an_indexed_image_queried_by_itself_comes_back_first_with_score_one(phot
 
 def test_opening_a_collection_with_another_model_fails_with_a_clear_message(photo_dir, settings, encoder, store, tmp_path):
     index(photo_dir, settings, encoder, store)
-    other = Encoder(str(build_local_clip(tmp_path / "other-model", "tiny", seed=1)), device="cpu")
+    other = SentenceTransformerEmbedder(str(build_local_clip(tmp_path / "other-model", "tiny", seed=1)), device="cpu")
     with pytest.raises(ModelMismatchError) as caught:
         run_index([str(photo_dir)], settings, other, store)
     message = str(caught.value)
@@ -381,7 +381,8 @@ def test_a_missing_root_is_named_with_how_many_images_it_holds(tmp_path, setting
 
 def test_a_copy_keeps_the_photos_exif_date_and_a_plain_file_gets_its_own_time(tmp_path, settings, encoder, store):
     root = tmp_path / "photos"
-    write_exif_photo(root / "camera.jpg", seed=1, taken="2019:06:01 09:30:00", model="X100V")
+    write_exif_photo(root / "camera.jpg", seed=1, taken="2019:06:01 09:30:00", make="FUJIFILM", model="X100V",
+                     gps=("N", (1.0, 0.0, 0.0), "E", (2.0, 0.0, 0.0)))
     write_photo(root / "plain.png", seed=2)
     index(root, settings, encoder, store)
     shutil.copy(root / "camera.jpg", root / "camera copy.jpg")
@@ -391,11 +392,21 @@ def test_a_copy_keeps_the_photos_exif_date_and_a_plain_file_gets_its_own_time(tm
     assert report.copied == 2 and report.embedded == 0
     rows = rows_by_path(store)
     camera, copy = rows[str(root / "camera.jpg")], rows[str(root / "camera copy.jpg")]
-    assert {k: copy[k] for k in ("taken_at", "taken_at_source", "format", "camera_model")} == {
-        k: camera[k] for k in ("taken_at", "taken_at_source", "format", "camera_model")}
-    assert camera["taken_at_source"] == "exif" and camera["format"] == "JPEG"
+    photo_facts = ("taken_at", "taken_at_source", "format", "camera_make", "camera_model", "gps")
+    assert {k: copy[k] for k in photo_facts} == {k: camera[k] for k in photo_facts}
+    assert (camera["taken_at_source"], camera["format"], camera["gps"]) == ("exif", "JPEG", "1.000000,2.000000")
     plain_copy = rows[str(root / "plain copy.png")]
     assert plain_copy["taken_at_source"] == "mtime" and plain_copy["taken_at"] == mtime_wall_clock(1_500_000_000 * 10**9)
+
+
+def test_settings_name_the_model_that_is_loaded(settings, encoder, tiny_model_dir):
+    from imgsearch_core.encoder import load_embedder
+
+    loaded = load_embedder(settings.model_copy(update={"model": str(tiny_model_dir / "." )}))
+    assert loaded.name == str(tiny_model_dir.resolve()) == encoder.name  # a directory is recorded by its real path
+    assert (loaded.dim, loaded.image_size) == (encoder.dim, encoder.image_size)
+    assert np.allclose(loaded.fingerprint, encoder.fingerprint, atol=1e-5)
+    assert np.allclose(loaded.embed_texts(["a cat"]).vectors, encoder.embed_texts(["a cat"]).vectors, atol=1e-5)
 
 
 def test_the_indexer_records_its_weights_so_other_weights_are_refused(photo_dir, settings, encoder, store):

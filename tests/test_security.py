@@ -20,8 +20,8 @@ import httpx
 import pytest
 from PIL import Image
 
+from bench.local_clip import build_local_clip
 from imgsearch_core.errors import WeightsMismatchError
-from imgsearch_core.local_clip import build_local_clip
 from imgsearch_core.store import MilvusStore, release_hosted
 from indexer.runner import run_index
 from tests.conftest import (

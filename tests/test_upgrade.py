@@ -6,14 +6,15 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from datetime import datetime
 
 import numpy as np
 import pytest
 
-from imgsearch_core.errors import SchemaOutdatedError
+from imgsearch_core.errors import CollectionNotFoundError, SchemaOutdatedError, SchemaTooNewError
 from imgsearch_core.store import release_hosted
-from imgsearch_core.store.fields import SCHEMA_VERSION, SearchFilter, wall_clock_seconds
+from imgsearch_core.store.fields import SCHEMA_VERSION, SearchFilter, columns_of, mtime_wall_clock, wall_clock_seconds
 from imgsearch_core.store.filters import ImageFilter
 from imgsearch_core.store.upgrade import upgrade
 from indexer.runner import run_index
@@ -23,7 +24,8 @@ from tests.legacy_v1 import index_v1
 
 @pytest.fixture
 def old_library(tmp_path, store, encoder):
-    """A schema-1 collection of four photos: two with EXIF, one PNG, and one deleted since it was indexed."""
+    """A schema-1 collection of five photos: two with EXIF, one PNG, one deleted since it was indexed, and one
+    whose content changed since (its new EXIF is not what was indexed, so it is not read)."""
     root = tmp_path / "photos"
     paths = [
         write_exif_photo(root / "beach.jpg", seed=1, taken="2019:06:01 09:30:00", make="FUJIFILM", model="X100V",
@@ -31,10 +33,12 @@ def old_library(tmp_path, store, encoder):
         write_exif_photo(root / "city.jpg", seed=2, taken="2021:12:24 18:00:00", make="Apple", model="iPhone 12"),
         write_photo(root / "scan.png", seed=3),
         write_photo(root / "gone.png", seed=4),
+        write_exif_photo(root / "edited.jpg", seed=5),
     ]
     os.utime(paths[2], ns=(1_600_000_000 * 10**9, 1_600_000_000 * 10**9))
     rows = index_v1(store, encoder, paths, [str(root)])
     paths[3].unlink()
+    write_exif_photo(root / "edited.jpg", seed=6, taken="2001:01:01 00:00:00", model="Edited")
     return root, {row["path"]: row for row in rows}
 
 
@@ -46,14 +50,18 @@ def test_index_refuses_an_old_schema_and_names_the_command(old_library, settings
     root, _rows = old_library
     with pytest.raises(SchemaOutdatedError, match="Run `imgsearch upgrade` once"):
         run_index([str(root)], settings, encoder, store)
-    assert store.schema_version() == 1 and store.count() == 4  # nothing touched
+    assert store.schema_version() == 1 and store.count() == 5  # nothing touched
 
 
 def test_upgrade_keeps_every_vector_and_fills_the_new_columns_from_the_files(old_library, settings, store):
     root, before = old_library
-    report = upgrade(store, settings.max_file_bytes, batch_size=3)  # two batches
-    assert (report.from_version, report.to_version, report.rows) == (1, SCHEMA_VERSION, 4)
-    assert (report.dated_by_exif, report.files_unreadable) == (2, 1)
+    heard = []
+    started = time.monotonic()
+    report = upgrade(store, settings.max_file_bytes, batch_size=3, on_progress=lambda *step: heard.append(step))
+    assert (report.from_version, report.to_version, report.rows) == (1, SCHEMA_VERSION, 5)
+    assert (report.dated_by_exif, report.files_unreadable) == (2, 2)
+    assert 0 < report.elapsed_s <= time.monotonic() - started + 0.0005
+    assert heard == [(0, 5), (3, 5), (5, 5)]  # two batches
     assert store.schema_version() == SCHEMA_VERSION and store.target() == f"{store.collection}_v{SCHEMA_VERSION}"
     after = by_path(store)
     assert set(after) == set(before)
@@ -70,6 +78,9 @@ def test_upgrade_keeps_every_vector_and_fills_the_new_columns_from_the_files(old
     assert (scan["taken_at_source"], scan["format"], scan["camera_model"]) == ("mtime", "PNG", "")
     gone = after[str(root / "gone.png")]
     assert (gone["taken_at_source"], gone["format"]) == ("mtime", "")  # dated by the time it had when indexed
+    edited = after[str(root / "edited.jpg")]
+    assert (edited["taken_at_source"], edited["camera_model"], edited["taken_at"]) == (
+        "mtime", "", mtime_wall_clock(before[str(root / "edited.jpg")]["mtime_ns"]))
     # The old collection is gone; the configured name finds the new one, and its filters work.
     assert store._call(lambda c: c.list_collections()) == [f"{store.collection}_v{SCHEMA_VERSION}"]
     query = np.asarray(before[str(root / "city.jpg")]["vector"], np.float32)[None, :]
@@ -101,12 +112,12 @@ def test_a_crash_mid_copy_leaves_the_old_collection_serving_and_a_rerun_complete
     with pytest.raises(KeyboardInterrupt):
         upgrade(store, settings.max_file_bytes, batch_size=2)
     monkeypatch.undo()
-    assert store.schema_version() == 1 and store.count() == 4 and store.target() == store.collection
+    assert store.schema_version() == 1 and store.count() == 5 and store.target() == store.collection
     query = np.asarray(next(iter(before.values()))["vector"], np.float32)[None, :]
     assert store.search(query, 1)[0][0].row["path"] == next(iter(before))  # still serving
 
     report = upgrade(store, settings.max_file_bytes, batch_size=2)
-    assert report.rows == 4 and store.schema_version() == SCHEMA_VERSION and len(by_path(store)) == 4
+    assert report.rows == 5 and store.schema_version() == SCHEMA_VERSION and len(by_path(store)) == 5
 
 
 def test_a_crash_between_dropping_the_old_and_naming_the_new_is_finished_by_the_next_command(
@@ -124,8 +135,10 @@ def test_a_crash_between_dropping_the_old_and_naming_the_new_is_finished_by_the_
         upgrade(store, settings.max_file_bytes)
     monkeypatch.undo()
     assert not store.exists()  # the window: the name points nowhere, the copy is complete beside it
-    report = run_index([str(root)], settings, encoder, store)  # any command that opens the collection ends it
-    assert store.schema_version() == SCHEMA_VERSION and store.count() == 3 and report.embedded == 0
+    report = upgrade(store, settings.max_file_bytes)  # upgrade again, or any command that opens the collection
+    assert (report.from_version, report.to_version, report.rows) == (1, SCHEMA_VERSION, 5)
+    report = run_index([str(root)], settings, encoder, store)
+    assert store.schema_version() == SCHEMA_VERSION and store.count() == 4 and report.embedded == 1  # edited.jpg
     assert report.removed == 1  # gone.png, really deleted
 
 
@@ -134,7 +147,7 @@ def test_a_copy_cut_short_is_not_mistaken_for_a_finished_one(old_library, settin
     store.create_physical(physical, store.model_info()[1], {"imgsearch.upgrade": "copying"})
     assert not store.finish_interrupted_switch()
     report = upgrade(store, settings.max_file_bytes)
-    assert report.rows == 4 and store.count() == 4 and store.schema_version() == SCHEMA_VERSION
+    assert report.rows == 5 and store.count() == 5 and store.schema_version() == SCHEMA_VERSION
 
 
 # ── As a user runs it ─────────────────────────────────────────────────────────────────────────────────
@@ -170,3 +183,66 @@ def test_the_cli_refuses_an_old_schema_then_upgrades_it_without_the_model(old_li
     assert [hit["path"] for hit in json.loads(by_camera.stdout)] == [str(root / "city.jpg"), str(root / "beach.jpg")]
     bad = run_cli(imgsearch_bin, cli_env, "search", "x", "--after", "last tuesday")
     assert bad.returncode == 1 and "taken_after" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_a_rerun_after_the_copy_finished_does_not_copy_again(old_library, settings, store, monkeypatch):
+    real_call = store._call
+
+    def dies_at_the_drop(operation):
+        if "drop_collection" in operation.__code__.co_names:
+            raise KeyboardInterrupt
+        return real_call(operation)
+
+    monkeypatch.setattr(store, "_call", dies_at_the_drop)
+    with pytest.raises(KeyboardInterrupt):
+        upgrade(store, settings.max_file_bytes)
+    monkeypatch.undo()
+    assert store.schema_version() == 1 and store.count() == 5  # the old one still serves
+    heard = []
+    report = upgrade(store, settings.max_file_bytes, on_progress=lambda *step: heard.append(step))
+    assert heard == [] and (report.from_version, report.rows) == (1, 5)  # the finished copy is used as it is
+    assert store.schema_version() == SCHEMA_VERSION and len(by_path(store)) == 5
+
+
+def test_the_next_upgrade_switches_the_alias_and_drops_the_version_before(store, settings, encoder, photo_dir,
+                                                                          monkeypatch):
+    """Every upgrade after this one starts from an aliased collection; pretend the next schema is here."""
+    run_index([str(photo_dir)], settings, encoder, store)
+    before = by_path(store)
+    import imgsearch_core.store.gateway as gateway
+    import imgsearch_core.store.upgrade as upgrade_module
+
+    for module in (gateway, upgrade_module):
+        monkeypatch.setattr(module, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
+    report = upgrade(store, settings.max_file_bytes)
+    assert (report.from_version, report.to_version, report.rows) == (SCHEMA_VERSION, SCHEMA_VERSION + 1, 10)
+    assert store.target() == f"{store.collection}_v{SCHEMA_VERSION + 1}"
+    assert store._call(lambda c: c.list_collections()) == [f"{store.collection}_v{SCHEMA_VERSION + 1}"]
+    after = by_path(store)
+    assert {p: np.asarray(r["vector"], np.float32).tobytes() for p, r in after.items()} == {
+        p: np.asarray(r["vector"], np.float32).tobytes() for p, r in before.items()}
+
+
+def test_an_upgrade_needs_a_collection_and_refuses_a_newer_one(store, settings):
+    with pytest.raises(CollectionNotFoundError, match=store.collection):
+        upgrade(store, settings.max_file_bytes)
+    store.ensure_collection("model-a", 8)
+    store._call(lambda c: c.alter_collection_properties(store.collection, properties={"imgsearch.schema": "9"}))
+    with pytest.raises(SchemaTooNewError, match=f"Collection '{store.collection}' has schema version 9, written by a "
+                                                f"newer imgsearch than this one \\(version {SCHEMA_VERSION}\\)"):
+        upgrade(store, settings.max_file_bytes)
+
+
+def test_dropping_removes_the_name_and_the_collection_behind_it(store, settings, old_library):
+    store.drop()  # schema 1: the collection itself
+    assert store._call(lambda c: c.list_collections()) == [] and not store.exists()
+    store.ensure_collection("model-a", 8)
+    store.drop()  # schema 2: the alias and the versioned collection
+    assert store._call(lambda c: c.list_collections()) == [] and not store.exists()
+    store.ensure_collection("model-a", 8)  # the name can be used again
+    assert store.exists()
+
+
+def test_each_schema_version_lists_the_columns_it_holds():
+    assert columns_of(1) == ["id", "path", "size", "mtime_ns", "content_hash", "width", "height", "indexed_at"]
+    assert columns_of(2)[:8] == columns_of(1) and "taken_at" in columns_of(2) and "camera_model" in columns_of(2)

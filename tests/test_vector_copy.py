@@ -120,6 +120,12 @@ def test_the_copy_searches_like_the_gateway_and_asks_milvus_while_behind(vector_
     assert vector_copy.count() == 501 and not vector_copy.fresh
 
 
+def test_the_copy_answers_for_the_gateway_but_has_no_private_parts(vector_copy, store):
+    assert vector_copy.creation_token() == store.creation_token() and vector_copy.collection == store.collection
+    with pytest.raises(AttributeError, match="_client"):
+        vector_copy._client  # noqa: B018 - the gateway's internals stay its own
+
+
 def test_a_copy_of_a_collection_on_a_server_is_refused():
     class ServerStore:
         generation_token = None

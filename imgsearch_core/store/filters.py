@@ -52,9 +52,6 @@ class ImageFilter:
         given = request_filter.model_dump(exclude_none=True)
         return cls(tuple(clause for column in FILTERABLE for clause in column.filter.clauses(column, given)))
 
-    def __bool__(self) -> bool:
-        return bool(self.clauses)
-
     def expr(self) -> str:
         """The Milvus boolean expression; '' keeps every row."""
         parts = []

@@ -39,7 +39,7 @@ logging.getLogger("pymilvus.decorators").setLevel(logging.CRITICAL)
 
 VALID_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _ROOTS_PROPERTY = "imgsearch.roots"  # JSON list of the real paths of every indexed root
-_FINGERPRINT_PROPERTY = "imgsearch.fingerprint"  # JSON: what the model makes of fixed probes (see Encoder)
+_FINGERPRINT_PROPERTY = "imgsearch.fingerprint"  # JSON: what the model makes of fixed probes (see imgsearch_core/encoder.py)
 UPGRADE_PROPERTY = "imgsearch.upgrade"  # "copying" while an upgrade fills a collection, then "complete"
 _CREATED_PROPERTY = "imgsearch.created"  # a random token per creation: tells a re-created collection apart
 

@@ -32,6 +32,9 @@ from imgsearch_core.store.fields import (
 )
 from imgsearch_core.store.gateway import UPGRADE_PROPERTY, MilvusStore
 
+UPGRADED_FROM_PROPERTY = "imgsearch.upgraded_from"
+
+_FROM_THE_ROW = ("path", "size", "mtime_ns", "content_hash", "width", "height")  # schema 1 has these
 # Properties that describe what the collection holds; the new collection gets its own creation token.
 _KEPT_PROPERTIES = ("imgsearch.model", "imgsearch.dim", "imgsearch.fingerprint", "imgsearch.roots")
 
@@ -52,7 +55,7 @@ def upgrade(store: MilvusStore, max_file_bytes: int, batch_size: int = 500,
     started = time.monotonic()
     if not store.exists():
         if store.finish_interrupted_switch():
-            return UpgradeReport(SCHEMA_VERSION - 1, SCHEMA_VERSION, rows=store.count())
+            return UpgradeReport(int(store._properties()[UPGRADED_FROM_PROPERTY]), SCHEMA_VERSION, rows=store.count())
         raise CollectionNotFoundError(store.collection)
     version = store.schema_version()
     report = UpgradeReport(version, SCHEMA_VERSION)
@@ -83,7 +86,8 @@ def _copy(store: MilvusStore, version: int, new: str, max_file_bytes: int, batch
         store._call(lambda c: c.drop_collection(new))  # a copy cut short: start it again
     properties = store._properties()
     kept = {key: properties[key] for key in _KEPT_PROPERTIES if key in properties}
-    store.create_physical(new, store.model_info()[1], kept | {UPGRADE_PROPERTY: "copying"})
+    store.create_physical(new, store.model_info()[1],
+                          kept | {UPGRADE_PROPERTY: "copying", UPGRADED_FROM_PROPERTY: str(version)})
     roots = store.indexed_roots()
     total = store.count()
     if on_progress:
@@ -117,8 +121,8 @@ def _upgraded_row(row: dict[str, Any], version: int, roots: list[str], max_file_
         taken_at, source = wall_clock_seconds(exif.taken_at), "exif"
     else:
         taken_at, source = mtime_wall_clock(row["mtime_ns"]), "mtime"
-    facts = FileFacts(row["path"], row["size"], row["mtime_ns"], row["content_hash"], row["width"], row["height"],
-                      taken_at, source, image_format, exif.camera_make, exif.camera_model, exif.gps)
+    facts = FileFacts(**{name: row[name] for name in _FROM_THE_ROW}, taken_at=taken_at, taken_at_source=source,
+                      format=image_format, camera_make=exif.camera_make, camera_model=exif.camera_model, gps=exif.gps)
     added = {column.name: column.fill(facts) for column in COLUMNS if column.since > version}
     return {**row, **added}
 

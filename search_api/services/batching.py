@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from imgsearch_core.encoder import Encoder, TextEmbedding
+from imgsearch_core.encoder import Embedder, TextEmbedding
 from imgsearch_core.errors import ImgsearchError
 
 
@@ -32,7 +32,7 @@ class TextBatcher:
     """One thread feeds the model. The queue is bounded, a caller waits at most ``timeout_s``, and a text
     that makes the model fail fails only its own request."""
 
-    def __init__(self, encoder: Encoder, max_texts: int = 64, max_waiting: int = 256, timeout_s: float = 30.0):
+    def __init__(self, encoder: Embedder, max_texts: int = 64, max_waiting: int = 256, timeout_s: float = 30.0):
         self._encoder = encoder
         self._max_texts = max_texts
         self._timeout_s = timeout_s

@@ -8,7 +8,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from imgsearch_core.encoder import Encoder
+from imgsearch_core.encoder import Embedder
 from imgsearch_core.errors import ImgsearchError
 from imgsearch_core.safe_files import within
 from imgsearch_core.settings import Settings
@@ -69,7 +69,7 @@ def allowed_paths(raw_paths: list[str], allowed_roots: list[str]) -> list[str]:
 
 
 class JobManager:
-    def __init__(self, settings: Settings, encoder: Encoder, store: MilvusStore):
+    def __init__(self, settings: Settings, encoder: Embedder, store: MilvusStore):
         self._settings = settings
         self._encoder = encoder
         self._store = store

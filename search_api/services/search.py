@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta
 
 import numpy as np
 from starlette.concurrency import run_in_threadpool
 
-from imgsearch_core.encoder import Encoder
+from imgsearch_core.encoder import Embedder
 from imgsearch_core.images import DecodedImage
 from imgsearch_core.store import Hit, MilvusStore
 from imgsearch_core.store.filters import ImageFilter
@@ -26,7 +26,7 @@ class ImageNotFoundError(LookupError):
 
 @dataclass
 class SearchService:
-    encoder: Encoder
+    encoder: Embedder
     store: MilvusStore | VectorCopy  # the copy on the embedded default: exact in-memory search
     text_batcher: TextBatcher  # concurrent text queries share one model call
     recheck_s: float = 5.0  # how often to look whether the collection was dropped and made again
@@ -87,11 +87,12 @@ class SearchService:
 
 def to_hit(hit: Hit) -> SearchHit:
     row = hit.row
-    taken_at = (datetime.fromtimestamp(row["taken_at"], timezone.utc).replace(tzinfo=None)
-                if row.get("taken_at_source") else None)
     return SearchHit(
         id=hit.id, path=row["path"], score=round(hit.score, 6), width=row["width"], height=row["height"],
         image_url=f"/images/{hit.id}", thumbnail_url=f"/images/{hit.id}/thumbnail",
-        taken_at=taken_at, taken_at_source=row.get("taken_at_source", ""), format=row.get("format", ""),
-        camera_make=row.get("camera_make", ""), camera_model=row.get("camera_model", ""), gps=row.get("gps", ""),
+        taken_at=EPOCH + timedelta(seconds=row["taken_at"]), taken_at_source=row["taken_at_source"],
+        format=row["format"], camera_make=row["camera_make"], camera_model=row["camera_model"], gps=row["gps"],
     )
+
+
+EPOCH = datetime(1970, 1, 1)  # taken_at counts wall-clock seconds from here (imgsearch_core/store/fields.py)
