@@ -203,3 +203,59 @@ def test_an_empty_collection_gives_an_empty_copy_that_answers_and_then_fills(sto
     filtered = vector_copy.search_copy(rows[4]["vector"], 20, 0, where(min_width=110, max_height=95))
     assert [h.id for h in filtered] == brute_force(rows, rows[4]["vector"], 20,
                                                    lambda r: r["width"] >= 110 and r["height"] <= 95)
+
+
+WRITER = """
+import sys
+import numpy as np
+from imgsearch_core.store import MilvusStore
+
+store = MilvusStore(sys.argv[1], sys.argv[2])
+rng = np.random.default_rng(int(sys.argv[3]))
+ids = [row["id"] for row in store.iter_rows(fields=["id"])]
+for step in range(40):
+    vector = rng.standard_normal(%(dim)d).astype(np.float32)
+    vector /= np.linalg.norm(vector)
+    kind = rng.integers(3)
+    if kind == 0 or not ids:  # a new row, stamped at any time: past, now or future
+        row_id = f"w{sys.argv[3]}-{step:04d}".ljust(16, "0")
+        ids.append(row_id)
+    elif kind == 1:  # an existing row written again
+        row_id = ids[rng.integers(len(ids))]
+    else:
+        store.delete([ids.pop(rng.integers(len(ids)))])
+        continue
+    stamp = int(rng.choice([1, 1_000_000_000, 2_000_000_000, 4_000_000_000]))
+    store.upsert([{"id": row_id, "path": f"/w/{row_id}.jpg", "size": 1, "mtime_ns": 1, "content_hash": row_id,
+                   "width": int(rng.integers(1, 500)), "height": 1, "indexed_at": stamp, "taken_at": stamp,
+                   "taken_at_source": "exif", "format": "JPEG", "camera_make": "", "camera_model": "", "gps": "",
+                   "vector": vector}])
+"""
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_random_writes_from_another_process_are_all_caught_up(store, filled, tmp_path, seed):
+    import subprocess
+    import sys
+
+    from tests.conftest import spawn, stop_process
+
+    vector_copy = VectorCopy(store, DIM, poll_s=0.02)
+    vector_copy.start()
+    writer = spawn([sys.executable, "-c", WRITER % {"dim": DIM}, store.milvus_uri, store.collection, str(seed)],
+                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        assert writer.wait(timeout=120) == 0, writer.stderr.read().decode()
+        assert vector_copy.wait_until_fresh(30)
+        in_milvus = {row["id"]: row for row in store.iter_rows(with_vectors=True)}
+        snapshot = vector_copy._snapshot
+        assert sorted(snapshot.ids) == sorted(in_milvus)
+        for i, row_id in enumerate(snapshot.ids):
+            assert np.allclose(snapshot.vectors[i], in_milvus[row_id]["vector"], atol=1e-6), row_id
+            assert snapshot.extra[i] == {k: v for k, v in in_milvus[row_id].items() if k != "vector"}
+        query = unit_rows(1, seed=40 + seed)[0]["vector"]
+        assert [h.id for h in vector_copy.search_copy(query, 20, 0, where(min_width=250))] == brute_force(
+            list(in_milvus.values()), query, 20, lambda r: r["width"] >= 250)
+    finally:
+        vector_copy.stop()
+        stop_process(writer)
