@@ -54,11 +54,12 @@ def fill_collection(uri: str, model_dir: Path, dim: int, rows: int) -> np.ndarra
     rng = np.random.default_rng(0)
     vectors = rng.standard_normal((rows, dim)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    now = int(time.time())
+    from imgsearch_core.store.fields import FileFacts, make_row
+
     for start in range(0, rows, 5000):
-        store.upsert([{"id": f"{i:016x}", "path": f"/library/{i % 100}/img{i}.jpg", "size": 1, "mtime_ns": 1,
-                       "content_hash": f"{i:032x}", "width": 4000, "height": 3000, "indexed_at": now,
-                       "vector": vectors[i]} for i in range(start, min(rows, start + 5000))])
+        store.upsert([make_row(FileFacts(f"/library/{i % 100}/img{i}.jpg", 1, 1, f"{i:032x}", 4000, 3000,
+                                         1_500_000_000 + i, "exif", "JPEG"), vectors[i])
+                      for i in range(start, min(rows, start + 5000))])
     store.flush()
     store.close()
     release_hosted(uri)

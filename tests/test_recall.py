@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from imgsearch_core.store.fields import FileFacts, make_row
 from search_api.main import create_app
 from tests.test_api import milvus_search_forbidden
 
@@ -20,12 +19,10 @@ def ten_thousand(store, encoder):
     rng = np.random.default_rng(42)
     vectors = rng.standard_normal((N, encoder.dim)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    ids = [f"{i:016x}" for i in range(N)]
-    now = int(time.time())
+    rows = [make_row(FileFacts(f"/lib/img{i}.jpg", 1, 1, f"{i:032x}", 64, 64), vectors[i]) for i in range(N)]
+    ids = [row["id"] for row in rows]
     for start in range(0, N, 2000):
-        store.upsert([{"id": ids[i], "path": f"/lib/img{i}.jpg", "size": 1, "mtime_ns": 1, "content_hash": f"{i:032x}",
-                       "width": 64, "height": 64, "indexed_at": now, "vector": vectors[i]}
-                      for i in range(start, start + 2000)])
+        store.upsert(rows[start:start + 2000])
     store.flush()
     return ids, vectors
 

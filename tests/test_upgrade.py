@@ -169,8 +169,8 @@ def test_the_cli_refuses_an_old_schema_then_upgrades_it_without_the_model(old_li
     upgraded = run_cli(imgsearch_bin, no_model, "upgrade")
     assert upgraded.returncode == 0, upgraded.stderr
     assert upgraded.stdout.startswith(f"upgraded collection '{settings.collection}' from schema version 1 to "
-                                      f"{SCHEMA_VERSION}: 4 rows copied, none embedded again; 2 dated by EXIF, "
-                                      f"1 files gone or changed")
+                                      f"{SCHEMA_VERSION}: 5 rows copied, none embedded again; 2 dated by EXIF, "
+                                      f"2 files gone or changed")
     again = run_cli(imgsearch_bin, no_model, "upgrade", "--json")
     assert json.loads(again.stdout) == {"from_version": SCHEMA_VERSION, "to_version": SCHEMA_VERSION, "rows": 0,
                                         "dated_by_exif": 0, "files_unreadable": 0, "elapsed_s": 0.0}
