@@ -45,24 +45,28 @@ def any_store(request, settings, milvus_servers):
     store.close()
 
 
-def test_the_progress_bar_is_drawn_only_when_asked_and_the_callback_hears_every_step(capsys, monkeypatch):
+@pytest.mark.draws_a_bar
+def test_the_progress_bar_shows_what_it_counts(capsys, monkeypatch):
     import tqdm
 
-    # No monitor thread: it would outlive the test, and `make mutants` forks this process for every mutant.
-    monkeypatch.setattr(tqdm.tqdm, "monitor_interval", 0)
-    heard = []
-    progress = Progress(3, show_bar=True, callback=lambda done, total: heard.append((done, total)))
+    monkeypatch.setattr(tqdm.tqdm, "monitor_interval", 0)  # no monitor thread outliving the test
+    progress = Progress(3, show_bar=True)
     progress.advance(2)
-    progress.advance(0)
     progress.advance()
     progress.close()
     drawn = capsys.readouterr().err
     assert "indexing" in drawn and "3/3" in drawn and "img/s" in drawn
+
+
+def test_the_callback_hears_every_step_and_no_bar_is_drawn_unless_asked(capsys):
+    heard = []
+    progress = Progress(3, show_bar=False, callback=lambda done, total: heard.append((done, total)))
+    progress.advance(2)
+    progress.advance(0)
+    progress.advance()
+    progress.close()
     assert heard == [(0, 3), (2, 3), (3, 3)]
     Progress(0, show_bar=True).close()  # nothing to do: no bar
-    quiet = Progress(3, show_bar=False)
-    quiet.advance(3)
-    quiet.close()
     assert capsys.readouterr().err == ""
 
 
