@@ -42,6 +42,20 @@ def old_library(tmp_path, store, encoder):
     return root, {row["path"]: row for row in rows}
 
 
+def dies_at(store, monkeypatch, operation: str, nth: int = 1) -> None:
+    """The ``nth`` Milvus call of the store that does ``operation`` raises, as if the process were killed there."""
+    real_call, seen = store._call, []
+
+    def call(run):
+        if operation in run.__code__.co_names:
+            seen.append(run)
+            if len(seen) == nth:
+                raise KeyboardInterrupt
+        return real_call(run)
+
+    monkeypatch.setattr(store, "_call", call)
+
+
 def by_path(store) -> dict[str, dict]:
     return {row["path"]: row for row in store.iter_rows(with_vectors=True)}
 
@@ -100,15 +114,7 @@ def test_upgrade_is_a_no_op_on_a_current_collection(store, settings, encoder, ph
 def test_a_crash_mid_copy_leaves_the_old_collection_serving_and_a_rerun_completes(old_library, settings, store,
                                                                                   monkeypatch):
     _root, before = old_library
-    real_call, calls = store._call, []
-
-    def dies_on_the_second_batch(operation):
-        calls.append(operation)
-        if len([c for c in calls if "upsert" in c.__code__.co_names]) == 2:
-            raise KeyboardInterrupt  # as if killed
-        return real_call(operation)
-
-    monkeypatch.setattr(store, "_call", dies_on_the_second_batch)
+    dies_at(store, monkeypatch, "upsert", nth=2)  # the second batch
     with pytest.raises(KeyboardInterrupt):
         upgrade(store, settings.max_file_bytes, batch_size=2)
     monkeypatch.undo()
@@ -123,14 +129,7 @@ def test_a_crash_mid_copy_leaves_the_old_collection_serving_and_a_rerun_complete
 def test_a_crash_between_dropping_the_old_and_naming_the_new_is_finished_by_the_next_command(
         old_library, settings, encoder, store, monkeypatch):
     root, _before = old_library
-    real_call = store._call
-
-    def dies_before_the_alias(operation):
-        if "create_alias" in operation.__code__.co_names:
-            raise KeyboardInterrupt
-        return real_call(operation)
-
-    monkeypatch.setattr(store, "_call", dies_before_the_alias)
+    dies_at(store, monkeypatch, "create_alias")
     with pytest.raises(KeyboardInterrupt):
         upgrade(store, settings.max_file_bytes)
     monkeypatch.undo()
@@ -186,14 +185,7 @@ def test_the_cli_refuses_an_old_schema_then_upgrades_it_without_the_model(old_li
 
 
 def test_a_rerun_after_the_copy_finished_does_not_copy_again(old_library, settings, store, monkeypatch):
-    real_call = store._call
-
-    def dies_at_the_drop(operation):
-        if "drop_collection" in operation.__code__.co_names:
-            raise KeyboardInterrupt
-        return real_call(operation)
-
-    monkeypatch.setattr(store, "_call", dies_at_the_drop)
+    dies_at(store, monkeypatch, "drop_collection")
     with pytest.raises(KeyboardInterrupt):
         upgrade(store, settings.max_file_bytes)
     monkeypatch.undo()
