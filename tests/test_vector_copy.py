@@ -146,6 +146,17 @@ def test_reconcile_catches_a_write_whose_token_bump_never_happened(vector_copy, 
     assert vector_copy.search_copy(row["vector"], limit=1, offset=0)[0].id == row["id"]
 
 
+def test_reconcile_catches_a_rewrite_that_keeps_the_row_count(vector_copy, store, filled):
+    token_file = store.generation_token.path
+    before = token_file.read_text()
+    new_vector = unit_rows(1, seed=77)[0]["vector"]
+    store.upsert([{**filled[5], "vector": new_vector, "indexed_at": 2}])  # re-embedded under the same id
+    token_file.write_text(before)  # nobody bumped the token
+    assert vector_copy.search_copy(new_vector, 1, 0)[0].id != filled[5]["id"]
+    vector_copy.reconcile()
+    assert vector_copy.search_copy(new_vector, 1, 0)[0].id == filled[5]["id"] and vector_copy.count() == 500
+
+
 def test_a_write_stamped_long_ago_is_caught_up_too(vector_copy, store, filled):
     # indexed_at comes from the writer's clock: a machine whose clock is behind, or a restored backup.
     old = {**unit_rows(1, seed=5, prefix="/restored/")[0], "indexed_at": 1}
@@ -212,6 +223,8 @@ from imgsearch_core.store import MilvusStore
 
 store = MilvusStore(sys.argv[1], sys.argv[2])
 rng = np.random.default_rng(int(sys.argv[3]))
+if sys.argv[4] == "plain":  # writes as a plain pymilvus script would: nobody bumps the generation token
+    store._wrote = lambda: None
 ids = [row["id"] for row in store.iter_rows(fields=["id"])]
 for step in range(40):
     vector = rng.standard_normal(%(dim)d).astype(np.float32)
@@ -233,8 +246,8 @@ for step in range(40):
 """
 
 
-@pytest.mark.parametrize("seed", [1, 2])
-def test_random_writes_from_another_process_are_all_caught_up(store, filled, tmp_path, seed):
+@pytest.mark.parametrize(("seed", "writer_kind"), [(1, "imgsearch"), (2, "imgsearch"), (3, "plain"), (4, "plain")])
+def test_random_writes_from_another_process_are_all_caught_up(store, filled, tmp_path, seed, writer_kind):
     import subprocess
     import sys
 
@@ -242,10 +255,12 @@ def test_random_writes_from_another_process_are_all_caught_up(store, filled, tmp
 
     vector_copy = VectorCopy(store, DIM, poll_s=0.02)
     vector_copy.start()
-    writer = spawn([sys.executable, "-c", WRITER % {"dim": DIM}, store.milvus_uri, store.collection, str(seed)],
-                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    writer = spawn([sys.executable, "-c", WRITER % {"dim": DIM}, store.milvus_uri, store.collection, str(seed),
+                    writer_kind], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         assert writer.wait(timeout=120) == 0, writer.stderr.read().decode()
+        if writer_kind == "plain":
+            vector_copy.reconcile()  # what the background thread does every 30 s
         assert vector_copy.wait_until_fresh(30)
         in_milvus = {row["id"]: row for row in store.iter_rows(with_vectors=True)}
         snapshot = vector_copy._snapshot

@@ -182,15 +182,20 @@ class VectorCopy:
             self._stop.wait(self._poll_s)
 
     def reconcile(self) -> None:
-        """Catch up if Milvus holds another number of rows than the copy.
+        """Catch up if Milvus holds other rows, or other versions of them, than the copy.
 
-        Covers writes whose token bump never happened: a writer killed between its write and its
-        bump, or a script writing to the collection with plain pymilvus.
+        Compares every row's (id, indexed_at): covers writes whose token bump never happened (a writer
+        killed between its write and its bump, a script writing with plain pymilvus), also those that keep
+        the row count. A row rewritten in the same second with the same ``indexed_at`` is not seen.
         """
         self._reconciled_at = time.monotonic()
         snapshot = self._snapshot
-        if snapshot is not None and self._store.count() != snapshot.size:
-            log.warning("vector copy disagreed with Milvus on the row count; catching up")
+        if snapshot is None:
+            return
+        in_milvus = {row["id"]: row["indexed_at"] for row in self._store.iter_rows(fields=["id", "indexed_at"])}
+        in_copy = {row_id: extra["indexed_at"] for row_id, extra in zip(snapshot.ids, snapshot.extra)}
+        if in_milvus != in_copy:
+            log.warning("vector copy disagreed with Milvus on which rows it holds; catching up")
             self._token = None
             self.sync_now()
 
