@@ -246,6 +246,7 @@ for step in range(40):
 """
 
 
+@pytest.mark.slow  # a process per case: left out of make mutants, run by make test and CI
 @pytest.mark.parametrize(("seed", "writer_kind"), [(1, "imgsearch"), (2, "imgsearch"), (3, "plain"), (4, "plain")])
 def test_random_writes_from_another_process_are_all_caught_up(store, filled, tmp_path, seed, writer_kind):
     import subprocess
