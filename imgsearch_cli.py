@@ -137,23 +137,20 @@ def cmd_search(args: argparse.Namespace) -> int:
         decoded = decode_image(args.image.read_bytes(), str(args.image), encoder.image_size, settings.max_image_pixels,
                                settings.max_decoded_bytes)
         vectors.append(encoder.embed_images([decoded.image])[0])
-    from imgsearch_core.store.fields import SearchFilter
+    from imgsearch_core.store.fields import SearchFilter, wall_clock_datetime
     from imgsearch_core.store.filters import ImageFilter
-    from search_api.ranking import blend
-
+    from search_api.ranking import SORT_POOL, blend, newest_first
     bounds = {name: getattr(args, name) for name in ("taken_after", "taken_before", "formats", "cameras", "path_prefix")}
     image_filter = ImageFilter.from_request(SearchFilter(**{k: v for k, v in bounds.items() if v is not None}))
     query = blend([(v, 1.0) for v in vectors])[None, :]
     if args.newest:
-        hits = sorted(store.search(query, limit=max(1000, args.limit), image_filter=image_filter)[0],
-                      key=lambda hit: (-hit.row["taken_at"], -hit.score))[:args.limit]
+        best = store.search(query, limit=max(SORT_POOL, args.limit), image_filter=image_filter)[0]
+        hits = newest_first(best, 0, args.limit)
     else:
         hits = store.search(query, limit=args.limit, image_filter=image_filter)[0]
     if args.json:
-        from search_api.services.search import to_hit
-
         print(json.dumps([{"id": h.id, "path": h.row["path"], "score": round(h.score, 4),
-                           "taken_at": to_hit(h).taken_at.isoformat(),
+                           "taken_at": wall_clock_datetime(h.row["taken_at"]).isoformat(),
                            "format": h.row["format"], "camera_model": h.row["camera_model"]} for h in hits], indent=2))
     elif not hits:
         print("no results (is anything indexed? run: imgsearch index PATH)")

@@ -156,17 +156,19 @@ def decode_image(data: bytes, source: str, min_side: int, max_pixels: int,
                 factor += 1
             image.reduce = factor
             scale = 2**factor
-        orientation = image.getexif().get(0x0112, 1) if image.format != "PNG" else None
+        exif_tags = image.getexif() if image.format != "PNG" else None
+        orientation = exif_tags.get(0x0112, 1) if exif_tags is not None else None
         needed = decoded_bytes(image.mode, -(-image.size[0] // scale), -(-image.size[1] // scale),
                                rotated=orientation in _ROTATED_ORIENTATIONS)
         if needed > max_decoded_bytes:
             raise ImageTooLargeError(source, width * height, max_pixels, needed, max_decoded_bytes)
-        if orientation is None:  # after the memory check: Pillow reads a PNG's EXIF by decoding it all first
-            orientation = image.getexif().get(0x0112, 1)
+        if exif_tags is None:  # after the memory check: Pillow reads a PNG's EXIF by decoding it all first
+            exif_tags = image.getexif()
+            orientation = exif_tags.get(0x0112, 1)
         if orientation in _ROTATED_ORIENTATIONS:
             width, height = height, width
         image_format = image.format or ""
-        exif = photo_exif(image.getexif())
+        exif = photo_exif(exif_tags)
         image.load()
         image = ImageOps.exif_transpose(image)
         image = _to_rgb(image)

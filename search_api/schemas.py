@@ -8,10 +8,10 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from imgsearch_core.store.fields import SearchFilter
+from search_api.ranking import SORT_POOL
 
 MAX_LIMIT = 200
 MAX_OFFSET = 10_000
-SORT_POOL = 1_000  # sort=newest orders this many best matches by date
 
 
 class SearchRequest(BaseModel):

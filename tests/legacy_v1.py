@@ -7,6 +7,7 @@ the properties that version kept.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 import uuid
@@ -17,7 +18,12 @@ from pymilvus import DataType, MilvusClient
 from imgsearch_core.encoder import Embedder
 from imgsearch_core.images import decode_image
 from imgsearch_core.store import MilvusStore
-from imgsearch_core.store.fields import content_hash, image_id
+from imgsearch_core.store.fields import content_hash
+
+
+def v1_image_id(path: str) -> str:
+    """indexer/plan.py's image_id at 2c4cd64, kept as it was: a change of ids would duplicate every row."""
+    return hashlib.blake2b(path.encode("utf-8", "surrogateescape"), digest_size=8).hexdigest()
 
 
 def create_v1_collection(store: MilvusStore, model: str, dim: int, fingerprint=None) -> None:
@@ -52,7 +58,7 @@ def index_v1(store: MilvusStore, encoder: Embedder, paths: list[Path], roots: li
         data = path.read_bytes()
         decoded = decode_image(data, str(path), encoder.image_size, 10**8)
         stat = path.stat()
-        rows.append({"id": image_id(str(path)), "path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+        rows.append({"id": v1_image_id(str(path)), "path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
                      "content_hash": content_hash(data), "width": decoded.width, "height": decoded.height,
                      "indexed_at": int(time.time()), "vector": encoder.embed_images([decoded.image])[0]})
     store._call(lambda c: c.upsert(store.collection, rows))

@@ -17,7 +17,7 @@ import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
@@ -28,8 +28,8 @@ SCHEMA_VERSION = 2  # 1: file metadata and size; 2: when the photo was taken, it
 
 
 def image_id(path: str) -> str:
-    """Stable row id for a file path (16 hex chars of sha1; collisions negligible at library scale)."""
-    return hashlib.sha1(path.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    """A stable id for the file at ``path``: the same path always gets the same id (ids on disk depend on it)."""
+    return hashlib.blake2b(path.encode("utf-8", "surrogateescape"), digest_size=8).hexdigest()
 
 
 def content_hash(data: bytes) -> str:
@@ -44,6 +44,14 @@ def wall_clock_seconds(moment: datetime) -> int:
     "taken after 2019-06-01" means after midnight where the photo was taken. An aware datetime counts by
     its own wall clock too."""
     return calendar.timegm(moment.replace(tzinfo=None).timetuple())
+
+
+def wall_clock_datetime(seconds: int) -> datetime:
+    """The inverse of wall_clock_seconds: a stored ``taken_at`` as a datetime without a zone."""
+    return _EPOCH + timedelta(seconds=seconds)
+
+
+_EPOCH = datetime(1970, 1, 1)
 
 
 def mtime_wall_clock(mtime_ns: int) -> int:
@@ -143,7 +151,6 @@ class Column:
     max_length: int = 0  # VARCHAR only
     filter: Prefix | Range | Period | OneOf | None = None
     since: int = 1  # the schema version that added it
-    description: str = ""
 
 
 COLUMNS: tuple[Column, ...] = (

@@ -138,9 +138,7 @@ class MilvusStore:
         """Create the collection for ``model``, or check that an existing one was made by it (and, given a
         fingerprint, by the same weights). ``record_fingerprint``: a writer (the indexer) records its
         fingerprint on a collection made before fingerprints were kept; readers never do."""
-        if not self.exists() and self.finish_interrupted_switch():
-            log.warning("finished the upgrade of collection %s that was interrupted at its very end", self.collection)
-        if self.exists():
+        if self.exists() or self.finish_interrupted_switch():
             self.check_model(model, dim, fingerprint, record_fingerprint)
             return
         identity = {"imgsearch.model": model, "imgsearch.dim": str(dim)}
@@ -197,16 +195,20 @@ class MilvusStore:
         if version > SCHEMA_VERSION:
             raise SchemaTooNewError(self.collection, version, SCHEMA_VERSION)
 
+    def upgrade_complete(self, physical: str) -> bool:
+        """Whether ``physical`` is an upgrade's copy that was filled to the end."""
+        if not self._call(lambda c: c.has_collection(physical)):
+            return False
+        return self._properties(physical).get(UPGRADE_PROPERTY) == "complete"
+
     def finish_interrupted_switch(self) -> bool:
         """An upgrade that dropped the old collection but died before naming the new one: name it now."""
         physical = self.physical_name(SCHEMA_VERSION)
-        if not self._call(lambda c: c.has_collection(physical)):
-            return False
-        properties = self._call(lambda c: c.describe_collection(physical)).get("properties") or {}
-        if properties.get(UPGRADE_PROPERTY) != "complete":
+        if not self.upgrade_complete(physical):
             return False
         self._call(lambda c: c.create_alias(physical, self.collection))
         self._wrote()
+        log.warning("finished the upgrade of collection %s that was interrupted at its very end", self.collection)
         return True
 
     def indexed_roots(self) -> list[str]:
@@ -241,8 +243,8 @@ class MilvusStore:
         model = (info.get("properties") or {}).get("imgsearch.model")
         return (model or "(not an imgsearch collection)"), dim
 
-    def _properties(self) -> dict[str, str]:
-        return self._call(lambda c: c.describe_collection(self.collection)).get("properties") or {}
+    def _properties(self, collection: str | None = None) -> dict[str, str]:
+        return self._call(lambda c: c.describe_collection(collection or self.collection)).get("properties") or {}
 
     def creation_token(self) -> str:
         """Changes when the collection is dropped and made again; raises CollectionNotFoundError if it is gone."""

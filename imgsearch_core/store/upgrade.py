@@ -64,7 +64,7 @@ def upgrade(store: MilvusStore, max_file_bytes: int, batch_size: int = 500,
     if version == SCHEMA_VERSION:
         return report
     old, new = store.target(), store.physical_name(SCHEMA_VERSION)
-    if _properties(store, new).get(UPGRADE_PROPERTY) != "complete":
+    if not store.upgrade_complete(new):
         _copy(store, version, new, max_file_bytes, batch_size, report, on_progress)
     else:
         report.rows = store.count()
@@ -125,12 +125,6 @@ def _upgraded_row(row: dict[str, Any], version: int, roots: list[str], max_file_
                       format=image_format, camera_make=exif.camera_make, camera_model=exif.camera_model, gps=exif.gps)
     added = {column.name: column.fill(facts) for column in COLUMNS if column.since > version}
     return {**row, **added}
-
-
-def _properties(store: MilvusStore, collection: str) -> dict[str, str]:
-    if not store._call(lambda c: c.has_collection(collection)):
-        return {}
-    return store._call(lambda c: c.describe_collection(collection)).get("properties") or {}
 
 
 def _batched(items: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:

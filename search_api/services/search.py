@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
 
 import numpy as np
 from starlette.concurrency import run_in_threadpool
@@ -12,10 +11,11 @@ from starlette.concurrency import run_in_threadpool
 from imgsearch_core.encoder import Embedder
 from imgsearch_core.images import DecodedImage
 from imgsearch_core.store import Hit, MilvusStore
+from imgsearch_core.store.fields import wall_clock_datetime
 from imgsearch_core.store.filters import ImageFilter
 from imgsearch_core.store.vector_copy import VectorCopy
-from search_api.ranking import blend
-from search_api.schemas import SORT_POOL, SearchHit, SearchRequest, SearchResponse
+from search_api.ranking import SORT_POOL, blend, newest_first
+from search_api.schemas import SearchHit, SearchRequest, SearchResponse
 from search_api.services.batching import TextBatcher
 
 
@@ -70,12 +70,10 @@ class SearchService:
             parts.append((vector, request.image_weight))
         query = blend(parts)
         image_filter = ImageFilter.from_request(request.filter)
-        if request.sort == "newest":  # the best matches, ordered by date, then paged
-            pool = await run_in_threadpool(self._nearest, query, max(SORT_POOL, request.offset + request.limit), 0,
+        if request.sort == "newest":
+            best = await run_in_threadpool(self._nearest, query, max(SORT_POOL, request.offset + request.limit), 0,
                                            image_filter)
-            pool = [hit for hit in pool if request.min_score is None or hit.score >= request.min_score]
-            pool.sort(key=lambda hit: (-hit.row["taken_at"], -hit.score))
-            hits = pool[request.offset:request.offset + request.limit]
+            hits = newest_first(best, request.offset, request.limit, request.min_score)
         else:
             hits = await run_in_threadpool(self._nearest, query, request.limit, request.offset, image_filter)
         results = [to_hit(hit) for hit in hits if request.min_score is None or hit.score >= request.min_score]
@@ -90,9 +88,6 @@ def to_hit(hit: Hit) -> SearchHit:
     return SearchHit(
         id=hit.id, path=row["path"], score=round(hit.score, 6), width=row["width"], height=row["height"],
         image_url=f"/images/{hit.id}", thumbnail_url=f"/images/{hit.id}/thumbnail",
-        taken_at=EPOCH + timedelta(seconds=row["taken_at"]), taken_at_source=row["taken_at_source"],
+        taken_at=wall_clock_datetime(row["taken_at"]), taken_at_source=row["taken_at_source"],
         format=row["format"], camera_make=row["camera_make"], camera_model=row["camera_model"], gps=row["gps"],
     )
-
-
-EPOCH = datetime(1970, 1, 1)  # taken_at counts wall-clock seconds from here (imgsearch_core/store/fields.py)
