@@ -164,7 +164,7 @@ def main() -> None:
     for note in response.get("notes", []):
         st.caption(f"ℹ️ {note}")
     if not results:
-        st.warning("No results. Try other words, a lower minimum score, or a shorter path filter.", icon="🔍")
+        st.warning("No results. Try other words, a lower minimum score, or fewer filters in the sidebar.", icon="🔍")
         return
     st.caption(f"{len(results)} results in {response['took_ms']:.0f} ms")
     render_grid(client, results)
