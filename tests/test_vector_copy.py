@@ -275,3 +275,18 @@ def test_random_writes_from_another_process_are_all_caught_up(store, filled, tmp
     finally:
         vector_copy.stop()
         stop_process(writer)
+
+
+def test_the_cheap_reconcile_catches_a_changed_row_count_and_leaves_rewrites_to_the_full_one(vector_copy, store,
+                                                                                             filled):
+    token_file = store.generation_token.path
+    before = token_file.read_text()
+    new_vector = unit_rows(1, seed=78)[0]["vector"]
+    store.upsert([{**filled[6], "vector": new_vector, "indexed_at": 2}])  # same count, no token bump
+    token_file.write_text(before)
+    vector_copy.reconcile(full=False)
+    assert vector_copy.search_copy(new_vector, 1, 0)[0].id != filled[6]["id"]  # not seen by a count
+    store.delete([filled[7]["id"]])
+    token_file.write_text(before)
+    vector_copy.reconcile(full=False)  # the count changed: caught up, the rewrite with it
+    assert vector_copy.count() == 499 and vector_copy.search_copy(new_vector, 1, 0)[0].id == filled[6]["id"]

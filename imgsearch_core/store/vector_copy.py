@@ -93,7 +93,8 @@ class VectorCopy:
     Only an embedded collection has the generation token the copy needs to know it is fresh.
     """
 
-    def __init__(self, store: MilvusStore, dim: int, poll_s: float = 0.5, reconcile_s: float = 30.0):
+    def __init__(self, store: MilvusStore, dim: int, poll_s: float = 0.5, reconcile_s: float = 30.0,
+                 full_reconcile_s: float = 900.0):
         if store.generation_token is None:
             raise ValueError("the vector copy needs an embedded (Milvus Lite) collection: a server keeps no "
                              "generation token")
@@ -101,7 +102,8 @@ class VectorCopy:
         self._dim = dim
         self._poll_s = poll_s
         self._reconcile_s = reconcile_s
-        self._reconciled_at = time.monotonic()
+        self._full_reconcile_s = full_reconcile_s
+        self._reconciled_at = self._fully_reconciled_at = time.monotonic()
         self._snapshot: _Snapshot | None = None
         self._token: str | None = None  # generation the snapshot reflects
         self._stop = threading.Event()
@@ -175,23 +177,32 @@ class VectorCopy:
                 if not self.fresh:
                     self.sync_now()
                 elif time.monotonic() - self._reconciled_at > self._reconcile_s:
-                    self.reconcile()
+                    self.reconcile(full=time.monotonic() - self._fully_reconciled_at > self._full_reconcile_s)
             except Exception:  # Milvus briefly unreachable: searches fall back to Milvus meanwhile
                 log.warning("vector copy could not sync; searches go to Milvus until it can", exc_info=True)
                 self._stop.wait(5)
             self._stop.wait(self._poll_s)
 
-    def reconcile(self) -> None:
+    def reconcile(self, full: bool = True) -> None:
         """Catch up if Milvus holds other rows, or other versions of them, than the copy.
 
-        Compares every row's (id, indexed_at): covers writes whose token bump never happened (a writer
-        killed between its write and its bump, a script writing with plain pymilvus), also those that keep
-        the row count. A row rewritten in the same second with the same ``indexed_at`` is not seen.
+        Covers writes whose token bump never happened: a writer killed between its write and its bump, a
+        script writing with plain pymilvus. The row count is compared every time (the background thread: every
+        30 s); every row's (id, indexed_at) only when ``full`` (the background thread: every 15 minutes, since
+        Milvus Lite takes about 50 s of CPU to list 100,000 rows), which also catches writes that keep the row
+        count. A row rewritten in the same second with the same ``indexed_at`` is not seen.
         """
         self._reconciled_at = time.monotonic()
         snapshot = self._snapshot
         if snapshot is None:
             return
+        if not full:
+            if self._store.count() != snapshot.size:
+                log.warning("vector copy disagreed with Milvus on the row count; catching up")
+                self._token = None
+                self.sync_now()
+            return
+        self._fully_reconciled_at = self._reconciled_at
         in_milvus = {row["id"]: row["indexed_at"] for row in self._store.iter_rows(fields=["id", "indexed_at"])}
         in_copy = {row_id: extra["indexed_at"] for row_id, extra in zip(snapshot.ids, snapshot.extra)}
         if in_milvus != in_copy:
