@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import threading
 import time
 
 import numpy as np
 import pytest
 
+from imgsearch_core.store import vector_copy as vector_copy_module
 from imgsearch_core.store.fields import SearchFilter
 from imgsearch_core.store.filters import ImageFilter
 from imgsearch_core.store.vector_copy import VectorCopy
@@ -290,3 +295,94 @@ def test_the_cheap_reconcile_catches_a_changed_row_count_and_leaves_rewrites_to_
     token_file.write_text(before)
     vector_copy.reconcile(full=False)  # the count changed: caught up, the rewrite with it
     assert vector_copy.count() == 499 and vector_copy.search_copy(new_vector, 1, 0)[0].id == filled[6]["id"]
+
+
+def _threads(target, args_list):
+    results, errors = [None] * len(args_list), [None] * len(args_list)
+
+    def run(i, args):
+        try:
+            results[i] = target(*args)
+        except Exception as exc:
+            errors[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i, args)) for i, args in enumerate(args_list)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    return results, errors
+
+
+def hold_the_first_pass(monkeypatch, scan, queries: int) -> list[int]:
+    """Make ``scan``'s first pass wait until the other queries wait for the next; returns the size of each pass."""
+    passes: list[int] = []
+    real_scores = vector_copy_module._scores
+
+    def counted(vectors, batch):
+        if not passes:
+            deadline = time.monotonic() + 10
+            while len(scan._waiting) < queries - batch.shape[1] and time.monotonic() < deadline:
+                time.sleep(0.01)
+        passes.append(batch.shape[1])
+        return real_scores(vectors, batch)
+
+    monkeypatch.setattr(vector_copy_module, "_scores", counted)
+    return passes
+
+
+def test_queries_that_arrive_during_a_pass_share_the_next_one_and_each_gets_its_own_scores(monkeypatch):
+    """Eight concurrent searches read the vectors twice, not eight times, and none gets another's scores."""
+    rng = np.random.default_rng(3)
+    vectors = rng.standard_normal((1000, DIM)).astype(np.float32)
+    queries = rng.standard_normal((8, DIM)).astype(np.float32)
+    scan = vector_copy_module.SharedScan()
+    passes = hold_the_first_pass(monkeypatch, scan, len(queries))
+    results, errors = _threads(scan.scores, [(vectors, query) for query in queries])
+    assert errors == [None] * 8
+    assert len(passes) == 2 and sum(passes) == 8
+    for query, scores in zip(queries, results):
+        np.testing.assert_allclose(scores, vectors @ query, rtol=1e-5, atol=1e-5)
+
+
+def test_a_pass_never_mixes_the_vectors_of_an_old_and_a_new_snapshot(monkeypatch):
+    rng = np.random.default_rng(4)
+    old, new = (rng.standard_normal((500, DIM)).astype(np.float32) for _ in range(2))
+    queries = rng.standard_normal((10, DIM)).astype(np.float32)
+    scan = vector_copy_module.SharedScan()
+    passes = hold_the_first_pass(monkeypatch, scan, len(queries))
+    results, errors = _threads(scan.scores, [(old if i % 2 else new, query) for i, query in enumerate(queries)])
+    assert errors == [None] * 10
+    assert len(passes) >= 3  # the first, then one per snapshot
+    for i, (query, scores) in enumerate(zip(queries, results)):
+        np.testing.assert_allclose(scores, (old if i % 2 else new) @ query, rtol=1e-5, atol=1e-5)
+
+
+def test_a_failed_pass_fails_every_query_in_it(monkeypatch):
+    scan = vector_copy_module.SharedScan()
+    passes = []
+
+    def out_of_memory(vectors, batch):
+        passes.append(batch.shape[1])
+        deadline = time.monotonic() + 10  # the first pass waits until the other queries wait for the next
+        while len(passes) == 1 and len(scan._waiting) + batch.shape[1] < 4 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        raise MemoryError("no room for the scores")
+
+    monkeypatch.setattr(vector_copy_module, "_scores", out_of_memory)
+    vectors = np.ones((10, DIM), dtype=np.float32)
+    results, errors = _threads(scan.scores, [(vectors, np.ones(DIM, dtype=np.float32))] * 4)
+    assert results == [None] * 4 and all(isinstance(error, MemoryError) for error in errors)
+    assert len(passes) == 2
+
+
+@pytest.mark.parametrize("first, sleeps", [("imgsearch_cli", True), ("numpy", False)])
+def test_the_imgsearch_command_makes_numpy_threads_sleep_after_a_search(first, sleeps):
+    """OpenBLAS reads OPENBLAS_THREAD_TIMEOUT once, when numpy loads: the command must set it before. Where numpy
+    came first the copy scores with torch (spinning BLAS threads made the next text encode up to 3x slower)."""
+    code = (f"import {first}, os, imgsearch_core, numpy; "
+            "print(imgsearch_core.BLAS_THREADS_SLEEP, os.environ.get('OPENBLAS_THREAD_TIMEOUT'))")
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
+    shown = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60,
+                           check=True).stdout.split()
+    assert shown == [str(sleeps), "4"]

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 from pymilvus import DataType
 
+from imgsearch_core import BLAS_THREADS_SLEEP
 from imgsearch_core.store.fields import FILTERABLE
 from imgsearch_core.store.filters import ImageFilter
 from imgsearch_core.store.gateway import Hit, MilvusStore
@@ -75,16 +76,65 @@ def _snapshot_from_rows(rows: list[dict], dim: int) -> _Snapshot:
     )
 
 
-def _dot(vectors: np.ndarray, query: np.ndarray) -> np.ndarray:
-    """``vectors @ query`` on torch's thread pool, the one the text encoder uses.
+def _scores(vectors: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    """``vectors @ queries`` for a (dim, k) matrix of queries: numpy's OpenBLAS on all cores when its threads
+    sleep after the call, else torch.
 
-    numpy's OpenBLAS threads spin for a while after each call and slowed the next text encode by
-    up to 2x on two cores (bench/query_latency.py); torch's own pool does not fight itself.
+    At 100,000 rows numpy takes ~9 ms on two cores for one query, torch's single-threaded ``mv`` ~19 ms. But
+    OpenBLAS threads that spin after the call (numpy imported before imgsearch_core, see its ``__init__``)
+    slowed the next text encode up to 3x (bench/query_latency.py), so then torch, whose pool does not spin.
     """
+    if BLAS_THREADS_SLEEP:
+        return vectors @ queries
     import torch
 
     with torch.inference_mode():
-        return torch.mv(torch.from_numpy(vectors), torch.from_numpy(query)).numpy()
+        return torch.mm(torch.from_numpy(vectors), torch.from_numpy(queries)).numpy()
+
+
+class _Waiting:
+    def __init__(self, vectors: np.ndarray, query: np.ndarray):
+        self.vectors, self.query = vectors, query
+        self.scores: np.ndarray | None = None
+        self.error: BaseException | None = None
+
+
+class SharedScan:
+    """Scores queries against the copy one pass at a time; the queries that arrive during a pass share the next.
+
+    A pass is bound by reading the vectors from memory (200 MB at 100,000 rows), so one pass for eight queries
+    took 24 ms where eight single ones took 70 (numpy, two cores). And passes in turn do not fight each other
+    for the cores.
+    """
+
+    def __init__(self):
+        self._waiting: list[_Waiting] = []
+        self._waiting_lock = threading.Lock()
+        self._pass_lock = threading.Lock()
+
+    def scores(self, vectors: np.ndarray, query: np.ndarray) -> np.ndarray:
+        mine = _Waiting(vectors, query)
+        with self._waiting_lock:
+            self._waiting.append(mine)
+        with self._pass_lock:  # while a pass runs, more queries gather for the next
+            if mine.scores is None and mine.error is None:  # not answered by the pass before: run one
+                self._run_pass(vectors)
+        if mine.error is not None:
+            raise mine.error
+        return mine.scores
+
+    def _run_pass(self, vectors: np.ndarray) -> None:
+        with self._waiting_lock:  # the queries against these vectors (a snapshot may have been replaced since)
+            batch = [w for w in self._waiting if w.vectors is vectors]
+            self._waiting = [w for w in self._waiting if w.vectors is not vectors]
+        try:
+            scores = _scores(vectors, np.stack([w.query for w in batch], axis=1))
+        except BaseException as exc:  # every query of the pass gets the error, not a silent None
+            for waiting in batch:
+                waiting.error = exc
+            raise
+        for i, waiting in enumerate(batch):
+            waiting.scores = scores[:, i]
 
 
 class VectorCopy:
@@ -106,6 +156,7 @@ class VectorCopy:
         self._reconciled_at = self._fully_reconciled_at = time.monotonic()
         self._snapshot: _Snapshot | None = None
         self._token: str | None = None  # generation the snapshot reflects
+        self._scan = SharedScan()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="vector-copy", daemon=True)
 
@@ -159,7 +210,7 @@ class VectorCopy:
         if mask is not None and not mask.all():
             candidates = np.flatnonzero(mask)
         vectors = snapshot.vectors if candidates is None else snapshot.vectors[candidates]
-        scores = _dot(vectors, np.asarray(query, dtype=np.float32))
+        scores = self._scan.scores(vectors, np.asarray(query, dtype=np.float32))
         wanted = min(offset + limit, len(scores))
         if wanted <= 0:
             return []
