@@ -8,6 +8,7 @@ import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # before anything imports huggingface_hub
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")  # as the imgsearch command sets it (imgsearch_core/__init__.py)
 # The developer's own IMGSEARCH_* settings (an API key, a server URI, ...) must not change what the tests see.
 for _name in [name for name in os.environ if name.startswith("IMGSEARCH_")]:
     del os.environ[_name]
@@ -242,6 +243,29 @@ def pytest_configure(config):
         settings.register_profile("mutants", phases=[Phase.explicit, Phase.reuse, Phase.generate], database=None,
                                   derandomize=True)
         settings.load_profile("mutants")
+
+
+MUTANT_TEST_LIMIT_S = 12  # every test of the mutation selection takes under 4 s on the real code
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """Under `make mutants` a test still running after MUTANT_TEST_LIMIT_S fails: the mutant broke something the
+    test waits for (a copy that never gets fresh, an endpoint that never answers), and the test's own 30 s
+    patience for a slow CI machine would otherwise be paid by every such mutant."""
+    if "__mutmut_" not in os.environ.get("MUTANT_UNDER_TEST", ""):
+        return (yield)
+
+    def too_slow(signum, frame):
+        raise TimeoutError(f"over {MUTANT_TEST_LIMIT_S} s under a mutant")
+
+    previous = signal.signal(signal.SIGALRM, too_slow)
+    signal.setitimer(signal.ITIMER_REAL, MUTANT_TEST_LIMIT_S)
+    try:
+        return (yield)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def _only_the_layers_own_tests(config, items):

@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
+import subprocess
+import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import http_ready, start_server, stop_process
+from tests.conftest import (
+    cli_environment,
+    http_ready,
+    start_api,
+    start_server,
+    stop_process,
+    write_exif_photo,
+    write_photo,
+)
 
 CHROMIUM = os.environ.get("TEST_CHROMIUM", "/usr/bin/chromium")
 
@@ -59,4 +72,84 @@ def test_typing_a_query_shows_result_images_and_more_like_this_works(ui_url, art
         expect(page.get_by_text("Showing images like")).to_be_visible(timeout=30_000)
         expect(results.first).to_be_visible(timeout=30_000)
         page.screenshot(path=str(artefacts / "ui-more-like-this.png"), full_page=True)
+        browser.close()
+
+
+@pytest.fixture
+def dated_ui_url(tmp_path, imgsearch_bin, tiny_model_dir):
+    """Its own API and UI over photos with EXIF capture dates (the shared server's photos have none)."""
+    photos = tmp_path / "photos"
+    write_exif_photo(photos / "beach2019.jpg", seed=1, taken="2019:06:01 09:30:00", model="X100V")
+    write_exif_photo(photos / "party2021.jpg", seed=2, taken="2021:12:24 18:00:00", model="iPhone 12")
+    write_exif_photo(photos / "hike2023.jpg", seed=3, taken="2023:08:15 07:00:00", model="X100V")
+    scan = write_photo(photos / "scan2024.png", seed=4)  # no EXIF: dated by its mtime
+    os.utime(scan, (datetime(2024, 3, 1, 12).timestamp(),) * 2)
+    env = {**cli_environment(tmp_path / "data", tiny_model_dir), "IMGSEARCH_ALLOWED_ROOTS": json.dumps([str(photos)])}
+    subprocess.run([imgsearch_bin, "index", str(photos)], env=env, check=True, capture_output=True, timeout=120)
+    api, base = start_api(imgsearch_bin, env)
+    try:
+        ui, port = start_server(lambda port: [imgsearch_bin, "ui", "--port", str(port), "--api-url", base], env,
+                                http_ready("/_stcore/health"), timeout_s=60)
+        try:
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            stop_process(ui)
+    finally:
+        stop_process(api)
+
+
+def shown_names(page) -> list[str]:
+    """The file names under the result grid's thumbnails, in the order shown ("**0.812** · name · 2019-06-01")."""
+    captions = page.locator("[data-testid='stCaptionContainer']").all_inner_texts()
+    return [match.group(1) for text in captions if (match := re.search(r"^-?[\d.]+ · (\S+) · \d{4}-", text.strip()))]
+
+
+def type_date(page, label: str, year: str, month: str, day: str) -> None:
+    """Type into a date field's year, month and day as a person does, then leave it."""
+    for part, value in (("year", year), ("month", month), ("day", day)):
+        page.get_by_role("spinbutton", name=f"{part}, {label}").click()
+        page.keyboard.type(value)
+    page.keyboard.press("Escape")  # close the calendar the field opened
+    page.get_by_role("heading", name="imgsearch").click()  # and leave the field
+
+
+def wait_for_names(page, expected: list[str], timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while (names := shown_names(page)) != expected and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert names == expected
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_the_date_range_and_newest_first_narrow_and_order_the_results(dated_ui_url, artefacts):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                             args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                                                   "--disable-component-update", "--disable-sync", "--no-first-run"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1400})
+        page.goto(dated_ui_url)
+        box = page.get_by_label("Describe what you are looking for, then press Enter")
+        box.fill("colourful blocks")
+        box.press("Enter")
+        deadline = time.monotonic() + 30
+        while len(shown_names(page)) < 4 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        captions = page.locator("[data-testid='stCaptionContainer']").all_inner_texts()
+        assert sorted(shown_names(page)) == ["beach2019.jpg", "hike2023.jpg", "party2021.jpg", "scan2024.png"], captions
+
+        type_date(page, "Taken on or after", "2020", "01", "01")
+        deadline = time.monotonic() + 30
+        while "beach2019.jpg" in shown_names(page) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert sorted(shown_names(page)) == ["hike2023.jpg", "party2021.jpg", "scan2024.png"]
+
+        page.get_by_text("Newest first").click()
+        wait_for_names(page, ["scan2024.png", "hike2023.jpg", "party2021.jpg"])
+        page.screenshot(path=str(artefacts / "ui-dates-newest.png"), full_page=True)
+
+        type_date(page, "Taken before", "2023", "01", "01")
+        wait_for_names(page, ["party2021.jpg"])
         browser.close()

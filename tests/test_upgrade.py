@@ -13,17 +13,21 @@ import numpy as np
 import pytest
 
 from imgsearch_core.errors import CollectionNotFoundError, SchemaOutdatedError, SchemaTooNewError
-from imgsearch_core.store import release_hosted
+from imgsearch_core.store import MilvusStore, release_hosted
 from imgsearch_core.store.fields import SCHEMA_VERSION, SearchFilter, columns_of, mtime_wall_clock, wall_clock_seconds
 from imgsearch_core.store.filters import ImageFilter
 from imgsearch_core.store.upgrade import upgrade
 from indexer.runner import run_index
-from tests.conftest import write_exif_photo, write_photo
+from tests.conftest import MILVUS_SERVERS, unique_collection, write_exif_photo, write_photo
 from tests.legacy_v1 import index_v1
 
 
 @pytest.fixture
 def old_library(tmp_path, store, encoder):
+    return write_old_library(tmp_path, store, encoder)
+
+
+def write_old_library(tmp_path, store, encoder):
     """A schema-1 collection of five photos: two with EXIF, one PNG, one deleted since it was indexed, and one
     whose content changed since (its new EXIF is not what was indexed, so it is not read)."""
     root = tmp_path / "photos"
@@ -68,6 +72,25 @@ def test_index_refuses_an_old_schema_and_names_the_command(old_library, settings
 
 
 def test_upgrade_keeps_every_vector_and_fills_the_new_columns_from_the_files(old_library, settings, store):
+    upgrades_and_keeps_everything(old_library, settings, store)
+
+
+@pytest.mark.parametrize("kind", MILVUS_SERVERS)
+def test_upgrade_on_a_milvus_server_keeps_every_vector_and_switches_the_name(kind, milvus_servers, settings,
+                                                                              tmp_path, encoder):
+    settings = settings.model_copy(update={"milvus_uri": milvus_servers(kind), "collection": unique_collection()})
+    store = MilvusStore.from_settings(settings)
+    try:
+        upgrades_and_keeps_everything(write_old_library(tmp_path, store, encoder), settings, store)
+        store.drop()
+        assert not any(name.startswith(settings.collection) for name in store._call(lambda c: c.list_collections()))
+    finally:
+        if store.exists():
+            store.drop()
+        store.close()
+
+
+def upgrades_and_keeps_everything(old_library, settings, store):
     root, before = old_library
     heard = []
     started = time.monotonic()
@@ -96,7 +119,8 @@ def test_upgrade_keeps_every_vector_and_fills_the_new_columns_from_the_files(old
     assert (edited["taken_at_source"], edited["camera_model"], edited["taken_at"]) == (
         "mtime", "", mtime_wall_clock(before[str(root / "edited.jpg")]["mtime_ns"]))
     # The old collection is gone; the configured name finds the new one, and its filters work.
-    assert store._call(lambda c: c.list_collections()) == [f"{store.collection}_v{SCHEMA_VERSION}"]
+    assert [name for name in store._call(lambda c: c.list_collections()) if name.startswith(store.collection)] == [
+        f"{store.collection}_v{SCHEMA_VERSION}"]
     query = np.asarray(before[str(root / "city.jpg")]["vector"], np.float32)[None, :]
     before_2020 = ImageFilter.from_request(SearchFilter(taken_before="2020-01-01"))
     assert [hit.row["path"] for hit in store.search(query, 10, 0, before_2020)[0]] == [str(root / "beach.jpg")]

@@ -331,8 +331,11 @@ def hold_the_first_pass(monkeypatch, scan, queries: int) -> list[int]:
     return passes
 
 
-def test_queries_that_arrive_during_a_pass_share_the_next_one_and_each_gets_its_own_scores(monkeypatch):
+@pytest.mark.parametrize("blas_threads_sleep", [True, False], ids=["numpy", "torch"])
+def test_queries_that_arrive_during_a_pass_share_the_next_one_and_each_gets_its_own_scores(monkeypatch,
+                                                                                          blas_threads_sleep):
     """Eight concurrent searches read the vectors twice, not eight times, and none gets another's scores."""
+    monkeypatch.setattr(vector_copy_module, "BLAS_THREADS_SLEEP", blas_threads_sleep)
     rng = np.random.default_rng(3)
     vectors = rng.standard_normal((1000, DIM)).astype(np.float32)
     queries = rng.standard_normal((8, DIM)).astype(np.float32)

@@ -170,7 +170,7 @@ class MilvusStore:
         ))
         # sync=False: pymilvus would otherwise poll the index state with a fixed half-second sleep, and an
         # index on an empty collection is built by the time load_collection runs.
-        self._call(lambda c: c.create_index(physical, index_params, sync=False))
+        self._call(lambda c: c.create_index(physical, index_params, sync=False))  # pragma: no mutate (speed only)
         self._call(lambda c: c.load_collection(physical))
 
     def target(self) -> str | None:
