@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from datetime import datetime, timedelta, timezone
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ from imgsearch_core.errors import (
     StoreUnavailableError,
     WeightsMismatchError,
 )
-from imgsearch_core.store.fields import SCHEMA_VERSION, SearchFilter
+from imgsearch_core.store.fields import SCHEMA_VERSION, SearchFilter, wall_clock_datetime, wall_clock_seconds
 from imgsearch_core.store.filters import ImageFilter
 from imgsearch_core.store.gateway import _CREATED_PROPERTY, fingerprints_match, search_params
 from imgsearch_core.store.lite import _pid_alive
@@ -287,3 +288,12 @@ def test_the_collection_is_made_as_its_columns_declare(store):
     assert store.target() == f"{store.collection}_v{SCHEMA_VERSION}"  # the configured name is an alias
     index = store._call(lambda c: c.describe_index(store.collection, "vector"))
     assert (index["index_type"], index["metric_type"]) == (store.index_type, "COSINE")
+
+
+@pytest.mark.parametrize("moment", [datetime(2019, 6, 1, 9, 30), datetime(1969, 12, 31, 23, 59, 59),
+                                    datetime(1826, 1, 1), datetime(2200, 12, 31, 23, 59, 59)])
+def test_a_stored_capture_time_reads_back_as_the_wall_clock_it_was(moment):
+    """taken_at is kept as seconds and shown as a date: a photo taken at 09:30 reads 09:30, with no zone."""
+    stored = wall_clock_seconds(moment)
+    assert wall_clock_datetime(stored) == moment
+    assert wall_clock_seconds(moment.replace(tzinfo=timezone(timedelta(hours=10)))) == stored  # its own clock
