@@ -234,10 +234,16 @@ _TESTS_OF_LAYER = {  # the first prefix that matches
 }
 
 
+def _mutant_under_test() -> str:
+    """The mutant `make mutants` runs the tests against, else "". Read each time: mutmut sets it in each fork."""
+    mutant = os.environ.get("MUTANT_UNDER_TEST", "")
+    return mutant if "__mutmut_" in mutant else ""
+
+
 def pytest_configure(config):
     """Under `make mutants` a failing property test stops at its first counterexample: shrinking it to the
     smallest one (minutes on Milvus Lite) only tells a person more, and no person reads it."""
-    if "__mutmut_" in os.environ.get("MUTANT_UNDER_TEST", "") or os.environ.get("MUTANT_UNDER_TEST") == "stats":
+    if _mutant_under_test() or os.environ.get("MUTANT_UNDER_TEST") == "stats":
         from hypothesis import Phase, settings
 
         settings.register_profile("mutants", phases=[Phase.explicit, Phase.reuse, Phase.generate], database=None,
@@ -253,7 +259,7 @@ def pytest_runtest_protocol(item, nextitem):
     """Under `make mutants` a test still running after MUTANT_TEST_LIMIT_S fails: the mutant broke something the
     test waits for (a copy that never gets fresh, an endpoint that never answers), and the test's own 30 s
     patience for a slow CI machine would otherwise be paid by every such mutant."""
-    if "__mutmut_" not in os.environ.get("MUTANT_UNDER_TEST", ""):
+    if not _mutant_under_test():
         return (yield)
 
     def too_slow(signum, frame):
@@ -269,8 +275,8 @@ def pytest_runtest_protocol(item, nextitem):
 
 
 def _only_the_layers_own_tests(config, items):
-    mutant = os.environ.get("MUTANT_UNDER_TEST", "")
-    if "__mutmut_" not in mutant:
+    mutant = _mutant_under_test()
+    if not mutant:
         return
     files = next((files for prefix, files in _TESTS_OF_LAYER.items() if mutant.startswith(prefix)), None)
     if files is None:

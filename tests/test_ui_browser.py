@@ -43,12 +43,12 @@ def ui_url(server, imgsearch_bin, server_env):
     stop_process(process)
 
 
-@pytest.mark.slow
-@pytest.mark.browser
-def test_typing_a_query_shows_result_images_and_more_like_this_works(ui_url, artefacts):
+@pytest.fixture
+def page():
+    """A page in a real headless Chromium, closed after the test."""
     if not shutil.which(CHROMIUM) and not os.path.exists(CHROMIUM):
         pytest.fail(f"Chromium not found at {CHROMIUM}: apt-get install chromium (.ci/run does)")
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
@@ -56,24 +56,32 @@ def test_typing_a_query_shows_result_images_and_more_like_this_works(ui_url, art
             args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                   "--disable-sync", "--no-first-run", "--disable-quic"],
         )
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.goto(ui_url)
-        box = page.get_by_label("Describe what you are looking for, then press Enter")
-        box.fill("colourful blocks")
-        box.press("Enter")
-        results = page.locator("[data-testid='stImage'] img")
-        expect(results.first).to_be_visible(timeout=30_000)
-        expect(page.get_by_text("results in")).to_be_visible()
-        assert results.count() >= 5
-        assert page.locator("[data-testid='stImage'] img").first.evaluate("img => img.naturalWidth") > 0
-        page.screenshot(path=str(artefacts / "ui-results.png"), full_page=True)
+        try:
+            yield browser.new_page(viewport={"width": 1400, "height": 1400})
+        finally:
+            browser.close()
 
-        page.get_by_role("button", name="More like this").first.click()
-        expect(page.get_by_text("Showing images like")).to_be_visible(timeout=30_000)
-        expect(results.first).to_be_visible(timeout=30_000)
-        page.screenshot(path=str(artefacts / "ui-more-like-this.png"), full_page=True)
-        browser.close()
 
+@pytest.mark.slow
+@pytest.mark.browser
+def test_typing_a_query_shows_result_images_and_more_like_this_works(ui_url, page, artefacts):
+    from playwright.sync_api import expect
+
+    page.goto(ui_url)
+    box = page.get_by_label("Describe what you are looking for, then press Enter")
+    box.fill("colourful blocks")
+    box.press("Enter")
+    results = page.locator("[data-testid='stImage'] img")
+    expect(results.first).to_be_visible(timeout=30_000)
+    expect(page.get_by_text("results in")).to_be_visible()
+    assert results.count() >= 5
+    assert page.locator("[data-testid='stImage'] img").first.evaluate("img => img.naturalWidth") > 0
+    page.screenshot(path=str(artefacts / "ui-results.png"), full_page=True)
+
+    page.get_by_role("button", name="More like this").first.click()
+    expect(page.get_by_text("Showing images like")).to_be_visible(timeout=30_000)
+    expect(results.first).to_be_visible(timeout=30_000)
+    page.screenshot(path=str(artefacts / "ui-more-like-this.png"), full_page=True)
 
 @pytest.fixture
 def dated_ui_url(tmp_path, imgsearch_bin, tiny_model_dir):
@@ -113,43 +121,33 @@ def type_date(page, label: str, year: str, month: str, day: str) -> None:
     page.get_by_role("heading", name="imgsearch").click()  # and leave the field
 
 
-def wait_for_names(page, expected: list[str], timeout_s: float = 30) -> None:
-    deadline = time.monotonic() + timeout_s
-    while (names := shown_names(page)) != expected and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert names == expected
+def wait_for_names(page, expected: list[str], in_order: bool = True, timeout_s: float = 30) -> None:
+    """Wait until the grid shows ``expected`` (in that order, or in any), then assert it."""
+    def shown():
+        names = shown_names(page)
+        return names if in_order else sorted(names)
 
+    wanted = expected if in_order else sorted(expected)
+    deadline = time.monotonic() + timeout_s
+    while (names := shown()) != wanted and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert names == wanted, page.locator("[data-testid='stCaptionContainer']").all_inner_texts()
 
 @pytest.mark.slow
 @pytest.mark.browser
-def test_the_date_range_and_newest_first_narrow_and_order_the_results(dated_ui_url, artefacts):
-    from playwright.sync_api import sync_playwright
+def test_the_date_range_and_newest_first_narrow_and_order_the_results(dated_ui_url, page, artefacts):
+    page.goto(dated_ui_url)
+    box = page.get_by_label("Describe what you are looking for, then press Enter")
+    box.fill("colourful blocks")
+    box.press("Enter")
+    wait_for_names(page, ["beach2019.jpg", "hike2023.jpg", "party2021.jpg", "scan2024.png"], in_order=False)
 
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                             args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                                                   "--disable-component-update", "--disable-sync", "--no-first-run"])
-        page = browser.new_page(viewport={"width": 1400, "height": 1400})
-        page.goto(dated_ui_url)
-        box = page.get_by_label("Describe what you are looking for, then press Enter")
-        box.fill("colourful blocks")
-        box.press("Enter")
-        deadline = time.monotonic() + 30
-        while len(shown_names(page)) < 4 and time.monotonic() < deadline:
-            time.sleep(0.2)
-        captions = page.locator("[data-testid='stCaptionContainer']").all_inner_texts()
-        assert sorted(shown_names(page)) == ["beach2019.jpg", "hike2023.jpg", "party2021.jpg", "scan2024.png"], captions
+    type_date(page, "Taken on or after", "2020", "01", "01")
+    wait_for_names(page, ["hike2023.jpg", "party2021.jpg", "scan2024.png"], in_order=False)
 
-        type_date(page, "Taken on or after", "2020", "01", "01")
-        deadline = time.monotonic() + 30
-        while "beach2019.jpg" in shown_names(page) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert sorted(shown_names(page)) == ["hike2023.jpg", "party2021.jpg", "scan2024.png"]
+    page.get_by_text("Newest first").click()
+    wait_for_names(page, ["scan2024.png", "hike2023.jpg", "party2021.jpg"])
+    page.screenshot(path=str(artefacts / "ui-dates-newest.png"), full_page=True)
 
-        page.get_by_text("Newest first").click()
-        wait_for_names(page, ["scan2024.png", "hike2023.jpg", "party2021.jpg"])
-        page.screenshot(path=str(artefacts / "ui-dates-newest.png"), full_page=True)
-
-        type_date(page, "Taken before", "2023", "01", "01")
-        wait_for_names(page, ["party2021.jpg"])
-        browser.close()
+    type_date(page, "Taken before", "2023", "01", "01")
+    wait_for_names(page, ["party2021.jpg"])

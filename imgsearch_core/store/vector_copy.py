@@ -92,11 +92,12 @@ def _scores(vectors: np.ndarray, queries: np.ndarray) -> np.ndarray:
         return torch.mm(torch.from_numpy(vectors), torch.from_numpy(queries)).numpy()
 
 
+@dataclass(eq=False)
 class _Waiting:
-    def __init__(self, vectors: np.ndarray, query: np.ndarray):
-        self.vectors, self.query = vectors, query
-        self.scores: np.ndarray | None = None
-        self.error: BaseException | None = None
+    vectors: np.ndarray
+    query: np.ndarray
+    scores: np.ndarray | None = None
+    error: BaseException | None = None
 
 
 class SharedScan:
