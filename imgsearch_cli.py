@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from imgsearch_core.errors import ImgsearchError
+from imgsearch_core.errors import ImgsearchError, validation_message
 from imgsearch_core.settings import Settings
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
@@ -116,6 +116,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     from imgsearch_core.encoder import load_embedder
     from imgsearch_core.images import decode_image
     from imgsearch_core.store import MilvusStore
+    from imgsearch_core.store.fields import SearchFilter, wall_clock_datetime
+    from imgsearch_core.store.filters import ImageFilter
 
     if not args.text and not args.image:
         print("imgsearch search: give a text query or --image PATH", file=sys.stderr)
@@ -123,6 +125,9 @@ def cmd_search(args: argparse.Namespace) -> int:
     if not 1 <= args.limit <= 1000:
         print("imgsearch search: -k must be between 1 and 1000", file=sys.stderr)
         return EXIT_USAGE
+    # The filter first: a bad date is told before the model loads.
+    bounds = {name: getattr(args, name) for name in ("taken_after", "taken_before", "formats", "cameras", "path_prefix")}
+    image_filter = ImageFilter.from_request(SearchFilter(**{k: v for k, v in bounds.items() if v is not None}))
     settings = _settings(args)
     store = MilvusStore.from_settings(settings)
     model, _dim = store.model_info()
@@ -137,11 +142,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         decoded = decode_image(args.image.read_bytes(), str(args.image), encoder.image_size, settings.max_image_pixels,
                                settings.max_decoded_bytes)
         vectors.append(encoder.embed_images([decoded.image])[0])
-    from imgsearch_core.store.fields import SearchFilter, wall_clock_datetime
-    from imgsearch_core.store.filters import ImageFilter
     from search_api.ranking import SORT_POOL, blend, newest_first
-    bounds = {name: getattr(args, name) for name in ("taken_after", "taken_before", "formats", "cameras", "path_prefix")}
-    image_filter = ImageFilter.from_request(SearchFilter(**{k: v for k, v in bounds.items() if v is not None}))
     query = blend([(v, 1.0) for v in vectors])[None, :]
     if args.newest:
         best = store.search(query, limit=max(SORT_POOL, args.limit), image_filter=image_filter)[0]
@@ -152,6 +153,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         print(json.dumps([{"id": h.id, "path": h.row["path"], "score": round(h.score, 4),
                            "taken_at": wall_clock_datetime(h.row["taken_at"]).isoformat(),
                            "format": h.row["format"], "camera_model": h.row["camera_model"]} for h in hits], indent=2))
+    elif not hits and image_filter.clauses:
+        print("no results match the filters (--after, --before, --format, --camera, --path-prefix)")
     elif not hits:
         print("no results (is anything indexed? run: imgsearch index PATH)")
     else:
@@ -249,7 +252,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # pydantic ValidationError for bad settings, OS errors
         from pydantic import ValidationError
 
-        if isinstance(exc, (ValidationError, OSError)):
+        if isinstance(exc, ValidationError):  # one line per field, not pydantic's block with a link
+            print(f"imgsearch {args.command}: error: {validation_message(exc.errors())}", file=sys.stderr)
+            return EXIT_ERROR
+        if isinstance(exc, OSError):
             print(f"imgsearch {args.command}: error: {exc}", file=sys.stderr)
             return EXIT_ERROR
         raise

@@ -2,6 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+
+def validation_message(errors: Iterable[Mapping[str, Any]], where: str = "") -> str:
+    """pydantic's errors as one line, "filter.taken_after: Input should be a valid date ...; k: ...": the API's
+    422 and the CLI say the same. ``where`` names the place of an error without a location ("body")."""
+    lines = []
+    for error in errors:
+        place = ".".join(str(part) for part in error.get("loc", ()) if part != "body") or where
+        lines.append(f"{place}: {error.get('msg')}" if place else str(error.get("msg")))
+    return "; ".join(lines)
+
 
 class ImgsearchError(Exception):
     """Base class of errors a user can act on."""

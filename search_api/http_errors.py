@@ -18,6 +18,7 @@ from imgsearch_core.errors import (
     SchemaOutdatedError,
     SchemaTooNewError,
     StoreUnavailableError,
+    validation_message,
 )
 from search_api.services.batching import QueryQueueFullError
 from search_api.services.jobs import JobQueueFullError, PathNotAllowedError, PathNotFoundError, UnusablePathError
@@ -55,9 +56,7 @@ async def domain_error(_request: Request, exc: Exception) -> JSONResponse:
 async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
     """422 with one readable line ("k: Input should be less than or equal to 1000") and pydantic's list."""
     errors = jsonable_encoder(exc.errors(), custom_encoder={Exception: str, bytes: lambda b: b.decode("utf-8", "replace")})
-    message = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()) if p != 'body') or 'body'}: {e.get('msg')}"
-                        for e in errors)
-    return JSONResponse({"detail": message, "errors": errors}, status_code=422)
+    return JSONResponse({"detail": validation_message(errors, where="body"), "errors": errors}, status_code=422)
 
 
 def install_error_handlers(app: FastAPI) -> None:
