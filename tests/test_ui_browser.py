@@ -62,15 +62,20 @@ def page():
             browser.close()
 
 
+def search_for(page, url: str, text: str) -> None:
+    """Open the UI and search as a person does: type in the query box, press Enter."""
+    page.goto(url)
+    box = page.get_by_label("Describe what you are looking for, then press Enter")
+    box.fill(text)
+    box.press("Enter")
+
+
 @pytest.mark.slow
 @pytest.mark.browser
 def test_typing_a_query_shows_result_images_and_more_like_this_works(ui_url, page, artefacts):
     from playwright.sync_api import expect
 
-    page.goto(ui_url)
-    box = page.get_by_label("Describe what you are looking for, then press Enter")
-    box.fill("colourful blocks")
-    box.press("Enter")
+    search_for(page, ui_url, "colourful blocks")
     results = page.locator("[data-testid='stImage'] img")
     expect(results.first).to_be_visible(timeout=30_000)
     expect(page.get_by_text("results in")).to_be_visible()
@@ -133,13 +138,11 @@ def wait_for_names(page, expected: list[str], in_order: bool = True, timeout_s: 
         time.sleep(0.2)
     assert names == wanted, page.locator("[data-testid='stCaptionContainer']").all_inner_texts()
 
+
 @pytest.mark.slow
 @pytest.mark.browser
 def test_the_date_range_and_newest_first_narrow_and_order_the_results(dated_ui_url, page, artefacts):
-    page.goto(dated_ui_url)
-    box = page.get_by_label("Describe what you are looking for, then press Enter")
-    box.fill("colourful blocks")
-    box.press("Enter")
+    search_for(page, dated_ui_url, "colourful blocks")
     wait_for_names(page, ["beach2019.jpg", "hike2023.jpg", "party2021.jpg", "scan2024.png"], in_order=False)
 
     type_date(page, "Taken on or after", "2020", "01", "01")
