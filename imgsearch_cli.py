@@ -17,7 +17,7 @@ EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
 def _settings(args: argparse.Namespace) -> Settings:
     """Settings from the environment, with command-line flags on top."""
-    overrides = {name: value for name in ("milvus_uri", "collection", "model", "device", "batch_size",
+    overrides = {name: value for name in ("milvus_uri", "collection", "model", "device", "precision", "batch_size",
                                           "decode_workers", "host", "port", "api_url")
                  if (value := getattr(args, name, None)) is not None}
     return Settings(**overrides)
@@ -41,6 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("--prune", action="store_true",
                        help="drop what is indexed under a PATH that is now missing or empty (by default such a "
                             "root is refused, since an unmounted share looks the same)")
+    index.add_argument("--profile", action="store_true",
+                       help="say where the time went: reading, hashing, decoding, waiting for decode, embedding, writing")
+    index.add_argument("--precision", choices=["auto", "fp32", "bf16", "int8", "fp16"],
+                       help="how the model runs (auto: the fastest that agrees with fp32) [IMGSEARCH_PRECISION]")
     index.add_argument("--batch-size", dest="batch_size", type=int, help="images per model batch [IMGSEARCH_BATCH_SIZE]")
     index.add_argument("--decode-workers", dest="decode_workers", type=int, help="decoding threads [IMGSEARCH_DECODE_WORKERS]")
     _add_common(index)
@@ -97,8 +101,10 @@ def cmd_index(args: argparse.Namespace) -> int:
     if exists:
         store.check_model(model_identity(settings.model))  # fail fast, before loading the model
     encoder = load_embedder(settings)
+    if (choice := getattr(encoder, "precision_choice", None)) is not None:
+        print(f"imgsearch index: {choice.describe()}", file=sys.stderr)
     report = run_index(args.paths, settings, encoder, store, show_progress=sys.stderr.isatty() and not args.json,
-                       prune=args.prune)
+                       prune=args.prune, profile=args.profile)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
@@ -107,6 +113,10 @@ def cmd_index(args: argparse.Namespace) -> int:
               f"failed {len(report.failed)} in {report.elapsed_s:.1f}s")
         for failure in report.failed:
             print(f"  skipped {failure['path']}: {failure['reason']}")
+        if report.profile:
+            from indexer.profile import format_profile
+
+            print(format_profile(report.profile))
     for refusal in report.refused:
         print(f"imgsearch index: {refusal}", file=sys.stderr)
     return EXIT_ERROR if report.refused else EXIT_OK

@@ -9,6 +9,7 @@ interface.
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,24 @@ from typing import Protocol
 
 import numpy as np
 from PIL import Image
+
+from imgsearch_core.precision import (
+    PROBE_TEXTS,
+    Choice,
+    ChoiceCache,
+    Precision,
+    PrecisionSetting,
+    autocast,
+    candidates,
+    check_supported,
+    cpu_flags,
+    pick,
+    probe_pictures,
+    quantized,
+    run_probe,
+)
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -32,6 +51,7 @@ class Embedder(Protocol):
     image_size: int  # the shortest side the model looks at: images are decoded to about this
     max_text_tokens: int | None
     fingerprint: list[float]  # what these weights make of fixed probes (see SentenceTransformerEmbedder)
+    precision: str  # how the model runs: fp32, bf16, int8 or fp16 (imgsearch_core/precision.py)
 
     def embed_images(self, images: list[Image.Image]) -> np.ndarray:
         """(n, dim) float32 rows of unit length."""
@@ -40,8 +60,9 @@ class Embedder(Protocol):
 
 
 def load_embedder(settings) -> Embedder:
-    """The model that ``settings.model`` names, on ``settings``' device."""
-    return SentenceTransformerEmbedder(settings.model, device=settings.resolved_device(), batch_size=settings.batch_size)
+    """The model that ``settings.model`` names, on ``settings``' device, at ``settings.precision``."""
+    return SentenceTransformerEmbedder(settings.model, device=settings.resolved_device(), batch_size=settings.batch_size,
+                                       precision=settings.precision, cache_dir=settings.cache_dir)
 
 
 def model_identity(model: str) -> str:
@@ -51,9 +72,14 @@ def model_identity(model: str) -> str:
 
 
 class SentenceTransformerEmbedder:
-    """A loaded sentence-transformers model. Create once; share between threads."""
+    """A loaded sentence-transformers model. Create once; share between threads.
 
-    def __init__(self, model: str, device: str = "cpu", batch_size: int = 32):
+    ``precision`` is fp32, bf16, int8, fp16, or auto: the fastest of those that agrees with fp32, measured once
+    and remembered in ``cache_dir`` (see imgsearch_core/precision.py). ``precision_choice`` says what auto
+    measured."""
+
+    def __init__(self, model: str, device: str = "cpu", batch_size: int = 32, precision: PrecisionSetting = "fp32",
+                 cache_dir: Path | None = None):
         from sentence_transformers import SentenceTransformer
         from transformers.utils import logging as transformers_logging
 
@@ -64,33 +90,72 @@ class SentenceTransformerEmbedder:
         self.batch_size = batch_size
         self._model = SentenceTransformer(self.name, device=device)
         self._lock = threading.Lock()  # torch runs one batch at a time; callers queue here
+        self.precision: Precision = "fp32"  # the fingerprint and the probes below are taken in fp32
+        if precision != "auto":
+            check_supported(precision, device)  # a wrong setting fails before anything slow
         self.max_text_tokens = self._text_token_limit()
         if self.max_text_tokens:
             self._model.max_seq_length = self.max_text_tokens
         self.image_size = self._image_input_size()
         self.dim = int(self.embed_texts(["warm-up"]).vectors.shape[1])
         self.fingerprint = self._fingerprint()
+        self.precision_choice: Choice | None = None
+        prepared = {}
+        if precision == "auto":
+            self.precision_choice, prepared = self._choose_precision(cache_dir)
+            log.info("%s", self.precision_choice.describe())
+            precision = self.precision_choice.precision
+        self._use_precision(precision, prepared.get(precision))
 
     def embed_images(self, images: list[Image.Image]) -> np.ndarray:
         """Embed RGB images; returns (n, dim) float32 rows of unit length."""
         if not images:
             return np.zeros((0, self.dim), dtype=np.float32)
-        with self._lock:
-            vectors = self._model.encode(
-                images, batch_size=self.batch_size, convert_to_numpy=True,
-                normalize_embeddings=True, show_progress_bar=False,
-            )
-        return np.ascontiguousarray(vectors, dtype=np.float32)
+        return self._encode(images)
 
     def embed_texts(self, texts: list[str]) -> TextEmbedding:
         """Embed texts, truncating each to the model's token limit (reported per text)."""
         truncated = [self._token_count(t) > self.max_text_tokens for t in texts] if self.max_text_tokens else [False] * len(texts)
-        with self._lock:
-            vectors = self._model.encode(
-                texts, batch_size=self.batch_size, convert_to_numpy=True,
-                normalize_embeddings=True, show_progress_bar=False,
+        return TextEmbedding(self._encode(texts), truncated)
+
+    def _encode(self, inputs: list, model=None, precision: Precision | None = None) -> np.ndarray:
+        """Rows of unit length in float32, whatever precision the model ran in."""
+        import torch
+
+        precision = precision or self.precision
+        with self._lock, autocast(precision, self.device):
+            vectors = (self._model if model is None else model).encode(
+                inputs, batch_size=self.batch_size, convert_to_tensor=True, normalize_embeddings=False,
+                show_progress_bar=False,
             )
-        return TextEmbedding(np.ascontiguousarray(vectors, dtype=np.float32), truncated)
+        vectors = torch.nn.functional.normalize(vectors.float(), dim=-1)
+        return np.ascontiguousarray(vectors.cpu().numpy(), dtype=np.float32)
+
+    def _use_precision(self, precision: Precision, prepared=None) -> None:
+        check_supported(precision, self.device)
+        if precision == "int8":
+            self._model = prepared if prepared is not None else quantized(self._model)
+        self.precision = precision
+
+    def _choose_precision(self, cache_dir: Path | None) -> tuple[Choice, dict]:
+        """auto: the cached choice for this model, device and machine, else a probe of each candidate. Also
+        the models the probe prepared (an int8 copy), by precision."""
+        cache = ChoiceCache(cache_dir) if cache_dir else None
+        key = ChoiceCache.key(self.name, self.fingerprint, self.device, self.batch_size)
+        if cache and (known := cache.get(key)):
+            return known, {}
+        options = candidates(self.device, cpu_flags())
+        if not options:
+            return Choice("fp32", []), {}
+        log.warning("imgsearch: measuring which precision runs this model fastest (once per model and machine)")
+        pictures = probe_pictures(self.image_size)
+        models = {"int8": quantized(self._model)} if "int8" in options else {}
+        choice = Choice("fp32", run_probe(lambda p: self._encode(pictures, models.get(p), p),
+                                          lambda p: self._encode(PROBE_TEXTS, models.get(p), p), options))
+        choice.precision = pick(choice.trials)
+        if cache:
+            cache.put(key, choice)
+        return choice, models
 
     def _fingerprint(self) -> list[float]:
         """What these weights make of a fixed text and a fixed picture (first 32 dimensions of each): recorded

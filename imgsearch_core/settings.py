@@ -9,6 +9,8 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from imgsearch_core.precision import PrecisionSetting
+
 VectorIndexType = Literal["HNSW", "IVF_FLAT", "DISKANN", "FLAT", "AUTOINDEX"]
 
 
@@ -27,6 +29,10 @@ class Settings(BaseSettings):
     # The embedding model: a sentence-transformers name or a local directory in that format.
     model: str = "clip-ViT-B-32"
     device: str = "auto"
+    # fp32, bf16, int8 (CPU), fp16 (CUDA), or auto: the fastest that agrees with fp32, measured once per model
+    # and machine and remembered in cache_dir (imgsearch_core/precision.py).
+    precision: PrecisionSetting = "auto"
+    cache_dir: Path = Path("./data/cache")
     batch_size: int = Field(32, ge=1, le=4096)
     decode_workers: int = Field(2, ge=1, le=64)
     max_image_pixels: int = Field(100_000_000, ge=1)

@@ -15,6 +15,7 @@ from imgsearch_core.errors import ImageDecodeError
 from imgsearch_core.images import DecodedImage, decode_image
 from imgsearch_core.safe_files import UnsafeFileError, read_regular
 from imgsearch_core.store.fields import content_hash
+from indexer.profile import NO_CLOCK
 from indexer.scanner import FileEntry
 
 
@@ -34,44 +35,53 @@ class EmbeddedBatch:
 
 def load_file(
     entry: FileEntry, known_hashes: Callable[[str], bool], min_side: int, max_pixels: int,
-    roots: list[str], max_bytes: int, max_decoded_bytes: int,
+    roots: list[str], max_bytes: int, max_decoded_bytes: int, clock=NO_CLOCK,
 ) -> LoadedFile:
     """Read ``entry`` once (a regular file inside ``roots``, at most ``max_bytes``): hash it, and decode it
-    unless its content is already in the index."""
+    unless its content is already in the index. ``clock`` times each stage (indexer/profile.py)."""
     loaded = LoadedFile(entry)
     try:
-        data = read_regular(entry.path, roots, max_bytes)
+        with clock.stage("read"):
+            data = read_regular(entry.path, roots, max_bytes)
     except UnsafeFileError as exc:
         loaded.error = exc.reason
         return loaded
     except OSError as exc:
         loaded.error = f"cannot read: {exc.strerror or exc}"
         return loaded
-    loaded.content_hash = content_hash(data)
+    with clock.stage("hash"):
+        loaded.content_hash = content_hash(data)
     if known_hashes(loaded.content_hash):
         return loaded
     try:
-        loaded.decoded = decode_image(data, entry.path, min_side, max_pixels, max_decoded_bytes)
+        with clock.stage("decode"):
+            loaded.decoded = decode_image(data, entry.path, min_side, max_pixels, max_decoded_bytes)
     except ImageDecodeError as exc:
         loaded.error = exc.reason
     return loaded
 
 
 def load_in_parallel(
-    entries: Iterable[FileEntry], workers: int, window: int, load: Callable[[FileEntry], LoadedFile]
+    entries: Iterable[FileEntry], workers: int, window: int, load: Callable[[FileEntry], LoadedFile], clock=NO_CLOCK,
 ) -> Iterator[LoadedFile]:
     """``load`` each entry on ``workers`` threads, at most ``window`` ahead; yields in input order."""
+
+    def next_done(pending):
+        with clock.stage("waiting for decode"):
+            return pending.popleft().result()
+
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
         pending: deque[Future[LoadedFile]] = deque()
         for entry in entries:
             pending.append(pool.submit(load, entry))
             if len(pending) >= window:
-                yield pending.popleft().result()
+                yield next_done(pending)
         while pending:
-            yield pending.popleft().result()
+            yield next_done(pending)
 
 
-def embed_in_batches(loaded: Iterable[LoadedFile], encoder: Embedder, batch_size: int) -> Iterator[LoadedFile | EmbeddedBatch]:
+def embed_in_batches(loaded: Iterable[LoadedFile], encoder: Embedder, batch_size: int,
+                     clock=NO_CLOCK) -> Iterator[LoadedFile | EmbeddedBatch]:
     """Pass through files that need no embedding; group the decoded ones into embedded batches."""
     batch: list[LoadedFile] = []
     for item in loaded:
@@ -80,14 +90,15 @@ def embed_in_batches(loaded: Iterable[LoadedFile], encoder: Embedder, batch_size
             continue
         batch.append(item)
         if len(batch) >= batch_size:
-            yield _embed(batch, encoder)
+            yield _embed(batch, encoder, clock)
             batch = []
     if batch:
-        yield _embed(batch, encoder)
+        yield _embed(batch, encoder, clock)
 
 
-def _embed(batch: list[LoadedFile], encoder: Embedder) -> EmbeddedBatch:
-    vectors = encoder.embed_images([item.decoded.image for item in batch])
+def _embed(batch: list[LoadedFile], encoder: Embedder, clock) -> EmbeddedBatch:
+    with clock.stage("embed"):
+        vectors = encoder.embed_images([item.decoded.image for item in batch])
     for item in batch:
         item.decoded = dataclasses.replace(item.decoded, image=None)  # free the pixels, keep what was learnt
     return EmbeddedBatch(batch, vectors)

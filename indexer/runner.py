@@ -17,6 +17,7 @@ from imgsearch_core.store import MilvusStore
 from imgsearch_core.store.fields import FileFacts, make_row, mtime_wall_clock, wall_clock_seconds
 from indexer.embedder import EmbeddedBatch, LoadedFile, embed_in_batches, load_file, load_in_parallel
 from indexer.plan import make_plan
+from indexer.profile import NO_CLOCK, StageClock
 from indexer.scanner import FileEntry, RootNotFoundError, resolve_roots, scan
 from indexer.writer import BatchWriter
 
@@ -32,11 +33,14 @@ class IndexReport:
     failed: list[dict[str, str]] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)  # roots whose rows were kept instead of swept, and why
     elapsed_s: float = 0.0
+    profile: dict[str, Any] | None = None  # with profile=True: seconds per stage (indexer/profile.py)
     moved_from: set[str] = field(default_factory=set, repr=False)  # old paths of moved files (not reported)
 
     def to_dict(self) -> dict[str, Any]:
         report = asdict(self)
         del report["moved_from"]
+        if self.profile is None:
+            del report["profile"]
         return report
 
 
@@ -75,7 +79,7 @@ class Progress:
 
 def run_index(
     roots: list[str], settings: Settings, encoder: Embedder, store: MilvusStore, show_progress: bool = False,
-    on_progress: ProgressCallback | None = None, prune: bool = False,
+    on_progress: ProgressCallback | None = None, prune: bool = False, profile: bool = False,
 ) -> IndexReport:
     """Bring the collection in line with the image files under ``roots``.
 
@@ -108,17 +112,20 @@ def run_index(
     report.unchanged = len(plan.unchanged)
     stale_paths = {row["path"] for row in plan.stale}
 
-    writer = BatchWriter(store, batch_size=settings.batch_size)
+    clock = StageClock() if profile else NO_CLOCK
+    writer = BatchWriter(store, batch_size=settings.batch_size, clock=clock)
     progress = Progress(len(plan.to_process), show_progress, on_progress)
     reused: list[LoadedFile] = []
 
     def load(entry):
         return load_file(entry, plan.rows_by_hash.__contains__, encoder.image_size, settings.max_image_pixels,
-                         present, settings.max_file_bytes, settings.max_decoded_bytes)
+                         present, settings.max_file_bytes, settings.max_decoded_bytes, clock)
 
-    loaded = load_in_parallel(plan.to_process, settings.decode_workers, 2 * settings.batch_size + settings.decode_workers, load)
+    loaded = load_in_parallel(plan.to_process, settings.decode_workers, 2 * settings.batch_size + settings.decode_workers,
+                              load, clock)
+    embedding_started = time.monotonic()
     try:
-        for item in embed_in_batches(loaded, encoder, settings.batch_size):
+        for item in embed_in_batches(loaded, encoder, settings.batch_size, clock):
             if isinstance(item, EmbeddedBatch):
                 writer.add([make_row(_facts(f.entry, f.content_hash, f.decoded), vector)
                             for f, vector in zip(item.files, item.vectors)])
@@ -138,6 +145,8 @@ def run_index(
         writer.flush()
     finally:
         progress.close()
+    if profile:
+        report.profile = clock.report(time.monotonic() - embedding_started, report.embedded)
 
     # Sweep last: a run killed before this point leaves old rows, never missing ones. Each path is looked at
     # again right before its row goes, so a file that another indexer or the user put back is never dropped.

@@ -5,14 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 from imgsearch_core.store import MilvusStore
+from indexer.profile import NO_CLOCK
 
 
 class BatchWriter:
     """Buffers rows and upserts them ``batch_size`` at a time. Upsert keeps re-runs free of duplicates."""
 
-    def __init__(self, store: MilvusStore, batch_size: int = 256):
+    def __init__(self, store: MilvusStore, batch_size: int = 256, clock=NO_CLOCK):
         self.store = store
         self.batch_size = batch_size
+        self.clock = clock  # times the writes for `imgsearch index --profile`
         self._rows: list[dict[str, Any]] = []
 
     def add(self, rows: list[dict[str, Any]]) -> None:
@@ -22,5 +24,6 @@ class BatchWriter:
 
     def flush(self) -> None:
         if self._rows:
-            self.store.upsert(self._rows)
+            with self.clock.stage("write"):
+                self.store.upsert(self._rows)
             self._rows = []

@@ -86,6 +86,8 @@ def settings(tmp_path, tiny_model_dir) -> Settings:
         model=str(tiny_model_dir),
         device="cpu",
         batch_size=8,
+        precision="fp32",  # the same numbers on every machine; tests/test_precision.py tests the others
+        cache_dir=tmp_path / "data" / "cache",
         thumbnail_dir=tmp_path / "data" / "thumbnails",
         allowed_roots=[tmp_path],
     )
@@ -98,6 +100,11 @@ def store(settings):
     store.close()
 
 
+def run_cli(imgsearch_bin: str, env: dict[str, str], *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+    """Run the real `imgsearch` command to the end; its output as text."""
+    return subprocess.run([imgsearch_bin, *args], env=env, capture_output=True, text=True, timeout=timeout)
+
+
 def cli_environment(data_dir: Path, model_dir: Path) -> dict[str, str]:
     """Environment for running the real `imgsearch` command in a subprocess."""
     return {
@@ -106,6 +113,8 @@ def cli_environment(data_dir: Path, model_dir: Path) -> dict[str, str]:
         "IMGSEARCH_MODEL": str(model_dir),
         "IMGSEARCH_DEVICE": "cpu",
         "IMGSEARCH_BATCH_SIZE": "8",
+        "IMGSEARCH_PRECISION": "fp32",
+        "IMGSEARCH_CACHE_DIR": str(data_dir / "cache"),
         "IMGSEARCH_THUMBNAIL_DIR": str(data_dir / "thumbnails"),
         "PYTHONUNBUFFERED": "1",
     }
@@ -251,7 +260,7 @@ def pytest_configure(config):
         settings.load_profile("mutants")
 
 
-MUTANT_TEST_LIMIT_S = 12  # every test of the mutation selection takes under 4 s on the real code
+MUTANT_TEST_LIMIT_S = 8  # every test of the mutation selection takes under 2 s on the real code
 
 
 @pytest.hookimpl(wrapper=True)

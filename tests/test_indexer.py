@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -21,7 +22,7 @@ from imgsearch_core.store import MilvusStore, release_hosted
 from imgsearch_core.store.fields import mtime_wall_clock
 from indexer.runner import Progress, run_index
 from indexer.scanner import RootNotFoundError
-from tests.conftest import MILVUS_SERVERS, spawn, unique_collection, write_exif_photo, write_photo
+from tests.conftest import MILVUS_SERVERS, run_cli, spawn, unique_collection, write_exif_photo, write_photo
 
 
 def index(photo_dir, settings, encoder, store):
@@ -151,6 +152,42 @@ def test_a_copy_of_an_indexed_file_reuses_its_vector_and_removes_nothing(photo_d
     assert np.allclose(original, copied)
 
 
+def test_more_copies_than_a_batch_are_all_written_with_their_vectors(photo_dir, settings, encoder, store):
+    settings = settings.model_copy(update={"batch_size": 2})  # five copies: two full batches and a rest
+    index(photo_dir, settings, encoder, store)
+    copies = photo_dir / "copies"
+    for i in range(5):
+        (copies / f"copy{i}.png").parent.mkdir(exist_ok=True)
+        (copies / f"copy{i}.png").write_bytes((photo_dir / f"photo{i}.png").read_bytes())
+    report = index(photo_dir, settings, encoder, store)
+    assert (report.copied, report.embedded, report.unchanged) == (5, 0, 10)
+    rows = rows_by_path(store)
+    for i in range(5):
+        pair = store.get([rows[str(copies / f"copy{i}.png")]["id"], rows[str(photo_dir / f"photo{i}.png")]["id"]],
+                         with_vectors=True)
+        copied, original = (np.asarray(v["vector"]) for v in pair.values())
+        assert np.allclose(copied, original)
+
+
+def test_a_profiled_run_says_where_its_time_went(photo_dir, settings, encoder, store):
+    report = run_index([str(photo_dir)], settings, encoder, store, profile=True)
+    stages = report.profile["stages"]
+    assert list(stages) == ["read", "hash", "decode", "waiting for decode", "embed", "write"]
+    assert all(stages[name]["seconds"] > 0 for name in ("read", "hash", "decode", "embed", "write")), stages
+    assert report.profile["images"] == report.embedded == 10
+    assert 0 < stages["embed"]["share_of_wall"] <= 1
+    assert stages["embed"]["ms_per_image"] == pytest.approx(1000 * stages["embed"]["seconds"] / 10, abs=0.01)
+    assert report.to_dict()["profile"] == report.profile
+    assert "profile" not in run_index([str(photo_dir)], settings, encoder, store).to_dict()  # only when asked
+
+
+def test_index_profile_prints_the_stages(photo_dir, imgsearch_bin, cli_env):
+    result = run_cli(imgsearch_bin, cli_env, "index", str(photo_dir), "--profile")
+    assert result.returncode == 0, result.stderr
+    for stage in ("read", "hash", "decode", "waiting for decode", "embed", "write"):
+        assert re.search(rf"^  {stage} +\d+\.\d\d s +\d+\.\d% of wall", result.stdout, re.M), result.stdout
+
+
 def test_deleting_under_one_root_leaves_other_roots_alone(tmp_path, settings, encoder, store):
     a = [write_photo(tmp_path / "a" / f"{i}.png", seed=i) for i in range(3)]
     b = [write_photo(tmp_path / "b" / f"{i}.png", seed=10 + i) for i in range(3)]
@@ -185,9 +222,6 @@ def test_opening_a_collection_with_another_model_fails_with_a_clear_message(phot
     assert str(settings.model) in message and "IMGSEARCH_COLLECTION" in message
     assert store.count() == 10  # nothing mixed in, nothing lost
 
-
-def run_cli(imgsearch_bin, env, *args, timeout=120):
-    return subprocess.run([imgsearch_bin, *args], env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def test_cli_prints_a_json_summary_and_exits_zero_despite_broken_files(photo_dir, imgsearch_bin, cli_env):

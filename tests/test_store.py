@@ -187,7 +187,9 @@ def test_rows_can_be_read_back_with_and_without_vectors(store):
     np.testing.assert_allclose(got[rows[0]["id"]]["vector"], rows[0]["vector"], atol=1e-6)
     plain = store.get([rows[1]["id"]])[rows[1]["id"]]
     assert "vector" not in plain and plain["content_hash"] == rows[1]["content_hash"]
-    assert sorted(r["id"] for r in store.iter_rows(filter_expr="width >= 0", batch_size=2)) == sorted(r["id"] for r in rows)
+    assert sorted(r["id"] for r in store.iter_rows(batch_size=2)) == sorted(r["id"] for r in rows)
+    chosen = sorted([rows[0]["id"], rows[2]["id"]])
+    assert sorted(r["id"] for r in store.iter_rows(filter_expr=f"id in {chosen}", batch_size=1)) == chosen
     store.delete([r["id"] for r in rows], batch=2)
     assert store.count() == 0
 
@@ -297,3 +299,24 @@ def test_a_stored_capture_time_reads_back_as_the_wall_clock_it_was(moment):
     stored = wall_clock_seconds(moment)
     assert wall_clock_datetime(stored) == moment
     assert wall_clock_seconds(moment.replace(tzinfo=timezone(timedelta(hours=10)))) == stored  # its own clock
+
+
+def test_releasing_one_hosted_data_directory_leaves_the_others_served(tmp_path):
+    from imgsearch_core.store import MilvusStore, release_hosted
+    from imgsearch_core.store.lite import ENDPOINT_FILE
+
+    uris = [str(tmp_path / name / "milvus.db") for name in ("a", "b")]
+    stores = [MilvusStore(uri, "images") for uri in uris]
+    try:
+        for store in stores:
+            store.ensure_collection("model-a", DIM)
+            store.upsert(unit_rows(2, seed=1))
+        release_hosted(uris[0])
+        assert not (tmp_path / "a" / "milvus.db" / ENDPOINT_FILE).exists()  # the next process may host it
+        assert f'"pid": {os.getpid()}' in (tmp_path / "b" / "milvus.db" / ENDPOINT_FILE).read_text()
+        assert stores[1].count() == 2  # still served
+    finally:
+        for store in stores:
+            store.close()
+        release_hosted(uris[1])
+    assert not (tmp_path / "b" / "milvus.db" / ENDPOINT_FILE).exists()

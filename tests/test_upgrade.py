@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import time
 from datetime import datetime
 
@@ -18,7 +17,7 @@ from imgsearch_core.store.fields import SCHEMA_VERSION, SearchFilter, columns_of
 from imgsearch_core.store.filters import ImageFilter
 from imgsearch_core.store.upgrade import upgrade
 from indexer.runner import run_index
-from tests.conftest import MILVUS_SERVERS, unique_collection, write_exif_photo, write_photo
+from tests.conftest import MILVUS_SERVERS, run_cli, unique_collection, write_exif_photo, write_photo
 from tests.legacy_v1 import index_v1
 
 
@@ -175,9 +174,6 @@ def test_a_copy_cut_short_is_not_mistaken_for_a_finished_one(old_library, settin
 
 # ── As a user runs it ─────────────────────────────────────────────────────────────────────────────────
 
-
-def run_cli(imgsearch_bin, env, *args, timeout=180):
-    return subprocess.run([imgsearch_bin, *args], env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def test_the_cli_refuses_an_old_schema_then_upgrades_it_without_the_model(old_library, settings, store,

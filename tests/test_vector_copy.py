@@ -55,6 +55,33 @@ def test_background_thread_makes_the_copy_fresh(store, filled):
     vector_copy.start()
     try:
         assert vector_copy.wait_until_fresh(30) and vector_copy.count() == 500
+        # Named in a thread dump, and a daemon: a process that never calls stop() can still exit.
+        threads = [t for t in threading.enumerate() if t.name == "vector-copy"]
+        assert len(threads) == 1 and threads[0].daemon
+    finally:
+        vector_copy.stop()
+    assert not [t for t in threading.enumerate() if t.name == "vector-copy"]
+
+
+def test_the_background_thread_reconciles_on_its_own(store, filled):
+    """A write whose token bump never happened (its writer died) is found by the thread's own reconcile."""
+    vector_copy = VectorCopy(store, DIM, poll_s=0.02, reconcile_s=0.05, full_reconcile_s=0.05)
+    vector_copy.start()
+    try:
+        assert vector_copy.wait_until_fresh(30)
+        token_file = store.generation_token.path
+        before = token_file.read_text()
+        row = unit_rows(1, seed=4, prefix="/died/")[0]
+        row["indexed_at"] = int(time.time())
+        store.upsert([row])
+        token_file.write_text(before)
+        deadline, found = time.monotonic() + 5, None
+        while time.monotonic() < deadline:
+            hits = vector_copy.search_copy(row["vector"], limit=1, offset=0)  # None while the copy catches up
+            if (found := hits and hits[0].id) == row["id"]:
+                break
+            time.sleep(0.02)
+        assert found == row["id"], "the thread never reconciled"
     finally:
         vector_copy.stop()
 
@@ -135,7 +162,8 @@ def test_a_copy_of_a_collection_on_a_server_is_refused():
     class ServerStore:
         generation_token = None
 
-    with pytest.raises(ValueError, match="needs an embedded"):
+    with pytest.raises(ValueError, match=r"^the vector copy needs an embedded \(Milvus Lite\) collection: a server "
+                                         r"keeps no generation token$"):
         VectorCopy(ServerStore(), DIM)
 
 

@@ -144,8 +144,8 @@ class VectorCopy:
     Only an embedded collection has the generation token the copy needs to know it is fresh.
     """
 
-    def __init__(self, store: MilvusStore, dim: int, poll_s: float = 0.5, reconcile_s: float = 30.0,
-                 full_reconcile_s: float = 900.0):
+    def __init__(self, store: MilvusStore, dim: int, poll_s: float = 0.5, reconcile_s: float = 30.0,  # pragma: no mutate
+                 full_reconcile_s: float = 900.0):  # pragma: no mutate (the defaults set how soon, not whether)
         if store.generation_token is None:
             raise ValueError("the vector copy needs an embedded (Milvus Lite) collection: a server keeps no "
                              "generation token")

@@ -1,0 +1,267 @@
+"""Running the model faster than fp32: bf16 and int8 on CPU, fp16 on CUDA, and ``auto``, which measures.
+
+``IMGSEARCH_PRECISION``:
+
+- ``fp32``: the model as trained.
+- ``bf16``: ``torch.autocast`` to bfloat16 (matrix products in bf16; layer norms and softmax stay fp32). Fast
+  on CPUs with AVX512_BF16 or AMX, emulated (slow) elsewhere.
+- ``int8``: the Linear layers quantised to int8 weights, activations quantised per batch
+  (``torch.ao.quantization.quantize_dynamic``). CPU only. Fast with VNNI; also runs on AVX2.
+- ``fp16``: ``torch.autocast`` to float16. CUDA only.
+- ``auto`` (the default): of the settings this device supports well (read from the CPU's flags, or CUDA),
+  the fastest one that a short timed probe finds faster than fp32 and whose embeddings agree with fp32's
+  (``AGREEMENT``); fp32 when none does. The choice is cached per model, device and machine, so the probe
+  runs once.
+
+The model's fingerprint, recorded with a collection, is always computed in fp32, so a collection indexed
+with one precision is searched with any other.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import platform
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+Precision = Literal["fp32", "bf16", "int8", "fp16"]
+PrecisionSetting = Literal["auto", "fp32", "bf16", "int8", "fp16"]
+
+# Where `auto` may use a setting: on the probe, its embeddings agree with fp32's at least this well. The
+# minimum cosine between a picture's (or text's) fp32 and fast embedding; and the mean share of the nearest
+# probe pictures that stay the same, for each picture (image -> image) and each text (text -> image).
+AGREEMENT = {"min_cosine": 0.99, "neighbour_overlap": 0.95}
+FASTER_BY = 1.1  # `auto` leaves fp32 only for a setting at least this much faster on the probe
+PROBE_IMAGES = 24
+PROBE_NEIGHBOURS = 5
+PROBE_TEXTS = ["a photo of a dog", "a red bicycle leaning on a wall", "mountains at sunset", "a bowl of fruit",
+               "a crowded street at night", "a baby laughing", "a white cat on a sofa", "a map of the city"]
+
+
+def cpu_flags() -> set[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "flags":
+                return set(value.split())
+    except OSError:
+        pass
+    return set()
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def candidates(device: str, flags: set[str]) -> list[Precision]:
+    """The settings worth probing on this device, best guess first."""
+    if device.startswith("cuda"):
+        return ["fp16"]
+    found: list[Precision] = []
+    if flags & {"avx512_bf16", "amx_bf16"}:
+        found.append("bf16")
+    if flags & {"avx512_vnni", "avx_vnni", "amx_int8", "avx2"}:
+        found.append("int8")
+    return found
+
+
+def check_supported(precision: Precision, device: str) -> None:
+    """Raise ValueError, saying what to use instead, for a setting the device cannot run."""
+    on_cuda = device.startswith("cuda")
+    if precision == "int8" and on_cuda:
+        raise ValueError("IMGSEARCH_PRECISION=int8 runs on the CPU only; on CUDA use fp16 (or auto)")
+    if precision == "fp16" and not on_cuda:
+        raise ValueError("IMGSEARCH_PRECISION=fp16 needs a CUDA device; on a CPU use bf16 or int8 (or auto)")
+
+
+def autocast(precision: Precision, device: str):
+    """The context the model runs in for ``precision`` (int8 changes the model instead)."""
+    import torch
+
+    if precision == "bf16":
+        return torch.autocast(device.split(":")[0], dtype=torch.bfloat16)
+    if precision == "fp16":
+        return torch.autocast(device.split(":")[0], dtype=torch.float16)
+    return contextlib.nullcontext()
+
+
+def quantized(model):
+    """A copy of ``model`` with every Linear layer in dynamic int8."""
+    import torch
+    from torch.ao.quantization import quantize_dynamic
+
+    with warnings.catch_warnings():  # torch.ao's deprecation notices, for a feature still shipped and tested
+        warnings.simplefilter("ignore")
+        return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8, inplace=False)
+
+
+@dataclass
+class Trial:
+    precision: str
+    images_per_s: float
+    min_cosine: float = 1.0
+    neighbour_overlap: float = 1.0
+
+    @property
+    def agrees(self) -> bool:
+        return self.min_cosine >= AGREEMENT["min_cosine"] and self.neighbour_overlap >= AGREEMENT["neighbour_overlap"]
+
+
+@dataclass
+class Choice:
+    precision: Precision
+    trials: list[Trial]
+    cached: bool = False
+
+    def describe(self) -> str:
+        base = next((t for t in self.trials if t.precision == "fp32"), None)
+        parts = []
+        for trial in self.trials:
+            speed = f"{trial.images_per_s / base.images_per_s:.2f}x" if base and base.images_per_s else "?"
+            agreement = "" if trial.precision == "fp32" else (
+                f", min cosine {trial.min_cosine:.4f}, neighbours {trial.neighbour_overlap:.2f}"
+                + ("" if trial.agrees else " (below the agreement gate)"))
+            parts.append(f"{trial.precision} {speed}{agreement}")
+        return f"precision auto -> {self.precision}{' (cached)' if self.cached else ''}: " + "; ".join(parts)
+
+
+def top_k_overlap(queries: np.ndarray, pool: np.ndarray, other_queries: np.ndarray, other_pool: np.ndarray, k: int,
+                  same_set: bool = False) -> float:
+    """Mean share of each query's k nearest pool rows (by cosine) that two embeddings of the same queries and
+    pool agree on. ``same_set``: the queries are the pool, and a row is not its own neighbour."""
+    k = min(k, len(pool) - int(same_set))
+    if k < 1:
+        return 1.0
+
+    def nearest(q, p):
+        scores = q @ p.T
+        if same_set:
+            np.fill_diagonal(scores, -np.inf)
+        return np.argsort(-scores, axis=1, kind="stable")[:, :k]
+
+    ours, theirs = nearest(queries, pool), nearest(other_queries, other_pool)
+    return float(np.mean([len(set(a) & set(b)) / k for a, b in zip(ours, theirs)]))
+
+
+def min_cosine(reference: np.ndarray, other: np.ndarray) -> float:
+    """The lowest cosine between matching rows of two sets of unit vectors."""
+    return float(np.sum(reference.astype(np.float64) * other.astype(np.float64), axis=1).min())
+
+
+def agreement(images: np.ndarray, texts: np.ndarray, other_images: np.ndarray, other_texts: np.ndarray,
+              k: int = PROBE_NEIGHBOURS) -> tuple[float, float]:
+    """(min cosine, neighbour overlap): how well a second embedding of the same pictures and texts agrees
+    with the first; the overlap is the lower of image -> image and text -> image."""
+    cosine = min(min_cosine(images, other_images), min_cosine(texts, other_texts))
+    overlap = min(top_k_overlap(images, images, other_images, other_images, k, same_set=True),
+                  top_k_overlap(texts, images, other_texts, other_images, k))
+    return cosine, overlap
+
+
+def probe_pictures(size: int, count: int = PROBE_IMAGES):
+    """Photo-like pictures (smooth colour fields with grain), the same every time."""
+    from PIL import Image
+
+    rng = np.random.default_rng(1234)
+    pictures = []
+    for _ in range(count):
+        small = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
+        field = np.asarray(Image.fromarray(small).resize((size, size), Image.Resampling.BICUBIC), dtype=np.int16)
+        grain = rng.normal(0, 12, field.shape)
+        pictures.append(Image.fromarray(np.clip(field + grain, 0, 255).astype(np.uint8), "RGB"))
+    return pictures
+
+
+def run_probe(embed_images: Callable[[Precision], np.ndarray], embed_texts: Callable[[Precision], np.ndarray],
+              options: list[Precision], repeats: int = 2) -> list[Trial]:
+    """Time ``embed_images(precision)`` (one pass over the probe pictures) for fp32 and each option, fastest of
+    ``repeats`` after a warm-up, and compare each option's pictures and texts with fp32's."""
+
+    def timed(precision):
+        vectors = embed_images(precision)  # warm-up: first-call costs (kernels, caches) are not the steady speed
+        best = float("inf")
+        for _ in range(repeats):
+            started = time.perf_counter()
+            vectors = embed_images(precision)
+            best = min(best, time.perf_counter() - started)
+        return vectors, len(vectors) / best
+
+    images, fp32_speed = timed("fp32")
+    texts = embed_texts("fp32")
+    trials = [Trial("fp32", fp32_speed)]
+    for precision in options:
+        try:
+            other_images, speed = timed(precision)
+            other_texts = embed_texts(precision)
+        except Exception as exc:  # noqa: BLE001 - a setting this build of torch cannot run is not offered
+            log.warning("precision %s does not run here: %s", precision, exc)
+            continue
+        trials.append(Trial(precision, speed, *agreement(images, texts, other_images, other_texts)))
+    return trials
+
+
+def pick(trials: list[Trial]) -> Precision:
+    """The fastest setting that agrees with fp32 and beats it by ``FASTER_BY``; else fp32."""
+    fp32 = next(t for t in trials if t.precision == "fp32")
+    good = [t for t in trials if t.precision != "fp32" and t.agrees and t.images_per_s >= FASTER_BY * fp32.images_per_s]
+    return max(good, key=lambda t: t.images_per_s).precision if good else "fp32"
+
+
+class ChoiceCache:
+    """`auto`'s choices, one JSON file in the cache directory, keyed by what the speed depends on."""
+
+    def __init__(self, folder: Path):
+        self.path = Path(folder) / "precision.json"
+
+    @staticmethod
+    def key(model: str, fingerprint: list[float], device: str, batch_size: int) -> str:
+        import torch
+
+        weights = hashlib.sha256(json.dumps([round(v, 5) for v in fingerprint]).encode()).hexdigest()[:16]
+        flags = " ".join(sorted(cpu_flags() & {"avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni",
+                                               "amx_bf16", "amx_int8"}))
+        return f"{model}|{weights}|{device}|{cpu_model()}|{flags}|torch {torch.__version__}|batch {batch_size}"
+
+    def get(self, key: str) -> Choice | None:
+        try:
+            entry = json.loads(self.path.read_text()).get(key)
+            if entry and entry["precision"] in ("fp32", "bf16", "int8", "fp16"):
+                return Choice(entry["precision"], [Trial(**t) for t in entry["trials"]], cached=True)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            pass  # no cache, or one we cannot read: probe again
+        return None
+
+    def put(self, key: str, choice: Choice) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            try:
+                entries = json.loads(self.path.read_text())
+                entries = entries if isinstance(entries, dict) else {}
+            except (OSError, ValueError):
+                entries = {}
+            entries[key] = {"precision": choice.precision, "trials": [asdict(t) for t in choice.trials],
+                            "measured": time.strftime("%Y-%m-%d")}
+            temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}")
+            temporary.write_text(json.dumps(entries, indent=1))
+            os.replace(temporary, self.path)
+        except OSError as exc:
+            log.warning("cannot cache the precision choice in %s: %s", self.path, exc)

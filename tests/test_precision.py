@@ -1,0 +1,140 @@
+"""IMGSEARCH_PRECISION: bf16 and int8 agree with fp32, auto picks by measuring and remembers, bad settings say why."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+
+from imgsearch_core import precision as precision_module
+from imgsearch_core.encoder import SentenceTransformerEmbedder
+from imgsearch_core.precision import Choice, ChoiceCache, Trial, agreement, autocast, candidates, pick, top_k_overlap
+from imgsearch_core.settings import Settings
+from tests.conftest import run_cli, write_photo_set
+
+
+def test_auto_takes_the_fastest_setting_that_agrees_with_fp32():
+    trials = [Trial("fp32", 10.0), Trial("bf16", 18.0, 0.999, 1.0), Trial("int8", 25.0, 0.999, 0.80)]
+    assert pick(trials) == "bf16"  # int8 is faster, but below the agreement gate
+    trials[2].neighbour_overlap = 0.96
+    assert pick(trials) == "int8"
+    trials[2].min_cosine = 0.98
+    assert pick(trials) == "bf16"
+
+
+@pytest.mark.parametrize("speed", [8.0, 10.0, 10.9])
+def test_auto_stays_fp32_unless_a_setting_is_clearly_faster(speed):
+    assert pick([Trial("fp32", 10.0), Trial("bf16", speed, 1.0, 1.0)]) == "fp32"
+    assert pick([Trial("fp32", 10.0)]) == "fp32"
+
+
+@pytest.mark.parametrize(("device", "flags", "expected"), [
+    ("cuda", set(), ["fp16"]),
+    ("cuda:1", {"avx512_bf16"}, ["fp16"]),
+    ("cpu", {"avx2", "avx512f", "avx512_vnni", "avx512_bf16"}, ["bf16", "int8"]),
+    ("cpu", {"amx_bf16", "amx_int8"}, ["bf16", "int8"]),
+    ("cpu", {"avx2", "fma"}, ["int8"]),  # no bf16 instructions: emulated bf16 is slower than fp32
+    ("cpu", {"sse4_2"}, []),
+])
+def test_auto_probes_only_what_the_device_runs_well(device, flags, expected):
+    assert candidates(device, flags) == expected
+
+
+def test_neighbour_overlap_counts_the_shared_nearest_rows():
+    pool = np.eye(4, dtype=np.float32)
+    queries = np.array([[1.0, 0.5, 0.1, 0.0], [0.0, 0.1, 0.5, 1.0]], dtype=np.float32)
+    swapped = np.array([[1.0, 0.1, 0.5, 0.0], [0.0, 0.1, 0.5, 1.0]], dtype=np.float32)
+    assert top_k_overlap(queries, pool, queries, pool, k=2) == 1.0
+    assert top_k_overlap(queries, pool, swapped, pool, k=2) == 0.75  # query 0: {0, 1} against {0, 2}
+    assert top_k_overlap(queries, pool, swapped, pool, k=1) == 1.0
+    images = np.eye(3, dtype=np.float32)
+    cosine, overlap = agreement(images, images[:1], images, images[:1])
+    assert (cosine, overlap) == (1.0, 1.0)
+
+
+def test_each_precision_gives_unit_vectors_close_to_fp32(tiny_model_dir, tmp_path):
+    pictures = precision_module.probe_pictures(32, 6)
+    texts = ["a dog on a beach", "a red bicycle"]
+    fp32 = SentenceTransformerEmbedder(str(tiny_model_dir), precision="fp32")
+    for setting in ("bf16", "int8"):
+        fast = SentenceTransformerEmbedder(str(tiny_model_dir), precision=setting)
+        assert fast.precision == setting and fast.fingerprint == fp32.fingerprint  # fingerprints are fp32
+        for ours, theirs in ((fast.embed_images(pictures), fp32.embed_images(pictures)),
+                             (fast.embed_texts(texts).vectors, fp32.embed_texts(texts).vectors)):
+            assert ours.dtype == np.float32
+            np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
+            assert np.min(np.sum(ours * theirs, axis=1)) > 0.99
+            assert not np.array_equal(ours, theirs)  # it really ran in another precision
+
+
+def test_auto_measures_once_per_model_and_machine_and_remembers(tiny_model_dir, tmp_path, monkeypatch):
+    probes = []
+    real_probe = precision_module.run_probe
+    monkeypatch.setattr("imgsearch_core.encoder.run_probe", lambda *a, **k: probes.append(1) or real_probe(*a, **k))
+    first = SentenceTransformerEmbedder(str(tiny_model_dir), precision="auto", cache_dir=tmp_path / "cache")
+    assert len(probes) == 1 and not first.precision_choice.cached
+    assert first.precision == first.precision_choice.precision
+    assert [t.precision for t in first.precision_choice.trials][0] == "fp32"
+    assert first.precision in {"fp32", *candidates("cpu", precision_module.cpu_flags())}
+
+    second = SentenceTransformerEmbedder(str(tiny_model_dir), precision="auto", cache_dir=tmp_path / "cache")
+    assert len(probes) == 1 and second.precision_choice.cached and second.precision == first.precision
+    assert "(cached)" in second.precision_choice.describe()
+
+    (tmp_path / "cache" / "precision.json").write_text("{not json")
+    third = SentenceTransformerEmbedder(str(tiny_model_dir), precision="auto", cache_dir=tmp_path / "cache")
+    assert len(probes) == 2 and not third.precision_choice.cached  # a broken cache is measured again
+    assert json.loads((tmp_path / "cache" / "precision.json").read_text())  # and rewritten
+
+
+def test_a_cached_choice_is_kept_per_model(tmp_path):
+    cache = ChoiceCache(tmp_path)
+    cache.put("model-a", Choice("bf16", [Trial("fp32", 10.0), Trial("bf16", 17.0, 0.999, 0.97)]))
+    cache.put("model-b", Choice("fp32", [Trial("fp32", 10.0)]))
+    assert cache.get("model-a").precision == "bf16" and cache.get("model-b").precision == "fp32"
+    assert cache.get("model-c") is None
+    (tmp_path / "precision.json").write_text(json.dumps({"model-a": {"precision": "fp64", "trials": []}}))
+    assert cache.get("model-a") is None  # a value imgsearch never writes is not trusted
+
+
+def test_auto_is_measured_through_imgsearch_index(tmp_path, imgsearch_bin, cli_env):
+    photos = write_photo_set(tmp_path / "photos")
+    env = {**cli_env, "IMGSEARCH_PRECISION": "auto"}
+    first = run_cli(imgsearch_bin, env, "index", str(photos))
+    assert first.returncode == 0, first.stderr
+    assert "precision auto -> " in first.stderr and "(cached)" not in first.stderr and "fp32 1.00x" in first.stderr
+    again = run_cli(imgsearch_bin, env, "index", str(photos))
+    assert "(cached)" in again.stderr
+
+
+@pytest.mark.parametrize(("setting", "device", "says"), [
+    ("fp16", "cpu", "needs a CUDA device; on a CPU use bf16 or int8"),
+    ("int8", "cuda", "runs on the CPU only; on CUDA use fp16"),
+])
+def test_a_precision_the_device_cannot_run_is_refused_with_what_to_use(tiny_model_dir, setting, device, says):
+    with pytest.raises(ValueError, match=says):
+        precision_module.check_supported(setting, device)
+    if device == "cpu":
+        with pytest.raises(ValueError, match=says):
+            SentenceTransformerEmbedder(str(tiny_model_dir), precision=setting)
+
+
+def test_an_unknown_precision_is_a_settings_error():
+    with pytest.raises(ValueError, match="precision"):
+        Settings(_env_file=None, precision="fp8")
+
+
+def test_on_cuda_the_model_runs_under_fp16_autocast():
+    """The CUDA path, checked without a GPU: fp16 and bf16 autocast on the device's type, int8 and fp32 none."""
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "CUDA is not available": the context is only inspected here
+        fp16 = autocast("fp16", "cuda:1")
+    assert (fp16.device, fp16.fast_dtype) == ("cuda", torch.float16)
+    bf16 = autocast("bf16", "cpu")
+    assert (bf16.device, bf16.fast_dtype) == ("cpu", torch.bfloat16)
+    assert not isinstance(autocast("fp32", "cuda"), torch.autocast)
+    assert not isinstance(autocast("int8", "cpu"), torch.autocast)
