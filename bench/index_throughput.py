@@ -3,11 +3,15 @@
 Builds a CLIP with the real ViT-B/32 architecture and random weights (same compute
 as the real model; no download), writes photo-sized JPEGs (4000x3000), then times:
 
-- imgsearch: `run_index` from JPEG files to rows in Milvus Lite (model already loaded);
+- imgsearch: `run_index` from JPEG files to rows in Milvus Lite (model already loaded), once per precision
+  (fp32, and each of bf16 / int8 this CPU runs well: IMGSEARCH_PRECISION), with the stage profile;
 - naive: PIL open -> SentenceTransformer.encode(list of PIL images) -> MilvusClient.insert, batches of 32;
-- bare model: SentenceTransformer.encode on images already resized to the model's input.
+- bare model: SentenceTransformer.encode in fp32 on images already resized to the model's input.
 
-Usage: python bench/index_throughput.py [--images 64] [--out bench/results/index_throughput.json]
+Each precision's rows are compared with fp32's: top-10 image -> image and text -> image neighbour overlap
+over the indexed photos, and the lowest cosine between a photo's two vectors. `auto` is what the probe picks.
+
+Usage: python bench/index_throughput.py [--images 64] [--precisions fp32 bf16 int8] [--out bench/results/index_throughput.json]
 """
 
 from __future__ import annotations
@@ -44,24 +48,51 @@ def make_photos(folder: Path, count: int, size=(4000, 3000)) -> list[Path]:
     return paths
 
 
-def bench_imgsearch(paths, model_dir, data_dir, batch_size, workers):
+QUERIES = ["a photo of a dog", "a red bicycle leaning on a wall", "mountains at sunset", "a bowl of fruit",
+           "a crowded street at night", "a baby laughing", "a white cat on a sofa", "a map of the city"]
+
+
+def bench_imgsearch(paths, model_dir, data_dir, batch_size, workers, precision="fp32"):
+    """JPEG files to rows in Milvus Lite; also the rows' vectors (by path) and the query texts' vectors."""
     from imgsearch_core.encoder import load_embedder
     from imgsearch_core.settings import Settings
     from imgsearch_core.store import MilvusStore, release_hosted
     from indexer.runner import run_index
 
-    settings = Settings(milvus_uri=str(data_dir / "imgsearch.db"), model=str(model_dir), device="cpu",
-                        batch_size=batch_size, decode_workers=workers)
+    settings = Settings(milvus_uri=str(data_dir / f"imgsearch-{precision}.db"), model=str(model_dir), device="cpu",
+                        batch_size=batch_size, decode_workers=workers, precision=precision,
+                        cache_dir=data_dir / "cache")
     encoder = load_embedder(settings)
     store = MilvusStore.from_settings(settings)
     started = time.perf_counter()
-    report = run_index([str(paths[0].parent)], settings, encoder, store)
+    report = run_index([str(paths[0].parent)], settings, encoder, store, profile=True)
     elapsed = time.perf_counter() - started
     assert report.embedded == len(paths), report
     count = store.count()
+    rows = sorted(store.iter_rows(fields=["path"], with_vectors=True), key=lambda r: r["path"])
     store.close()
     release_hosted(settings.milvus_uri)
-    return {"images_per_s": len(paths) / elapsed, "seconds": elapsed, "rows": count}
+    vectors = np.asarray([r["vector"] for r in rows], dtype=np.float32)
+    return ({"precision": precision, "images_per_s": len(paths) / elapsed, "seconds": elapsed, "rows": count,
+             "profile": {name: stage["share_of_wall"] for name, stage in report.profile["stages"].items()}},
+            vectors, encoder.embed_texts(QUERIES).vectors)
+
+
+def agreement_with_fp32(fp32, other) -> dict:
+    from imgsearch_core.precision import min_cosine, top_k_overlap
+
+    (images, texts), (other_images, other_texts) = fp32, other
+    return {"image_to_image_top10": top_k_overlap(images, images, other_images, other_images, 10, same_set=True),
+            "text_to_image_top10": top_k_overlap(texts, images, other_texts, other_images, 10),
+            "min_cosine": min_cosine(images, other_images)}
+
+
+def auto_choice(model_dir, data_dir, batch_size) -> str:
+    from imgsearch_core.encoder import SentenceTransformerEmbedder
+
+    encoder = SentenceTransformerEmbedder(str(model_dir), device="cpu", batch_size=batch_size, precision="auto",
+                                          cache_dir=data_dir / "auto-cache")
+    return encoder.precision_choice.describe()
 
 
 def bench_naive(paths, model, data_dir):
@@ -101,12 +132,20 @@ def main() -> int:
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--precisions", nargs="+", choices=["fp32", "bf16", "int8"],
+                        help="default: fp32 and each setting this CPU runs well")
     parser.add_argument("--out", type=Path, default=Path("bench/results/index_throughput.json"))
     args = parser.parse_args()
 
     import torch
     from local_clip import build_local_clip  # bench/local_clip.py, beside this script
     from sentence_transformers import SentenceTransformer
+
+    from imgsearch_core.precision import candidates, cpu_flags
+
+    precisions = args.precisions or ["fp32", *candidates("cpu", cpu_flags())]
+    if "fp32" not in precisions:
+        precisions.insert(0, "fp32")  # the others are compared with it
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -118,11 +157,31 @@ def main() -> int:
         model = SentenceTransformer(str(model_dir), device="cpu")
 
         bare = bench_bare(paths, model, 224)
-        print(f"bare model (pre-resized):  {bare['images_per_s']:6.2f} img/s", flush=True)
-        ours = bench_imgsearch(paths, model_dir, tmp, args.batch_size, args.workers)
-        print(f"imgsearch (JPEG -> Milvus): {ours['images_per_s']:6.2f} img/s", flush=True)
+        print(f"bare model fp32 (pre-resized):       {bare['images_per_s']:6.2f} img/s", flush=True)
+        runs, embeddings = {}, {}
+        for precision in precisions:
+            run, vectors, texts = bench_imgsearch(paths, model_dir, tmp, args.batch_size, args.workers, precision)
+            embeddings[precision] = (vectors, texts)
+            if precision != "fp32":
+                run["agreement_with_fp32"] = agreement_with_fp32(embeddings["fp32"], embeddings[precision])
+            runs[precision] = run
+            agreement = run.get("agreement_with_fp32")
+            print(f"imgsearch {precision:>4} (JPEG -> Milvus):    {run['images_per_s']:6.2f} img/s "
+                  f"= {run['images_per_s'] / bare['images_per_s']:.2f} x bare fp32"
+                  + (f"; top-10 overlap image {agreement['image_to_image_top10']:.3f}, text "
+                     f"{agreement['text_to_image_top10']:.3f}, min cosine {agreement['min_cosine']:.4f}"
+                     if agreement else ""), flush=True)
+            print("    profile (share of wall): " + ", ".join(f"{k} {100 * v:.0f}%" for k, v in run["profile"].items()),
+                  flush=True)
         naive = bench_naive(paths, model, tmp)
-        print(f"naive loop:                {naive['images_per_s']:6.2f} img/s", flush=True)
+        print(f"naive loop fp32:                     {naive['images_per_s']:6.2f} img/s", flush=True)
+        auto = auto_choice(model_dir, tmp, args.batch_size)
+        print(auto, flush=True)
+        ours = runs["fp32"]
+        # The best setting among those that pass the agreement gate (top-10 overlap >= 0.95 both ways).
+        gated = [r for r in runs.values() if "agreement_with_fp32" not in r or (
+            r["agreement_with_fp32"]["image_to_image_top10"] >= 0.95 and r["agreement_with_fp32"]["text_to_image_top10"] >= 0.95)]
+        best = max(gated, key=lambda r: r["images_per_s"])
 
     result = {
         "benchmark": "index_throughput",
@@ -134,12 +193,17 @@ def main() -> int:
         "torch_threads": torch.get_num_threads(),
         **machine_info(),
         "imgsearch": ours,
+        "imgsearch_by_precision": runs,
+        "auto": auto,
         "naive": naive,
         "bare_model": bare,
         "ratio_vs_bare_model": ours["images_per_s"] / bare["images_per_s"],
         "ratio_vs_naive": ours["images_per_s"] / naive["images_per_s"],
+        "best_precision": best["precision"],
+        "best_ratio_vs_bare_fp32": best["images_per_s"] / bare["images_per_s"],
     }
-    print(f"imgsearch / bare model = {result['ratio_vs_bare_model']:.2f}   imgsearch / naive = {result['ratio_vs_naive']:.2f}")
+    print(f"imgsearch fp32 / bare model = {result['ratio_vs_bare_model']:.2f}   imgsearch fp32 / naive = "
+          f"{result['ratio_vs_naive']:.2f}   best ({best['precision']}) / bare fp32 = {result['best_ratio_vs_bare_fp32']:.2f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     print(f"wrote {args.out}")

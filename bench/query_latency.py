@@ -6,7 +6,10 @@ at 8 concurrent clients, with the in-memory vector copy on (the default) and off
 Lite). In the same run it times the bare text encode and an exact numpy search over the same vectors,
 and prints p50 / (encode + numpy). Then a load of --load-seconds at 8 clients counts errors.
 
-Usage: python bench/query_latency.py [--sizes 10000 100000] [--load-seconds 60]
+The server and the bare encode run at --precision (default auto, what a user gets). First, the text encoder's
+latency at fp32 and at each faster setting this CPU runs well, side by side.
+
+Usage: python bench/query_latency.py [--sizes 10000 100000] [--load-seconds 60] [--precision auto]
 """
 
 from __future__ import annotations
@@ -72,10 +75,11 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(uri: str, model_dir: Path, vector_cache: str) -> tuple[subprocess.Popen, str]:
+def start_server(uri: str, model_dir: Path, vector_cache: str, precision: str, cache_dir: Path) -> tuple[subprocess.Popen, str]:
     port = free_port()
     env = {**os.environ, "IMGSEARCH_MILVUS_URI": uri, "IMGSEARCH_MODEL": str(model_dir), "IMGSEARCH_DEVICE": "cpu",
-           "IMGSEARCH_VECTOR_CACHE": vector_cache}
+           "IMGSEARCH_VECTOR_CACHE": vector_cache, "IMGSEARCH_PRECISION": precision,
+           "IMGSEARCH_CACHE_DIR": str(cache_dir)}
     binary = Path(sys.executable).parent / "imgsearch"
     process = subprocess.Popen([str(binary), "serve", "--port", str(port)], env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -146,10 +150,30 @@ def load(base: str, clients: int, seconds: float) -> dict:
 _ENCODERS: dict = {}
 
 
-def bare_costs(model_dir: Path, vectors: np.ndarray, repeats: int = 30) -> dict:
+def encoder_at(model_dir: Path, precision: str, cache_dir: Path):
     from imgsearch_core.encoder import SentenceTransformerEmbedder
 
-    encoder = _ENCODERS.get(model_dir) or _ENCODERS.setdefault(model_dir, SentenceTransformerEmbedder(str(model_dir), device="cpu"))
+    key = (model_dir, precision)
+    if key not in _ENCODERS:
+        _ENCODERS[key] = SentenceTransformerEmbedder(str(model_dir), device="cpu", precision=precision, cache_dir=cache_dir)
+    return _ENCODERS[key]
+
+
+def text_encoder_by_precision(model_dir: Path, precisions: list[str], cache_dir: Path, rounds: int = 40) -> dict:
+    """Median ms of one text encode at each precision, the settings taking turns (this machine's speed drifts)."""
+    encoders = {p: encoder_at(model_dir, p, cache_dir) for p in precisions}
+    samples: dict[str, list[float]] = {p: [] for p in precisions}
+    for i in range(rounds):
+        for precision, encoder in encoders.items():
+            started = time.perf_counter()
+            encoder.embed_texts([QUERIES[i % len(QUERIES)]])
+            samples[precision].append((time.perf_counter() - started) * 1000)
+    medians = {p: round(statistics.median(v[2:]), 2) for p, v in samples.items()}  # the first two warm up
+    return {p: {"text_encode_ms": ms, "speedup_vs_fp32": round(medians["fp32"] / ms, 2)} for p, ms in medians.items()}
+
+
+def bare_costs(model_dir: Path, vectors: np.ndarray, precision: str, cache_dir: Path, repeats: int = 30) -> dict:
+    encoder = encoder_at(model_dir, precision, cache_dir)
     # Two separate loops: right after a BLAS call OpenBLAS threads spin for a while and would slow the encode.
     encode_ms, numpy_ms, queries = [], [], []
     for i in range(repeats):
@@ -170,11 +194,15 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=100, help="requests per client with the cache on")
     parser.add_argument("--uncached-requests", type=int, default=20, help="requests per client with the cache off")
     parser.add_argument("--load-seconds", type=float, default=60)
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "int8"],
+                        help="IMGSEARCH_PRECISION of the server and of the bare encode (default auto)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results/query_latency.json")
     args = parser.parse_args()
 
     from local_clip import build_local_clip  # bench/local_clip.py, beside this script
     from machine import machine_info, print_machine
+
+    from imgsearch_core.precision import candidates, cpu_flags
 
     results = {"benchmark": "query_latency", "model": "ViT-B/32 architecture, random weights", **machine_info(),
                "sizes": {}}
@@ -183,15 +211,25 @@ def main() -> int:
         tmp = Path(tmp)
         print("building random-weight ViT-B/32 ...", flush=True)
         model_dir = build_local_clip(tmp / "vit-b-32", "vit-b-32")
+        cache_dir = tmp / "cache"
+        by_precision = text_encoder_by_precision(model_dir, ["fp32", *candidates("cpu", cpu_flags())], cache_dir)
+        results["text_encoder_by_precision"] = by_precision
+        for precision, figures in by_precision.items():
+            print(f"text encode {precision:>4}: {figures['text_encode_ms']:6.2f} ms  ({figures['speedup_vs_fp32']:.2f} x fp32)",
+                  flush=True)
+        served = encoder_at(model_dir, args.precision, cache_dir)
+        results["precision"] = served.precision
+        if served.precision_choice:
+            print(served.precision_choice.describe(), flush=True)
         for rows in args.sizes:
             uri = str(tmp / f"rows{rows}" / "milvus.db")
             print(f"\n== {rows:,} vectors: filling Milvus Lite ...", flush=True)
             vectors = fill_collection(uri, model_dir, 512, rows)
             entry = {}
             for cache, per_client in (("on", args.requests), ("off", args.uncached_requests)):
-                process, base = start_server(uri, model_dir, cache)
+                process, base = start_server(uri, model_dir, cache, args.precision, cache_dir)
                 # The bare costs are timed right beside each configuration: this machine's speed drifts.
-                bare = bare_costs(model_dir, vectors)
+                bare = bare_costs(model_dir, vectors, args.precision, cache_dir)
                 floor = bare["text_encode_ms"] + bare["numpy_exact_ms"]
                 entry[f"cache_{cache}_bare"] = {**bare, "encode_plus_numpy_ms": round(floor, 2)}
                 print(f"bare text encode {bare['text_encode_ms']} ms + exact numpy {bare['numpy_exact_ms']} ms "

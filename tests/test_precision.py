@@ -138,3 +138,78 @@ def test_on_cuda_the_model_runs_under_fp16_autocast():
     assert (bf16.device, bf16.fast_dtype) == ("cpu", torch.bfloat16)
     assert not isinstance(autocast("fp32", "cuda"), torch.autocast)
     assert not isinstance(autocast("int8", "cpu"), torch.autocast)
+
+
+# ── The agreement gate: each fast setting indexes photos into Milvus Lite as fp32 does ──────────────────
+
+GATE_TEXTS = ["a photo of a dog", "a red bicycle leaning on a wall", "mountains at sunset", "a bowl of fruit",
+              "a crowded street at night", "a baby laughing", "a white cat on a sofa", "a map of the city",
+              "a blue sky", "green grass", "an old building", "a plate of food"]
+
+
+def write_photo_like_jpegs(folder, count: int, size=(640, 480)) -> None:
+    """Smooth colour fields with grain, saved as JPEG: what a camera's photo looks like to a decoder."""
+    from PIL import Image
+
+    rng = np.random.default_rng(7)
+    folder.mkdir(parents=True)
+    for i in range(count):
+        small = rng.integers(0, 256, (3 + i % 4, 4 + i % 3, 3), dtype=np.uint8)
+        field = np.asarray(Image.fromarray(small).resize(size, Image.Resampling.BICUBIC), dtype=np.int16)
+        grain = rng.normal(0, 10, field.shape)
+        Image.fromarray(np.clip(field + grain, 0, 255).astype(np.uint8)).save(folder / f"photo{i:03d}.jpg", quality=90)
+
+
+@pytest.fixture(scope="module")
+def vit_b_32_dir(tmp_path_factory):
+    """The real ViT-B/32 architecture with random weights: the real model's arithmetic, without a download."""
+    from bench.local_clip import build_local_clip
+
+    return build_local_clip(tmp_path_factory.mktemp("models") / "vit-b-32", "vit-b-32", seed=0)
+
+
+@pytest.mark.slow
+def test_fast_settings_index_photos_with_the_same_neighbours_as_fp32(vit_b_32_dir, tmp_path, capsys):
+    """The gate, on 48 JPEGs indexed end to end for fp32 and each setting this CPU runs well: top-10 image ->
+    image and text -> image neighbours agree with fp32's at >= 0.95 mean overlap. A setting below it is not what
+    `auto` picks (its probe applies the same gate to its own pictures)."""
+    from imgsearch_core.encoder import load_embedder
+    from imgsearch_core.store import MilvusStore, release_hosted
+    from indexer.runner import run_index
+
+    photos = tmp_path / "photos"
+    write_photo_like_jpegs(photos, 48)
+    settings_for = {}
+    stored, texts = {}, {}
+    for setting in ["fp32", *candidates("cpu", precision_module.cpu_flags())]:
+        settings_for[setting] = Settings(
+            _env_file=None, milvus_uri=str(tmp_path / setting / "milvus.db"), model=str(vit_b_32_dir), device="cpu",
+            batch_size=16, precision=setting, cache_dir=tmp_path / "cache", thumbnail_dir=tmp_path / "thumbs")
+        encoder = load_embedder(settings_for[setting])
+        store = MilvusStore.from_settings(settings_for[setting])
+        try:
+            assert run_index([str(photos)], settings_for[setting], encoder, store).embedded == 48
+            rows = sorted(store.iter_rows(fields=["path"], with_vectors=True), key=lambda r: r["path"])
+            stored[setting] = np.asarray([r["vector"] for r in rows], dtype=np.float32)
+            texts[setting] = encoder.embed_texts(GATE_TEXTS).vectors
+        finally:
+            store.close()
+            release_hosted(settings_for[setting].milvus_uri)
+    if len(stored) == 1:
+        pytest.skip("this CPU runs no setting faster than fp32 well (no bf16, VNNI or AVX2)")
+    measured = {}
+    for setting in sorted(stored.keys() - {"fp32"}):
+        images = top_k_overlap(stored["fp32"], stored["fp32"], stored[setting], stored[setting], 10, same_set=True)
+        text = top_k_overlap(texts["fp32"], stored["fp32"], texts[setting], stored[setting], 10)
+        measured[setting] = (images, text, precision_module.min_cosine(stored["fp32"], stored[setting]))
+    auto = SentenceTransformerEmbedder(str(vit_b_32_dir), precision="auto", cache_dir=tmp_path / "auto").precision_choice
+    with capsys.disabled():
+        for setting, (images, text, cosine) in measured.items():
+            print(f"\n{setting}: image->image top-10 overlap {images:.3f}, text->image {text:.3f}, "
+                  f"min cosine to fp32 {cosine:.4f}")
+        print(auto.describe())
+    passing = {setting for setting, (images, text, _) in measured.items() if images >= 0.95 and text >= 0.95}
+    # What auto picks passes the gate on real files, not only on its probe; bf16 keeps the neighbours on this
+    # architecture where this CPU runs it.
+    assert auto.precision == "fp32" or auto.precision in passing, (auto.describe(), measured)
+    assert "bf16" not in measured or "bf16" in passing, measured

@@ -320,3 +320,44 @@ def test_releasing_one_hosted_data_directory_leaves_the_others_served(tmp_path):
             store.close()
         release_hosted(uris[1])
     assert not (tmp_path / "b" / "milvus.db" / ENDPOINT_FILE).exists()
+
+
+def test_the_endpoint_another_process_wrote_is_used_only_while_it_is_live_and_its_own(tmp_path):
+    """What a second process finds in a data directory another process serves: the socket, only while that
+    process lives, listens, and the socket is where this folder's would be."""
+    import json
+    import socket
+
+    from imgsearch_core.store.lite import ENDPOINT_FILE, _live_endpoint, _socket_path
+    from tests.conftest import spawn, stop_process
+
+    data_dir = tmp_path / "milvus.db"
+    data_dir.mkdir()
+    host = spawn([sys.executable, "-c", "import time; time.sleep(60)"])  # stands in for the serving process
+    path = _socket_path(data_dir, host.pid)
+    endpoint = data_dir / ENDPOINT_FILE
+    listener = socket.socket(socket.AF_UNIX)
+    try:
+        listener.bind(str(path))
+        listener.listen()
+        endpoint.write_text(json.dumps({"pid": host.pid, "socket": str(path)}))
+        assert _live_endpoint(data_dir) == f"unix:{path}"
+        for written in ("not json", json.dumps({"pid": host.pid}), json.dumps({"socket": str(path)}),
+                        json.dumps({"pid": host.pid, "socket": str(tmp_path / "elsewhere.sock")}),
+                        json.dumps({"pid": os.getpid(), "socket": str(path)})):
+            endpoint.write_text(written)
+            assert _live_endpoint(data_dir) is None, written
+        endpoint.write_text(json.dumps({"pid": host.pid, "socket": str(path)}))
+        listener.close()
+        assert _live_endpoint(data_dir) is None  # nobody listens any more
+    finally:
+        listener.close()
+        stop_process(host, grace_s=2)
+    listener = socket.socket(socket.AF_UNIX)
+    path.unlink()
+    listener.bind(str(path))
+    listener.listen()
+    try:
+        assert _live_endpoint(data_dir) is None  # a socket whose process has exited
+    finally:
+        listener.close()
