@@ -4,27 +4,14 @@ from __future__ import annotations
 
 import os
 import platform
-from pathlib import Path
 
-# The flags that change how fast a CPU runs the model (fp32 SIMD width, int8 and bf16 instructions).
-RELEVANT_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16",
-                  "amx_int8")
+from imgsearch_core.precision import SPEED_FLAGS, cpu_flags, cpu_model
 
 
 def machine_info() -> dict:
-    model, flags = platform.processor() or "unknown", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                model = value.strip()
-            elif key.strip() == "flags":
-                flags = set(value.split())
-                break
-    except OSError:
-        pass
-    return {"cpu_model": model, "cpu_count": os.cpu_count(), "machine": platform.machine(),
-            "cpu_flags": [flag for flag in RELEVANT_FLAGS if flag in flags]}
+    flags = cpu_flags()
+    return {"cpu_model": cpu_model(), "cpu_count": os.cpu_count(), "machine": platform.machine(),
+            "cpu_flags": [flag for flag in SPEED_FLAGS if flag in flags]}
 
 
 def print_machine(info: dict) -> None:

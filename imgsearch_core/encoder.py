@@ -85,14 +85,14 @@ class SentenceTransformerEmbedder:
 
         transformers_logging.disable_progress_bar()
 
+        if precision != "auto":
+            check_supported(precision, device)  # a wrong setting fails before the model loads
         self.name = model_identity(model)
         self.device = device
         self.batch_size = batch_size
         self._model = SentenceTransformer(self.name, device=device)
         self._lock = threading.Lock()  # torch runs one batch at a time; callers queue here
         self.precision: Precision = "fp32"  # the fingerprint and the probes below are taken in fp32
-        if precision != "auto":
-            check_supported(precision, device)  # a wrong setting fails before anything slow
         self.max_text_tokens = self._text_token_limit()
         if self.max_text_tokens:
             self._model.max_seq_length = self.max_text_tokens
@@ -105,7 +105,9 @@ class SentenceTransformerEmbedder:
             self.precision_choice, prepared = self._choose_precision(cache_dir)
             log.info("%s", self.precision_choice.describe())
             precision = self.precision_choice.precision
-        self._use_precision(precision, prepared.get(precision))
+        if precision == "int8":
+            self._model = prepared["int8"] if "int8" in prepared else quantized(self._model)
+        self.precision = precision
 
     def embed_images(self, images: list[Image.Image]) -> np.ndarray:
         """Embed RGB images; returns (n, dim) float32 rows of unit length."""
@@ -130,12 +132,6 @@ class SentenceTransformerEmbedder:
             )
         vectors = torch.nn.functional.normalize(vectors.float(), dim=-1)
         return np.ascontiguousarray(vectors.cpu().numpy(), dtype=np.float32)
-
-    def _use_precision(self, precision: Precision, prepared=None) -> None:
-        check_supported(precision, self.device)
-        if precision == "int8":
-            self._model = prepared if prepared is not None else quantized(self._model)
-        self.precision = precision
 
     def _choose_precision(self, cache_dir: Path | None) -> tuple[Choice, dict]:
         """auto: the cached choice for this model, device and machine, else a probe of each candidate. Also

@@ -20,6 +20,7 @@ with one precision is searched with any other.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -50,26 +51,33 @@ PROBE_TEXTS = ["a photo of a dog", "a red bicycle leaning on a wall", "mountains
                "a crowded street at night", "a baby laughing", "a white cat on a sofa", "a map of the city"]
 
 
-def cpu_flags() -> set[str]:
+# The flags that change how fast a CPU runs the model (fp32 SIMD width, int8 and bf16 instructions): what a
+# benchmark figure is printed with, and what `auto`'s cached choice is keyed by.
+SPEED_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile",
+               "amx_bf16", "amx_int8")
+
+
+@functools.cache
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's entries in /proc/cpuinfo (empty where there is none)."""
+    entries: dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             key, _, value = line.partition(":")
-            if key.strip() == "flags":
-                return set(value.split())
+            if not key.strip() and entries:
+                break  # the end of the first processor
+            entries.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return set()
+    return entries
+
+
+def cpu_flags() -> set[str]:
+    return set(_cpuinfo().get("flags", "").split())
 
 
 def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                return value.strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return _cpuinfo().get("model name") or platform.processor() or platform.machine()
 
 
 def candidates(device: str, flags: set[str]) -> list[Precision]:
@@ -177,18 +185,21 @@ def agreement(images: np.ndarray, texts: np.ndarray, other_images: np.ndarray, o
     return cosine, overlap
 
 
-def probe_pictures(size: int, count: int = PROBE_IMAGES):
-    """Photo-like pictures (smooth colour fields with grain), the same every time."""
+def photo_like(rng: np.random.Generator, grid: tuple[int, int], size: tuple[int, int], grain: float):
+    """A picture that decodes and embeds like a photo: a ``grid`` of random colours smoothed to ``size``
+    (width, height), with grain."""
     from PIL import Image
 
+    small = rng.integers(0, 256, (*grid, 3), dtype=np.uint8)
+    field = np.asarray(Image.fromarray(small).resize(size, Image.Resampling.BICUBIC), dtype=np.int16)
+    noise = rng.normal(0, grain, field.shape)
+    return Image.fromarray(np.clip(field + noise, 0, 255).astype(np.uint8), "RGB")
+
+
+def probe_pictures(size: int, count: int = PROBE_IMAGES):
+    """The probe's photo-like pictures, the same every time."""
     rng = np.random.default_rng(1234)
-    pictures = []
-    for _ in range(count):
-        small = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
-        field = np.asarray(Image.fromarray(small).resize((size, size), Image.Resampling.BICUBIC), dtype=np.int16)
-        grain = rng.normal(0, 12, field.shape)
-        pictures.append(Image.fromarray(np.clip(field + grain, 0, 255).astype(np.uint8), "RGB"))
-    return pictures
+    return [photo_like(rng, (4, 4), (size, size), grain=12) for _ in range(count)]
 
 
 def run_probe(embed_images: Callable[[Precision], np.ndarray], embed_texts: Callable[[Precision], np.ndarray],
@@ -237,8 +248,7 @@ class ChoiceCache:
         import torch
 
         weights = hashlib.sha256(json.dumps([round(v, 5) for v in fingerprint]).encode()).hexdigest()[:16]
-        flags = " ".join(sorted(cpu_flags() & {"avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni",
-                                               "amx_bf16", "amx_int8"}))
+        flags = " ".join(flag for flag in SPEED_FLAGS if flag in cpu_flags())
         return f"{model}|{weights}|{device}|{cpu_model()}|{flags}|torch {torch.__version__}|batch {batch_size}"
 
     def get(self, key: str) -> Choice | None:

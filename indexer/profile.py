@@ -37,14 +37,14 @@ class StageClock:
 
     def report(self, wall_s: float, images: int) -> dict:
         """Seconds per stage, each as a share of the run's wall time, and per image."""
-        return {
-            "wall_s": round(wall_s, 3),
-            "images": images,
-            "stages": {name: {"thread": thread, "seconds": round(self._seconds.get(name, 0.0), 6),
-                              "share_of_wall": round(self._seconds.get(name, 0.0) / wall_s, 3) if wall_s else 0.0,
-                              "ms_per_image": round(1000 * self._seconds.get(name, 0.0) / images, 2) if images else 0.0}
-                       for name, thread in STAGES.items()},
-        }
+
+        def figures(seconds: float, thread: str) -> dict:
+            return {"thread": thread, "seconds": round(seconds, 6),
+                    "share_of_wall": round(seconds / wall_s, 3) if wall_s else 0.0,
+                    "ms_per_image": round(1000 * seconds / images, 2) if images else 0.0}
+
+        return {"wall_s": round(wall_s, 3), "images": images,
+                "stages": {name: figures(self._seconds.get(name, 0.0), thread) for name, thread in STAGES.items()}}
 
 
 class _NoClock:

@@ -149,15 +149,11 @@ GATE_TEXTS = ["a photo of a dog", "a red bicycle leaning on a wall", "mountains 
 
 def write_photo_like_jpegs(folder, count: int, size=(640, 480)) -> None:
     """Smooth colour fields with grain, saved as JPEG: what a camera's photo looks like to a decoder."""
-    from PIL import Image
-
     rng = np.random.default_rng(7)
     folder.mkdir(parents=True)
     for i in range(count):
-        small = rng.integers(0, 256, (3 + i % 4, 4 + i % 3, 3), dtype=np.uint8)
-        field = np.asarray(Image.fromarray(small).resize(size, Image.Resampling.BICUBIC), dtype=np.int16)
-        grain = rng.normal(0, 10, field.shape)
-        Image.fromarray(np.clip(field + grain, 0, 255).astype(np.uint8)).save(folder / f"photo{i:03d}.jpg", quality=90)
+        picture = precision_module.photo_like(rng, (3 + i % 4, 4 + i % 3), size, grain=10)
+        picture.save(folder / f"photo{i:03d}.jpg", quality=90)
 
 
 @pytest.fixture(scope="module")
