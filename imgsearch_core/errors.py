@@ -20,6 +20,10 @@ class ImgsearchError(Exception):
     """Base class of errors a user can act on."""
 
 
+class PrecisionNotSupportedError(ImgsearchError, ValueError):
+    """IMGSEARCH_PRECISION names a setting the device cannot run (fp16 on a CPU, int8 on CUDA)."""
+
+
 class ImageDecodeError(ImgsearchError):
     def __init__(self, source: str, reason: str):
         super().__init__(f"{source}: {reason}")

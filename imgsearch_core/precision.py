@@ -93,12 +93,15 @@ def candidates(device: str, flags: set[str]) -> list[Precision]:
 
 
 def check_supported(precision: Precision, device: str) -> None:
-    """Raise ValueError, saying what to use instead, for a setting the device cannot run."""
+    """Raise PrecisionNotSupportedError, saying what to use instead, for a setting the device cannot run."""
+    from imgsearch_core.errors import PrecisionNotSupportedError
+
     on_cuda = device.startswith("cuda")
     if precision == "int8" and on_cuda:
-        raise ValueError("IMGSEARCH_PRECISION=int8 runs on the CPU only; on CUDA use fp16 (or auto)")
+        raise PrecisionNotSupportedError("IMGSEARCH_PRECISION=int8 runs on the CPU only; on CUDA use fp16 (or auto)")
     if precision == "fp16" and not on_cuda:
-        raise ValueError("IMGSEARCH_PRECISION=fp16 needs a CUDA device; on a CPU use bf16 or int8 (or auto)")
+        raise PrecisionNotSupportedError(
+            "IMGSEARCH_PRECISION=fp16 needs a CUDA device; on a CPU use bf16 or int8 (or auto)")
 
 
 def autocast(precision: Precision, device: str):

@@ -121,6 +121,13 @@ def test_a_precision_the_device_cannot_run_is_refused_with_what_to_use(tiny_mode
             SentenceTransformerEmbedder(str(tiny_model_dir), precision=setting)
 
 
+def test_the_cli_says_in_one_line_which_precision_to_use_instead(photo_dir, imgsearch_bin, cli_env):
+    result = run_cli(imgsearch_bin, cli_env, "index", str(photo_dir), "--precision", "fp16")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == ("imgsearch index: error: IMGSEARCH_PRECISION=fp16 needs a CUDA device; "
+                                     "on a CPU use bf16 or int8 (or auto)")
+
+
 def test_an_unknown_precision_is_a_settings_error():
     with pytest.raises(ValueError, match="precision"):
         Settings(_env_file=None, precision="fp8")
