@@ -17,7 +17,8 @@ EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
 def _settings(args: argparse.Namespace) -> Settings:
     """Settings from the environment, with command-line flags on top."""
-    overrides = {name: value for name in ("milvus_uri", "collection", "model", "device", "precision", "batch_size",
+    overrides = {name: value for name in ("milvus_uri", "collection", "model", "device", "precision", "backend",
+                                          "batch_size",
                                           "decode_workers", "host", "port", "api_url")
                  if (value := getattr(args, name, None)) is not None}
     return Settings(**overrides)
@@ -28,6 +29,14 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--collection", help="collection name [IMGSEARCH_COLLECTION]")
     parser.add_argument("--model", help="sentence-transformers model name or local directory [IMGSEARCH_MODEL]")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 or auto [IMGSEARCH_DEVICE]")
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    """For the commands that run the model."""
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16", "int8", "fp16"],
+                        help="how the model runs (auto: the fastest that agrees with fp32) [IMGSEARCH_PRECISION]")
+    parser.add_argument("--backend", choices=["torch", "onnx", "openvino"],
+                        help="what runs the model; onnx and openvino need their extras [IMGSEARCH_BACKEND]")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,11 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "root is refused, since an unmounted share looks the same)")
     index.add_argument("--profile", action="store_true",
                        help="say where the time went: reading, hashing, decoding, waiting for decode, embedding, writing")
-    index.add_argument("--precision", choices=["auto", "fp32", "bf16", "int8", "fp16"],
-                       help="how the model runs (auto: the fastest that agrees with fp32) [IMGSEARCH_PRECISION]")
     index.add_argument("--batch-size", dest="batch_size", type=int, help="images per model batch [IMGSEARCH_BATCH_SIZE]")
     index.add_argument("--decode-workers", dest="decode_workers", type=int, help="decoding threads [IMGSEARCH_DECODE_WORKERS]")
     _add_common(index)
+    _add_model_options(index)
 
     search = commands.add_parser("search", help="search by text or by an example image")
     search.add_argument("text", nargs="?", help="what to look for")
@@ -63,11 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--path-prefix", dest="path_prefix", metavar="PREFIX", help="only paths that start with this")
     search.add_argument("--newest", action="store_true", help="newest photo first, among the 1,000 best matches")
     _add_common(search)
+    _add_model_options(search)
 
     serve = commands.add_parser("serve", help="start the HTTP search API")
     serve.add_argument("--host", help="bind address [IMGSEARCH_HOST] (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port [IMGSEARCH_PORT] (default 8000)")
     _add_common(serve)
+    _add_model_options(serve)
 
     ui = commands.add_parser("ui", help="start the Streamlit web UI (talks to the API)")
     ui.add_argument("--api-url", dest="api_url", help="search API address [IMGSEARCH_API_URL]")

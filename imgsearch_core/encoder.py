@@ -18,11 +18,13 @@ from typing import Protocol
 import numpy as np
 from PIL import Image
 
+from imgsearch_core.backends import Backend, CompiledModel, check_backend, graph_folder
 from imgsearch_core.precision import (
+    BASELINE,
     PROBE_TEXTS,
     Choice,
     ChoiceCache,
-    Precision,
+    Option,
     PrecisionSetting,
     autocast,
     candidates,
@@ -52,6 +54,7 @@ class Embedder(Protocol):
     max_text_tokens: int | None
     fingerprint: list[float]  # what these weights make of fixed probes (see SentenceTransformerEmbedder)
     precision: str  # how the model runs: fp32, bf16, int8 or fp16 (imgsearch_core/precision.py)
+    backend: str  # what runs it: torch, onnx or openvino (imgsearch_core/backends.py)
 
     def embed_images(self, images: list[Image.Image]) -> np.ndarray:
         """(n, dim) float32 rows of unit length."""
@@ -60,9 +63,11 @@ class Embedder(Protocol):
 
 
 def load_embedder(settings) -> Embedder:
-    """The model that ``settings.model`` names, on ``settings``' device, at ``settings.precision``."""
+    """The model that ``settings.model`` names, on ``settings``' device, at ``settings.precision``, run by
+    ``settings.backend``."""
     return SentenceTransformerEmbedder(settings.model, device=settings.resolved_device(), batch_size=settings.batch_size,
-                                       precision=settings.precision, cache_dir=settings.cache_dir)
+                                       precision=settings.precision, cache_dir=settings.cache_dir,
+                                       backend=settings.backend)
 
 
 def model_identity(model: str) -> str:
@@ -75,24 +80,28 @@ class SentenceTransformerEmbedder:
     """A loaded sentence-transformers model. Create once; share between threads.
 
     ``precision`` is fp32, bf16, int8, fp16, or auto: the fastest of those that agrees with fp32, measured once
-    and remembered in ``cache_dir`` (see imgsearch_core/precision.py). ``precision_choice`` says what auto
-    measured."""
+    and remembered in ``cache_dir`` (see imgsearch_core/precision.py). ``backend`` is torch, or onnx or openvino
+    to run the two towers there (imgsearch_core/backends.py); auto then measures that backend's settings against
+    torch fp32. ``precision_choice`` says what auto measured."""
 
     def __init__(self, model: str, device: str = "cpu", batch_size: int = 32, precision: PrecisionSetting = "fp32",
-                 cache_dir: Path | None = None):
+                 cache_dir: Path | None = None, backend: Backend = "torch"):
         from sentence_transformers import SentenceTransformer
         from transformers.utils import logging as transformers_logging
 
         transformers_logging.disable_progress_bar()
 
-        if precision != "auto":
-            check_supported(precision, device)  # a wrong setting fails before the model loads
+        check_backend(backend, precision, device)  # a wrong setting fails before the model loads
+        if precision != "auto" and backend == "torch":
+            check_supported(precision, device)
         self.name = model_identity(model)
         self.device = device
         self.batch_size = batch_size
+        self._cache_dir = Path(cache_dir) if cache_dir else Path("./data/cache")
         self._model = SentenceTransformer(self.name, device=device)
-        self._lock = threading.Lock()  # torch runs one batch at a time; callers queue here
-        self.precision: Precision = "fp32"  # the fingerprint and the probes below are taken in fp32
+        self._lock = threading.Lock()  # one batch at a time; callers queue here
+        self.backend, self.precision = BASELINE  # the fingerprint and the probes below are taken in torch fp32
+        self._runners: dict[Option, object] = {BASELINE: self._model}
         self.max_text_tokens = self._text_token_limit()
         if self.max_text_tokens:
             self._model.max_seq_length = self.max_text_tokens
@@ -100,14 +109,14 @@ class SentenceTransformerEmbedder:
         self.dim = int(self.embed_texts(["warm-up"]).vectors.shape[1])
         self.fingerprint = self._fingerprint()
         self.precision_choice: Choice | None = None
-        prepared = {}
+        chosen: Option = (backend, precision)
         if precision == "auto":
-            self.precision_choice, prepared = self._choose_precision(cache_dir)
+            self.precision_choice = self._choose_precision(cache_dir, backend)
             log.info("%s", self.precision_choice.describe())
-            precision = self.precision_choice.precision
-        if precision == "int8":
-            self._model = prepared["int8"] if "int8" in prepared else quantized(self._model)
-        self.precision = precision
+            chosen = (self.precision_choice.backend, self.precision_choice.precision)
+        runner = self._runner(chosen)
+        self._runners = {chosen: runner}  # what the probe prepared and did not choose is freed
+        self.backend, self.precision = chosen
 
     def embed_images(self, images: list[Image.Image]) -> np.ndarray:
         """Embed RGB images; returns (n, dim) float32 rows of unit length."""
@@ -120,38 +129,56 @@ class SentenceTransformerEmbedder:
         truncated = [self._token_count(t) > self.max_text_tokens for t in texts] if self.max_text_tokens else [False] * len(texts)
         return TextEmbedding(self._encode(texts), truncated)
 
-    def _encode(self, inputs: list, model=None, precision: Precision | None = None) -> np.ndarray:
-        """Rows of unit length in float32, whatever precision the model ran in."""
+    def _encode(self, inputs: list, option: Option | None = None) -> np.ndarray:
+        """Rows of unit length in float32, whatever precision and backend the model ran in."""
         import torch
 
-        precision = precision or self.precision
-        with self._lock, autocast(precision, self.device):
-            vectors = (self._model if model is None else model).encode(
-                inputs, batch_size=self.batch_size, convert_to_tensor=True, normalize_embeddings=False,
-                show_progress_bar=False,
-            )
+        backend, precision = option or (self.backend, self.precision)
+        with self._lock:
+            runner = self._runner((backend, precision))
+            if isinstance(runner, CompiledModel):
+                vectors = torch.from_numpy(runner.encode(inputs, self.batch_size))
+            else:
+                with autocast(precision, self.device):
+                    vectors = runner.encode(inputs, batch_size=self.batch_size, convert_to_tensor=True,
+                                            normalize_embeddings=False, show_progress_bar=False)
         vectors = torch.nn.functional.normalize(vectors.float(), dim=-1)
         return np.ascontiguousarray(vectors.cpu().numpy(), dtype=np.float32)
 
-    def _choose_precision(self, cache_dir: Path | None) -> tuple[Choice, dict]:
-        """auto: the cached choice for this model, device and machine, else a probe of each candidate. Also
-        the models the probe prepared (an int8 copy), by precision."""
+    def _runner(self, option: Option):
+        """What runs ``option``, made on first use: the model itself, its int8 copy, or its exported towers."""
+        if option not in self._runners:
+            backend, precision = option
+            if backend != "torch":
+                import torch
+
+                folder = graph_folder(self._cache_dir, self.name, self.fingerprint, backend, precision)
+                self._runners[option] = CompiledModel(self._model, backend, precision, folder, torch.get_num_threads())
+            elif precision == "int8":
+                self._runners[option] = quantized(self._model)
+            else:
+                self._runners[option] = self._model
+        return self._runners[option]
+
+    def _choose_precision(self, cache_dir: Path | None, backend: str) -> Choice:
+        """auto: the cached choice for this model, backend, device and machine, else a probe of each candidate
+        against torch fp32."""
         cache = ChoiceCache(cache_dir) if cache_dir else None
-        key = ChoiceCache.key(self.name, self.fingerprint, self.device, self.batch_size)
+        key = ChoiceCache.key(self.name, self.fingerprint, self.device, self.batch_size, backend)
         if cache and (known := cache.get(key)):
-            return known, {}
-        options = candidates(self.device, cpu_flags())
+            return known
+        options = [(backend, precision) for precision in candidates(self.device, cpu_flags(), backend)]
         if not options:
-            return Choice("fp32", []), {}
+            return Choice("fp32", [])
         log.warning("imgsearch: measuring which precision runs this model fastest (once per model and machine)")
         pictures = probe_pictures(self.image_size)
-        models = {"int8": quantized(self._model)} if "int8" in options else {}
-        choice = Choice("fp32", run_probe(lambda p: self._encode(pictures, models.get(p), p),
-                                          lambda p: self._encode(PROBE_TEXTS, models.get(p), p), options))
-        choice.precision = pick(choice.trials)
+        trials = run_probe(lambda option: self._encode(pictures, option),
+                           lambda option: self._encode(PROBE_TEXTS, option), options)
+        best = pick(trials)
+        choice = Choice(best.precision, trials, backend=best.backend)
         if cache:
             cache.put(key, choice)
-        return choice, models
+        return choice
 
     def _fingerprint(self) -> list[float]:
         """What these weights make of a fixed text and a fixed picture (first 32 dimensions of each): recorded

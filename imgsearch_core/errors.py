@@ -24,6 +24,10 @@ class PrecisionNotSupportedError(ImgsearchError, ValueError):
     """IMGSEARCH_PRECISION names a setting the device cannot run (fp16 on a CPU, int8 on CUDA)."""
 
 
+class BackendNotSupportedError(ImgsearchError, ValueError):
+    """IMGSEARCH_BACKEND names a backend whose extra is not installed, or that cannot run this model or device."""
+
+
 class ImageDecodeError(ImgsearchError):
     def __init__(self, source: str, reason: str):
         super().__init__(f"{source}: {reason}")

@@ -80,16 +80,18 @@ def cpu_model() -> str:
     return _cpuinfo().get("model name") or platform.processor() or platform.machine()
 
 
-def candidates(device: str, flags: set[str]) -> list[Precision]:
-    """The settings worth probing on this device, best guess first."""
+def candidates(device: str, flags: set[str], backend: str = "torch") -> list[Precision]:
+    """The settings of ``backend`` worth probing on this device, best guess first. Another backend's fp32 is
+    one: it may beat torch's."""
     if device.startswith("cuda"):
-        return ["fp16"]
-    found: list[Precision] = []
-    if flags & {"avx512_bf16", "amx_bf16"}:
-        found.append("bf16")
-    if flags & {"avx512_vnni", "avx_vnni", "amx_int8", "avx2"}:
-        found.append("int8")
-    return found
+        return ["fp16"] if backend == "torch" else []
+    bf16 = bool(flags & {"avx512_bf16", "amx_bf16"})
+    int8 = bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8", "avx2"})
+    if backend == "openvino":
+        return ["bf16", "fp32"] if bf16 else ["fp32"]
+    if backend == "onnx":
+        return ["int8", "fp32"] if int8 else ["fp32"]
+    return (["bf16"] if bf16 else []) + (["int8"] if int8 else [])
 
 
 def check_supported(precision: Precision, device: str) -> None:
@@ -131,6 +133,11 @@ class Trial:
     images_per_s: float
     min_cosine: float = 1.0
     neighbour_overlap: float = 1.0
+    backend: str = "torch"
+
+    @property
+    def label(self) -> str:
+        return self.precision if self.backend == "torch" else f"{self.backend} {self.precision}"
 
     @property
     def agrees(self) -> bool:
@@ -142,17 +149,19 @@ class Choice:
     precision: Precision
     trials: list[Trial]
     cached: bool = False
+    backend: str = "torch"
 
     def describe(self) -> str:
-        base = next((t for t in self.trials if t.precision == "fp32"), None)
+        base = self.trials[0] if self.trials else None  # torch fp32, what every other setting is measured against
         parts = []
         for trial in self.trials:
             speed = f"{trial.images_per_s / base.images_per_s:.2f}x" if base and base.images_per_s else "?"
-            agreement = "" if trial.precision == "fp32" else (
+            agreement = "" if trial is base else (
                 f", min cosine {trial.min_cosine:.4f}, neighbours {trial.neighbour_overlap:.2f}"
                 + ("" if trial.agrees else " (below the agreement gate)"))
-            parts.append(f"{trial.precision} {speed}{agreement}")
-        return f"precision auto -> {self.precision}{' (cached)' if self.cached else ''}: " + "; ".join(parts)
+            parts.append(f"{trial.label} {speed}{agreement}")
+        chosen = Trial(self.precision, 0, backend=self.backend).label
+        return f"precision auto -> {chosen}{' (cached)' if self.cached else ''}: " + "; ".join(parts)
 
 
 def top_k_overlap(queries: np.ndarray, pool: np.ndarray, other_queries: np.ndarray, other_pool: np.ndarray, k: int,
@@ -205,39 +214,43 @@ def probe_pictures(size: int, count: int = PROBE_IMAGES):
     return [photo_like(rng, (4, 4), (size, size), grain=12) for _ in range(count)]
 
 
-def run_probe(embed_images: Callable[[Precision], np.ndarray], embed_texts: Callable[[Precision], np.ndarray],
-              options: list[Precision], repeats: int = 2) -> list[Trial]:
-    """Time ``embed_images(precision)`` (one pass over the probe pictures) for fp32 and each option, fastest of
-    ``repeats`` after a warm-up, and compare each option's pictures and texts with fp32's."""
+Option = tuple[str, Precision]  # (backend, precision)
+BASELINE: Option = ("torch", "fp32")
 
-    def timed(precision):
-        vectors = embed_images(precision)  # warm-up: first-call costs (kernels, caches) are not the steady speed
+
+def run_probe(embed_images: Callable[[Option], np.ndarray], embed_texts: Callable[[Option], np.ndarray],
+              options: list[Option], repeats: int = 2) -> list[Trial]:
+    """Time ``embed_images(option)`` (one pass over the probe pictures) for torch fp32 and each option, fastest
+    of ``repeats`` after a warm-up, and compare each option's pictures and texts with torch fp32's."""
+
+    def timed(option):
+        vectors = embed_images(option)  # warm-up: first-call costs (kernels, caches) are not the steady speed
         best = float("inf")
         for _ in range(repeats):
             started = time.perf_counter()
-            vectors = embed_images(precision)
+            vectors = embed_images(option)
             best = min(best, time.perf_counter() - started)
         return vectors, len(vectors) / best
 
-    images, fp32_speed = timed("fp32")
-    texts = embed_texts("fp32")
+    images, fp32_speed = timed(BASELINE)
+    texts = embed_texts(BASELINE)
     trials = [Trial("fp32", fp32_speed)]
-    for precision in options:
+    for backend, precision in options:
         try:
-            other_images, speed = timed(precision)
-            other_texts = embed_texts(precision)
-        except Exception as exc:  # noqa: BLE001 - a setting this build of torch cannot run is not offered
-            log.warning("precision %s does not run here: %s", precision, exc)
+            other_images, speed = timed((backend, precision))
+            other_texts = embed_texts((backend, precision))
+        except Exception as exc:  # noqa: BLE001 - a setting this build cannot run is not offered
+            log.warning("%s %s does not run here: %s", backend, precision, exc)
             continue
-        trials.append(Trial(precision, speed, *agreement(images, texts, other_images, other_texts)))
+        trials.append(Trial(precision, speed, *agreement(images, texts, other_images, other_texts), backend=backend))
     return trials
 
 
-def pick(trials: list[Trial]) -> Precision:
-    """The fastest setting that agrees with fp32 and beats it by ``FASTER_BY``; else fp32."""
-    fp32 = next(t for t in trials if t.precision == "fp32")
-    good = [t for t in trials if t.precision != "fp32" and t.agrees and t.images_per_s >= FASTER_BY * fp32.images_per_s]
-    return max(good, key=lambda t: t.images_per_s).precision if good else "fp32"
+def pick(trials: list[Trial]) -> Trial:
+    """The fastest setting that agrees with fp32 and beats it by ``FASTER_BY``; else torch fp32 (the first trial)."""
+    fp32 = trials[0]
+    good = [t for t in trials[1:] if t.agrees and t.images_per_s >= FASTER_BY * fp32.images_per_s]
+    return max(good, key=lambda t: t.images_per_s) if good else fp32
 
 
 class ChoiceCache:
@@ -247,18 +260,21 @@ class ChoiceCache:
         self.path = Path(folder) / "precision.json"
 
     @staticmethod
-    def key(model: str, fingerprint: list[float], device: str, batch_size: int) -> str:
+    def key(model: str, fingerprint: list[float], device: str, batch_size: int, backend: str = "torch") -> str:
         import torch
 
         weights = hashlib.sha256(json.dumps([round(v, 5) for v in fingerprint]).encode()).hexdigest()[:16]
         flags = " ".join(flag for flag in SPEED_FLAGS if flag in cpu_flags())
-        return f"{model}|{weights}|{device}|{cpu_model()}|{flags}|torch {torch.__version__}|batch {batch_size}"
+        key = f"{model}|{weights}|{device}|{cpu_model()}|{flags}|torch {torch.__version__}|batch {batch_size}"
+        return key if backend == "torch" else f"{key}|backend {backend}"  # torch's keys as they were
 
     def get(self, key: str) -> Choice | None:
         try:
             entry = json.loads(self.path.read_text()).get(key)
-            if entry and entry["precision"] in ("fp32", "bf16", "int8", "fp16"):
-                return Choice(entry["precision"], [Trial(**t) for t in entry["trials"]], cached=True)
+            if entry and entry["precision"] in ("fp32", "bf16", "int8", "fp16") and entry.get(
+                    "backend", "torch") in ("torch", "onnx", "openvino"):
+                return Choice(entry["precision"], [Trial(**t) for t in entry["trials"]], cached=True,
+                              backend=entry.get("backend", "torch"))
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             pass  # no cache, or one we cannot read: probe again
         return None
@@ -271,7 +287,8 @@ class ChoiceCache:
                 entries = entries if isinstance(entries, dict) else {}
             except (OSError, ValueError):
                 entries = {}
-            entries[key] = {"precision": choice.precision, "trials": [asdict(t) for t in choice.trials],
+            entries[key] = {"precision": choice.precision, "backend": choice.backend,
+                            "trials": [asdict(t) for t in choice.trials],
                             "measured": time.strftime("%Y-%m-%d")}
             temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}")
             temporary.write_text(json.dumps(entries, indent=1))

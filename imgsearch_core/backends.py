@@ -1,0 +1,257 @@
+"""The model's two towers run by torch, ONNX Runtime or OpenVINO: ``IMGSEARCH_BACKEND``.
+
+- ``torch`` (the default): sentence-transformers runs the model; precisions as imgsearch_core/precision.py says.
+- ``onnx`` (``pip install 'imgsearch[onnx]'``): each tower exported to ONNX and run by ONNX Runtime, in fp32, or
+  int8 (the graph's matrix products quantised dynamically: int8 weights, activations quantised per batch).
+- ``openvino`` (``pip install 'imgsearch[openvino]'``): each tower converted to OpenVINO, in fp32, or bf16
+  (OpenVINO's inference precision; native on CPUs with AVX512_BF16 or AMX).
+
+The exported graphs are kept in ``cache_dir/graphs/``, one folder per model, weights (their fingerprint), backend,
+precision and library versions. The first use builds them (about a minute for ViT-B/32) and says so; later
+runs load them in seconds. Inputs are prepared by the model's own sentence-transformers processor, so every
+backend sees the same pixels and tokens; only the towers run elsewhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import inspect
+import json
+import logging
+import os
+import shutil
+import warnings
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from imgsearch_core.errors import BackendNotSupportedError, PrecisionNotSupportedError
+
+log = logging.getLogger(__name__)
+
+Backend = Literal["torch", "onnx", "openvino"]
+
+# What each backend runs, and the modules its extra installs.
+PRECISIONS: dict[str, tuple[str, ...]] = {"torch": ("fp32", "bf16", "int8", "fp16"), "onnx": ("fp32", "int8"),
+                                          "openvino": ("fp32", "bf16")}
+_MODULES = {"torch": (), "onnx": ("onnxruntime", "onnx"), "openvino": ("openvino",)}
+_OUTPUT = "embedding"
+
+
+def installed(backend: str) -> bool:
+    """Whether the backend's extra is installed."""
+    return all(importlib.util.find_spec(module) is not None for module in _MODULES[backend])
+
+
+def check_backend(backend: str, precision: str, device: str) -> None:
+    """Raise an error that says what to do for a backend this install or device cannot run at ``precision``."""
+    if backend == "torch":
+        return
+    if device.startswith("cuda"):
+        raise BackendNotSupportedError(f"IMGSEARCH_BACKEND={backend} runs on the CPU; on CUDA use torch")
+    if not installed(backend):
+        raise BackendNotSupportedError(
+            f"IMGSEARCH_BACKEND={backend} needs its extra: pip install 'imgsearch[{backend}]'")
+    if precision != "auto" and precision not in PRECISIONS[backend]:
+        raise PrecisionNotSupportedError(
+            f"IMGSEARCH_BACKEND={backend} runs {' or '.join(PRECISIONS[backend])}, not {precision} (or use auto)")
+
+
+def graph_folder(cache_dir: Path, model: str, fingerprint: list[float], backend: str, precision: str) -> Path:
+    """Where the exported towers of these weights live: a change of weights, precision or library is a new folder."""
+    import torch
+    import transformers
+
+    versions = [f"torch {torch.__version__}", f"transformers {transformers.__version__}"]
+    versions += [f"{module} {_version(module)}" for module in _MODULES[backend]]
+    key = json.dumps([model, [round(v, 5) for v in fingerprint], backend, precision, versions])
+    return Path(cache_dir) / "graphs" / f"{backend}-{precision}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+
+
+def _version(module: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(module)
+    except PackageNotFoundError:
+        return "?"
+
+
+class CompiledModel:
+    """A sentence-transformers CLIP-style model whose image and text towers run in ONNX Runtime or OpenVINO.
+
+    ``encode`` takes a list of images or a list of texts, prepares them with the model's own processor and
+    returns the towers' (n, dim) float32 output (not normalised), as ``SentenceTransformer.encode`` would."""
+
+    def __init__(self, st_model, backend: str, precision: str, folder: Path, threads: int):
+        self._transformer = _single_transformer(st_model, backend)
+        self.backend, self.precision = backend, precision
+        self._inputs: dict[str, list[str]] = {}
+        self._runs = {}
+        samples = {"image": [_sample_picture(_image_size(self._transformer))], "text": ["a photo of a dog"]}
+        for modality, sample in samples.items():
+            features = self._transformer.preprocess(sample)
+            self._inputs[modality] = self._input_names(modality, features)
+            path = _build_once(folder, modality, backend, precision,
+                               lambda target, m=modality, f=features: self._export(m, f, target))
+            self._runs[modality] = _runner(path, backend, precision, threads)
+
+    def encode(self, inputs: list, batch_size: int) -> np.ndarray:
+        modality = "text" if isinstance(inputs[0], str) else "image"
+        run, names = self._runs[modality], self._inputs[modality]
+        parts = []
+        for start in range(0, len(inputs), batch_size):
+            features = self._transformer.preprocess(inputs[start:start + batch_size])
+            parts.append(run({name: features[name].numpy() for name in names}))
+        return np.concatenate(parts).astype(np.float32, copy=False)
+
+    def _input_names(self, modality: str, features: dict) -> list[str]:
+        """The tensors the tower's method takes, of those the processor makes (pixel_values; input_ids and
+        attention_mask)."""
+        import torch
+
+        method = getattr(self._transformer.model, self._transformer.modality_config[modality]["method"])
+        accepted = set(inspect.signature(method).parameters)
+        return [name for name, value in features.items() if isinstance(value, torch.Tensor) and name in accepted]
+
+    def _export(self, modality: str, features: dict, target: Path) -> None:
+        """Write the tower of ``modality`` into the folder ``target`` as ``tower.onnx`` or ``tower.xml``."""
+        import torch
+
+        config = self._transformer.modality_config[modality]
+        tower = _tower(self._transformer.model, config["method"], config["method_output_name"],
+                       self._inputs[modality]).eval()
+        example = tuple(features[name] for name in self._inputs[modality])
+        with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the tracers' notes on Python branches the towers take on every input
+            if self.backend == "openvino":
+                import openvino
+
+                graph = openvino.convert_model(tower, example_input=example)
+                openvino.save_model(graph, target / "tower.xml", compress_to_fp16=False)
+                return
+            dynamic = {name: ({0: "batch", 1: "tokens"} if modality == "text" else {0: "batch"})
+                       for name in self._inputs[modality]}
+            fp32 = target / ("tower.onnx" if self.precision == "fp32" else "tower-fp32.onnx")
+            torch.onnx.export(tower, example, str(fp32), input_names=self._inputs[modality], output_names=[_OUTPUT],
+                              dynamic_axes=dynamic | {_OUTPUT: {0: "batch"}}, opset_version=17, dynamo=False)
+        if self.precision == "int8":
+            from onnxruntime.quantization import QuantType, quantize_dynamic
+
+            with _quiet_root_logger("pre-processing before quantization"):  # advice for static quantisation
+                quantize_dynamic(str(fp32), str(target / "tower.onnx"), weight_type=QuantType.QInt8)
+            fp32.unlink()
+
+
+@contextlib.contextmanager
+def _quiet_root_logger(text: str):
+    """Drop the root logger's records that contain ``text`` (a library's advice that a user cannot act on)."""
+    quiet = logging.Filter()
+    quiet.filter = lambda record: text not in record.getMessage()
+    logging.getLogger().addFilter(quiet)
+    try:
+        yield
+    finally:
+        logging.getLogger().removeFilter(quiet)
+
+
+def _tower(model, method: str, output: str | list[str], names: list[str]):
+    """One tower as a torch module of positional tensors, for export: the model method that sentence-transformers
+    calls for the modality, and the output it reads."""
+    import torch
+
+    keys = [output] if isinstance(output, str) else list(output)
+
+    class Tower(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, *tensors):
+            result = getattr(self.model, method)(**dict(zip(names, tensors)), return_dict=True)
+            for key in keys:
+                result = getattr(result, key) if hasattr(result, key) else result[key]
+            return result
+
+    return Tower()
+
+
+def _single_transformer(st_model, backend: str):
+    from sentence_transformers.base.modules import Transformer
+
+    modules = list(st_model)
+    if len(modules) != 1 or not isinstance(modules[0], Transformer) or not {"image", "text"} <= set(
+            modules[0].modality_config):
+        raise BackendNotSupportedError(
+            f"IMGSEARCH_BACKEND={backend} runs CLIP-style models that sentence-transformers loads as one Transformer "
+            f"with an image and a text tower; this model is {[type(m).__name__ for m in modules]}: use torch")
+    return modules[0]
+
+
+def _image_size(transformer) -> int:
+    processor = getattr(transformer, "processor", None)
+    image_processor = getattr(processor, "image_processor", processor)
+    size = getattr(image_processor, "crop_size", None) or getattr(image_processor, "size", None) or {}
+    values = [v for v in (size.values() if isinstance(size, dict) else []) if isinstance(v, int)]
+    return max(values, default=224)
+
+
+def _sample_picture(size: int):
+    from PIL import Image
+
+    ramp = np.linspace(0, 255, size, dtype=np.float32)
+    return Image.fromarray(np.stack([np.add.outer(ramp, ramp) / 2] * 3, axis=-1).astype(np.uint8), "RGB")
+
+
+def _build_once(folder: Path, modality: str, backend: str, precision: str, export) -> Path:
+    """The tower's graph file in ``folder/modality``, exported first if it is not there. Built in a private
+    folder and renamed into place, so a killed build or a second process never leaves half a graph."""
+    final = folder / modality
+    name = "tower.xml" if backend == "openvino" else "tower.onnx"
+    if (final / name).is_file():
+        return final / name
+    log.warning("imgsearch: building the %s %s %s graph in %s (once per model; about a minute for ViT-B/32)",
+                backend, precision, modality, final)
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    building = folder / f".{modality}.{os.getpid()}.building"
+    shutil.rmtree(building, ignore_errors=True)
+    building.mkdir(mode=0o700)
+    try:
+        export(building)
+        try:
+            os.rename(building, final)
+        except OSError:  # another process finished first: use its graph
+            if not (final / name).is_file():
+                raise
+    finally:
+        shutil.rmtree(building, ignore_errors=True)
+    return final / name
+
+
+def _runner(path: Path, backend: str, precision: str, threads: int):
+    """A function from named numpy inputs to the tower's (n, dim) output."""
+    if backend == "openvino":
+        import openvino
+
+        compiled = openvino.Core().compile_model(str(path), "CPU", {
+            "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
+            "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads})
+        request = compiled.create_infer_request()
+
+        def run(feeds):
+            request.infer(list(feeds.values()))  # by position: the graph's inputs are the tower's, in order
+            return np.array(request.get_output_tensor(0).data, dtype=np.float32)
+
+        return run
+
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return lambda feeds: session.run([_OUTPUT], feeds)[0]

@@ -1,0 +1,159 @@
+"""IMGSEARCH_BACKEND: onnx and openvino run the same model's towers, agree with torch, build their graphs once,
+and say what to do when they cannot run."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pytest
+
+from imgsearch_core import backends
+from imgsearch_core import precision as precision_module
+from imgsearch_core.encoder import SentenceTransformerEmbedder
+from imgsearch_core.precision import Choice, Trial, candidates, pick
+from tests.conftest import run_cli, write_photo_set
+
+SETTINGS = [(backend, precision) for backend in ("onnx", "openvino") for precision in backends.PRECISIONS[backend]]
+
+
+def needs(backend: str):
+    return pytest.mark.skipif(not backends.installed(backend),
+                              reason=f"the [{backend}] extra is not installed (pip install 'imgsearch[{backend}]')")
+
+
+def installed_settings():
+    return [pytest.param(b, p, marks=needs(b), id=f"{b}-{p}") for b, p in SETTINGS]
+
+
+def test_auto_weighs_another_backend_against_torch_fp32():
+    trials = [Trial("fp32", 10.0), Trial("fp32", 9.0, 1.0, 1.0, backend="onnx"),
+              Trial("int8", 20.0, 0.999, 0.97, backend="onnx")]
+    assert (pick(trials).backend, pick(trials).precision) == ("onnx", "int8")
+    described = Choice("int8", trials, backend="onnx").describe()
+    assert described.startswith("precision auto -> onnx int8: fp32 1.00x; onnx fp32 0.90x")
+    trials[2].neighbour_overlap = 0.90  # below the gate: and the backend's fp32 is slower than torch's
+    assert (pick(trials).backend, pick(trials).precision) == ("torch", "fp32")
+
+
+@pytest.mark.parametrize(("backend", "flags", "expected"), [
+    ("openvino", {"avx512_bf16", "avx2"}, ["bf16", "fp32"]),
+    ("openvino", {"avx2"}, ["fp32"]),  # bf16 would be emulated
+    ("onnx", {"avx512_vnni"}, ["int8", "fp32"]),
+    ("onnx", {"sse4_2"}, ["fp32"]),
+])
+def test_auto_probes_a_backends_own_settings(backend, flags, expected):
+    assert candidates("cpu", flags, backend) == expected
+    assert candidates("cuda", flags, backend) == []
+
+
+def test_a_backend_that_cannot_run_says_what_to_do(monkeypatch):
+    with pytest.raises(ValueError, match="IMGSEARCH_BACKEND=openvino runs on the CPU; on CUDA use torch"):
+        backends.check_backend("openvino", "auto", "cuda:0")
+    monkeypatch.setattr(backends, "installed", lambda backend: False)
+    with pytest.raises(ValueError, match=r"IMGSEARCH_BACKEND=onnx needs its extra: pip install 'imgsearch\[onnx\]'"):
+        backends.check_backend("onnx", "fp32", "cpu")
+    monkeypatch.setattr(backends, "installed", lambda backend: True)
+    with pytest.raises(ValueError, match="IMGSEARCH_BACKEND=openvino runs fp32 or bf16, not int8"):
+        backends.check_backend("openvino", "int8", "cpu")
+    backends.check_backend("openvino", "bf16", "cpu")  # no error
+    backends.check_backend("torch", "int8", "cuda")  # torch's own check says that one (check_supported)
+
+
+@pytest.mark.parametrize(("backend", "precision"), installed_settings())
+def test_a_backend_embeds_like_torch_and_builds_its_graphs_once(tiny_model_dir, tmp_path, caplog, backend,
+                                                                 precision):
+    pictures = precision_module.probe_pictures(32, 5)
+    texts = ["a dog", "a red bicycle leaning on a wall " * 20, "x"]  # one truncated; the batch padded
+    torch_fp32 = SentenceTransformerEmbedder(str(tiny_model_dir), precision="fp32")
+    with caplog.at_level(logging.WARNING, logger="imgsearch_core.backends"):
+        ours = SentenceTransformerEmbedder(str(tiny_model_dir), precision=precision, backend=backend,
+                                           cache_dir=tmp_path / "cache")
+        built = [r.getMessage() for r in caplog.records if "building the" in r.getMessage()]
+    assert (ours.backend, ours.precision) == (backend, precision)
+    assert len(built) == 2 and f"{backend} {precision} image graph" in built[0]  # said while it works
+    assert ours.fingerprint == torch_fp32.fingerprint  # taken in torch fp32, so a collection accepts either
+
+    for theirs, mine in ((torch_fp32.embed_images(pictures), ours.embed_images(pictures)),
+                         (torch_fp32.embed_texts(texts).vectors, ours.embed_texts(texts).vectors)):
+        assert mine.dtype == np.float32 and mine.shape == theirs.shape
+        np.testing.assert_allclose(np.linalg.norm(mine, axis=1), 1.0, atol=1e-5)
+        assert np.min(np.sum(mine * theirs, axis=1)) > 0.995
+        differs = np.abs(mine - theirs).max()
+        # fp32 is torch's arithmetic to rounding; bf16 and int8 really ran in their precision
+        assert differs < 1e-4 if precision == "fp32" else differs > 1e-4, differs
+    # Padding a short text to the batch's longest changes nothing (int8 quantises each batch's activations with
+    # that batch's own scale, so there only nearly nothing).
+    one_by_one = np.concatenate([ours.embed_texts([t]).vectors for t in texts])
+    cosines = np.sum(one_by_one * ours.embed_texts(texts).vectors, axis=1)
+    assert cosines.min() > (0.995 if precision == "int8" else 0.99999), cosines
+    assert ours.embed_texts(texts).truncated == [False, True, False]
+
+    graphs = list((tmp_path / "cache" / "graphs").iterdir())
+    assert len(graphs) == 1 and graphs[0].name.startswith(f"{backend}-{precision}-")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="imgsearch_core.backends"):
+        again = SentenceTransformerEmbedder(str(tiny_model_dir), precision=precision, backend=backend,
+                                            cache_dir=tmp_path / "cache")
+    assert not [r for r in caplog.records if "building the" in r.getMessage()]  # loaded, not built again
+    np.testing.assert_allclose(again.embed_images(pictures), ours.embed_images(pictures), atol=1e-6)
+
+
+@needs("onnx")
+def test_a_failed_build_leaves_nothing_half_written(tiny_model_dir, tmp_path, monkeypatch):
+    real_export = backends.CompiledModel._export
+
+    def crash(self, modality, features, target):
+        real_export(self, modality, features, target)  # the file is written, then the process "dies"
+        raise RuntimeError("killed during the build")
+
+    monkeypatch.setattr(backends.CompiledModel, "_export", crash)
+    with pytest.raises(RuntimeError, match="killed during the build"):
+        SentenceTransformerEmbedder(str(tiny_model_dir), precision="fp32", backend="onnx", cache_dir=tmp_path)
+    (folder,) = (tmp_path / "graphs").iterdir()
+    assert list(folder.iterdir()) == []  # neither a graph that looks finished nor the build folder
+
+    monkeypatch.setattr(backends.CompiledModel, "_export", real_export)
+    SentenceTransformerEmbedder(str(tiny_model_dir), precision="fp32", backend="onnx", cache_dir=tmp_path)
+    assert sorted(p.name for p in folder.iterdir()) == ["image", "text"]
+
+
+@needs("onnx")
+def test_auto_with_a_backend_measures_it_against_torch_and_remembers(tiny_model_dir, tmp_path):
+    first = SentenceTransformerEmbedder(str(tiny_model_dir), precision="auto", backend="onnx", cache_dir=tmp_path)
+    trials = first.precision_choice.trials
+    assert [(t.backend, t.precision) for t in trials][0] == ("torch", "fp32")
+    assert {(t.backend, t.precision) for t in trials[1:]} == {
+        ("onnx", p) for p in candidates("cpu", precision_module.cpu_flags(), "onnx")}
+    chosen = pick(trials)
+    assert (first.backend, first.precision) == (chosen.backend, chosen.precision)
+
+    cached = json.loads((tmp_path / "precision.json").read_text())
+    assert [entry["backend"] for key, entry in cached.items() if key.endswith("|backend onnx")] == [chosen.backend]
+    second = SentenceTransformerEmbedder(str(tiny_model_dir), precision="auto", backend="onnx", cache_dir=tmp_path)
+    assert second.precision_choice.cached and (second.backend, second.precision) == (first.backend, first.precision)
+
+
+@needs("onnx")
+def test_imgsearch_indexes_and_searches_with_the_onnx_backend(tmp_path, imgsearch_bin, cli_env):
+    photos = write_photo_set(tmp_path / "photos")
+    index = run_cli(imgsearch_bin, cli_env, "index", str(photos), "--backend", "onnx", "--precision", "int8")
+    assert index.returncode == 0, index.stderr
+    assert "embedded 10" in index.stdout and "building the onnx int8 image graph" in index.stderr
+
+    # searched with another backend: the collection's fingerprint is torch fp32's whatever ran the model
+    for backend in ("onnx", "torch"):
+        found = run_cli(imgsearch_bin, cli_env, "search", "a photo", "--json", "-k", "3", "--backend", backend)
+        assert found.returncode == 0, found.stderr
+        assert len(json.loads(found.stdout)) == 3
+
+
+def test_imgsearch_refuses_a_precision_the_backend_does_not_run_in_one_line(tmp_path, imgsearch_bin, cli_env):
+    photos = write_photo_set(tmp_path / "photos")
+    refused = run_cli(imgsearch_bin, cli_env, "index", str(photos), "--backend", "openvino", "--precision", "int8")
+    assert refused.returncode == 1
+    expected = ("runs fp32 or bf16, not int8" if backends.installed("openvino")
+                else "needs its extra: pip install 'imgsearch[openvino]'")
+    assert refused.stderr.strip().splitlines() == [f"imgsearch index: error: IMGSEARCH_BACKEND=openvino {expected}"
+                                                   + (" (or use auto)" if backends.installed("openvino") else "")]
