@@ -7,7 +7,7 @@
   (OpenVINO's inference precision; native on CPUs with AVX512_BF16 or AMX).
 
 The exported graphs are kept in ``cache_dir/graphs/``, one folder per model, weights (their fingerprint), backend,
-precision and library versions. The first use builds them (about a minute for ViT-B/32) and says so; later
+precision and library versions. The first use builds them (5-10 s for ViT-B/32 on 2 cores) and says so; later
 runs load them in seconds. Inputs are prepared by the model's own sentence-transformers processor, so every
 backend sees the same pixels and tokens; only the towers run elsewhere.
 """
@@ -213,7 +213,7 @@ def _build_once(folder: Path, modality: str, backend: str, precision: str, expor
     name = "tower.xml" if backend == "openvino" else "tower.onnx"
     if (final / name).is_file():
         return final / name
-    log.warning("imgsearch: building the %s %s %s graph in %s (once per model; about a minute for ViT-B/32)",
+    log.warning("imgsearch: building the %s %s %s graph in %s (once per model and setting; seconds for ViT-B/32)",
                 backend, precision, modality, final)
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     building = folder / f".{modality}.{os.getpid()}.building"
