@@ -15,14 +15,16 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-import numpy as np
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np  # noqa: E402
+from machine import machine_info, print_machine, write_result  # noqa: E402
 
 
 def tower(device: str):
@@ -83,9 +85,10 @@ def main() -> int:
         print("no CUDA device: nothing to measure", file=sys.stderr)
         return 1
     device = "cuda"
-    result = {"benchmark": "gpu_throughput", "gpu": torch.cuda.get_device_name(0), "cpu_count": os.cpu_count(),
+    result = {"benchmark": "gpu_throughput", "gpu": torch.cuda.get_device_name(0), **machine_info(),
               "torch": torch.__version__, "model": "ViT-B/32 image tower, random weights"}
-    print(f"{result['gpu']}, {os.cpu_count()} CPU cores, torch {torch.__version__}", flush=True)
+    print_machine(result)
+    print(f"{result['gpu']}, torch {torch.__version__}", flush=True)
 
     model = tower(device)
     result["tower_images_per_s"] = {}
@@ -131,9 +134,7 @@ def main() -> int:
         result["nvjpeg_error"] = f"{type(exc).__name__}: {exc}"
         print(f"nvJPEG: {result['nvjpeg_error']}", flush=True)
 
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
-    print(f"wrote {args.out}")
+    write_result(args.out, result)
     return 0
 
 

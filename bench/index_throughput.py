@@ -20,7 +20,6 @@ Usage: python bench/index_throughput.py [--images 64] [--settings torch:fp32 onn
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -31,7 +30,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
-from machine import machine_info, print_machine  # noqa: E402
+from machine import machine_info, print_machine, write_result  # noqa: E402
 from PIL import Image  # noqa: E402
 
 
@@ -236,9 +235,7 @@ def main() -> int:
     }
     print(f"imgsearch fp32 / bare model = {result['ratio_vs_bare_model']:.2f}   imgsearch fp32 / naive = "
           f"{result['ratio_vs_naive']:.2f}   best ({best_name}) / bare fp32 = {result['best_ratio_vs_bare_fp32']:.2f}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
-    print(f"wrote {args.out}")
+    write_result(args.out, result)
     return 0
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+from pathlib import Path
 
 from imgsearch_core.precision import SPEED_FLAGS, cpu_flags, cpu_model
 
@@ -17,3 +19,10 @@ def machine_info() -> dict:
 def print_machine(info: dict) -> None:
     print(f"CPU: {info['cpu_model']} x{info['cpu_count']}; flags: {' '.join(info['cpu_flags']) or '(none of note)'}",
           flush=True)
+
+
+def write_result(path: Path, result: dict) -> None:
+    """The figures as JSON at ``path`` (its folder made if need be)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2))
+    print(f"wrote {path}", flush=True)

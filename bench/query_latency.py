@@ -15,7 +15,6 @@ Usage: python bench/query_latency.py [--sizes 10000 100000] [--load-seconds 60] 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import socket
 import statistics
@@ -200,7 +199,7 @@ def main() -> int:
     args = parser.parse_args()
 
     from local_clip import build_local_clip  # bench/local_clip.py, beside this script
-    from machine import machine_info, print_machine
+    from machine import machine_info, print_machine, write_result
 
     from imgsearch_core.precision import candidates, cpu_flags
 
@@ -251,9 +250,7 @@ def main() -> int:
                     process.terminate()
                     process.wait(timeout=30)
             results["sizes"][str(rows)] = entry
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2))
-    print(f"\nwrote {args.out}")
+    write_result(args.out, results)
     return 0
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import sys
 import tracemalloc
 from pathlib import Path
@@ -23,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
-from machine import machine_info, print_machine  # noqa: E402
+from machine import machine_info, print_machine, write_result  # noqa: E402
 
 from imgsearch_core.store.fields import FileFacts, make_row  # noqa: E402
 from imgsearch_core.store.vector_copy import _snapshot_from_rows  # noqa: E402
@@ -85,8 +84,7 @@ def main() -> None:
     print(f"  imgsearch copy:     {ours / args.rows:8.0f} B/image  ({ours / 2**20:.0f} MiB)")
     print(f"  fixed-width arrays: {theirs / args.rows:8.0f} B/image  ({theirs / 2**20:.0f} MiB), "
           f"{theirs / ours:.1f}x imgsearch")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
+    write_result(args.out, result)
 
 
 if __name__ == "__main__":
