@@ -54,10 +54,6 @@ QUERIES = ["a photo of a dog", "a red bicycle leaning on a wall", "mountains at 
            "a crowded street at night", "a baby laughing", "a white cat on a sofa", "a map of the city"]
 
 
-def label(backend: str, precision: str) -> str:
-    return precision if backend == "torch" else f"{backend} {precision}"
-
-
 def bench_imgsearch(paths, model_dir, data_dir, batch_size, workers, precision="fp32", backend="torch", round_=0):
     """JPEG files to rows in Milvus Lite; also the rows' vectors (by path) and the query texts' vectors."""
     from imgsearch_core.encoder import load_embedder
@@ -134,15 +130,6 @@ def bench_bare(paths, model, image_size):
     return {"images_per_s": len(paths) / elapsed, "seconds": elapsed}
 
 
-def default_settings() -> list[tuple[str, str]]:
-    """torch fp32, then each setting this CPU runs well, in torch and in each installed backend."""
-    from imgsearch_core.backends import installed
-    from imgsearch_core.precision import candidates, cpu_flags
-
-    return [("torch", "fp32"), *[(backend, precision) for backend in ("torch", "onnx", "openvino") if installed(backend)
-                                 for precision in candidates("cpu", cpu_flags(), backend)]]
-
-
 def passes_gate(run) -> bool:
     agreement = run.get("agreement_with_fp32")
     return agreement is None or (agreement["image_to_image_top10"] >= 0.95 and agreement["text_to_image_top10"] >= 0.95)
@@ -166,7 +153,10 @@ def main() -> int:
     from local_clip import build_local_clip  # bench/local_clip.py, beside this script
     from sentence_transformers import SentenceTransformer
 
-    settings = [tuple(s.split(":", 1)) for s in args.settings] if args.settings else default_settings()
+    from imgsearch_core.backends import fast_settings
+    from imgsearch_core.precision import cpu_flags, setting_label
+
+    settings = [tuple(s.split(":", 1)) for s in args.settings] if args.settings else fast_settings(cpu_flags())
     if ("torch", "fp32") not in settings:
         settings.insert(0, ("torch", "fp32"))  # the others are compared with it
 
@@ -185,7 +175,7 @@ def main() -> int:
             print(f"round {round_ + 1}: bare model fp32 (pre-resized):   {timed['images_per_s']:6.2f} img/s", flush=True)
             bare = timed if bare is None or timed["images_per_s"] > bare["images_per_s"] else bare
             for backend, precision in settings:
-                name = label(backend, precision)
+                name = setting_label(backend, precision)
                 run, vectors, texts = bench_imgsearch(paths, model_dir, tmp, args.batch_size, args.workers, precision,
                                                       backend, round_)
                 embeddings[name] = (vectors, texts)

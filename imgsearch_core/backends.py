@@ -29,6 +29,7 @@ from typing import Literal
 import numpy as np
 
 from imgsearch_core.errors import BackendNotSupportedError, PrecisionNotSupportedError
+from imgsearch_core.precision import Option, candidates, probe_pictures
 
 log = logging.getLogger(__name__)
 
@@ -38,12 +39,19 @@ Backend = Literal["torch", "onnx", "openvino"]
 PRECISIONS: dict[str, tuple[str, ...]] = {"torch": ("fp32", "bf16", "int8", "fp16"), "onnx": ("fp32", "int8"),
                                           "openvino": ("fp32", "bf16")}
 _MODULES = {"torch": (), "onnx": ("onnxruntime", "onnx"), "openvino": ("openvino",)}
+_GRAPH_FILE = {"onnx": "tower.onnx", "openvino": "tower.xml"}
 _OUTPUT = "embedding"
 
 
 def installed(backend: str) -> bool:
     """Whether the backend's extra is installed."""
     return all(importlib.util.find_spec(module) is not None for module in _MODULES[backend])
+
+
+def fast_settings(flags: set[str]) -> list[Option]:
+    """torch fp32, then each setting this CPU runs well, in torch and in each installed backend."""
+    return [("torch", "fp32"), *[(backend, precision) for backend in ("torch", "onnx", "openvino") if installed(backend)
+                                 for precision in candidates("cpu", flags, backend)]]
 
 
 def check_backend(backend: str, precision: str, device: str) -> None:
@@ -86,12 +94,12 @@ class CompiledModel:
     ``encode`` takes a list of images or a list of texts, prepares them with the model's own processor and
     returns the towers' (n, dim) float32 output (not normalised), as ``SentenceTransformer.encode`` would."""
 
-    def __init__(self, st_model, backend: str, precision: str, folder: Path, threads: int):
+    def __init__(self, st_model, backend: str, precision: str, folder: Path, threads: int, image_size: int):
         self._transformer = _single_transformer(st_model, backend)
         self.backend, self.precision = backend, precision
         self._inputs: dict[str, list[str]] = {}
         self._runs = {}
-        samples = {"image": [_sample_picture(_image_size(self._transformer))], "text": ["a photo of a dog"]}
+        samples = {"image": probe_pictures(image_size, 1), "text": ["a photo of a dog"]}
         for modality, sample in samples.items():
             features = self._transformer.preprocess(sample)
             self._inputs[modality] = self._input_names(modality, features)
@@ -118,7 +126,7 @@ class CompiledModel:
         return [name for name, value in features.items() if isinstance(value, torch.Tensor) and name in accepted]
 
     def _export(self, modality: str, features: dict, target: Path) -> None:
-        """Write the tower of ``modality`` into the folder ``target`` as ``tower.onnx`` or ``tower.xml``."""
+        """Write the tower of ``modality`` into the folder ``target`` (as ``_GRAPH_FILE`` names it)."""
         import torch
 
         config = self._transformer.modality_config[modality]
@@ -131,18 +139,18 @@ class CompiledModel:
                 import openvino
 
                 graph = openvino.convert_model(tower, example_input=example)
-                openvino.save_model(graph, target / "tower.xml", compress_to_fp16=False)
+                openvino.save_model(graph, target / _GRAPH_FILE["openvino"], compress_to_fp16=False)
                 return
             dynamic = {name: ({0: "batch", 1: "tokens"} if modality == "text" else {0: "batch"})
                        for name in self._inputs[modality]}
-            fp32 = target / ("tower.onnx" if self.precision == "fp32" else "tower-fp32.onnx")
+            fp32 = target / (_GRAPH_FILE["onnx"] if self.precision == "fp32" else "tower-fp32.onnx")
             torch.onnx.export(tower, example, str(fp32), input_names=self._inputs[modality], output_names=[_OUTPUT],
                               dynamic_axes=dynamic | {_OUTPUT: {0: "batch"}}, opset_version=17, dynamo=False)
         if self.precision == "int8":
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
             with _quiet_root_logger("pre-processing before quantization"):  # advice for static quantisation
-                quantize_dynamic(str(fp32), str(target / "tower.onnx"), weight_type=QuantType.QInt8)
+                quantize_dynamic(str(fp32), str(target / _GRAPH_FILE["onnx"]), weight_type=QuantType.QInt8)
             fp32.unlink()
 
 
@@ -191,26 +199,11 @@ def _single_transformer(st_model, backend: str):
     return modules[0]
 
 
-def _image_size(transformer) -> int:
-    processor = getattr(transformer, "processor", None)
-    image_processor = getattr(processor, "image_processor", processor)
-    size = getattr(image_processor, "crop_size", None) or getattr(image_processor, "size", None) or {}
-    values = [v for v in (size.values() if isinstance(size, dict) else []) if isinstance(v, int)]
-    return max(values, default=224)
-
-
-def _sample_picture(size: int):
-    from PIL import Image
-
-    ramp = np.linspace(0, 255, size, dtype=np.float32)
-    return Image.fromarray(np.stack([np.add.outer(ramp, ramp) / 2] * 3, axis=-1).astype(np.uint8), "RGB")
-
-
 def _build_once(folder: Path, modality: str, backend: str, precision: str, export) -> Path:
     """The tower's graph file in ``folder/modality``, exported first if it is not there. Built in a private
     folder and renamed into place, so a killed build or a second process never leaves half a graph."""
     final = folder / modality
-    name = "tower.xml" if backend == "openvino" else "tower.onnx"
+    name = _GRAPH_FILE[backend]
     if (final / name).is_file():
         return final / name
     log.warning("imgsearch: building the %s %s %s graph in %s (once per model and setting; seconds for ViT-B/32)",

@@ -153,7 +153,8 @@ class SentenceTransformerEmbedder:
                 import torch
 
                 folder = graph_folder(self._cache_dir, self.name, self.fingerprint, backend, precision)
-                self._runners[option] = CompiledModel(self._model, backend, precision, folder, torch.get_num_threads())
+                self._runners[option] = CompiledModel(self._model, backend, precision, folder, torch.get_num_threads(),
+                                                      self.image_size)
             elif precision == "int8":
                 self._runners[option] = quantized(self._model)
             else:

@@ -127,6 +127,11 @@ def quantized(model):
         return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8, inplace=False)
 
 
+def setting_label(backend: str, precision: str) -> str:
+    """How a setting is named in messages and figures: "bf16" for torch's, "onnx int8" for another backend's."""
+    return precision if backend == "torch" else f"{backend} {precision}"
+
+
 @dataclass
 class Trial:
     precision: str
@@ -137,7 +142,7 @@ class Trial:
 
     @property
     def label(self) -> str:
-        return self.precision if self.backend == "torch" else f"{self.backend} {self.precision}"
+        return setting_label(self.backend, self.precision)
 
     @property
     def agrees(self) -> bool:
@@ -160,8 +165,7 @@ class Choice:
                 f", min cosine {trial.min_cosine:.4f}, neighbours {trial.neighbour_overlap:.2f}"
                 + ("" if trial.agrees else " (below the agreement gate)"))
             parts.append(f"{trial.label} {speed}{agreement}")
-        chosen = Trial(self.precision, 0, backend=self.backend).label
-        return f"precision auto -> {chosen}{' (cached)' if self.cached else ''}: " + "; ".join(parts)
+        return f"precision auto -> {setting_label(self.backend, self.precision)}{' (cached)' if self.cached else ''}: " + "; ".join(parts)
 
 
 def top_k_overlap(queries: np.ndarray, pool: np.ndarray, other_queries: np.ndarray, other_pool: np.ndarray, k: int,

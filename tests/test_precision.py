@@ -173,11 +173,9 @@ def vit_b_32_dir(tmp_path_factory):
 
 def gate_settings() -> list[tuple[str, str]]:
     """torch fp32, then every (backend, precision) this CPU runs well, of the backends installed."""
-    from imgsearch_core.backends import installed
+    from imgsearch_core.backends import fast_settings
 
-    flags = precision_module.cpu_flags()
-    return [("torch", "fp32"), *[(backend, setting) for backend in ("torch", "onnx", "openvino") if installed(backend)
-                                 for setting in candidates("cpu", flags, backend)]]
+    return fast_settings(precision_module.cpu_flags())
 
 
 @pytest.mark.slow
