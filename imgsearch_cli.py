@@ -69,6 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--camera", dest="cameras", action="append", metavar="MODEL",
                         help="only this camera model, as EXIF names it (X100V); repeat for several")
     search.add_argument("--path-prefix", dest="path_prefix", metavar="PREFIX", help="only paths that start with this")
+    search.add_argument("--tag", dest="tags_any", action="append", metavar="TAG",
+                        help="only images with this tag (imgsearch tag); repeat for any of several")
+    search.add_argument("--all-tags", dest="tags_all", action="append", metavar="TAG",
+                        help="only images with this tag; repeat: with every one of them")
     search.add_argument("--newest", action="store_true", help="newest photo first, among the 1,000 best matches")
     _add_common(search)
     _add_model_options(search)
@@ -91,6 +95,37 @@ def build_parser() -> argparse.ArgumentParser:
                         "again; the old collection serves until the copy is complete)")
     upgrade.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     _add_common(upgrade)
+
+    tag = commands.add_parser(
+        "tag", help="zero-shot tags: label every indexed image from a label set (no file is read again)",
+        description="Tag every indexed image with the labels of a label set that fit it, from the stored vectors. "
+                    "The set is stored with the collection: images indexed later get its tags too. Without "
+                    "--labels, tags every image again from the stored sets.")
+    tag.add_argument("--labels", type=Path, metavar="FILE",
+                     help="label file: one label per line, or YAML (a list, or a mapping with labels, templates, "
+                          "top, min_score, mode; a label may carry its own threshold and templates)")
+    tag.add_argument("--name", help="the set's name (default: the file's name without extension); a set of the "
+                                    "same name is replaced")
+    tag.add_argument("--top", type=int, help="at most this many labels of the set per image (default 3)")
+    tag.add_argument("--min-score", dest="min_score", type=float,
+                     help="keep a label only at this score or above (cosine similarity, default 0.25; with "
+                          "--mode softmax a probability, default 0.1); a label's own threshold wins")
+    tag.add_argument("--mode", choices=["cosine", "softmax"],
+                     help="cosine: similarity of image and label; softmax: CLIP's classifier over the set's labels")
+    tag.add_argument("--template", dest="templates", action="append", metavar="T",
+                     help="prompt template with {} for the label (default 'a photo of a {}.'); repeat to average several")
+    tag.add_argument("--export", type=Path, metavar="DIR",
+                     help="also write each label's top images with scores to DIR, as CSV and JSON")
+    tag.add_argument("--export-top", dest="export_top", type=int, default=100, metavar="K",
+                     help="images per label in the export (default 100)")
+    tag.add_argument("--links", action="store_true", help="with --export: a folder of symlinks per label, to review")
+    tag.add_argument("--dry-run", dest="dry_run", action="store_true",
+                     help="count what the set would tag, write nothing (the export is still written)")
+    tag.add_argument("--list", dest="list_sets", action="store_true", help="list the stored label sets")
+    tag.add_argument("--remove", metavar="NAME", help="forget a stored label set and take its tags off")
+    tag.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    _add_common(tag)
+    _add_model_options(tag)
 
     drop = commands.add_parser("drop", help="delete the collection and everything indexed in it")
     drop.add_argument("--yes", action="store_true", help="do not ask for confirmation")
@@ -146,7 +181,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         print("imgsearch search: -k must be between 1 and 1000", file=sys.stderr)
         return EXIT_USAGE
     # The filter first: a bad date is told before the model loads.
-    bounds = {name: getattr(args, name) for name in ("taken_after", "taken_before", "formats", "cameras", "path_prefix")}
+    bounds = {name: getattr(args, name) for name in ("taken_after", "taken_before", "formats", "cameras", "path_prefix",
+                                                     "tags_any", "tags_all")}
     image_filter = ImageFilter.from_request(SearchFilter(**{k: v for k, v in bounds.items() if v is not None}))
     settings = _settings(args)
     store = MilvusStore.from_settings(settings)
@@ -172,14 +208,78 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([{"id": h.id, "path": h.row["path"], "score": round(h.score, 4),
                            "taken_at": wall_clock_datetime(h.row["taken_at"]).isoformat(),
-                           "format": h.row["format"], "camera_model": h.row["camera_model"]} for h in hits], indent=2))
+                           "format": h.row["format"], "camera_model": h.row["camera_model"],
+                           "tags": list(h.row.get("tags") or [])} for h in hits], indent=2))
     elif not hits and image_filter.clauses:
-        print("no results match the filters (--after, --before, --format, --camera, --path-prefix)")
+        print("no results match the filters (--after, --before, --format, --camera, --path-prefix, --tag, --all-tags)")
     elif not hits:
         print("no results (is anything indexed? run: imgsearch index PATH)")
     else:
         for hit in hits:
-            print(f"{hit.score:6.3f}  {hit.row['path']}")
+            tags = hit.row.get("tags") or []
+            print(f"{hit.score:6.3f}  {hit.row['path']}" + (f"  [{', '.join(tags)}]" if tags else ""))
+    return EXIT_OK
+
+
+def cmd_tag(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from imgsearch_core.errors import CollectionNotFoundError
+    from imgsearch_core.labels import load_label_file
+    from imgsearch_core.store import MilvusStore
+    from imgsearch_core.tagging import stored_label_sets
+    from indexer.tagging import Export, remove_label_set, run_tagging, save_label_set
+
+    options = {"top": args.top, "min_score": args.min_score, "mode": args.mode, "templates": args.templates}
+    if args.labels is None and (args.export or args.name or any(v is not None for v in options.values())):
+        print("imgsearch tag: --name, --top, --min-score, --mode, --template and --export need --labels FILE",
+              file=sys.stderr)
+        return EXIT_USAGE
+    if not 1 <= args.export_top <= 10_000:
+        print("imgsearch tag: --export-top must be between 1 and 10000", file=sys.stderr)
+        return EXIT_USAGE
+    focus = load_label_file(args.labels, args.name, **options) if args.labels else None  # errors before the model
+    settings = _settings(args)
+    store = MilvusStore.from_settings(settings)
+    if not store.exists():
+        raise CollectionNotFoundError(settings.collection)
+    if args.list_sets:
+        sets = [{"name": s.name, "labels": len(s.labels), "mode": s.mode, "top": s.top, "min_score": s.cut,
+                 "templates": list(s.templates)} for s in stored_label_sets(store)]
+        if args.json:
+            print(json.dumps(sets, indent=2))
+        for s in [] if args.json else sets:
+            print(f"{s['name']}: {s['labels']} labels, {s['mode']}, top {s['top']}, min score {s['min_score']}")
+        if not sets and not args.json:
+            print("no label sets; add one with: imgsearch tag --labels FILE")
+        return EXIT_OK
+    model, _dim = store.model_info()
+    store.check_schema()
+    if args.model is None and "IMGSEARCH_MODEL" not in os.environ:
+        settings = settings.model_copy(update={"model": model})  # label texts need the model that made the index
+    if args.remove and not remove_label_set(store, args.remove):
+        print(f"imgsearch tag: no label set named '{args.remove}'", file=sys.stderr)
+        return EXIT_ERROR
+    from imgsearch_core.encoder import load_embedder
+
+    encoder = load_embedder(settings)
+    store.check_model(encoder.name, encoder.dim, encoder.fingerprint)
+    if focus is not None and not args.dry_run:
+        save_label_set(store, focus)
+    export = Export(args.export, args.export_top, args.links) if args.export else None
+    report = run_tagging(store, encoder, focus, export, dry_run=args.dry_run,
+                         show_progress=sys.stderr.isatty() and not args.json)
+    if args.json:
+        print(json.dumps(asdict(report), indent=2, ensure_ascii=False))
+        return EXIT_OK
+    what = f"label set '{focus.name}'" if focus else "the stored label sets" if report.label_sets else "no label sets"
+    verb = "would change" if args.dry_run else "updated"
+    print(f"tagged {report.images} images with {what}: {report.tagged} have tags, {verb} {report.updated} "
+          f"in {report.elapsed_s:.1f} s")
+    for label, count in sorted(report.counts.items(), key=lambda item: (-item[1], item[0])):
+        print(f"  {count:7d}  {label}")
+    if report.exported:
+        print(f"exported the top {args.export_top} images of each label to {report.exported}")
     return EXIT_OK
 
 
@@ -254,7 +354,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"index": cmd_index, "search": cmd_search, "serve": cmd_serve, "ui": cmd_ui, "upgrade": cmd_upgrade,
-            "drop": cmd_drop}
+            "tag": cmd_tag, "drop": cmd_drop}
 
 
 def main(argv: list[str] | None = None) -> int:

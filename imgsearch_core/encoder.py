@@ -55,6 +55,7 @@ class Embedder(Protocol):
     fingerprint: list[float]  # what these weights make of fixed probes (see SentenceTransformerEmbedder)
     precision: str  # how the model runs: fp32, bf16, int8 or fp16 (imgsearch_core/precision.py)
     backend: str  # what runs it: torch, onnx or openvino (imgsearch_core/backends.py)
+    logit_scale: float  # what zero-shot classification multiplies cosine similarities by (100 for CLIP)
 
     def embed_images(self, images: list[Image.Image]) -> np.ndarray:
         """(n, dim) float32 rows of unit length."""
@@ -106,6 +107,7 @@ class SentenceTransformerEmbedder:
         if self.max_text_tokens:
             self._model.max_seq_length = self.max_text_tokens
         self.image_size = self._image_input_size()
+        self.logit_scale = self._logit_scale()
         self.dim = int(self.embed_texts(["warm-up"]).vectors.shape[1])
         self.fingerprint = self._fingerprint()
         self.precision_choice: Choice | None = None
@@ -201,6 +203,14 @@ class SentenceTransformerEmbedder:
         text_config = getattr(config, "text_config", config)
         limit = getattr(text_config, "max_position_embeddings", None)
         return int(limit) if limit else None
+
+    def _logit_scale(self) -> float:
+        """CLIP's learnt temperature, exp(logit_scale) (100 for OpenAI's CLIP); 100 if the model has none."""
+        scale = getattr(getattr(self._model[0], "model", None), "logit_scale", None)
+        try:
+            return float(scale.detach().exp()) if scale is not None else 100.0
+        except (AttributeError, TypeError, RuntimeError):
+            return 100.0
 
     def _image_input_size(self) -> int:
         """The shortest side the model's processor resizes to (224 for ViT-B/32)."""

@@ -15,7 +15,9 @@ from collections import defaultdict
 
 # Stages in the order a file meets them, and on which thread they run.
 STAGES = {"read": "decode threads", "hash": "decode threads", "decode": "decode threads",
-          "waiting for decode": "main thread", "embed": "main thread", "write": "main thread"}
+          "waiting for decode": "main thread", "embed": "main thread", "tag": "main thread",
+          "write": "main thread"}
+ONLY_IF_TIMED = {"tag"}  # tagging runs only when the collection has label sets
 
 
 class StageClock:
@@ -44,7 +46,8 @@ class StageClock:
                     "ms_per_image": round(1000 * seconds / images, 2) if images else 0.0}
 
         return {"wall_s": round(wall_s, 3), "images": images,
-                "stages": {name: figures(self._seconds.get(name, 0.0), thread) for name, thread in STAGES.items()}}
+                "stages": {name: figures(self._seconds.get(name, 0.0), thread) for name, thread in STAGES.items()
+                           if name in self._seconds or name not in ONLY_IF_TIMED}}
 
 
 class _NoClock:

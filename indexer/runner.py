@@ -15,6 +15,7 @@ from imgsearch_core.safe_files import within
 from imgsearch_core.settings import Settings
 from imgsearch_core.store import MilvusStore
 from imgsearch_core.store.fields import FileFacts, make_row, mtime_wall_clock, wall_clock_seconds
+from imgsearch_core.tagging import Tagger
 from indexer.embedder import EmbeddedBatch, LoadedFile, embed_in_batches, load_file, load_in_parallel
 from indexer.plan import make_plan
 from indexer.profile import NO_CLOCK, StageClock
@@ -113,7 +114,7 @@ def run_index(
     stale_paths = {row["path"] for row in plan.stale}
 
     clock = StageClock() if profile else NO_CLOCK
-    writer = BatchWriter(store, batch_size=settings.batch_size, clock=clock)
+    writer = BatchWriter(store, batch_size=settings.batch_size, clock=clock, tagger=Tagger.for_store(store, encoder))
     progress = Progress(len(plan.to_process), show_progress, on_progress)
     reused: list[LoadedFile] = []
 

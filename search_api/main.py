@@ -16,12 +16,13 @@ from imgsearch_core.store import MilvusStore, release_hosted
 from imgsearch_core.store.vector_copy import VectorCopy
 from search_api.deps import SettingsDep, StoreDep, has_api_key, require_api_key
 from search_api.http_errors import BodySizeLimit, install_error_handlers
-from search_api.routes import images, indexing, search
+from search_api.routes import images, indexing, search, tags
 from search_api.schemas import HealthResponse
 from search_api.services.batching import TextBatcher
 from search_api.services.files import ServedFiles
 from search_api.services.jobs import JobManager
 from search_api.services.search import SearchService
+from search_api.services.tags import TagCounter
 from search_api.services.thumbnails import ThumbnailCache
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,7 @@ def create_app(settings: Settings | None = None, encoder: Embedder | None = None
         app.state.upload_slots = asyncio.Semaphore(UPLOADS_DECODED_AT_ONCE)
         app.state.files = ServedFiles(store, settings.allowed_roots, settings.max_file_bytes)
         app.state.jobs = JobManager(settings, model, store)
+        app.state.tag_counter = TagCounter(vector_copy or store)
         yield
         app.state.jobs.shutdown()
         batcher.close()
@@ -76,6 +78,7 @@ def create_app(settings: Settings | None = None, encoder: Embedder | None = None
     app.include_router(search.router, dependencies=protected)
     app.include_router(images.router, dependencies=protected)
     app.include_router(indexing.router, dependencies=protected)
+    app.include_router(tags.router, dependencies=protected)
     if keyed:
         _add_protected_docs(app, protected)
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from imgsearch_core.labels import MAX_LABEL_CHARS, MAX_LABELS, MAX_TEMPLATES
 from imgsearch_core.store.fields import SearchFilter
 from search_api.ranking import SORT_POOL
 
@@ -29,6 +30,7 @@ class SearchRequest(BaseModel):
     filter: SearchFilter | None = None
     sort: Literal["relevance", "newest"] = Field(
         "relevance", description=f"newest: the {SORT_POOL:,} best matches (above min_score), newest photo first")
+    facets: bool = Field(False, description="also count the tags of the results returned (response 'facets')")
 
     @field_validator("text", "negative_text")
     @classmethod
@@ -61,12 +63,57 @@ class SearchHit(BaseModel):
     camera_make: str = ""
     camera_model: str = ""
     gps: str = Field("", description="'lat,lon' in decimal degrees, from EXIF")
+    tags: list[str] = Field(default_factory=list, description="zero-shot tags from the label sets, best first")
+    tag_scores: list[float] = Field(default_factory=list, description="the score that gave each tag")
 
 
 class SearchResponse(BaseModel):
     results: list[SearchHit]
     took_ms: float
     notes: list[str] = Field(default_factory=list, description="e.g. that a text was truncated")
+    facets: dict[str, int] | None = Field(None, description="with facets: images per tag among the results, most first")
+
+
+class LabelSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(..., max_length=MAX_LABEL_CHARS)
+    threshold: float | None = Field(None, ge=-1, le=1, description="this label's own cut, in the set's unit")
+    templates: list[str] | None = Field(None, max_length=MAX_TEMPLATES)
+
+
+class LabelSetRequest(BaseModel):
+    """A label set to store with the collection; every image is then tagged from it (a job)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(..., min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    labels: list[Annotated[str, Field(max_length=MAX_LABEL_CHARS)] | LabelSpec] = Field(
+        ..., min_length=1, max_length=MAX_LABELS)
+    templates: list[Annotated[str, Field(max_length=300)]] | None = Field(
+        None, min_length=1, max_length=MAX_TEMPLATES, description="default ['a photo of a {}.']; each holds {} once")
+    top: int = Field(3, ge=1, le=16, description="at most this many labels of the set per image")
+    min_score: float | None = Field(None, ge=-1, le=1, description="cosine: default 0.25; softmax: a probability, default 0.1")
+    mode: Literal["cosine", "softmax"] = "cosine"
+
+
+class LabelSetInfo(BaseModel):
+    name: str
+    labels: int
+    mode: Literal["cosine", "softmax"]
+    top: int
+    min_score: float
+    templates: list[str]
+
+
+class LabelSetDetail(LabelSetInfo):
+    label_names: list[str]
+
+
+class TagCountsResponse(BaseModel):
+    images: int = Field(description="images in the collection")
+    tagged: int = Field(description="images with at least one tag")
+    tags: dict[str, int] = Field(description="images per tag, most first")
 
 
 class HealthResponse(BaseModel):
@@ -88,8 +135,10 @@ class IndexRequest(BaseModel):
 
 class IndexJob(BaseModel):
     job_id: str
+    kind: Literal["index", "tag"] = Field("index", description="index: files; tag: tagging from a label set")
     state: Literal["queued", "running", "done", "failed"]
-    paths: list[str]
+    paths: list[str] = Field(default_factory=list)
+    label_set: str | None = Field(None, description="tag jobs: the label set added, replaced or removed")
     processed: int = 0
     total: int = 0
     report: dict | None = None

@@ -277,9 +277,11 @@ def test_the_collection_is_made_as_its_columns_declare(store):
 
     store.ensure_collection("model-a", DIM)
     info = store._call(lambda c: c.describe_collection(store.collection))
-    made = {f["name"]: (f["type"], f["params"].get("max_length"), f.get("is_primary", False)) for f in info["fields"]}
-    declared = {c.name: (c.dtype, c.max_length or None, c.name == "id") for c in COLUMNS}
-    assert made == declared | {"vector": (DataType.FLOAT_VECTOR, None, False)}
+    made = {f["name"]: (f["type"], f["params"].get("max_length") or f["params"].get("max_capacity"),
+                        f.get("element_type"), f.get("is_primary", False)) for f in info["fields"]}
+    declared = {c.name: (c.dtype, c.max_capacity or c.max_length or None, c.element_type, c.name == "id")
+                for c in COLUMNS}
+    assert made == declared | {"vector": (DataType.FLOAT_VECTOR, None, None, False)}
     assert next(f for f in info["fields"] if f["name"] == "vector")["params"]["dim"] == DIM
     # No dynamic fields: a typo in a column name fails instead of storing a new key. Strong: a search sees
     # every write that came before it, also on a Milvus server.

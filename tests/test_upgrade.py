@@ -206,7 +206,7 @@ def test_the_cli_refuses_an_old_schema_then_upgrades_it_without_the_model(old_li
                                   "invalid character in year")  # one line, not pydantic's block with a link
     empty = run_cli(imgsearch_bin, cli_env, "search", "x", "--after", "2030-01-01")
     assert empty.returncode == 0 and empty.stdout.strip() == (
-        "no results match the filters (--after, --before, --format, --camera, --path-prefix)")
+        "no results match the filters (--after, --before, --format, --camera, --path-prefix, --tag, --all-tags)")
 
 
 def test_a_rerun_after_the_copy_finished_does_not_copy_again(old_library, settings, store, monkeypatch):

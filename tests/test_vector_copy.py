@@ -31,7 +31,9 @@ def unit_rows(n: int, seed: int, prefix: str = "/lib/") -> list[dict]:
              "content_hash": f"h{seed}-{i}", "width": 100 + i % 50, "height": 80 + i % 30, "indexed_at": 1,
              "taken_at": 1_500_000_000 + 86_400 * (i % 40), "taken_at_source": ("exif", "mtime")[i % 2],
              "format": ("JPEG", "PNG", "WEBP")[i % 3], "camera_make": "Fujifilm" if i % 4 else "",
-             "camera_model": ("X100V", "X-T4", "")[i % 3], "gps": "", "vector": vectors[i]} for i in range(n)]
+             "camera_model": ("X100V", "X-T4", "")[i % 3], "gps": "", "tags": [("dog", "cat", "beach")[i % 3]] +
+             (["sunset"] if i % 5 == 0 else []), "tag_scores": [0.3] + ([0.26] if i % 5 == 0 else []),
+             "vector": vectors[i]} for i in range(n)]
 
 
 @pytest.fixture
@@ -275,7 +277,7 @@ for step in range(40):
     store.upsert([{"id": row_id, "path": f"/w/{row_id}.jpg", "size": 1, "mtime_ns": 1, "content_hash": row_id,
                    "width": int(rng.integers(1, 500)), "height": 1, "indexed_at": stamp, "taken_at": stamp,
                    "taken_at_source": "exif", "format": "JPEG", "camera_make": "", "camera_model": "", "gps": "",
-                   "vector": vector}])
+                   "tags": [], "tag_scores": [], "vector": vector}])
 """
 
 

@@ -24,7 +24,9 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 from pymilvus import DataType
 
 MAX_PATH = 4096  # the longest path a row holds
-SCHEMA_VERSION = 2  # 1: file metadata and size; 2: when the photo was taken, its format and camera
+SCHEMA_VERSION = 3  # 1: file metadata and size; 2: when the photo was taken, its format and camera; 3: tags
+MAX_TAGS = 64  # tags one image holds (imgsearch_core/labels.py decides them)
+MAX_TAG_CHARS = 200
 
 
 def image_id(path: str) -> str:
@@ -83,7 +85,7 @@ class FileFacts:
 @dataclass(frozen=True)
 class Clause:
     column: str
-    op: str  # "prefix", ">=", "<=", "<" or "in"
+    op: str  # "prefix", ">=", "<=", "<", "in"; "any" or "all" on an array
     value: Any
 
 
@@ -144,13 +146,34 @@ class OneOf:
 
 
 @dataclass(frozen=True)
+class AnyAll:
+    """An array column: rows holding any of some values, and rows holding all of others."""
+
+    any_param: str
+    all_param: str
+
+    def fields(self, column: Column) -> dict[str, Any]:  # pragma: no mutate block (runs at import, see below)
+        item = Annotated[str, Field(min_length=1, max_length=column.max_length)]
+        return {self.any_param: (list[item] | None, Field(None, min_length=1, max_length=100,
+                                                          description=f"only images with at least one of these {column.name}")),
+                self.all_param: (list[item] | None, Field(None, min_length=1, max_length=100,
+                                                          description=f"only images with every one of these {column.name}"))}
+
+    def clauses(self, column: Column, given: dict[str, Any]) -> list[Clause]:
+        return [Clause(column.name, op, tuple(given[param]))
+                for param, op in ((self.any_param, "any"), (self.all_param, "all")) if given.get(param)]
+
+
+@dataclass(frozen=True)
 class Column:
     name: str
     dtype: DataType
     fill: Callable[[FileFacts], Any]
-    max_length: int = 0  # VARCHAR only
-    filter: Prefix | Range | Period | OneOf | None = None
+    max_length: int = 0  # VARCHAR, and an ARRAY of VARCHAR
+    filter: Prefix | Range | Period | OneOf | AnyAll | None = None
     since: int = 1  # the schema version that added it
+    element_type: DataType | None = None  # ARRAY only
+    max_capacity: int = 0  # ARRAY only
 
 
 COLUMNS: tuple[Column, ...] = (
@@ -172,6 +195,11 @@ COLUMNS: tuple[Column, ...] = (
     Column("camera_model", DataType.VARCHAR, lambda f: f.camera_model, max_length=64, since=2,
            filter=OneOf("cameras", "only photos from these camera models (EXIF Model), exactly as stored")),
     Column("gps", DataType.VARCHAR, lambda f: f.gps, max_length=32, since=2),
+    # Zero-shot tags, best first, and the score that decided each (imgsearch_core/labels.py). The indexer
+    # fills them from the collection's label sets; `imgsearch tag` rewrites only these two.
+    Column("tags", DataType.ARRAY, lambda f: [], max_length=MAX_TAG_CHARS, since=3, element_type=DataType.VARCHAR,
+           max_capacity=MAX_TAGS, filter=AnyAll("tags_any", "tags_all")),
+    Column("tag_scores", DataType.ARRAY, lambda f: [], since=3, element_type=DataType.FLOAT, max_capacity=MAX_TAGS),
 )
 METADATA_FIELDS = [column.name for column in COLUMNS]  # every column but the vector
 FILTERABLE = tuple(column for column in COLUMNS if column.filter)
@@ -190,7 +218,9 @@ def make_row(facts: FileFacts, vector: Any) -> dict[str, Any]:
 def add_columns(schema: Any, dim: int) -> None:
     """Add every column and the vector to a pymilvus ``CollectionSchema``."""
     for column in COLUMNS:
-        extra = {"max_length": column.max_length} if column.dtype == DataType.VARCHAR else {}
+        extra: dict[str, Any] = {"max_length": column.max_length} if column.max_length else {}
+        if column.dtype == DataType.ARRAY:
+            extra |= {"element_type": column.element_type, "max_capacity": column.max_capacity}
         schema.add_field(column.name, column.dtype, is_primary=column.name == "id", **extra)
     schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
 

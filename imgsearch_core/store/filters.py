@@ -63,6 +63,8 @@ class ImageFilter:
                 parts.append(f"({low} and {clause.column} < {quote(end)})" if end is not None else low)
             elif clause.op == "in":
                 parts.append(f"{clause.column} in [{', '.join(quote(v) for v in clause.value)}]")
+            elif clause.op in ("any", "all"):
+                parts.append(f"array_contains_{clause.op}({clause.column}, [{', '.join(quote(v) for v in clause.value)}])")
             else:
                 parts.append(f"{clause.column} {clause.op} {int(clause.value)}")
         return " and ".join(parts)
@@ -80,6 +82,12 @@ class ImageFilter:
             elif clause.op == "in":
                 wanted = set(clause.value)
                 keep &= np.fromiter((value in wanted for value in values), dtype=bool, count=size)
+            elif clause.op == "any":
+                wanted = set(clause.value)
+                keep &= np.fromiter((not wanted.isdisjoint(value) for value in values), dtype=bool, count=size)
+            elif clause.op == "all":
+                wanted = set(clause.value)
+                keep &= np.fromiter((wanted.issubset(value) for value in values), dtype=bool, count=size)
             else:
                 keep &= _COMPARE[clause.op](np.asarray(values), clause.value)
         return keep

@@ -30,11 +30,12 @@ from imgsearch_core.store.fields import (
     mtime_wall_clock,
     wall_clock_seconds,
 )
-from imgsearch_core.store.gateway import UPGRADE_PROPERTY, MilvusStore
+from imgsearch_core.store.gateway import LABEL_SET_PROPERTY, UPGRADE_PROPERTY, MilvusStore
 
 UPGRADED_FROM_PROPERTY = "imgsearch.upgraded_from"
 
 _FROM_THE_ROW = ("path", "size", "mtime_ns", "content_hash", "width", "height")  # schema 1 has these
+_PHOTO_FACTS = ("taken_at", "taken_at_source", "format", "camera_make", "camera_model", "gps")  # and 2 these
 # Properties that describe what the collection holds; the new collection gets its own creation token.
 _KEPT_PROPERTIES = ("imgsearch.model", "imgsearch.dim", "imgsearch.fingerprint", "imgsearch.roots")
 
@@ -85,7 +86,8 @@ def _copy(store: MilvusStore, version: int, new: str, max_file_bytes: int, batch
     if store._call(lambda c: c.has_collection(new)):
         store._call(lambda c: c.drop_collection(new))  # a copy cut short: start it again
     properties = store._properties()
-    kept = {key: properties[key] for key in _KEPT_PROPERTIES if key in properties}
+    kept = {key: value for key, value in properties.items()
+            if key in _KEPT_PROPERTIES or key.startswith(LABEL_SET_PROPERTY)}
     store.create_physical(new, store.model_info()[1],
                           kept | {UPGRADE_PROPERTY: "copying", UPGRADED_FROM_PROPERTY: str(version)})
     roots = store.indexed_roots()
@@ -106,7 +108,10 @@ def _copy(store: MilvusStore, version: int, new: str, max_file_bytes: int, batch
 def _upgraded_row(row: dict[str, Any], version: int, roots: list[str], max_file_bytes: int,
                   report: UpgradeReport) -> dict[str, Any]:
     """The row with the columns added since ``version`` filled: from the file if it still holds the content
-    that was indexed, else from the row itself."""
+    that was indexed, else from the row itself. From version 2 on, the row knows every fact of its file."""
+    if version >= 2:
+        facts = FileFacts(**{name: row[name] for name in _FROM_THE_ROW + _PHOTO_FACTS})
+        return {**row, **{column.name: column.fill(facts) for column in COLUMNS if column.since > version}}
     try:
         data = read_regular(row["path"], roots, max_file_bytes)
     except (UnsafeFileError, OSError):

@@ -40,7 +40,8 @@ _FETCH_BATCH = 1000  # vectors fetched per request while catching up
 class _Snapshot:
     ids: list[str]
     vectors: np.ndarray  # (n, dim) float32, unit length
-    # The filterable columns (imgsearch_core/store/fields.py): numbers as int64 arrays, strings as lists, so
+    # The filterable columns (imgsearch_core/store/fields.py): numbers as int64 arrays, strings (and arrays
+    # of them) as lists, so
     # that one long path does not widen every row as a fixed-width numpy string array would.
     columns: dict[str, np.ndarray | list]
     extra: tuple[dict, ...]  # per row: the remaining metadata fields, for responses
@@ -67,7 +68,8 @@ def _snapshot_from_rows(rows: list[dict], dim: int) -> _Snapshot:
     columns: dict[str, np.ndarray | list] = {}
     for column in FILTERABLE:
         values = [r[column.name] for r in rows]
-        columns[column.name] = values if column.dtype == DataType.VARCHAR else np.array(values, dtype=np.int64)
+        is_number = column.dtype not in (DataType.VARCHAR, DataType.ARRAY)
+        columns[column.name] = np.array(values, dtype=np.int64) if is_number else values
     return _Snapshot(
         ids=[r["id"] for r in rows],
         vectors=np.asarray([r["vector"] for r in rows], dtype=np.float32).reshape(len(rows), dim),
@@ -182,6 +184,11 @@ class VectorCopy:
         """Rows in the collection: from the copy if it is fresh, else from Milvus."""
         snapshot = self._snapshot
         return snapshot.size if snapshot is not None and self.fresh else self._store.count()
+
+    def column(self, name: str) -> np.ndarray | list | None:
+        """Every row's value of the filterable column ``name``, from the copy; None while it is behind Milvus."""
+        snapshot = self._snapshot
+        return snapshot.columns[name] if snapshot is not None and self.fresh else None
 
     def search(
         self, vectors: np.ndarray, limit: int, offset: int = 0, image_filter: ImageFilter = ImageFilter()

@@ -1,7 +1,9 @@
-"""Indexing jobs started through the API, run one at a time on a background thread, from a bounded queue."""
+"""Jobs started through the API (indexing folders, tagging from a label set), run one at a time on a background
+thread, from a bounded queue: two jobs never write at once."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 import uuid
@@ -10,10 +12,12 @@ from pathlib import Path
 
 from imgsearch_core.encoder import Embedder
 from imgsearch_core.errors import ImgsearchError
+from imgsearch_core.labels import LabelSet
 from imgsearch_core.safe_files import within
 from imgsearch_core.settings import Settings
 from imgsearch_core.store import MilvusStore
 from indexer.runner import run_index
+from indexer.tagging import remove_label_set, run_tagging, save_label_set
 from search_api.schemas import IndexJob
 
 MAX_QUEUED_JOBS = 16
@@ -79,18 +83,43 @@ class JobManager:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="index-job")
 
     def submit(self, paths: list[str]) -> IndexJob:
-        """Queue a job, or return the queued one for the same paths; raises JobQueueFullError."""
+        """Queue an indexing job, or return the queued one for the same paths; raises JobQueueFullError."""
+        return self._queue(IndexJob(job_id=uuid.uuid4().hex, state="queued", paths=paths), None)
+
+    def submit_tagging(self, label_set: LabelSet | None, remove: str | None = None) -> IndexJob:
+        """Queue a job that stores ``label_set`` (or forgets the set ``remove``) and tags every image again."""
+        name = label_set.name if label_set is not None else remove
+        return self._queue(IndexJob(job_id=uuid.uuid4().hex, kind="tag", state="queued", label_set=name),
+                           (label_set, remove))
+
+    def _queue(self, job: IndexJob, tagging: tuple[LabelSet | None, str | None] | None) -> IndexJob:
         with self._lock:
-            queued = [job for job in self._jobs.values() if job.state == "queued"]
-            for job in queued:
-                if job.paths == paths:
-                    return job.model_copy()
+            queued = [known for known in self._jobs.values() if known.state == "queued"]
+            for known in queued:
+                if job.kind == "index" and known.kind == "index" and known.paths == job.paths:
+                    return known.model_copy()
             if len(queued) >= MAX_QUEUED_JOBS:
-                raise JobQueueFullError(f"{len(queued)} indexing jobs are already waiting; try again later")
-            job = IndexJob(job_id=uuid.uuid4().hex, state="queued", paths=paths)
+                raise JobQueueFullError(f"{len(queued)} jobs are already waiting; try again later")
             self._jobs[job.job_id] = job
-        self._executor.submit(self._run, job.job_id)
+        self._executor.submit(self._run if tagging is None else self._run_tagging, job.job_id, *(tagging or ()))
         return job.model_copy()
+
+    def _run_tagging(self, job_id: str, label_set: LabelSet | None, remove: str | None) -> None:
+        self._update(job_id, state="running")
+        try:
+            if label_set is not None:
+                save_label_set(self._store, label_set)
+            if remove is not None:
+                remove_label_set(self._store, remove)
+            report = run_tagging(self._store, self._encoder, label_set,
+                                 on_progress=lambda done, total: self._update(job_id, processed=done, total=total))
+        except ImgsearchError as exc:
+            self._update(job_id, state="failed", error=str(exc))
+        except Exception as exc:  # a job must end in a state the client can read
+            self._update(job_id, state="failed", error=f"{type(exc).__name__}: {exc}")
+        else:
+            self._update(job_id, state="done", report=dataclasses.asdict(report))
+        self._forget_old_jobs()
 
     def get(self, job_id: str) -> IndexJob | None:
         with self._lock:

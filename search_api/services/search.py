@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -77,7 +79,9 @@ class SearchService:
         else:
             hits = await run_in_threadpool(self._nearest, query, request.limit, request.offset, image_filter)
         results = [to_hit(hit) for hit in hits if request.min_score is None or hit.score >= request.min_score]
-        return SearchResponse(results=results, took_ms=round((time.perf_counter() - started) * 1000, 2), notes=notes)
+        facets = count_tags(hit.tags for hit in results) if request.facets else None
+        return SearchResponse(results=results, took_ms=round((time.perf_counter() - started) * 1000, 2), notes=notes,
+                              facets=facets)
 
     def _nearest(self, query: np.ndarray, limit: int, offset: int, image_filter: ImageFilter) -> list[Hit]:
         return self.store.search(query[None, :], limit, offset, image_filter)[0]
@@ -90,4 +94,11 @@ def to_hit(hit: Hit) -> SearchHit:
         image_url=f"/images/{hit.id}", thumbnail_url=f"/images/{hit.id}/thumbnail",
         taken_at=wall_clock_datetime(row["taken_at"]), taken_at_source=row["taken_at_source"],
         format=row["format"], camera_make=row["camera_make"], camera_model=row["camera_model"], gps=row["gps"],
+        tags=list(row.get("tags") or []), tag_scores=[round(float(v), 4) for v in row.get("tag_scores") or []],
     )
+
+
+def count_tags(tag_lists: Iterable[Sequence[str]]) -> dict[str, int]:
+    """Images per tag, most first (then by name)."""
+    counts = Counter(tag for tags in tag_lists for tag in tags)
+    return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
