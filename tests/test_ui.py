@@ -14,7 +14,15 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 import ui.api_client
-from search_api.schemas import HealthResponse, SearchRequest, SearchResponse
+from search_api.schemas import (
+    HealthResponse,
+    IndexJob,
+    LabelSetInfo,
+    LabelSetRequest,
+    SearchRequest,
+    SearchResponse,
+    TagCountsResponse,
+)
 
 APP = str(Path(__file__).resolve().parent.parent / "ui" / "app.py")
 
@@ -28,8 +36,9 @@ def jpeg() -> bytes:
 def hit(i: int, name: str = "cat") -> dict:
     taken = {"taken_at": f"2019-06-0{i + 1}T09:30:00", "taken_at_source": "exif", "camera_make": "FUJIFILM",
              "camera_model": "X100V", "format": "JPEG"} if i == 0 else {}
+    tags = {"tags": ["dog", "beach [x](http://evil)"], "tag_scores": [0.31, 0.27]} if i == 1 else {}
     return {"id": f"id{i}", "path": f"/photos/{name}{i}.jpg", "score": 0.9 - i / 100, "width": 640, "height": 480,
-            "image_url": f"/images/id{i}", "thumbnail_url": f"/images/id{i}/thumbnail", **taken}
+            "image_url": f"/images/id{i}", "thumbnail_url": f"/images/id{i}/thumbnail", **taken, **tags}
 
 
 class FakeApi:
@@ -47,6 +56,11 @@ class FakeApi:
         self.searches: list[dict] = []
         self.uploads: list[dict] = []  # form fields of POST /search/image, with the file's bytes under "file"
         self.fetched: list[str] = []  # image and thumbnail paths requested
+        self.tag_counts = {"dog": 7, "beach": 2}
+        self.label_sets: list[dict] = []
+        self.label_requests: list[dict] = []  # bodies of POST /labels
+        self.deleted: list[str] = []
+        self.job_polls = 0
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         if request.url.path == "/health":
@@ -64,6 +78,25 @@ class FakeApi:
             SearchRequest.model_validate(query, context={"has_upload": True})
             self.uploads.append({"file": form["file"], **query})
             return self._results(query.get("limit", 20))
+        if request.url.path == "/tags":
+            return self._json(TagCountsResponse, {"images": self.count, "tagged": 7, "tags": self.tag_counts})
+        if request.url.path == "/labels" and request.method == "GET":
+            return httpx.Response(200, json=[LabelSetInfo.model_validate(s).model_dump() for s in self.label_sets])
+        if request.url.path == "/labels" and request.method == "POST":
+            body = json.loads(request.content)
+            LabelSetRequest.model_validate(body)
+            self.label_requests.append(body)
+            return self._json(IndexJob, {"job_id": "job1", "kind": "tag", "state": "queued", "label_set": body["name"]})
+        if request.url.path.startswith("/labels/") and request.method == "DELETE":
+            self.deleted.append(request.url.path.rsplit("/", 1)[1])
+            return self._json(IndexJob, {"job_id": "job2", "kind": "tag", "state": "queued"})
+        if request.url.path.startswith("/index/"):
+            self.job_polls += 1
+            done = self.job_polls >= 2  # running once, then done
+            report = {"label_set": "pets", "images": 3, "tagged": 2, "updated": 2, "label_sets": ["pets"],
+                      "counts": {"dog": 2, "cat": 0}, "exported": None, "elapsed_s": 0.1}
+            return self._json(IndexJob, {"job_id": "job1", "kind": "tag", "state": "done" if done else "running",
+                                         "processed": 3 if done else 1, "total": 3, "report": report if done else None})
         if request.url.path.startswith("/images/"):
             self.fetched.append(request.url.path)
             return httpx.Response(200, content=jpeg(), headers={"content-type": "image/jpeg"})
@@ -280,3 +313,38 @@ def test_with_a_ui_password_nothing_is_shown_or_asked_of_the_api_until_it_is_giv
     app.button[0].click().run()
     app.text_input(key="query_text").input("beach").run()
     assert api.searches[-1]["text"] == "beach"
+
+
+def test_results_show_tag_chips_and_the_sidebar_filters_by_tag(fake):
+    api = fake(FakeApi())
+    app = run("a dog")
+    chips = [m.value for m in app.markdown if "badge" in m.value]
+    assert chips == [":violet-badge[dog] :violet-badge[beach  x  http //evil]"]  # no link reaches the page
+    tag_filter = app.multiselect(key="tag_filter")
+    assert tag_filter.options == ["dog (7)", "beach (2)"]
+    tag_filter.set_value(["dog", "beach"]).run()
+    assert api.searches[-1]["filter"] == {"tags_any": ["dog", "beach"]}
+    app.toggle(key="all_tags").set_value(True).run()
+    assert api.searches[-1]["filter"] == {"tags_all": ["dog", "beach"]}
+
+
+def test_the_label_sets_page_tags_shows_counts_and_opens_a_labels_top_images(fake):
+    api = fake(FakeApi())
+    api.label_sets = [{"name": "old", "labels": 2, "mode": "cosine", "top": 3, "min_score": 0.25,
+                       "templates": ["a photo of a {}."]}]
+    app = AppTest.from_file(APP, default_timeout=30).run()
+    app.radio(key="view").set_value("Label sets").run()
+    assert "**old** · 2 labels · cosine · top 3 · min score 0.25" in texts(app)
+    app.text_input[0].input("pets")
+    app.text_area[0].input("dog\n# a comment\n\ncat\n")
+    app.button[1].click().run()  # the form's submit button (the first is "Remove")
+    assert api.label_requests == [{"name": "pets", "labels": ["dog", "cat"], "top": 3, "mode": "cosine",
+                                   "templates": ["a photo of a {}."]}]
+    assert api.job_polls == 2
+    table = app.dataframe[0].value
+    assert list(table["label"]) == ["dog", "cat"] and list(table["images"]) == [2, 0]
+    app.selectbox(key="open_label").set_value("dog").run()
+    assert api.searches[-1]["filter"] == {"tags_any": ["dog"]} and api.searches[-1]["text"] == "a photo of a dog."
+    assert len(app.get("imgs")) or api.fetched  # the label's images are shown
+    app.button[0].click().run()
+    assert api.deleted == ["old"]

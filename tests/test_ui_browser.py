@@ -154,3 +154,60 @@ def test_the_date_range_and_newest_first_narrow_and_order_the_results(dated_ui_u
 
     type_date(page, "Taken before", "2023", "01", "01")
     wait_for_names(page, ["party2021.jpg"])
+
+
+@pytest.fixture
+def own_ui_url(tmp_path, imgsearch_bin, tiny_model_dir):
+    """Its own API and UI over ten photos, so the label sets it adds reach no other test."""
+    from tests.conftest import write_photo_set
+
+    photos = write_photo_set(tmp_path / "photos")
+    env = {**cli_environment(tmp_path / "data", tiny_model_dir), "IMGSEARCH_ALLOWED_ROOTS": json.dumps([str(photos)])}
+    subprocess.run([imgsearch_bin, "index", str(photos)], env=env, check=True, capture_output=True, timeout=120)
+    api, base = start_api(imgsearch_bin, env)
+    try:
+        ui, port = start_server(lambda port: [imgsearch_bin, "ui", "--port", str(port), "--api-url", base], env,
+                                http_ready("/_stcore/health"), timeout_s=60)
+        try:
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            stop_process(ui)
+    finally:
+        stop_process(api)
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_a_pasted_label_set_tags_the_images_and_its_tags_filter_the_search(own_ui_url, page, artefacts):
+    from playwright.sync_api import expect
+
+    page.goto(own_ui_url)
+    page.get_by_text("Label sets", exact=True).click()
+    page.get_by_role("textbox", name="Name").fill("pets")
+    page.get_by_role("textbox", name="Labels, one per line").fill("dog\ncat\nbeach")
+    page.get_by_role("spinbutton", name="Minimum score").fill("-1")
+    page.get_by_role("button", name="Tag images").click()
+    expect(page.get_by_text("“pets”: 10 of 10 images tagged")).to_be_visible(timeout=60_000)
+    expect(page.get_by_text("**pets**", exact=False).or_(page.get_by_text("pets · 3 labels"))).to_be_visible()
+    expect(page.locator("[data-testid='stDataFrame']")).to_be_visible()
+    page.screenshot(path=str(artefacts / "ui-label-set.png"), full_page=True)
+
+    page.get_by_text("Search", exact=True).first.click()
+    box = page.get_by_label("Describe what you are looking for, then press Enter")
+    box.fill("colourful blocks")
+    box.press("Enter")
+    results = page.locator("[data-testid='stImage'] img")
+    expect(results.first).to_be_visible(timeout=30_000)
+    chips = page.locator("[data-testid='stMarkdownContainer'] span", has_text=re.compile(r"^(dog|cat|beach)$"))
+    assert chips.count() >= 10  # a chip or more under each of the ten results
+    page.get_by_text("Tags", exact=True).last.scroll_into_view_if_needed()
+    page.locator("[data-testid='stMultiSelect']", has_text="Tags").click()
+    option = page.get_by_role("option", name=re.compile(r"\(\d+\)$")).first
+    text = option.inner_text()
+    found = re.search(r"(\w+) \((\d+)\)", text)
+    assert found, f"a tag option reads 'label (count)', not {text!r}"
+    label, count = found.groups()
+    option.click()
+    page.keyboard.press("Escape")
+    expect(page.get_by_text(f"{count} results in")).to_be_visible(timeout=30_000)
+    page.screenshot(path=str(artefacts / "ui-tag-filter.png"), full_page=True)

@@ -6,6 +6,7 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -60,6 +61,23 @@ class ApiClient:
         """Search by an uploaded image with any /search fields (text, negative_text, min_score, filter ...)."""
         form = {"query": json.dumps(_present(query))}
         return self._request("POST", "/search/image", files={"file": (filename, data)}, data=form).json()
+
+    def tags(self) -> dict[str, Any]:
+        """Images per tag over the whole collection: {"images", "tagged", "tags": {tag: count}}."""
+        return self._request("GET", "/tags").json()
+
+    def label_sets(self) -> list[dict[str, Any]]:
+        return self._request("GET", "/labels").json()
+
+    def put_label_set(self, **label_set) -> dict[str, Any]:
+        """Store a label set and start tagging every image from it; returns the job."""
+        return self._request("POST", "/labels", json=_present(label_set)).json()
+
+    def delete_label_set(self, name: str) -> dict[str, Any]:
+        return self._request("DELETE", f"/labels/{quote(name, safe='')}").json()
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        return self._request("GET", f"/index/{quote(job_id, safe='')}").json()
 
     def image(self, url: str) -> bytes:
         return self._request("GET", url).content
