@@ -45,3 +45,29 @@ def test_index_search_and_two_processes_at_once_on_a_milvus_server(imgsearch_bin
         assert top["results"][0]["path"] == str(a / "s3.png") and top["results"][0]["score"] >= 0.99
     finally:
         stop_process(process)
+
+
+@pytest.mark.slow
+def test_tags_are_written_filtered_and_taken_off_on_a_milvus_server(imgsearch_bin, server_cli_env, photo_dir, tmp_path):
+    """Milvus 2.3 has array fields but no partial updates: tags are then written with whole rows."""
+    env = server_cli_env
+    subprocess.run([imgsearch_bin, "index", str(photo_dir)], env=env, check=True, capture_output=True, timeout=120)
+    labels = tmp_path / "pets.txt"
+    labels.write_text("dog\ncat\nbeach\n")
+    tagged = subprocess.run([imgsearch_bin, "tag", "--labels", str(labels), "--top", "2", "--min-score", "-1",
+                             "--json"], env=env, capture_output=True, text=True, timeout=180)
+    assert tagged.returncode == 0, tagged.stderr
+    report = json.loads(tagged.stdout)
+    assert report["tagged"] == 10 and sum(report["counts"].values()) == 20
+    label = max(report["counts"], key=report["counts"].get)
+    found = subprocess.run([imgsearch_bin, "search", "blocks", "--tag", label, "-k", "20", "--json"], env=env,
+                           capture_output=True, text=True, timeout=180)
+    hits = json.loads(found.stdout)
+    assert len(hits) == report["counts"][label] and all(label in hit["tags"] for hit in hits)
+    assert len({hit["path"] for hit in hits}) == len(hits)  # whole-row writes duplicated nothing
+    removed = subprocess.run([imgsearch_bin, "tag", "--remove", "pets", "--json"], env=env, capture_output=True,
+                             text=True, timeout=180)
+    assert json.loads(removed.stdout)["updated"] == 10
+    everything = json.loads(subprocess.run([imgsearch_bin, "search", "blocks", "-k", "20", "--json"], env=env,
+                                           capture_output=True, text=True, timeout=180).stdout)
+    assert len(everything) == 10 and all(hit["tags"] == [] for hit in everything)
