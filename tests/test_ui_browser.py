@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -88,16 +89,10 @@ def test_typing_a_query_shows_result_images_and_more_like_this_works(ui_url, pag
     expect(results.first).to_be_visible(timeout=30_000)
     page.screenshot(path=str(artefacts / "ui-more-like-this.png"), full_page=True)
 
-@pytest.fixture
-def dated_ui_url(tmp_path, imgsearch_bin, tiny_model_dir):
-    """Its own API and UI over photos with EXIF capture dates (the shared server's photos have none)."""
-    photos = tmp_path / "photos"
-    write_exif_photo(photos / "beach2019.jpg", seed=1, taken="2019:06:01 09:30:00", model="X100V")
-    write_exif_photo(photos / "party2021.jpg", seed=2, taken="2021:12:24 18:00:00", model="iPhone 12")
-    write_exif_photo(photos / "hike2023.jpg", seed=3, taken="2023:08:15 07:00:00", model="X100V")
-    scan = write_photo(photos / "scan2024.png", seed=4)  # no EXIF: dated by its mtime
-    os.utime(scan, (datetime(2024, 3, 1, 12).timestamp(),) * 2)
-    env = {**cli_environment(tmp_path / "data", tiny_model_dir), "IMGSEARCH_ALLOWED_ROOTS": json.dumps([str(photos)])}
+@contextlib.contextmanager
+def indexed_api_and_ui(imgsearch_bin: str, photos: Path, data: Path, model_dir: Path):
+    """``photos`` indexed into ``data``, then a real API and UI over them: the UI's URL. Both stopped after."""
+    env = {**cli_environment(data, model_dir), "IMGSEARCH_ALLOWED_ROOTS": json.dumps([str(photos)])}
     subprocess.run([imgsearch_bin, "index", str(photos)], env=env, check=True, capture_output=True, timeout=120)
     api, base = start_api(imgsearch_bin, env)
     try:
@@ -109,6 +104,19 @@ def dated_ui_url(tmp_path, imgsearch_bin, tiny_model_dir):
             stop_process(ui)
     finally:
         stop_process(api)
+
+
+@pytest.fixture
+def dated_ui_url(tmp_path, imgsearch_bin, tiny_model_dir):
+    """Its own API and UI over photos with EXIF capture dates (the shared server's photos have none)."""
+    photos = tmp_path / "photos"
+    write_exif_photo(photos / "beach2019.jpg", seed=1, taken="2019:06:01 09:30:00", model="X100V")
+    write_exif_photo(photos / "party2021.jpg", seed=2, taken="2021:12:24 18:00:00", model="iPhone 12")
+    write_exif_photo(photos / "hike2023.jpg", seed=3, taken="2023:08:15 07:00:00", model="X100V")
+    scan = write_photo(photos / "scan2024.png", seed=4)  # no EXIF: dated by its mtime
+    os.utime(scan, (datetime(2024, 3, 1, 12).timestamp(),) * 2)
+    with indexed_api_and_ui(imgsearch_bin, photos, tmp_path / "data", tiny_model_dir) as url:
+        yield url
 
 
 def shown_names(page) -> list[str]:
@@ -162,18 +170,8 @@ def own_ui_url(tmp_path, imgsearch_bin, tiny_model_dir):
     from tests.conftest import write_photo_set
 
     photos = write_photo_set(tmp_path / "photos")
-    env = {**cli_environment(tmp_path / "data", tiny_model_dir), "IMGSEARCH_ALLOWED_ROOTS": json.dumps([str(photos)])}
-    subprocess.run([imgsearch_bin, "index", str(photos)], env=env, check=True, capture_output=True, timeout=120)
-    api, base = start_api(imgsearch_bin, env)
-    try:
-        ui, port = start_server(lambda port: [imgsearch_bin, "ui", "--port", str(port), "--api-url", base], env,
-                                http_ready("/_stcore/health"), timeout_s=60)
-        try:
-            yield f"http://127.0.0.1:{port}"
-        finally:
-            stop_process(ui)
-    finally:
-        stop_process(api)
+    with indexed_api_and_ui(imgsearch_bin, photos, tmp_path / "data", tiny_model_dir) as url:
+        yield url
 
 
 @pytest.mark.slow
