@@ -18,7 +18,7 @@ import json
 import re
 import zlib
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -104,7 +104,7 @@ def make_label_set(name: str, labels: Sequence[str | Mapping[str, Any] | Label],
         raise LabelSetError(where, f"mode {str(mode)[:40]!r}: use 'cosine' or 'softmax'")
     if isinstance(top, bool) or not isinstance(top, int) or not 1 <= top <= MAX_TOP:
         raise LabelSetError(where, f"top must be a whole number from 1 to {MAX_TOP}, not {top!r}")
-    set_templates = check_templates(DEFAULT_TEMPLATES if templates is None else templates, where)
+    set_templates = _check_templates(DEFAULT_TEMPLATES if templates is None else templates, where)
     low = -1.0 if mode == "cosine" else 0.0
     min_score = _score(min_score, low, where, "min_score")
     if not labels:
@@ -125,7 +125,7 @@ def make_label_set(name: str, labels: Sequence[str | Mapping[str, Any] | Label],
     return LabelSet(name, tuple(checked), set_templates, top, min_score, mode)  # type: ignore[arg-type]
 
 
-def check_templates(templates: Sequence[str], where: str) -> tuple[str, ...]:
+def _check_templates(templates: Sequence[str], where: str) -> tuple[str, ...]:
     if isinstance(templates, str) or not templates:
         raise LabelSetError(where, "templates: give a list of at least one, such as ['a photo of a {}.']")
     if len(templates) > MAX_TEMPLATES:
@@ -158,7 +158,7 @@ def _label(raw: str | Mapping[str, Any] | Label, low: float, where: str) -> Labe
         raise LabelSetError(where, f"label is {len(name)} characters long; at most {MAX_LABEL_CHARS}")
     if any(ord(char) < 32 or 0x7F <= ord(char) < 0xA0 for char in name):
         raise LabelSetError(where, "label holds a control character")
-    return Label(name, _score(threshold, low, where, "threshold"), check_templates(templates, where) if templates else ())
+    return Label(name, _score(threshold, low, where, "threshold"), _check_templates(templates, where) if templates else ())
 
 
 def _score(value: Any, low: float, where: str, what: str) -> float | None:
@@ -283,12 +283,6 @@ def merge(per_set: Sequence[Tags]) -> Tags:
                 best[name] = score
     ranked = sorted(best.items(), key=lambda item: (-item[1], item[0]))[:MAX_TAGS]
     return Tags([name for name, _ in ranked], [score for _, score in ranked])
-
-
-def with_options(label_set: LabelSet, **options: Any) -> LabelSet:
-    """``label_set`` with some of name, templates, top, min_score and mode changed, checked again."""
-    merged = label_set.to_json() | {key: value for key, value in options.items() if value is not None}
-    return replace(LabelSet.from_json(merged))
 
 
 class TopImages:

@@ -18,7 +18,7 @@ from imgsearch_core.labels import LabelSet, Tags, decide, decode, merge
 
 log = logging.getLogger(__name__)
 
-_PROMPTS_PER_CALL = 256
+_PROMPTS_PER_CALL = 64  # the model is shared with searches: they wait at most one call of this many
 
 
 @dataclass(frozen=True)

@@ -157,7 +157,7 @@ def _check_export_folder(folder: Path) -> None:
 
 def file_names(labels: list[str]) -> list[str]:
     """A file name for each label: its characters that are safe anywhere, unique without regard to case."""
-    names, taken = [], set()
+    names, taken = [], {EXPORT_INDEX.removesuffix(".json")}
     for i, label in enumerate(labels):
         base = re.sub(r"[^\w ,()+-]", "_", label).strip(" ._")[:100] or f"label-{i + 1}"
         name, n = base, 2

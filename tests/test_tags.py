@@ -203,7 +203,7 @@ def test_filtering_by_tag_returns_only_tagged_images(indexed_store, encoder):
 
 
 def test_the_export_equals_brute_force_over_the_stored_vectors(indexed_store, encoder, tmp_path):
-    label_set = make_label_set("things", LABELS + ["a/b: odd"], top=1)
+    label_set = make_label_set("things", LABELS + ["a/b: odd", "imgsearch-export"], top=1)
     out = tmp_path / "export"
     run_tagging(indexed_store, encoder, label_set, Export(out, k=4, links=True))
     rows = list(stored(indexed_store).values())
@@ -211,6 +211,7 @@ def test_the_export_equals_brute_force_over_the_stored_vectors(indexed_store, en
     texts = encoder.embed_texts([f"a photo of a {label}." for label in label_set.names]).vectors.astype(np.float64)
     index = json.loads((out / "imgsearch-export.json").read_text())
     assert index["labels"]["a/b: odd"] == "a_b_ odd"  # no path separator from a label reaches the disk
+    assert index["labels"]["imgsearch-export"] == "imgsearch-export-2"  # the index file keeps its name
     for j, label in enumerate(label_set.names):
         scores = vectors @ texts[j]
         brute = sorted(range(len(rows)), key=lambda i: (-scores[i], rows[i]["id"]))[:4]
