@@ -27,7 +27,7 @@ def test_the_job_queue_is_bounded_and_a_queued_duplicate_is_the_same_job(setting
         first = manager.submit(["/b"])
         assert manager.submit(["/b"]).job_id == first.job_id  # asked twice, queued once
         manager.submit(["/c"])
-        with pytest.raises(JobQueueFullError, match="2 indexing jobs are already waiting"):
+        with pytest.raises(JobQueueFullError, match="2 jobs are already waiting"):
             manager.submit(["/d"])
     finally:
         release.set()
