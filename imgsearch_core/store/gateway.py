@@ -328,12 +328,11 @@ class MilvusStore:
                 self._wrote()
                 return len(payload)
             except MilvusException as exc:
-                if self._partial_updates:  # it works here: so some of these rows are gone
-                    log.info("tags: a batch was refused (%s); writing the rows that remain", exc.message)
+                log.info("tags: a batch was refused (%s); writing the rows that remain", exc.message)
         rows = self.get(list(tags), with_vectors=True)
         if not rows:
             return 0
-        if self._partial_updates is None:  # refused: rows deleted meanwhile, or a server without partial updates
+        if self._partial_updates is not False:  # rows deleted meanwhile, or a server without partial updates
             present = [row for row in payload if row["id"] in rows]
             try:
                 self._call(lambda c: c.upsert(self.collection, present, partial_update=True))
@@ -341,6 +340,8 @@ class MilvusStore:
                 self._wrote()
                 return len(present)
             except MilvusException:
+                if self._partial_updates:  # they work here: never fall back to whole rows and their race
+                    raise
                 log.info("this Milvus has no partial updates: tags are written with whole rows")
                 self._partial_updates = False
         whole = [{**row, "tags": tags[i][0], "tag_scores": tags[i][1]} for i, row in rows.items()]
