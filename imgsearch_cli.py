@@ -24,6 +24,14 @@ def _settings(args: argparse.Namespace) -> Settings:
     return Settings(**overrides)
 
 
+def _with_indexed_model(args: argparse.Namespace, settings: Settings, store) -> Settings:
+    """``settings`` with the model that made the collection, unless one was given (flag or environment):
+    queries and label texts must be embedded by it."""
+    if args.model is None and "IMGSEARCH_MODEL" not in os.environ:
+        return settings.model_copy(update={"model": store.model_info()[0]})
+    return settings
+
+
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--milvus-uri", dest="milvus_uri", help="Milvus Lite dir (*.db) or server URI [IMGSEARCH_MILVUS_URI]")
     parser.add_argument("--collection", help="collection name [IMGSEARCH_COLLECTION]")
@@ -186,9 +194,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     image_filter = ImageFilter.from_request(SearchFilter(**{k: v for k, v in bounds.items() if v is not None}))
     settings = _settings(args)
     store = MilvusStore.from_settings(settings)
-    model, _dim = store.model_info()
-    if args.model is None and "IMGSEARCH_MODEL" not in os.environ:
-        settings = settings.model_copy(update={"model": model})  # search with whatever made the index
+    settings = _with_indexed_model(args, settings, store)
     encoder = load_embedder(settings)
     store.check_model(encoder.name, encoder.dim, encoder.fingerprint)
     vectors = []
@@ -224,11 +230,12 @@ def cmd_search(args: argparse.Namespace) -> int:
 def cmd_tag(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
+    from imgsearch_core.encoder import load_embedder, model_identity
     from imgsearch_core.errors import CollectionNotFoundError
     from imgsearch_core.labels import load_label_file
     from imgsearch_core.store import MilvusStore
     from imgsearch_core.tagging import stored_label_sets
-    from indexer.tagging import Export, remove_label_set, run_tagging, save_label_set
+    from indexer.tagging import Export, check_export_folder, remove_label_set, run_tagging, save_label_set
 
     options = {"top": args.top, "min_score": args.min_score, "mode": args.mode, "templates": args.templates}
     if args.labels is None and (args.export or args.name or any(v is not None for v in options.values())):
@@ -239,6 +246,8 @@ def cmd_tag(args: argparse.Namespace) -> int:
         print("imgsearch tag: --export-top must be between 1 and 10000", file=sys.stderr)
         return EXIT_USAGE
     focus = load_label_file(args.labels, args.name, **options) if args.labels else None  # errors before the model
+    if args.export:
+        check_export_folder(args.export)  # before the set is stored
     settings = _settings(args)
     store = MilvusStore.from_settings(settings)
     if not store.exists():
@@ -253,15 +262,11 @@ def cmd_tag(args: argparse.Namespace) -> int:
         if not sets and not args.json:
             print("no label sets; add one with: imgsearch tag --labels FILE")
         return EXIT_OK
-    model, _dim = store.model_info()
-    store.check_schema()
-    if args.model is None and "IMGSEARCH_MODEL" not in os.environ:
-        settings = settings.model_copy(update={"model": model})  # label texts need the model that made the index
+    settings = _with_indexed_model(args, settings, store)
+    store.check_model(model_identity(settings.model))  # an old schema or another model fails before loading
     if args.remove and not remove_label_set(store, args.remove):
         print(f"imgsearch tag: no label set named '{args.remove}'", file=sys.stderr)
         return EXIT_ERROR
-    from imgsearch_core.encoder import load_embedder
-
     encoder = load_embedder(settings)
     store.check_model(encoder.name, encoder.dim, encoder.fingerprint)
     if focus is not None and not args.dry_run:

@@ -80,7 +80,7 @@ def run_tagging(store: MilvusStore, encoder: Embedder, focus: LabelSet | None = 
     if export is not None:
         if focus is None:
             raise ValueError("an export needs the label set whose labels it lists")
-        _check_export_folder(export.folder)
+        check_export_folder(export.folder)
     top = TopImages(len(focus.labels), export.k) if export is not None else None
     paths: list[str] = []
     counts: Counter[str] = Counter()
@@ -106,7 +106,7 @@ def run_tagging(store: MilvusStore, encoder: Embedder, focus: LabelSet | None = 
         store.flush()
     wanted = focus.names if focus is not None else sorted(counts)
     report.counts = {name: counts.get(name, 0) for name in wanted}
-    if export is not None and top is not None:
+    if top is not None:
         write_export(export, focus, top, paths)
         report.exported = str(export.folder)
     report.elapsed_s = round(time.monotonic() - started, 3)
@@ -147,7 +147,7 @@ def _advance(bar, on_progress, done: int, total: int) -> None:
 # ── Export ────────────────────────────────────────────────────────────────────────────────────────────────
 
 
-def _check_export_folder(folder: Path) -> None:
+def check_export_folder(folder: Path) -> None:
     """An export goes into a new or empty folder, or replaces an earlier export: never over other files."""
     if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
         raise ExportFolderError(str(folder), "not a folder")
@@ -172,7 +172,7 @@ def write_export(export: Export, label_set: LabelSet, top: TopImages, paths: lis
     """Per label: ``<label>.csv`` and ``<label>.json`` (rank, score, id, path), and with ``links`` a folder
     ``<label>/`` of symlinks named by rank; ``imgsearch-export.json`` lists them all."""
     folder = export.folder
-    _check_export_folder(folder)
+    check_export_folder(folder)
     folder.mkdir(parents=True, exist_ok=True)
     names = file_names(label_set.names)
     index = {"label_set": label_set.name, "k": export.k, "score": "cosine similarity of image and label",

@@ -323,30 +323,27 @@ class MilvusStore:
         payload = [{"id": i, "tags": names, "tag_scores": scores} for i, (names, scores) in tags.items()]
         if self._partial_updates is not False:
             try:
-                self._call(lambda c: c.upsert(self.collection, payload, partial_update=True))
-                self._partial_updates = True
-                self._wrote()
-                return len(payload)
-            except MilvusException as exc:
+                return self._upsert_partial(payload)
+            except MilvusException as exc:  # rows deleted meanwhile, or a server without partial updates
                 log.info("tags: a batch was refused (%s); writing the rows that remain", exc.message)
-        rows = self.get(list(tags), with_vectors=True)
-        if not rows:
-            return 0
-        if self._partial_updates is not False:  # rows deleted meanwhile, or a server without partial updates
-            present = [row for row in payload if row["id"] in rows]
+            present = self.get(list(tags))
             try:
-                self._call(lambda c: c.upsert(self.collection, present, partial_update=True))
-                self._partial_updates = True
-                self._wrote()
-                return len(present)
+                return self._upsert_partial([row for row in payload if row["id"] in present]) if present else 0
             except MilvusException:
                 if self._partial_updates:  # they work here: never fall back to whole rows and their race
                     raise
                 log.info("this Milvus has no partial updates: tags are written with whole rows")
                 self._partial_updates = False
-        whole = [{**row, "tags": tags[i][0], "tag_scores": tags[i][1]} for i, row in rows.items()]
+        whole = [{**row, "tags": tags[i][0], "tag_scores": tags[i][1]}
+                 for i, row in self.get(list(tags), with_vectors=True).items()]
         self.upsert(whole)
         return len(whole)
+
+    def _upsert_partial(self, rows: list[dict[str, Any]]) -> int:
+        self._call(lambda c: c.upsert(self.collection, rows, partial_update=True))
+        self._partial_updates = True
+        self._wrote()
+        return len(rows)
 
     def delete(self, ids: Sequence[str], batch: int = 1000) -> None:
         for start in range(0, len(ids), batch):

@@ -4,11 +4,14 @@ thread, from a bounded queue: two jobs never write at once."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import threading
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from imgsearch_core.encoder import Embedder
 from imgsearch_core.errors import ImgsearchError
@@ -16,7 +19,7 @@ from imgsearch_core.labels import LabelSet
 from imgsearch_core.safe_files import within
 from imgsearch_core.settings import Settings
 from imgsearch_core.store import MilvusStore
-from indexer.runner import run_index
+from indexer.runner import ProgressCallback, run_index
 from indexer.tagging import remove_label_set, run_tagging, save_label_set
 from search_api.schemas import IndexJob
 
@@ -84,15 +87,21 @@ class JobManager:
 
     def submit(self, paths: list[str]) -> IndexJob:
         """Queue an indexing job, or return the queued one for the same paths; raises JobQueueFullError."""
-        return self._queue(IndexJob(job_id=uuid.uuid4().hex, state="queued", paths=paths), None)
+        job = IndexJob(job_id=uuid.uuid4().hex, state="queued", paths=paths)
+        return self._queue(job, functools.partial(self._index, paths))
 
     def submit_tagging(self, label_set: LabelSet | None, remove: str | None = None) -> IndexJob:
         """Queue a job that stores ``label_set`` (or forgets the set ``remove``) and tags every image again."""
         name = label_set.name if label_set is not None else remove
-        return self._queue(IndexJob(job_id=uuid.uuid4().hex, kind="tag", state="queued", label_set=name),
-                           (label_set, remove))
+        job = IndexJob(job_id=uuid.uuid4().hex, kind="tag", state="queued", label_set=name)
+        return self._queue(job, functools.partial(self._tag, label_set, remove))
 
-    def _queue(self, job: IndexJob, tagging: tuple[LabelSet | None, str | None] | None) -> IndexJob:
+    def get(self, job_id: str) -> IndexJob | None:
+        with self._lock:
+            job = self._jobs.get(job_id)
+            return job.model_copy() if job else None
+
+    def _queue(self, job: IndexJob, work: Callable[[ProgressCallback], dict[str, Any]]) -> IndexJob:
         with self._lock:
             queued = [known for known in self._jobs.values() if known.state == "queued"]
             for known in queued:
@@ -101,56 +110,44 @@ class JobManager:
             if len(queued) >= MAX_QUEUED_JOBS:
                 raise JobQueueFullError(f"{len(queued)} jobs are already waiting; try again later")
             self._jobs[job.job_id] = job
-        self._executor.submit(self._run if tagging is None else self._run_tagging, job.job_id, *(tagging or ()))
+        self._executor.submit(self._execute, job.job_id, work)
         return job.model_copy()
-
-    def _run_tagging(self, job_id: str, label_set: LabelSet | None, remove: str | None) -> None:
-        self._update(job_id, state="running")
-        try:
-            if label_set is not None:
-                save_label_set(self._store, label_set)
-            if remove is not None:
-                remove_label_set(self._store, remove)
-            report = run_tagging(self._store, self._encoder, label_set,
-                                 on_progress=lambda done, total: self._update(job_id, processed=done, total=total))
-        except ImgsearchError as exc:
-            self._update(job_id, state="failed", error=str(exc))
-        except Exception as exc:  # a job must end in a state the client can read
-            self._update(job_id, state="failed", error=f"{type(exc).__name__}: {exc}")
-        else:
-            self._update(job_id, state="done", report=dataclasses.asdict(report))
-        self._forget_old_jobs()
-
-    def get(self, job_id: str) -> IndexJob | None:
-        with self._lock:
-            job = self._jobs.get(job_id)
-            return job.model_copy() if job else None
 
     def _update(self, job_id: str, **changes) -> None:
         with self._lock:
             job = self._jobs[job_id]
             self._jobs[job_id] = job.model_copy(update=changes)
 
-    def _run(self, job_id: str) -> None:
+    def _execute(self, job_id: str, work: Callable[[ProgressCallback], dict[str, Any]]) -> None:
+        """Run ``work``; the job ends with what it returns (state, report, error), or failed with its error."""
         self._update(job_id, state="running")
         try:
-            # Checked again: a link under an allowed root may have been re-pointed while the job waited.
-            paths = allowed_paths(self._jobs[job_id].paths, self.allowed_roots)
-            report = run_index(
-                paths, self._settings, self._encoder, self._store,
-                on_progress=lambda done, total: self._update(job_id, processed=done, total=total),
-            )
+            ending = work(lambda done, total: self._update(job_id, processed=done, total=total))
         except ImgsearchError as exc:
             self._update(job_id, state="failed", error=str(exc))
         except Exception as exc:  # a job must end in a state the client can read
             self._update(job_id, state="failed", error=f"{type(exc).__name__}: {exc}")
         else:
-            state = "failed" if report.refused else "done"
-            summary = report.to_dict()
-            summary["failed_not_listed"] = max(0, len(summary["failed"]) - MAX_REPORTED_FAILURES)
-            summary["failed"] = summary["failed"][:MAX_REPORTED_FAILURES]
-            self._update(job_id, state=state, report=summary, error="; ".join(report.refused) or None)
+            self._update(job_id, **ending)
         self._forget_old_jobs()
+
+    def _index(self, paths: list[str], progress: ProgressCallback) -> dict[str, Any]:
+        # Checked again: a link under an allowed root may have been re-pointed while the job waited.
+        report = run_index(allowed_paths(paths, self.allowed_roots), self._settings, self._encoder, self._store,
+                           on_progress=progress)
+        summary = report.to_dict()
+        summary["failed_not_listed"] = max(0, len(summary["failed"]) - MAX_REPORTED_FAILURES)
+        summary["failed"] = summary["failed"][:MAX_REPORTED_FAILURES]
+        return {"state": "failed" if report.refused else "done", "report": summary,
+                "error": "; ".join(report.refused) or None}
+
+    def _tag(self, label_set: LabelSet | None, remove: str | None, progress: ProgressCallback) -> dict[str, Any]:
+        if label_set is not None:
+            save_label_set(self._store, label_set)
+        if remove is not None:
+            remove_label_set(self._store, remove)
+        report = run_tagging(self._store, self._encoder, label_set, on_progress=progress)
+        return {"state": "done", "report": dataclasses.asdict(report)}
 
     def _forget_old_jobs(self) -> None:
         with self._lock:
