@@ -74,6 +74,7 @@ class DecodedImage:
     height: int
     format: str = ""  # as Pillow names it: JPEG, PNG, WEBP ...
     exif: PhotoExif = PhotoExif()
+    description: str = ""  # what the file says it shows: EXIF, IPTC and XMP descriptions, titles, keywords
 
 
 _EXIF_IFD, _GPS_IFD = 0x8769, 0x8825
@@ -103,13 +104,13 @@ def _exif_time(value: object) -> datetime | None:
     return moment if 1826 <= moment.year <= 2200 else None  # the first photograph; nothing from the future
 
 
-def _exif_text(value: object) -> str:
+def _exif_text(value: object, limit: int = _CAMERA_CHARS) -> str:
     if isinstance(value, bytes):
         value = value.decode("utf-8", "replace")
     if not isinstance(value, str):
         return ""
     text = "".join(char for char in value.replace("\x00", "") if char.isprintable()).strip()
-    return text[:_CAMERA_CHARS]
+    return text[:limit]
 
 
 def _exif_gps(gps: dict) -> str:
@@ -169,6 +170,7 @@ def decode_image(data: bytes, source: str, min_side: int, max_pixels: int,
             width, height = height, width
         image_format = image.format or ""
         exif = photo_exif(exif_tags)
+        description = embedded_description(image, exif_tags)
         image.load()
         image = ImageOps.exif_transpose(image)
         image = _to_rgb(image)
@@ -183,7 +185,50 @@ def decode_image(data: bytes, source: str, min_side: int, max_pixels: int,
         raise ImageDecodeError(source, f"cannot decode: {exc}") from None
     except Exception as exc:  # a plugin's own bug on hostile bytes: this file fails, never the run
         raise ImageDecodeError(source, f"cannot decode: {type(exc).__name__}: {exc}") from None
-    return DecodedImage(image=image, width=width, height=height, format=image_format, exif=exif)
+    return DecodedImage(image=image, width=width, height=height, format=image_format, exif=exif,
+                        description=description)
+
+
+_IMAGE_DESCRIPTION = 0x010E
+_IPTC_TEXT = ((2, 105), (2, 120), (2, 25))  # headline, caption, keywords
+_MAX_DESCRIPTION = 4096
+
+
+def embedded_description(image: Image.Image, exif_tags: Image.Exif | None = None) -> str:
+    """The descriptions a file carries inside: EXIF ImageDescription, IPTC headline, caption and keywords, XMP
+    description, title and subject. Read from the headers (never the pixels); hostile values are cut short."""
+    from imgsearch_core.searchable_text import xmp_text
+
+    found: list[str] = []
+    try:
+        if exif_tags is not None:
+            found.append(_exif_text(exif_tags.get(_IMAGE_DESCRIPTION), _MAX_DESCRIPTION))
+        if image.format == "JPEG":
+            from PIL import IptcImagePlugin
+
+            iptc = IptcImagePlugin.getiptcinfo(image) or {}
+            for key in _IPTC_TEXT:
+                values = iptc.get(key)
+                for value in values if isinstance(values, list) else [values]:
+                    if isinstance(value, bytes):
+                        found.append(value[:_MAX_DESCRIPTION].decode("utf-8", "replace"))
+        xmp = image.info.get("xmp") or image.info.get("XML:com.adobe.xmp")
+        if isinstance(xmp, str):
+            xmp = xmp.encode("utf-8", "replace")
+        if isinstance(xmp, bytes):
+            found.append(xmp_text(xmp[:256 * 1024]))
+    except Exception:  # hostile metadata: the picture is still indexed, without a description
+        return ""
+    return " ".join(dict.fromkeys(text.strip() for text in found if text and text.strip()))[:_MAX_DESCRIPTION]
+
+
+def header_description(data: bytes) -> str:
+    """``embedded_description`` from a file's first bytes (for rows indexed before descriptions were kept)."""
+    try:
+        image = Image.open(io.BytesIO(data))
+        return embedded_description(image, image.getexif() if image.format != "PNG" else None)
+    except Exception:
+        return ""
 
 
 def photo_header(data: bytes) -> tuple[str, PhotoExif]:

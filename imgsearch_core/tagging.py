@@ -15,6 +15,7 @@ import numpy as np
 
 from imgsearch_core.encoder import Embedder
 from imgsearch_core.labels import LabelSet, Tags, decide, decode, merge
+from imgsearch_core.searchable_text import with_tags
 
 log = logging.getLogger(__name__)
 
@@ -90,3 +91,4 @@ class Tagger:
             return
         for row, tags in zip(rows, self.tags(np.asarray([row["vector"] for row in rows], dtype=np.float32))):
             row["tags"], row["tag_scores"] = tags.names, tags.scores
+            row["text"] = with_tags(row.get("text", ""), tags.names)

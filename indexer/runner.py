@@ -12,6 +12,8 @@ from typing import Any
 from imgsearch_core.encoder import Embedder
 from imgsearch_core.images import DecodedImage
 from imgsearch_core.safe_files import within
+from imgsearch_core.searchable_text import compose, name_words, sidecar_text
+from imgsearch_core.searchable_text import parts as text_parts
 from imgsearch_core.settings import Settings
 from imgsearch_core.store import MilvusStore
 from imgsearch_core.store.fields import FileFacts, make_row, mtime_wall_clock, wall_clock_seconds
@@ -128,7 +130,7 @@ def run_index(
     try:
         for item in embed_in_batches(loaded, encoder, settings.batch_size, clock):
             if isinstance(item, EmbeddedBatch):
-                writer.add([make_row(_facts(f.entry, f.content_hash, f.decoded), vector)
+                writer.add([make_row(_facts(f.entry, f.content_hash, f.decoded, present), vector)
                             for f, vector in zip(item.files, item.vectors)])
                 report.embedded += len(item.files)
                 progress.advance(len(item.files))
@@ -138,10 +140,10 @@ def run_index(
             else:
                 reused.append(item)
                 if len(reused) >= settings.batch_size:
-                    _write_reused(reused, plan.rows_by_hash, stale_paths, store, writer, report)
+                    _write_reused(reused, plan.rows_by_hash, stale_paths, store, writer, report, present)
                     progress.advance(len(reused))
                     reused = []
-        _write_reused(reused, plan.rows_by_hash, stale_paths, store, writer, report)
+        _write_reused(reused, plan.rows_by_hash, stale_paths, store, writer, report, present)
         progress.advance(len(reused))
         writer.flush()
     finally:
@@ -198,24 +200,27 @@ def check_roots_exist(roots: list[str], stored_rows: Iterable[dict[str, Any]]) -
         raise RootNotFoundError(missing[0], indexed)
 
 
-def _facts(entry: FileEntry, content_hash: str, decoded: DecodedImage) -> FileFacts:
+def _facts(entry: FileEntry, content_hash: str, decoded: DecodedImage, roots: list[str]) -> FileFacts:
     exif = decoded.exif
     taken_at, source = ((wall_clock_seconds(exif.taken_at), "exif") if exif.taken_at is not None
                         else (mtime_wall_clock(entry.mtime_ns), "mtime"))
+    text = compose(name_words(entry.path), decoded.description, sidecar_text(entry.path, roots))
     return FileFacts(entry.path, entry.size, entry.mtime_ns, content_hash, decoded.width, decoded.height,
-                     taken_at, source, decoded.format, exif.camera_make, exif.camera_model, exif.gps)
+                     taken_at, source, decoded.format, exif.camera_make, exif.camera_model, exif.gps, text)
 
 
-def _facts_from_row(entry: FileEntry, source: dict[str, Any]) -> FileFacts:
-    """A file whose content is indexed under another row: the same picture, so the same photo facts (a date
-    from the file's time is this file's time)."""
+def _facts_from_row(entry: FileEntry, source: dict[str, Any], roots: list[str]) -> FileFacts:
+    """A file whose content is indexed under another row: the same picture, so the same photo facts and
+    embedded description (a date from the file's time is this file's time; names and sidecars are its own)."""
     taken_at = source["taken_at"] if source["taken_at_source"] == "exif" else mtime_wall_clock(entry.mtime_ns)
+    description = text_parts(source.get("text", ""))[1]
+    text = compose(name_words(entry.path), description, sidecar_text(entry.path, roots))
     return FileFacts(entry.path, entry.size, entry.mtime_ns, source["content_hash"], source["width"],
                      source["height"], taken_at, source["taken_at_source"], source["format"],
-                     source["camera_make"], source["camera_model"], source["gps"])
+                     source["camera_make"], source["camera_model"], source["gps"], text)
 
 
-def _write_reused(items, rows_by_hash, stale_paths, store, writer, report) -> None:
+def _write_reused(items, rows_by_hash, stale_paths, store, writer, report, roots) -> None:
     """Files whose content is already indexed: copy the stored vector instead of embedding again."""
     if not items:
         return
@@ -227,7 +232,7 @@ def _write_reused(items, rows_by_hash, stale_paths, store, writer, report) -> No
         if source is None:  # deleted by a concurrent writer since the plan was made: report it, embed next run
             report.failed.append({"path": item.entry.path, "reason": "indexed copy vanished during the run; re-run"})
             continue
-        rows.append(make_row(_facts_from_row(item.entry, source), source["vector"]))
+        rows.append(make_row(_facts_from_row(item.entry, source, roots), source["vector"]))
         if source["path"] == item.entry.path:  # touched, content the same
             report.unchanged += 1
         elif source["path"] in stale_paths:

@@ -90,7 +90,8 @@ def run_tagging(store: MilvusStore, encoder: Embedder, focus: LabelSet | None = 
         on_progress(0, total)
     try:
         batch: list[dict[str, Any]] = []
-        rows = store.iter_rows(fields=["id", "path", "tags", "tag_scores"], with_vectors=True, batch_size=READ_BATCH)
+        rows = store.iter_rows(fields=["id", "path", "tags", "tag_scores", "text"], with_vectors=True,
+                               batch_size=READ_BATCH)
         for row in rows:
             batch.append(row)
             if len(batch) >= READ_BATCH:
@@ -123,7 +124,7 @@ def _tag_batch(batch, store, tagger, top, paths, counts, report, dry_run) -> Non
         counts.update(tags.names)
         report.tagged += bool(tags.names)
         if tags.names != list(row["tags"]) or not np.allclose(tags.scores, row["tag_scores"], atol=1e-4):
-            changed[row["id"]] = (tags.names, tags.scores)
+            changed[row["id"]] = (tags.names, tags.scores, row["text"])
     report.images += len(batch)
     report.updated += len(changed) if dry_run else store.set_tags(changed)
     if top is not None:

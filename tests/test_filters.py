@@ -56,7 +56,7 @@ def test_milvus_and_the_mask_keep_the_same_rows(collection, data, rows):
     stored = [{"id": f"{i:016d}", "path": path, "size": 1, "mtime_ns": 1, "content_hash": "h", "width": width,
                "height": height, "indexed_at": 1, "taken_at": taken_at, "taken_at_source": "exif",
                "format": image_format, "camera_make": "", "camera_model": camera, "gps": "",
-               "tags": tags, "tag_scores": [0.3] * len(tags), "vector": np.ones(DIM, np.float32)}
+               "tags": tags, "tag_scores": [0.3] * len(tags), "text": "", "vector": np.ones(DIM, np.float32)}
               for i, (path, width, height, taken_at, image_format, camera, tags) in enumerate(rows)]
     store.delete([row["id"] for row in store.iter_rows(fields=["id"])])
     store.upsert(stored)

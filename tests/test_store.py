@@ -281,7 +281,8 @@ def test_the_collection_is_made_as_its_columns_declare(store):
                         f.get("element_type"), f.get("is_primary", False)) for f in info["fields"]}
     declared = {c.name: (c.dtype, c.max_capacity or c.max_length or None, c.element_type, c.name == "id")
                 for c in COLUMNS}
-    assert made == declared | {"vector": (DataType.FLOAT_VECTOR, None, None, False)}
+    assert made == declared | {"vector": (DataType.FLOAT_VECTOR, None, None, False),
+                               "text_sparse": (DataType.SPARSE_FLOAT_VECTOR, None, None, False)}
     assert next(f for f in info["fields"] if f["name"] == "vector")["params"]["dim"] == DIM
     # No dynamic fields: a typo in a column name fails instead of storing a new key. Strong: a search sees
     # every write that came before it, also on a Milvus server.

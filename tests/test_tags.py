@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from imgsearch_core.searchable_text import parts as text_parts
 import pytest
 from fastapi.testclient import TestClient
 
@@ -176,8 +178,11 @@ def test_tags_equal_an_independent_computation_from_the_stored_vectors(indexed_s
     assert report.images == 10 and report.tagged == sum(bool(tags) for tags in expected)
     assert report.counts == {label: sum(label in tags for tags in expected) for label in LABELS}
     for p in paths:  # only the tags changed: vectors, files' facts and indexed_at are as they were
-        assert {k: v for k, v in after[p].items() if k not in ("tags", "tag_scores", "vector")} == \
-               {k: v for k, v in before[p].items() if k not in ("tags", "tag_scores", "vector")}
+        assert {k: v for k, v in after[p].items() if k not in ("tags", "tag_scores", "text", "vector")} == \
+               {k: v for k, v in before[p].items() if k not in ("tags", "tag_scores", "text", "vector")}
+        # the searchable text keeps names and descriptions and takes the new tags (BM25 finds images by them)
+        assert text_parts(after[p]["text"])[:3] == text_parts(before[p]["text"])[:3]
+        assert text_parts(after[p]["text"])[3] == " ".join(after[p]["tags"]).lower()
         np.testing.assert_allclose(after[p]["vector"], before[p]["vector"])
     again = run_tagging(indexed_store, encoder, label_set)
     assert again.updated == 0  # unchanged tags are not written again
@@ -264,7 +269,7 @@ def test_removing_a_set_takes_its_tags_off_and_keeps_the_others(indexed_store, e
 
 
 def test_an_upgrade_from_schema_2_keeps_every_row_and_gives_empty_tags(settings, encoder, photo_dir, store):
-    """A collection written by the previous imgsearch (schema 2) is upgraded without reading a file."""
+    """A collection written by an earlier imgsearch (schema 2) is upgraded with no file left to read."""
     from pymilvus import MilvusClient
 
     from imgsearch_core.store.fields import COLUMNS, SCHEMA_VERSION, add_columns
@@ -289,7 +294,7 @@ def test_an_upgrade_from_schema_2_keeps_every_row_and_gives_empty_tags(settings,
                                               properties={"imgsearch.model": encoder.name, "imgsearch.dim": "16",
                                                           "imgsearch.schema": "2"}))
     store._call(lambda c: c.create_alias(f"{store.collection}_v2", store.collection))
-    old_rows = [{k: v for k, v in row.items() if k not in ("tags", "tag_scores")} for row in rows.values()]
+    old_rows = [{k: v for k, v in row.items() if k not in ("tags", "tag_scores", "text")} for row in rows.values()]
     store._call(lambda c: c.upsert(store.collection, old_rows))
     for path in photo_dir.rglob("*.*"):
         path.unlink()  # nothing needs the files

@@ -24,9 +24,12 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 from pymilvus import DataType
 
 MAX_PATH = 4096  # the longest path a row holds
-SCHEMA_VERSION = 3  # 1: file metadata and size; 2: when the photo was taken, its format and camera; 3: tags
+SCHEMA_VERSION = 4  # 1: file metadata and size; 2: when the photo was taken, its format and camera; 3: tags;
+# 4: searchable text (names, descriptions, tags) with its BM25 index
 MAX_TAGS = 64  # tags one image holds (imgsearch_core/labels.py decides them)
 MAX_TAG_CHARS = 200
+MAX_TEXT = 8192  # imgsearch_core/searchable_text.py fills it
+TEXT_SPARSE = "text_sparse"  # the BM25 vector Milvus derives from ``text``
 
 
 def image_id(path: str) -> str:
@@ -77,6 +80,7 @@ class FileFacts:
     camera_make: str = ""
     camera_model: str = ""
     gps: str = ""  # "lat,lon" in decimal degrees, "" if the photo has none
+    text: str = ""  # searchable words: imgsearch_core/searchable_text.compose()
 
 
 # ── How a column is filtered: each kind names its request fields and turns them into clauses ──────────
@@ -174,6 +178,7 @@ class Column:
     since: int = 1  # the schema version that added it
     element_type: DataType | None = None  # ARRAY only
     max_capacity: int = 0  # ARRAY only
+    analyzed: bool = False  # VARCHAR: words Milvus indexes with BM25 (into TEXT_SPARSE)
 
 
 COLUMNS: tuple[Column, ...] = (
@@ -200,6 +205,8 @@ COLUMNS: tuple[Column, ...] = (
     Column("tags", DataType.ARRAY, lambda f: [], max_length=MAX_TAG_CHARS, since=3, element_type=DataType.VARCHAR,
            max_capacity=MAX_TAGS, filter=AnyAll("tags_any", "tags_all")),
     Column("tag_scores", DataType.ARRAY, lambda f: [], since=3, element_type=DataType.FLOAT, max_capacity=MAX_TAGS),
+    # File and folder names, embedded and sidecar descriptions, tags: what hybrid search matches by word.
+    Column("text", DataType.VARCHAR, lambda f: f.text, max_length=MAX_TEXT, since=4, analyzed=True),
 )
 METADATA_FIELDS = [column.name for column in COLUMNS]  # every column but the vector
 FILTERABLE = tuple(column for column in COLUMNS if column.filter)
@@ -215,14 +222,25 @@ def make_row(facts: FileFacts, vector: Any) -> dict[str, Any]:
     return {column.name: column.fill(facts) for column in COLUMNS} | {"vector": vector}
 
 
-def add_columns(schema: Any, dim: int) -> None:
-    """Add every column and the vector to a pymilvus ``CollectionSchema``."""
+def add_columns(schema: Any, dim: int, bm25: bool = True) -> None:
+    """Add every column, the vector, and (``bm25``) the BM25 vector of the analyzed column to a pymilvus
+    ``CollectionSchema``."""
+    from pymilvus import Function, FunctionType
+
     for column in COLUMNS:
         extra: dict[str, Any] = {"max_length": column.max_length} if column.max_length else {}
         if column.dtype == DataType.ARRAY:
             extra |= {"element_type": column.element_type, "max_capacity": column.max_capacity}
+        if column.analyzed and bm25:
+            extra |= {"enable_analyzer": True}
         schema.add_field(column.name, column.dtype, is_primary=column.name == "id", **extra)
     schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
+    analyzed = [column.name for column in COLUMNS if column.analyzed]
+    if not bm25 or not analyzed:
+        return
+    schema.add_field(TEXT_SPARSE, DataType.SPARSE_FLOAT_VECTOR)
+    schema.add_function(Function(name="text_bm25", function_type=FunctionType.BM25,
+                                 input_field_names=analyzed, output_field_names=[TEXT_SPARSE]))
 
 
 # Runs once, at import, before `make mutants` forks a process per mutant: a mutant here could never be active.

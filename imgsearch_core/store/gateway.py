@@ -27,8 +27,10 @@ from imgsearch_core.errors import (
     StoreUnavailableError,
     WeightsMismatchError,
 )
-from imgsearch_core.store.fields import METADATA_FIELDS, SCHEMA_VERSION, add_columns
-from imgsearch_core.store.filters import ImageFilter
+from imgsearch_core.relevance import family_cutoff
+from imgsearch_core.searchable_text import compose, name_words, with_tags, word_tokens
+from imgsearch_core.store.fields import METADATA_FIELDS, SCHEMA_VERSION, TEXT_SPARSE, add_columns
+from imgsearch_core.store.filters import ImageFilter, quote
 from imgsearch_core.store.generation import GenerationToken
 from imgsearch_core.store.lite import resolve_uri
 
@@ -42,6 +44,8 @@ _ROOTS_PROPERTY = "imgsearch.roots"  # JSON list of the real paths of every inde
 _FINGERPRINT_PROPERTY = "imgsearch.fingerprint"  # JSON: what the model makes of fixed probes (see imgsearch_core/encoder.py)
 UPGRADE_PROPERTY = "imgsearch.upgrade"  # "copying" while an upgrade fills a collection, then "complete"
 _CREATED_PROPERTY = "imgsearch.created"  # a random token per creation: tells a re-created collection apart
+TEXT_MATCH_PROPERTY = "imgsearch.text_match"  # "bm25", or "like" on a Milvus without BM25 (before 2.5)
+CUTOFF_PROPERTY = "imgsearch.cutoff"  # JSON: the auto cutoff's parameters for the collection's model family
 LABEL_SET_PROPERTY = "imgsearch.labelset."  # + a set's name: the set, encoded by imgsearch_core/labels.py; "" once removed
 
 _INDEX_PARAMS = {
@@ -63,6 +67,7 @@ class Hit:
     id: str
     score: float
     row: dict[str, Any]
+    vector: np.ndarray | None = None  # with_vectors only
 
 
 class MilvusStore:
@@ -149,6 +154,7 @@ class MilvusStore:
         identity = {"imgsearch.model": model, "imgsearch.dim": str(dim)}
         if fingerprint is not None:
             identity[_FINGERPRINT_PROPERTY] = json.dumps([round(float(v), 5) for v in fingerprint])
+        identity[CUTOFF_PROPERTY] = family_cutoff(model).to_json()
         physical = self.physical_name(SCHEMA_VERSION)
         self.create_physical(physical, dim, identity)
         self._call(lambda c: c.create_alias(physical, self.collection))
@@ -163,21 +169,33 @@ class MilvusStore:
         """Create collection ``physical`` with the current schema, its index, and ``properties``, and load it."""
         # The lines marked "server only" are what Milvus Lite ignores and only a server honours (index build
         # parameters, the description, loading); the server-path tests check them, `make mutants` does not.
-        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)  # pragma: no mutate (defaults)
-        add_columns(schema, dim)
-        index_params = MilvusClient.prepare_index_params()
-        index_params.add_index(
-            "vector", index_type=self.index_type, metric_type="COSINE", params=_INDEX_PARAMS[self.index_type]  # pragma: no mutate (server only)
-        )
         properties = {**properties, "imgsearch.schema": str(SCHEMA_VERSION), _CREATED_PROPERTY: uuid.uuid4().hex}
         model = properties.get("imgsearch.model", "")  # pragma: no mutate (server only: the description)
-        self._call(lambda c: c.create_collection(
-            physical, schema=schema, properties=properties,
-            description=f"imgsearch images embedded by {model}", consistency_level="Strong",  # pragma: no mutate (server only)
-        ))
-        # sync=False: pymilvus would otherwise poll the index state with a fixed half-second sleep, and an
-        # index on an empty collection is built by the time load_collection runs.
-        self._call(lambda c: c.create_index(physical, index_params, sync=False))  # pragma: no mutate (speed only)
+        for bm25 in (True, False):
+            # Milvus before 2.5 has no BM25 function (nor analyzers): there, words are matched with LIKE.
+            schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)  # pragma: no mutate (defaults)
+            add_columns(schema, dim, bm25=bm25)
+            index_params = MilvusClient.prepare_index_params()
+            index_params.add_index(
+                "vector", index_type=self.index_type, metric_type="COSINE", params=_INDEX_PARAMS[self.index_type]  # pragma: no mutate (server only)
+            )
+            if bm25:
+                index_params.add_index(TEXT_SPARSE, index_type="SPARSE_INVERTED_INDEX", metric_type="BM25")
+            try:
+                self._call(lambda c, schema=schema, bm25=bm25: c.create_collection(
+                    physical, schema=schema, properties={**properties, TEXT_MATCH_PROPERTY: "bm25" if bm25 else "like"},
+                    description=f"imgsearch images embedded by {model}", consistency_level="Strong",  # pragma: no mutate (server only)
+                ))
+                # sync=False: pymilvus would otherwise poll the index state with a fixed half-second sleep, and
+                # an index on an empty collection is built by the time load_collection runs.
+                self._call(lambda c, index_params=index_params: c.create_index(physical, index_params, sync=False))  # pragma: no mutate (speed only)
+                break
+            except MilvusException as exc:
+                if not bm25:
+                    raise
+                log.warning("this Milvus has no BM25 full-text search (%s); names are matched with LIKE", exc.message)
+                if self._call(lambda c: c.has_collection(physical)):
+                    self._call(lambda c: c.drop_collection(physical))
         self._call(lambda c: c.load_collection(physical))  # pragma: no mutate (server only: Lite loads on its own)
 
     def target(self) -> str | None:
@@ -308,19 +326,23 @@ class MilvusStore:
     # Writes
 
     def upsert(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Write whole rows. A row without ``text`` gets its file and folder names as its searchable text."""
         if rows:
-            payload = [{**row, "vector": np.asarray(row["vector"], dtype=np.float32).tolist()} for row in rows]
+            payload = [{"text": compose(name_words(row["path"])) if "text" not in row else row["text"], **row,
+                        "vector": np.asarray(row["vector"], dtype=np.float32).tolist()} for row in rows]
             self._call(lambda c: c.upsert(self.collection, payload))
             self._wrote()
 
-    def set_tags(self, tags: dict[str, tuple[list[str], list[float]]]) -> int:
-        """Write only the ``tags`` and ``tag_scores`` of rows by id: a partial update, so a vector or path that
-        an indexer wrote meanwhile stays. Rows deleted meanwhile are skipped. Returns the rows written.
+    def set_tags(self, tags: dict[str, tuple[list[str], list[float], str]]) -> int:
+        """Write only the ``tags``, ``tag_scores`` and searchable ``text`` (given as it was read, before the new
+        tags) of rows by id: a partial update, so a vector or path that an indexer wrote meanwhile stays. Rows
+        deleted meanwhile are skipped. Returns the rows written.
 
         A server without partial updates (before Milvus 2.6) gets whole rows, read again just before."""
         if not tags:
             return 0
-        payload = [{"id": i, "tags": names, "tag_scores": scores} for i, (names, scores) in tags.items()]
+        payload = [{"id": i, "tags": names, "tag_scores": scores, "text": with_tags(text, names)}
+                   for i, (names, scores, text) in tags.items()]
         if self._partial_updates is not False:
             try:
                 return self._upsert_partial(payload)
@@ -334,7 +356,7 @@ class MilvusStore:
                     raise
                 log.info("this Milvus has no partial updates: tags are written with whole rows")
                 self._partial_updates = False
-        whole = [{**row, "tags": tags[i][0], "tag_scores": tags[i][1]}
+        whole = [{**row, "tags": tags[i][0], "tag_scores": tags[i][1], "text": with_tags(row["text"], tags[i][0])}
                  for i, row in self.get(list(tags), with_vectors=True).items()]
         self.upsert(whole)
         return len(whole)
@@ -419,16 +441,72 @@ class MilvusStore:
             iterator.close()
 
     def search(
-        self, vectors: np.ndarray, limit: int, offset: int = 0, image_filter: ImageFilter = ImageFilter()
+        self, vectors: np.ndarray, limit: int, offset: int = 0, image_filter: ImageFilter = ImageFilter(),
+        with_vectors: bool = False,
     ) -> list[list[Hit]]:
         """Nearest rows by cosine similarity, best first, one list per query vector."""
+        fields = METADATA_FIELDS + (["vector"] if with_vectors else [])
         results = self._call(lambda c: c.search(
-            self.collection, data=np.asarray(vectors).tolist(), limit=limit, offset=offset,
-            filter=image_filter.expr(), output_fields=METADATA_FIELDS,
+            self.collection, data=np.asarray(vectors).tolist(), anns_field="vector", limit=limit, offset=offset,
+            filter=image_filter.expr(), output_fields=fields,
             search_params={"metric_type": "COSINE", "params": search_params(self.index_type, limit + offset)},
         ))
-        return [[Hit(id=hit["id"], score=float(hit["distance"]), row=dict(hit["entity"])) for hit in hits]
-                for hits in results]
+        return [[_hit(hit["id"], float(hit["distance"]), dict(hit["entity"])) for hit in hits] for hits in results]
+
+    def search_text(self, text: str, limit: int, image_filter: ImageFilter = ImageFilter(),
+                    with_vectors: bool = False) -> list[Hit]:
+        """Rows whose searchable text (names, descriptions, tags) matches the words of ``text``, best BM25
+        match first; ``Hit.score`` is the BM25 score (larger is better)."""
+        fields = METADATA_FIELDS + (["vector"] if with_vectors else [])
+        if self._properties().get(TEXT_MATCH_PROPERTY, "bm25") == "like":
+            return self._search_text_like(text, limit, image_filter, fields)
+        results = self._call(lambda c: c.search(
+            self.collection, data=[text], anns_field=TEXT_SPARSE, limit=limit, filter=image_filter.expr(),
+            output_fields=fields, search_params={"metric_type": "BM25"},
+        ))
+        # Milvus Lite reports BM25 scores negated (best most negative); a server reports them positive.
+        return [_hit(hit["id"], abs(float(hit["distance"])), dict(hit["entity"])) for hit in results[0]]
+
+    def _search_text_like(self, text: str, limit: int, image_filter: ImageFilter, fields: list[str]) -> list[Hit]:
+        """Without BM25 (Milvus before 2.5): rows holding any of the words, most words first, scored by the
+        share of words they hold. Slower and cruder, but names are still found."""
+        words = list(dict.fromkeys(word_tokens(text)))[:16]
+        if not words:
+            return []
+        like = " or ".join(f"text like {quote('%' + word + '%')}" for word in words)
+        expr = f"({like})" + (f" and {image_filter.expr()}" if image_filter.clauses else "")
+        rows = self._call(lambda c: c.query(self.collection, filter=expr, output_fields=fields, limit=_MAX_PAGE))
+        scored = [(sum(word in row["text"] for word in words) / len(words), row) for row in rows]
+        scored.sort(key=lambda pair: (-pair[0], pair[1]["id"]))
+        return [_hit(row["id"], score, dict(row)) for score, row in scored[:limit]]
+
+    def sample_vectors(self, size: int = 2000) -> np.ndarray:
+        """The vectors of a fixed random sample of about ``size`` rows: those whose id (a hash, so uniformly
+        spread) falls below a bound. The same rows every time, until rows come or go."""
+        total = self.count()
+        if total == 0:
+            return np.zeros((0, 0), dtype=np.float32)
+        bound = id_sample_bound(size, total)
+        expr = f'id < "{bound}"' if bound else ""
+        rows = list(self.iter_rows(fields=["id"], with_vectors=True, filter_expr=expr))
+        return np.asarray([row["vector"] for row in rows[:2 * size]], dtype=np.float32)
+
+    def cutoff_params(self) -> str | None:
+        """The auto cutoff's parameters recorded with the collection (JSON), if any."""
+        return self._properties().get(CUTOFF_PROPERTY) if self.exists() else None
+
+
+def id_sample_bound(size: int, total: int) -> str:
+    """An id bound that about ``size`` of ``total`` rows lie below ('' when all should be taken)."""
+    if total <= size:
+        return ""
+    return format(max(1, int(size / total * 16**6)), "06x")
+
+
+def _hit(row_id: str, score: float, entity: dict[str, Any]) -> Hit:
+    vector = entity.pop("vector", None)
+    return Hit(id=row_id, score=score, row=entity,
+               vector=None if vector is None else np.asarray(vector, dtype=np.float32))
 
 
 def search_params(index_type: str, depth: int) -> dict[str, int]:

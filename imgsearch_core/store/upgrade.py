@@ -19,8 +19,10 @@ from itertools import islice
 from typing import Any
 
 from imgsearch_core.errors import CollectionNotFoundError, SchemaTooNewError
-from imgsearch_core.images import PhotoExif, photo_header
-from imgsearch_core.safe_files import UnsafeFileError, read_regular
+from imgsearch_core.images import PhotoExif, header_description, photo_header
+from imgsearch_core.relevance import family_cutoff
+from imgsearch_core.searchable_text import compose, name_words, sidecar_text
+from imgsearch_core.safe_files import UnsafeFileError, open_regular, read_regular
 from imgsearch_core.store.fields import (
     COLUMNS,
     SCHEMA_VERSION,
@@ -30,14 +32,14 @@ from imgsearch_core.store.fields import (
     mtime_wall_clock,
     wall_clock_seconds,
 )
-from imgsearch_core.store.gateway import LABEL_SET_PROPERTY, UPGRADE_PROPERTY, MilvusStore
+from imgsearch_core.store.gateway import CUTOFF_PROPERTY, LABEL_SET_PROPERTY, UPGRADE_PROPERTY, MilvusStore
 
 UPGRADED_FROM_PROPERTY = "imgsearch.upgraded_from"
 
 _FROM_THE_ROW = ("path", "size", "mtime_ns", "content_hash", "width", "height")  # schema 1 has these
 _PHOTO_FACTS = ("taken_at", "taken_at_source", "format", "camera_make", "camera_model", "gps")  # and 2 these
 # Properties that describe what the collection holds; the new collection gets its own creation token.
-_KEPT_PROPERTIES = ("imgsearch.model", "imgsearch.dim", "imgsearch.fingerprint", "imgsearch.roots")
+_KEPT_PROPERTIES = ("imgsearch.model", "imgsearch.dim", "imgsearch.fingerprint", "imgsearch.roots", CUTOFF_PROPERTY)
 
 
 @dataclass
@@ -88,6 +90,7 @@ def _copy(store: MilvusStore, version: int, new: str, max_file_bytes: int, batch
     properties = store._properties()
     kept = {key: value for key, value in properties.items()
             if key in _KEPT_PROPERTIES or key.startswith(LABEL_SET_PROPERTY)}
+    kept.setdefault(CUTOFF_PROPERTY, family_cutoff(properties.get("imgsearch.model", "")).to_json())
     store.create_physical(new, store.model_info()[1],
                           kept | {UPGRADE_PROPERTY: "copying", UPGRADED_FROM_PROPERTY: str(version)})
     roots = store.indexed_roots()
@@ -110,7 +113,8 @@ def _upgraded_row(row: dict[str, Any], version: int, roots: list[str], max_file_
     """The row with the columns added since ``version`` filled: from the file if it still holds the content
     that was indexed, else from the row itself. From version 2 on, the row knows every fact of its file."""
     if version >= 2:
-        facts = FileFacts(**{name: row[name] for name in _FROM_THE_ROW + _PHOTO_FACTS})
+        text = _searchable_text(row, _file_head(row, roots, max_file_bytes), roots)
+        facts = FileFacts(**{name: row[name] for name in _FROM_THE_ROW + _PHOTO_FACTS}, text=text)
         return {**row, **{column.name: column.fill(facts) for column in COLUMNS if column.since > version}}
     try:
         data = read_regular(row["path"], roots, max_file_bytes)
@@ -127,9 +131,29 @@ def _upgraded_row(row: dict[str, Any], version: int, roots: list[str], max_file_
     else:
         taken_at, source = mtime_wall_clock(row["mtime_ns"]), "mtime"
     facts = FileFacts(**{name: row[name] for name in _FROM_THE_ROW}, taken_at=taken_at, taken_at_source=source,
-                      format=image_format, camera_make=exif.camera_make, camera_model=exif.camera_model, gps=exif.gps)
+                      format=image_format, camera_make=exif.camera_make, camera_model=exif.camera_model, gps=exif.gps,
+                      text=_searchable_text(row, data, roots))
     added = {column.name: column.fill(facts) for column in COLUMNS if column.since > version}
     return {**row, **added}
+
+
+_HEAD_BYTES = 256 * 1024  # where JPEG, PNG and WEBP keep their EXIF, IPTC and XMP
+
+
+def _file_head(row: dict[str, Any], roots: list[str], max_file_bytes: int) -> bytes | None:
+    """The first bytes of the row's file, if it is still the size that was indexed (else None)."""
+    try:
+        handle, size = open_regular(row["path"], roots, max_file_bytes)
+    except (UnsafeFileError, OSError):
+        return None
+    with handle:
+        return handle.read(_HEAD_BYTES) if size == row["size"] else None
+
+
+def _searchable_text(row: dict[str, Any], head: bytes | None, roots: list[str]) -> str:
+    """Schema 4's ``text``: names from the path, the file's own description, its sidecars, the row's tags."""
+    return compose(name_words(row["path"]), header_description(head) if head else "",
+                   sidecar_text(row["path"], roots), row.get("tags") or [])
 
 
 def _batched(items: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
