@@ -22,11 +22,12 @@ from imgsearch_core.errors import (
 )
 from search_api.services.batching import QueryQueueFullError
 from search_api.services.jobs import JobQueueFullError, PathNotAllowedError, PathNotFoundError, UnusablePathError
-from search_api.services.search import ImageNotFoundError
+from search_api.services.search import ImageNotFoundError, UploadNotFoundError
 
 # Domain errors and the HTTP status each becomes: the one place that decides.
 ERROR_STATUS: dict[type[Exception], int] = {
     ImageNotFoundError: 404,
+    UploadNotFoundError: 422,
     PathNotAllowedError: 403,
     PathNotFoundError: 404,
     UnusablePathError: 422,

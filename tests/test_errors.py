@@ -56,7 +56,7 @@ def edge():
 @pytest.mark.parametrize(("body", "detail"), [
     ({"text": "x", "limit": 0}, "limit: Input should be greater than or equal to 1"),
     ({"text": "x", "filter": {"min_width": -1}}, "filter.min_width: Input should be greater than or equal to 0"),
-    ({}, "body: Value error, give at least one of 'text' or 'image_id'"),
+    ({}, "body: Value error, give at least one of 'text', 'image_id' or 'terms'"),
     ({"text": "x", "bogus": 1}, "bogus: Extra inputs are not permitted"),
     ({"limit": 0, "bogus": 1}, "limit: Input should be greater than or equal to 1; bogus: Extra inputs are not permitted"),
 ])

@@ -21,8 +21,8 @@ from typing import Any
 from imgsearch_core.errors import CollectionNotFoundError, SchemaTooNewError
 from imgsearch_core.images import PhotoExif, header_description, photo_header
 from imgsearch_core.relevance import family_cutoff
-from imgsearch_core.searchable_text import compose, name_words, sidecar_text
 from imgsearch_core.safe_files import UnsafeFileError, open_regular, read_regular
+from imgsearch_core.searchable_text import compose, name_words, sidecar_text
 from imgsearch_core.store.fields import (
     COLUMNS,
     SCHEMA_VERSION,

@@ -29,7 +29,7 @@ from pymilvus import DataType
 from imgsearch_core import BLAS_THREADS_SLEEP
 from imgsearch_core.store.fields import FILTERABLE
 from imgsearch_core.store.filters import ImageFilter
-from imgsearch_core.store.gateway import Hit, MilvusStore
+from imgsearch_core.store.gateway import Hit, MilvusStore, id_sample_bound
 
 log = logging.getLogger(__name__)
 
@@ -191,13 +191,23 @@ class VectorCopy:
         return snapshot.columns[name] if snapshot is not None and self.fresh else None
 
     def search(
-        self, vectors: np.ndarray, limit: int, offset: int = 0, image_filter: ImageFilter = ImageFilter()
+        self, vectors: np.ndarray, limit: int, offset: int = 0, image_filter: ImageFilter = ImageFilter(),
+        with_vectors: bool = False,
     ) -> list[list[Hit]]:
         """The gateway's search: nearest rows by cosine similarity, best first, one list per query vector."""
-        answers = [self.search_copy(query, limit, offset, image_filter) for query in np.asarray(vectors)]
+        answers = [self.search_copy(query, limit, offset, image_filter, with_vectors) for query in np.asarray(vectors)]
         if any(hits is None for hits in answers):
-            return self._store.search(vectors, limit, offset, image_filter)
+            return self._store.search(vectors, limit, offset, image_filter, with_vectors)
         return answers
+
+    def sample_vectors(self, size: int = 2000) -> np.ndarray:
+        """The gateway's fixed sample (the rows whose id lies below a bound), from the copy while it is fresh."""
+        snapshot = self._snapshot
+        if snapshot is None or not self.fresh:
+            return self._store.sample_vectors(size)
+        bound = id_sample_bound(size, snapshot.size)
+        rows = [i for i, row_id in enumerate(snapshot.ids) if not bound or row_id < bound][:2 * size]
+        return snapshot.vectors[np.asarray(rows, dtype=np.int64)]
 
     def wait_until_fresh(self, timeout_s: float) -> bool:
         deadline = time.monotonic() + timeout_s
@@ -208,7 +218,7 @@ class VectorCopy:
         return self.fresh
 
     def search_copy(self, query: np.ndarray, limit: int, offset: int,
-                    image_filter: ImageFilter = ImageFilter()) -> list[Hit] | None:
+                    image_filter: ImageFilter = ImageFilter(), with_vectors: bool = False) -> list[Hit] | None:
         """Exact top ``offset..offset+limit`` by cosine similarity, or None when the copy is behind Milvus."""
         snapshot = self._snapshot
         if snapshot is None or not self.fresh:
@@ -225,8 +235,8 @@ class VectorCopy:
         top = np.argpartition(-scores, wanted - 1)[:wanted] if wanted < len(scores) else np.arange(len(scores))
         top = top[np.lexsort((top, -scores[top]))][offset:]
         rows = top if candidates is None else candidates[top]
-        return [Hit(id=str(snapshot.ids[i]), score=float(scores[j]), row=snapshot.extra[i])
-                for i, j in zip(rows, top)]
+        return [Hit(id=str(snapshot.ids[i]), score=float(scores[j]), row=snapshot.extra[i],
+                    vector=snapshot.vectors[i] if with_vectors else None) for i, j in zip(rows, top)]
 
     # Background synchronisation
 

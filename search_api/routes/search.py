@@ -14,6 +14,7 @@ from search_api.deps import SearchServiceDep, SettingsDep
 from search_api.schemas import MAX_LIMIT, ErrorResponse, SearchRequest, SearchResponse
 
 router = APIRouter(tags=["search"])
+MAX_UPLOADS = 8
 
 
 @router.post("/search", response_model=SearchResponse,
@@ -29,7 +30,8 @@ async def search_by_image(
     http_request: Request,
     service: SearchServiceDep,
     settings: SettingsDep,
-    file: Annotated[UploadFile, File(description="an example image")],
+    file: Annotated[list[UploadFile], File(description=(
+        f"an example image; up to {MAX_UPLOADS} (repeat the field), which terms name by upload_ref"))],
     query: Annotated[str | None, Form(max_length=50_000, description=(
         'any fields of a /search body as JSON, e.g. {"negative_text": "people", "min_score": 0.2, '
         '"filter": {"path_prefix": "/photos/2024"}}'))] = None,
@@ -50,15 +52,22 @@ async def search_by_image(
     except ValidationError as exc:
         raise RequestValidationError(exc.errors(include_url=False)) from None
 
-    data = await file.read()
-    async with http_request.app.state.upload_slots:  # a few decodes at once: memory stays bounded
-        try:
-            decoded = await run_in_threadpool(
-                decode_image, data, file.filename or "upload", service.encoder.image_size, settings.max_image_pixels,
-                settings.max_decoded_bytes,
-            )
-        except UnknownImageFormatError as exc:
-            raise HTTPException(status.HTTP_415_UNSUPPORTED_MEDIA_TYPE, f"cannot use the upload: {exc.reason}") from None
-        except ImageDecodeError as exc:
-            raise HTTPException(422, f"cannot use the upload as an image: {exc.reason}") from None
-    return await service.search(request, uploaded=decoded)
+    if len(file) > MAX_UPLOADS:
+        raise HTTPException(422, f"at most {MAX_UPLOADS} uploaded images per search")
+    uploads = []
+    for position, upload in enumerate(file):
+        name = upload.filename or f"upload {position}"
+        data = await upload.read()
+        async with http_request.app.state.upload_slots:  # a few decodes at once: memory stays bounded
+            try:
+                decoded = await run_in_threadpool(
+                    decode_image, data, name, service.encoder.image_size, settings.max_image_pixels,
+                    settings.max_decoded_bytes,
+                )
+            except UnknownImageFormatError as exc:
+                raise HTTPException(status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
+                                    f"cannot use the upload {name}: {exc.reason}") from None
+            except ImageDecodeError as exc:
+                raise HTTPException(422, f"cannot use the upload {name} as an image: {exc.reason}") from None
+        uploads.append((name, decoded))
+    return await service.search(request, uploads=uploads)
