@@ -18,6 +18,7 @@ from statistics import NormalDist
 
 import numpy as np
 
+KNEE_OVER_USUAL = 3.0
 RRF_K = 60  # reciprocal rank fusion's constant, as Milvus's RRFRanker and the original paper use it
 
 
@@ -33,7 +34,8 @@ class CutoffParams:
     - ``min_z``: the z threshold never goes below this, however small the collection;
     - ``knee_gap`` and ``knee_band`` (in background standard deviations): the kept scores are cut at their
       largest gap when that gap is at least ``knee_gap`` wide and everything below it lies within
-      ``knee_band`` of the threshold, that is, looks like the background's own stragglers.
+      ``knee_band`` of the threshold, that is, looks like the background's own stragglers (and the gap is
+    three times the kept scores' usual gap: evenly spread matches have no knee).
     """
 
     background_matches: float = 0.5
@@ -117,7 +119,9 @@ def auto_cutoff(candidates: np.ndarray, background: np.ndarray, collection_size:
     if kept.size >= 2:
         gaps = kept[:-1] - kept[1:]
         j = int(np.argmax(gaps))
-        if gaps[j] >= params.knee_gap * std and kept[j + 1] <= threshold + params.knee_band * std:
+        usual = float(np.median(gaps)) if gaps.size >= 2 else 0.0
+        if (gaps[j] >= params.knee_gap * std and gaps[j] >= KNEE_OVER_USUAL * usual
+                and kept[j + 1] <= threshold + params.knee_band * std):
             threshold, knee = float(kept[j]), True
             keep = candidates >= threshold
     cutoff = Cutoff("auto", round(threshold, 6), round(z, 3), round(mean, 6), round(std, 6), knee,

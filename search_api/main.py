@@ -16,7 +16,7 @@ from imgsearch_core.store import MilvusStore, release_hosted
 from imgsearch_core.store.vector_copy import VectorCopy
 from search_api.deps import SettingsDep, StoreDep, has_api_key, require_api_key
 from search_api.http_errors import BodySizeLimit, install_error_handlers
-from search_api.routes import images, indexing, search, tags
+from search_api.routes import duplicates, images, indexing, search, tags
 from search_api.schemas import HealthResponse
 from search_api.services.batching import TextBatcher
 from search_api.services.files import ServedFiles
@@ -79,6 +79,7 @@ def create_app(settings: Settings | None = None, encoder: Embedder | None = None
     app.include_router(images.router, dependencies=protected)
     app.include_router(indexing.router, dependencies=protected)
     app.include_router(tags.router, dependencies=protected)
+    app.include_router(duplicates.router, dependencies=protected)
     if keyed:
         _add_protected_docs(app, protected)
 

@@ -204,5 +204,22 @@ class IndexJob(BaseModel):
     error: str | None = None
 
 
+class DuplicateMember(BaseModel):
+    id: str
+    path: str
+    similarity: float = Field(description="cosine to the group's first image")
+    why: str = Field(description="what differs between the files ('' for the first)")
+
+
+class DuplicateGroup(BaseModel):
+    images: list[DuplicateMember]
+
+
+class DuplicatesResponse(BaseModel):
+    threshold: float
+    images: int = Field(description="images looked at")
+    groups: list[DuplicateGroup] = Field(description="largest first")
+
+
 class ErrorResponse(BaseModel):
     detail: str

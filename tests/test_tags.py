@@ -11,8 +11,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-from imgsearch_core.searchable_text import parts as text_parts
 import pytest
 from fastapi.testclient import TestClient
 
@@ -24,6 +22,7 @@ from imgsearch_core.labels import (
     load_label_file,
     make_label_set,
 )
+from imgsearch_core.searchable_text import parts as text_parts
 from imgsearch_core.store.fields import SearchFilter
 from imgsearch_core.store.filters import ImageFilter
 from indexer.runner import run_index
