@@ -66,8 +66,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(index)
 
     search = commands.add_parser("search", help="search by text or by an example image")
-    search.add_argument("text", nargs="?", help="what to look for")
-    search.add_argument("--image", type=Path, help="an example image file")
+    search.add_argument("query", nargs="*", metavar="TERM", help=(
+        "what to look for: words, image files, or both joined by + and - as separate arguments, each with an "
+        "optional weight: '2:golden retriever' + ./pool.jpg - fruit. Text in double quotes inside the "
+        "argument ('\"IMG_2041\"') matches file and folder names only"))
+    search.add_argument("--image", type=Path, help="an example image file (the same as giving its path as a term)")
+    search.add_argument("--cutoff", choices=["auto", "none"], default="none",
+                        help="auto: stop where this query's relevant results end")
+    search.add_argument("--collapse", nargs="?", type=float, const=0.95, metavar="T",
+                        help="fold near-identical results (cosine >= T, default 0.95) into one")
+    search.add_argument("--diversity", type=float, default=0.0, metavar="D",
+                        help="0..1: re-rank for variety (maximal marginal relevance)")
+    search.add_argument("--hybrid", nargs="?", type=float, const=0.5, metavar="W",
+                        help="also match file, folder and sidecar text (BM25), weight W 0..1 (default 0.5)")
+    search.add_argument("--explain", action="store_true", help="show what each term adds to each score")
     search.add_argument("-k", "--limit", type=int, default=10, help="how many results (default 10)")
     search.add_argument("--json", action="store_true", help="print JSON on stdout")
     search.add_argument("--after", dest="taken_after", metavar="DATE", help="taken at or after (2019-06-01, 2019-06-01T18:00)")
@@ -135,6 +147,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(tag)
     _add_model_options(tag)
 
+    duplicates = commands.add_parser("duplicates", help="list groups of near-identical images in the collection")
+    duplicates.add_argument("--threshold", type=float, default=0.95, help="cosine at which two images count as one")
+    duplicates.add_argument("--json", action="store_true", help="print JSON on stdout")
+    _add_common(duplicates)
+
     drop = commands.add_parser("drop", help="delete the collection and everything indexed in it")
     drop.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     _add_common(drop)
@@ -176,54 +193,105 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
+    import asyncio
+
     from imgsearch_core.encoder import load_embedder
     from imgsearch_core.images import decode_image
     from imgsearch_core.store import MilvusStore
-    from imgsearch_core.store.fields import SearchFilter, wall_clock_datetime
-    from imgsearch_core.store.filters import ImageFilter
+    from imgsearch_core.store.fields import SearchFilter
+    from search_api.query_expression import QueryExpressionError, parse_expression
+    from search_api.schemas import SearchRequest
+    from search_api.services.batching import TextBatcher
+    from search_api.services.search import SearchService
 
-    if not args.text and not args.image:
-        print("imgsearch search: give a text query or --image PATH", file=sys.stderr)
+    try:
+        terms = parse_expression(list(args.query))
+    except QueryExpressionError as exc:
+        print(f"imgsearch search: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    if not 1 <= args.limit <= 1000:
-        print("imgsearch search: -k must be between 1 and 1000", file=sys.stderr)
+    images = [term.value for term in terms if term.kind == "image"] + ([str(args.image)] if args.image else [])
+    if not terms and not args.image:
+        print("imgsearch search: give a query (text, image files, joined by + and -) or --image PATH", file=sys.stderr)
         return EXIT_USAGE
-    # The filter first: a bad date is told before the model loads.
+    if not 1 <= args.limit <= 200:
+        print("imgsearch search: -k must be between 1 and 200", file=sys.stderr)
+        return EXIT_USAGE
+    # The request first: a bad date or option is told before the model loads.
     bounds = {name: getattr(args, name) for name in ("taken_after", "taken_before", "formats", "cameras", "path_prefix",
                                                      "tags_any", "tags_all")}
-    image_filter = ImageFilter.from_request(SearchFilter(**{k: v for k, v in bounds.items() if v is not None}))
+    request_terms = [{"text": term.value, "weight": term.weight} if term.kind == "text"
+                     else {"upload_ref": str(images.index(term.value)), "weight": term.weight} for term in terms]
+    request = SearchRequest.model_validate({
+        "terms": request_terms, "limit": args.limit, "sort": "newest" if args.newest else "relevance",
+        "filter": SearchFilter(**{k: v for k, v in bounds.items() if v is not None}),
+        "cutoff": args.cutoff, "collapse": args.collapse is not None,
+        "collapse_threshold": args.collapse or 0.95, "diversity": args.diversity,
+        "lexical_weight": args.hybrid or 0.0, "explain": args.explain,
+    }, context={"has_upload": bool(images)})
     settings = _settings(args)
     store = MilvusStore.from_settings(settings)
     settings = _with_indexed_model(args, settings, store)
     encoder = load_embedder(settings)
     store.check_model(encoder.name, encoder.dim, encoder.fingerprint)
-    vectors = []
-    if args.text:
-        vectors.append(encoder.embed_texts([args.text]).vectors[0])
-    if args.image:
-        decoded = decode_image(args.image.read_bytes(), str(args.image), encoder.image_size, settings.max_image_pixels,
-                               settings.max_decoded_bytes)
-        vectors.append(encoder.embed_images([decoded.image])[0])
-    from search_api.ranking import SORT_POOL, blend, newest_first
-    query = blend([(v, 1.0) for v in vectors])[None, :]
-    if args.newest:
-        best = store.search(query, limit=max(SORT_POOL, args.limit), image_filter=image_filter)[0]
-        hits = newest_first(best, 0, args.limit)
-    else:
-        hits = store.search(query, limit=args.limit, image_filter=image_filter)[0]
+    uploads = [(path, decode_image(Path(path).read_bytes(), path, encoder.image_size, settings.max_image_pixels,
+                                   settings.max_decoded_bytes)) for path in images]
+    batcher = TextBatcher(encoder)
+    try:
+        response = asyncio.run(SearchService(encoder, store, batcher).search(request, uploads=uploads))
+    finally:
+        batcher.close()
     if args.json:
-        print(json.dumps([{"id": h.id, "path": h.row["path"], "score": round(h.score, 4),
-                           "taken_at": wall_clock_datetime(h.row["taken_at"]).isoformat(),
-                           "format": h.row["format"], "camera_model": h.row["camera_model"],
-                           "tags": list(h.row.get("tags") or [])} for h in hits], indent=2))
-    elif not hits and image_filter.clauses:
+        print(response.model_dump_json(indent=2, exclude_none=True))
+        return EXIT_OK
+    for note in response.notes:
+        print(f"note: {note}", file=sys.stderr)
+    if response.cutoff is not None:
+        cut = response.cutoff
+        print(f"cutoff: {cut.kept} matches ({cut.z:.1f} standard deviations above the collection"
+              + (", cut at a gap" if cut.knee else "") + ")", file=sys.stderr)
+    hits = response.results
+    if not hits and any(value is not None for value in bounds.values()):
         print("no results match the filters (--after, --before, --format, --camera, --path-prefix, --tag, --all-tags)")
+    elif not hits and args.cutoff == "auto":
+        print("nothing in the collection stands out for this query (cutoff auto); try without --cutoff")
     elif not hits:
         print("no results (is anything indexed? run: imgsearch index PATH)")
-    else:
-        for hit in hits:
-            tags = hit.row.get("tags") or []
-            print(f"{hit.score:6.3f}  {hit.row['path']}" + (f"  [{', '.join(tags)}]" if tags else ""))
+    for hit in hits:
+        extra = f"  [{', '.join(hit.tags)}]" if hit.tags else ""
+        extra += f"  (+{len(hit.duplicates)} similar)" if hit.duplicates else ""
+        extra += "  (name match)" if hit.name_match else ""
+        print(f"{hit.score:6.3f}  {hit.path}{extra}")
+        for duplicate in hit.duplicates:
+            print(f"        similar: {duplicate}")
+        for part in hit.explanation or []:
+            detail = (f"cosine {part.cosine:+.3f} x weight {part.weight:+g} -> {part.contribution:+.3f}"
+                      if part.cosine is not None else f"name rank {part.name_rank}")
+            print(f"        {part.term}: {detail}")
+    return EXIT_OK
+
+
+def cmd_duplicates(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from imgsearch_core.duplicates import find_duplicates
+    from imgsearch_core.store import MilvusStore
+
+    if not 0.5 <= args.threshold <= 1.0:
+        print("imgsearch duplicates: --threshold must be between 0.5 and 1", file=sys.stderr)
+        return EXIT_USAGE
+    store = MilvusStore.from_settings(_settings(args))
+    store.check_schema()
+    report = find_duplicates(store, args.threshold)
+    if args.json:
+        print(json.dumps(asdict(report), indent=2))
+        return EXIT_OK
+    for group in report.groups:
+        first, *others = group.images
+        print(first.path)
+        for member in others:
+            print(f"  {member.similarity:.4f}  {member.path}  ({member.why})")
+    print(f"{len(report.groups)} groups of near-identical images among {report.images} "
+          f"(cosine >= {report.threshold})", file=sys.stderr)
     return EXIT_OK
 
 
@@ -359,7 +427,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"index": cmd_index, "search": cmd_search, "serve": cmd_serve, "ui": cmd_ui, "upgrade": cmd_upgrade,
-            "tag": cmd_tag, "drop": cmd_drop}
+            "tag": cmd_tag, "drop": cmd_drop, "duplicates": cmd_duplicates}
 
 
 def main(argv: list[str] | None = None) -> int:

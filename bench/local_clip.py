@@ -21,6 +21,15 @@ ARCHITECTURES = {
                        num_attention_heads=2, image_size=32, patch_size=8),
         "projection_dim": 16,
     },
+    # Small and quick, but with CLIP's 224-pixel input and 512-dimensional vectors: random vectors of this many
+    # dimensions spread like a real model's, which the auto cutoff's tests need (the tiny model's 16 cannot).
+    "small": {
+        "text": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                     num_attention_heads=2, max_position_embeddings=77),
+        "vision": dict(hidden_size=128, intermediate_size=256, num_hidden_layers=4,
+                       num_attention_heads=4, image_size=224, patch_size=32),
+        "projection_dim": 512,
+    },
     "vit-b-32": {
         "text": dict(hidden_size=512, intermediate_size=2048, num_hidden_layers=12,
                      num_attention_heads=8, max_position_embeddings=77),

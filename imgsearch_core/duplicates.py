@@ -1,7 +1,8 @@
 """Near-duplicate groups across a whole collection (``imgsearch duplicates``, ``GET /duplicates``).
 
 No pass over all pairs: every image asks the vector index for its nearest few (``neighbours``), batch by batch,
-and the pairs at or above the threshold are joined into groups (union-find, so a chain of near copies is one
+and the pairs whose cosine, with the collection's mean vector taken off (``relevance.centre``), is at or above
+the threshold are joined into groups (union-find, so a chain of near copies is one
 group). Each member says why it matches the group's first image: the cosine, and what differs between the
 files (identical bytes, format, size, orientation).
 """
@@ -15,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from imgsearch_core.relevance import centre
 from imgsearch_core.store import MilvusStore
 
 QUERY_BATCH = 64  # vectors per search request
@@ -55,15 +57,21 @@ def find_duplicates(store: MilvusStore, threshold: float = 0.95, neighbours: int
             item = parent[item]
         return item
 
+    sample = store.sample_vectors()
+    mean = sample.mean(axis=0) if len(sample) else 0.0
     for batch in _batched(store.iter_rows(with_vectors=True), QUERY_BATCH):
         queries = np.asarray([row["vector"] for row in batch], dtype=np.float32)
-        for row, hits in zip(batch, store.search(queries, neighbours)):
+        for row, hits in zip(batch, store.search(queries, neighbours, with_vectors=True)):
             report.images += 1
-            for hit in hits:
-                if hit.id != row["id"] and hit.score >= threshold:
+            if not hits:
+                continue
+            similar = centre(np.stack([hit.vector for hit in hits]), mean) @ centre(
+                np.asarray(row["vector"], dtype=np.float32), mean)
+            for hit, score in zip(hits, similar):
+                if hit.id != row["id"] and score >= threshold:
                     for item, found in ((row["id"], row), (hit.id, hit.row)):
                         rows.setdefault(item, found)
-                    vectors.setdefault(row["id"], np.asarray(row["vector"], dtype=np.float32))
+                    vectors.setdefault(row["id"], centre(np.asarray(row["vector"], dtype=np.float32), mean))
                     a, b = root(row["id"]), root(hit.id)
                     if a != b:
                         parent[max(a, b)] = min(a, b)

@@ -81,7 +81,8 @@ class SearchRequest(BaseModel):
     cutoff: Literal["auto", "none"] = Field("none", description=(
         "auto: stop where this query's relevant results end, judged from its scores against the collection"))
     collapse: bool = Field(False, description="fold near-identical results into one, listed in 'duplicates'")
-    collapse_threshold: float = Field(0.95, ge=0.5, le=1.0, description="cosine at which two images count as one")
+    collapse_threshold: float = Field(0.95, ge=0.5, le=1.0, description=(
+        "cosine, with the collection's mean vector taken off, at which two images count as one"))
     diversity: float = Field(0.0, ge=0, le=1, description="0: by relevance; towards 1: fewer look-alikes (MMR)")
     lexical_weight: float = Field(0.0, ge=0, le=1, description=(
         "hybrid search: how much file, folder and sidecar text matches (BM25) count against the picture, "

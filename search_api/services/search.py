@@ -203,37 +203,37 @@ class SearchService:
                        notes: list[str]) -> Query:
         """The request's terms as vectors (texts embedded together, uploads together) and words to match."""
         terms = request_terms(request, uploads)
-        query = Query()
-        texts = [(term, embeddable) for term in terms if term.text is not None
+        vectors: dict[int, tuple[np.ndarray, bool]] = {}  # by term position: (vector, is an image)
+        texts = [(i, embeddable) for i, term in enumerate(terms) if term.text is not None
                  for embeddable in [split_quoted(term.text)[0]] if embeddable]
         if texts:
             embedded = await self.text_batcher.embed([text for _, text in texts])
             if any(embedded.truncated):
                 notes.append(f"text longer than the model's {self.encoder.max_text_tokens}-token limit was truncated")
-            for (term, _), vector in zip(texts, embedded.vectors):
-                query.add_vector(term.text, term.weight, vector)
-        for term in terms:
-            if term.text is not None:
-                text, quoted = split_quoted(term.text)
-                if term.weight > 0:
-                    query.names_only += quoted
-                    if text and request.lexical_weight > 0:
-                        query.words.append(text)
+            vectors |= {i: (vector, False) for (i, _), vector in zip(texts, embedded.vectors)}
         wanted_ids = [term.image_id for term in terms if term.image_id is not None]
         if wanted_ids:
             rows = await run_in_threadpool(self.store.get, wanted_ids, True)
-            for term in terms:
+            for i, term in enumerate(terms):
                 if term.image_id is not None:
                     if term.image_id not in rows:
                         raise ImageNotFoundError(term.image_id)
-                    query.add_vector(term.label or f"image {term.image_id}", term.weight,
-                                     np.asarray(rows[term.image_id]["vector"], dtype=np.float32), image=True)
-        uploaded = [term for term in terms if term.upload is not None]
+                    vectors[i] = (np.asarray(rows[term.image_id]["vector"], dtype=np.float32), True)
+        uploaded = [i for i, term in enumerate(terms) if term.upload is not None]
         if uploaded:
-            images = [uploads[term.upload][1].image for term in uploaded]
-            vectors = await run_in_threadpool(self.encoder.embed_images, images)
-            for term, vector in zip(uploaded, vectors):
-                query.add_vector(term.label, term.weight, vector, image=True)
+            images = [uploads[terms[i].upload][1].image for i in uploaded]
+            embedded_images = await run_in_threadpool(self.encoder.embed_images, images)
+            vectors |= {i: (vector, True) for i, vector in zip(uploaded, embedded_images)}
+        query = Query()
+        for i, term in enumerate(terms):  # in the order given, so explanations list them so
+            if i in vectors:
+                label = term.label or term.text or f"image {term.image_id}"
+                query.add_vector(label, term.weight, vectors[i][0], image=vectors[i][1])
+            if term.text is not None and term.weight > 0:
+                text, quoted = split_quoted(term.text)
+                query.names_only += quoted
+                if text and request.lexical_weight > 0:
+                    query.words.append(text)
         if not query.vectors and not query.names_only:
             raise ValueError("nothing to search for: every term has weight 0 or is empty")
         return query
@@ -265,7 +265,9 @@ class SearchService:
         if request.min_score is not None:
             entries = [entry for entry in entries if entry.score >= request.min_score]
         if request.collapse and entries:
-            groups = collapse(np.stack([entry.hit.vector for entry in entries]), request.collapse_threshold)
+            sample = self._background()
+            mean = sample.mean(axis=0) if len(sample) else 0.0
+            groups = collapse(centre(np.stack([entry.hit.vector for entry in entries]), mean), request.collapse_threshold)
             entries = [entries[group[0]].with_duplicates([entries[i].hit.id for i in group[1:]]) for group in groups]
         if request.diversity > 0 and entries:
             order = diversify(np.asarray([entry.rank_score for entry in entries]),
