@@ -240,9 +240,6 @@ def cmd_search(args: argparse.Namespace) -> int:
         response = asyncio.run(SearchService(encoder, store, batcher).search(request, uploads=uploads))
     finally:
         batcher.close()
-    if args.json:
-        print(response.model_dump_json(indent=2, exclude_none=True))
-        return EXIT_OK
     for note in response.notes:
         print(f"note: {note}", file=sys.stderr)
     if response.cutoff is not None:
@@ -250,6 +247,9 @@ def cmd_search(args: argparse.Namespace) -> int:
         print(f"cutoff: {cut.kept} matches ({cut.z:.1f} standard deviations above the collection"
               + (", cut at a gap" if cut.knee else "") + ")", file=sys.stderr)
     hits = response.results
+    if args.json:  # the results as a list; the cutoff and notes went to stderr above
+        print(json.dumps([hit.model_dump(mode="json", exclude_none=True) for hit in hits], indent=2))
+        return EXIT_OK
     if not hits and any(value is not None for value in bounds.values()):
         print("no results match the filters (--after, --before, --format, --camera, --path-prefix, --tag, --all-tags)")
     elif not hits and args.cutoff == "auto":
