@@ -4,7 +4,6 @@ width: auto cutoff, collapse, duplicates, hybrid name search, composite terms an
 
 from __future__ import annotations
 
-import io
 import json
 import os
 from pathlib import Path
