@@ -231,8 +231,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     settings = _settings(args)
     store = MilvusStore.from_settings(settings)
     settings = _with_indexed_model(args, settings, store)
-    encoder = load_embedder(settings)
-    store.check_model(encoder.name, encoder.dim, encoder.fingerprint)
+    encoder = load_embedder(settings)  # SearchService checks the collection's model and weights against it
     uploads = [(path, decode_image(Path(path).read_bytes(), path, encoder.image_size, settings.max_image_pixels,
                                    settings.max_decoded_bytes)) for path in images]
     batcher = TextBatcher(encoder)

@@ -61,17 +61,17 @@ def find_duplicates(store: MilvusStore, threshold: float = 0.95, neighbours: int
     mean = sample.mean(axis=0) if len(sample) else 0.0
     for batch in _batched(store.iter_rows(with_vectors=True), QUERY_BATCH):
         queries = np.asarray([row["vector"] for row in batch], dtype=np.float32)
-        for row, hits in zip(batch, store.search(queries, neighbours, with_vectors=True)):
+        centred = centre(queries, mean)
+        for row, query, hits in zip(batch, centred, store.search(queries, neighbours, with_vectors=True)):
             report.images += 1
             if not hits:
                 continue
-            similar = centre(np.stack([hit.vector for hit in hits]), mean) @ centre(
-                np.asarray(row["vector"], dtype=np.float32), mean)
+            similar = centre(np.stack([hit.vector for hit in hits]), mean) @ query
             for hit, score in zip(hits, similar):
                 if hit.id != row["id"] and score >= threshold:
                     for item, found in ((row["id"], row), (hit.id, hit.row)):
                         rows.setdefault(item, found)
-                    vectors.setdefault(row["id"], centre(np.asarray(row["vector"], dtype=np.float32), mean))
+                    vectors.setdefault(row["id"], query)
                     a, b = root(row["id"]), root(hit.id)
                     if a != b:
                         parent[max(a, b)] = min(a, b)

@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from imgsearch_core.errors import ImageDecodeError, ImageTooLargeError, UnknownImageFormatError
+from imgsearch_core.searchable_text import xmp_text
 
 try:  # HEIC/HEIF through the optional pillow-heif plugin (`pip install imgsearch[heic]`).
     from pillow_heif import register_heif_opener
@@ -197,8 +198,6 @@ _MAX_DESCRIPTION = 4096
 def embedded_description(image: Image.Image, exif_tags: Image.Exif | None = None) -> str:
     """The descriptions a file carries inside: EXIF ImageDescription, IPTC headline, caption and keywords, XMP
     description, title and subject. Read from the headers (never the pixels); hostile values are cut short."""
-    from imgsearch_core.searchable_text import xmp_text
-
     found: list[str] = []
     try:
         if exif_tags is not None:

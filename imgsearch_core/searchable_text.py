@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 from imgsearch_core.safe_files import UnsafeFileError, read_regular
 
@@ -30,10 +30,10 @@ _XML_ATTRIBUTE = re.compile(rb'(?:dc:description|dc:title|photoshop:Headline)="(
 _SPACE = re.compile(r"\s+")
 
 
-def name_words(path: str, roots: Iterable[str] = ()) -> str:
-    """The file's name and its folders' names as words: ``/p/Paris 2019/IMG_2041.JPG`` gives
-    ``IMG_2041 IMG 2041 JPG Paris 2019 p``. Folders from the nearest indexed root down come first; the
-    folders above the root count too (a library's own folder name is a word worth finding)."""
+def name_words(path: str) -> str:
+    """The file's name and its folders' names as words, nearest folder first: ``/p/Paris 2019/IMG_2041.JPG``
+    gives ``IMG_2041 IMG 2041 JPG Paris 2019 p``. Every folder counts, up to the top (BM25 gives a word that
+    every image shares, such as the library's own folder, next to no weight)."""
     parts = [part for part in path.split(os.sep) if part]
     if not parts:
         return ""

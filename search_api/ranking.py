@@ -1,12 +1,10 @@
-"""Query maths, apart from any I/O: blending query vectors and cutting result lists."""
+"""Query maths, apart from any I/O: blending query vectors (the rest of ranking: imgsearch_core/relevance.py)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 import numpy as np
-
-from imgsearch_core.store import Hit
 
 SORT_POOL = 1_000  # sort=newest orders this many best matches by date
 
@@ -28,11 +26,3 @@ def blend(parts: Sequence[tuple[np.ndarray, float]]) -> np.ndarray:
     if norm < 1e-6:
         raise ValueError("the query parts cancel each other out; change the weights")
     return (total / norm).astype(np.float32)
-
-
-def newest_first(best: list[Hit], offset: int, limit: int, min_score: float | None = None) -> list[Hit]:
-    """The page ``offset:offset+limit`` of the best matches (above ``min_score``) ordered by capture time,
-    newest first; equal times by score."""
-    kept = [hit for hit in best if min_score is None or hit.score >= min_score]
-    kept.sort(key=lambda hit: (-hit.row["taken_at"], -hit.score))
-    return kept[offset:offset + limit]

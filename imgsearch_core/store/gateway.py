@@ -83,6 +83,7 @@ class MilvusStore:
         self._client = self._connect()
         self._loaded = False
         self._partial_updates: bool | None = None  # whether this Milvus takes upserts of some fields; None: not tried
+        self._text_match: str | None = None  # "bm25" or "like" (TEXT_MATCH_PROPERTY); None: not read yet
 
     @classmethod
     def from_settings(cls, settings) -> MilvusStore:
@@ -458,7 +459,9 @@ class MilvusStore:
         """Rows whose searchable text (names, descriptions, tags) matches the words of ``text``, best BM25
         match first; ``Hit.score`` is the BM25 score (larger is better)."""
         fields = METADATA_FIELDS + (["vector"] if with_vectors else [])
-        if self._properties().get(TEXT_MATCH_PROPERTY, "bm25") == "like":
+        if self._text_match is None:  # a property of the server the collection was made on: read once
+            self._text_match = self._properties().get(TEXT_MATCH_PROPERTY, "bm25")
+        if self._text_match == "like":
             return self._search_text_like(text, limit, image_filter, fields)
         results = self._call(lambda c: c.search(
             self.collection, data=[text], anns_field=TEXT_SPARSE, limit=limit, filter=image_filter.expr(),

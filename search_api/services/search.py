@@ -38,9 +38,22 @@ class Entry:
     name_rank: int | None = None
     duplicates: list[str] = field(default_factory=list)
 
-    def with_duplicates(self, ids: list[str]) -> Entry:
-        self.duplicates = ids
-        return self
+
+@dataclass(frozen=True)
+class Background:
+    """A fixed sample of the collection, centred on its mean, and what a cutoff needs besides."""
+
+    mean: np.ndarray | float  # the sample's mean vector (0.0 for an empty collection)
+    centred: np.ndarray  # the sample's vectors, centred (relevance.centre)
+    size: int  # rows in the collection
+    params: CutoffParams
+
+    @classmethod
+    def of(cls, store: MilvusStore | VectorCopy) -> Background:
+        sample = store.sample_vectors(BACKGROUND_SAMPLE)
+        mean = sample.mean(axis=0) if len(sample) else 0.0
+        return cls(mean, centre(sample, mean) if len(sample) else sample, max(store.count(), len(sample)),
+                   CutoffParams.from_json(store.cutoff_params()))
 
 
 @dataclass
@@ -162,9 +175,7 @@ class SearchService:
     _checked_token: str | None = field(default=None, init=False)
     _checked_at: float = field(default=-1e9, init=False)
     _background_key: str | None = field(default=None, init=False)
-    _sample: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32), init=False)
-    _background_size: int = field(default=0, init=False)
-    _cutoff_params: CutoffParams = field(default_factory=CutoffParams, init=False)
+    _background: Background | None = field(default=None, init=False)
 
     def check_collection(self) -> None:
         """If the collection was re-created since the last look, check its model and weights again.
@@ -253,7 +264,7 @@ class SearchService:
             ranked.page = [Entry(hit, hit.score) for hit in hits
                            if request.min_score is None or hit.score >= request.min_score]
             return ranked
-        pool = SORT_POOL if request.sort == "newest" else min(MAX_POOL, max(MIN_POOL, 5 * page_end))
+        pool = max(SORT_POOL, page_end) if request.sort == "newest" else min(MAX_POOL, max(MIN_POOL, 5 * page_end))
         by_vector = self.store.search(vector[None, :], pool, 0, image_filter, with_vectors=True)[0] \
             if vector is not None else []
         if request.cutoff == "auto" and vector is not None and by_vector:
@@ -265,10 +276,11 @@ class SearchService:
         if request.min_score is not None:
             entries = [entry for entry in entries if entry.score >= request.min_score]
         if request.collapse and entries:
-            sample = self._background()
-            mean = sample.mean(axis=0) if len(sample) else 0.0
-            groups = collapse(centre(np.stack([entry.hit.vector for entry in entries]), mean), request.collapse_threshold)
-            entries = [entries[group[0]].with_duplicates([entries[i].hit.id for i in group[1:]]) for group in groups]
+            centred = centre(np.stack([entry.hit.vector for entry in entries]), self.background().mean)
+            groups = collapse(centred, request.collapse_threshold)
+            for group in groups:
+                entries[group[0]].duplicates = [entries[i].hit.id for i in group[1:]]
+            entries = [entries[group[0]] for group in groups]
         if request.diversity > 0 and entries:
             order = diversify(np.asarray([entry.rank_score for entry in entries]),
                               np.stack([entry.hit.vector for entry in entries]), request.diversity,
@@ -295,22 +307,18 @@ class SearchService:
         return [Entry(hits[i], float(hits[i].vector @ vector), score, name_rank.get(i)) for i, score in fused]
 
     def _cut(self, hits: list[Hit], vector: np.ndarray, image_only: bool) -> tuple[np.ndarray, Cutoff]:
-        sample = self._background()
-        mean = sample.mean(axis=0) if len(sample) else np.zeros_like(vector)
-        probe = centre(vector, mean) if image_only else vector
-        candidates = centre(np.stack([hit.vector for hit in hits]), mean) @ probe
-        background = centre(sample, mean) @ probe if len(sample) else np.zeros(0)
-        return auto_cutoff(candidates, background, self._background_size, self._cutoff_params)
+        background = self.background()
+        probe = centre(vector, background.mean) if image_only else vector
+        candidates = centre(np.stack([hit.vector for hit in hits]), background.mean) @ probe
+        return auto_cutoff(candidates, background.centred @ probe if background.centred.size else np.zeros(0),
+                           background.size, background.params)
 
-    def _background(self) -> np.ndarray:
+    def background(self) -> Background:
         """The collection's fixed sample, read again after writes (embedded) or each minute (server)."""
         key = self.store.generation() or str(int(time.monotonic() // BACKGROUND_REFRESH_S))
-        if key != self._background_key:
-            self._sample = self.store.sample_vectors(BACKGROUND_SAMPLE)
-            self._background_size = max(self.store.count(), len(self._sample))
-            self._cutoff_params = CutoffParams.from_json(self.store.cutoff_params())
-            self._background_key = key
-        return self._sample
+        if key != self._background_key or self._background is None:
+            self._background, self._background_key = Background.of(self.store), key
+        return self._background
 
 
 def to_hit(hit: Hit, score: float | None = None) -> SearchHit:
