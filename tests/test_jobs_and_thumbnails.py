@@ -15,7 +15,10 @@ from tests.conftest import write_photo
 
 def test_the_job_queue_is_bounded_and_a_queued_duplicate_is_the_same_job(settings, monkeypatch):
     release = threading.Event()
-    monkeypatch.setattr(jobs_module, "run_index", lambda *args, **kwargs: release.wait(10))
+    # Each job holds the worker until the test ends. Before, the made-up paths failed the root check at once, so
+    # the first job was rarely seen running and the queue emptied while the test filled it (flaky under load).
+    monkeypatch.setattr(jobs_module, "allowed_paths", lambda paths, roots: paths)
+    monkeypatch.setattr(jobs_module, "run_index", lambda *args, **kwargs: release.wait())
     monkeypatch.setattr(jobs_module, "MAX_QUEUED_JOBS", 2)
     manager = JobManager(settings, encoder=None, store=None)
     try:
