@@ -255,14 +255,13 @@ def cmd_search(args: argparse.Namespace) -> int:
         print("nothing in the collection stands out for this query (cutoff auto); try without --cutoff")
     elif not hits:
         print("no results (is anything indexed? run: imgsearch index PATH)")
-    folded = store.get([i for hit in hits for i in hit.duplicates]) if request.collapse else {}
     for hit in hits:
         extra = f"  [{', '.join(hit.tags)}]" if hit.tags else ""
         extra += f"  (+{len(hit.duplicates)} similar)" if hit.duplicates else ""
         extra += "  (name match)" if hit.name_match else ""
         print(f"{hit.score:6.3f}  {hit.path}{extra}")
-        for duplicate in hit.duplicates:
-            print(f"        similar: {folded[duplicate]['path'] if duplicate in folded else duplicate}")
+        for folded in hit.folded:
+            print(f"        similar: {folded.path}")
         for part in hit.explanation or []:
             detail = (f"cosine {part.cosine:+.3f} x weight {part.weight:+g} -> {part.contribution:+.3f}"
                       if part.cosine is not None else

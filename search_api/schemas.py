@@ -105,6 +105,16 @@ class SearchRequest(BaseModel):
         return self
 
 
+class FoldedImage(BaseModel):
+    """A near-identical image that collapse folded into a result."""
+
+    id: str
+    path: str
+    score: float = Field(description="its own score for the query")
+    image_url: str
+    thumbnail_url: str
+
+
 class SearchHit(BaseModel):
     id: str
     path: str
@@ -122,6 +132,7 @@ class SearchHit(BaseModel):
     tags: list[str] = Field(default_factory=list, description="zero-shot tags from the label sets, best first")
     tag_scores: list[float] = Field(default_factory=list, description="the score that gave each tag")
     duplicates: list[str] = Field(default_factory=list, description="with collapse: ids of near-identical images folded in")
+    folded: list[FoldedImage] = Field(default_factory=list, description="with collapse: those images, best first")
     name_match: bool = Field(False, description="found (also) by its file, folder or sidecar text")
     explanation: list[TermContribution] | None = Field(None, description="with explain: what each term contributed")
 

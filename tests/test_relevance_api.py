@@ -106,6 +106,9 @@ def test_collapse_folds_the_copies_into_one_result(library, client):
     response = client.post("/search", json={"image_id": original, "limit": 10, "collapse": True}).json()
     first = response["results"][0]
     assert {first["id"], *first["duplicates"]} == {ids[str(photos / p)] for p in [ORIGINAL, *COPIES]}
+    assert [folded["id"] for folded in first["folded"]] == first["duplicates"]  # what the UI shows as "+4 similar"
+    assert {first["path"], *(folded["path"] for folded in first["folded"])} == {str(photos / p) for p in [ORIGINAL, *COPIES]}
+    assert all(folded["thumbnail_url"] == f"/images/{folded['id']}/thumbnail" for folded in first["folded"])
     rest = {hit["id"] for hit in response["results"][1:]}
     assert not rest & set(first["duplicates"]) and len(response["results"]) == 10
     strict = client.post("/search", json={"image_id": original, "limit": 10, "collapse": True,

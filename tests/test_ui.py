@@ -48,9 +48,11 @@ class FakeApi:
     the API's response models, so the fake cannot drift from the real API unnoticed.
     """
 
-    def __init__(self, count=3, results=3, search_status=200, search_detail=""):
+    def __init__(self, count=3, results=3, search_status=200, search_detail="", matches=None):
         self.count = count
         self.results = results
+        self.matches = results if matches is None else matches  # results that clear an auto cutoff
+        self.name = "cat"  # results are named name0.jpg, name1.jpg ...
         self.search_status = search_status
         self.search_detail = search_detail
         self.searches: list[dict] = []
@@ -71,13 +73,14 @@ class FakeApi:
             SearchRequest.model_validate(body)  # the page sends only what the API accepts
             self.searches.append(body)
             # Results of "more like this" are named after the image, so a test sees which answer is shown.
-            return self._results(body.get("limit", 20), f"like-{body['image_id']}-" if "image_id" in body else "cat")
+            return self._results(body, f"like-{body['image_id']}-" if "image_id" in body else self.name)
         if request.url.path == "/search/image":
             form = parse_multipart(request)
             query = json.loads(form.get("query", "{}"))
             SearchRequest.model_validate(query, context={"has_upload": True})
-            self.uploads.append({"file": form["file"], **query})
-            return self._results(query.get("limit", 20))
+            files = form.get("files", [])
+            self.uploads.append({"file": files[0][1], "files": files, **query})
+            return self._results(query)
         if request.url.path == "/tags":
             return self._json(TagCountsResponse, {"images": self.count, "tagged": 7, "tags": self.tag_counts})
         if request.url.path == "/labels" and request.method == "GET":
@@ -102,11 +105,30 @@ class FakeApi:
             return httpx.Response(200, content=jpeg(), headers={"content-type": "image/jpeg"})
         return httpx.Response(404, json={"detail": "not found"})
 
-    def _results(self, limit: int, name: str = "cat") -> httpx.Response:
+    def _results(self, body: dict, name: str = "cat") -> httpx.Response:
+        """Results as the API gives them for ``body``: cut, folded and explained when it asks."""
         if self.search_status != 200:
             return httpx.Response(self.search_status, json={"detail": self.search_detail})
-        n = min(self.results, limit)
-        return self._json(SearchResponse, {"results": [hit(i, name) for i in range(n)], "took_ms": 12.5, "notes": []})
+        auto = body.get("cutoff") == "auto"
+        hits = [hit(i, name) for i in range(min(self.matches if auto else self.results, body.get("limit", 20)))]
+        if body.get("collapse") and hits:  # the first result has two near-identical copies
+            hits[0]["folded"] = [{"id": f"copy{j}", "path": f"/photos/{name}0 copy{j}.png", "score": 0.89 - j / 100,
+                                  "image_url": f"/images/copy{j}", "thumbnail_url": f"/images/copy{j}/thumbnail"}
+                                 for j in (1, 2)]
+            hits[0]["duplicates"] = ["copy1", "copy2"]
+        for h in hits:
+            h["name_match"] = bool(body.get("lexical_weight")) and h["id"] == "id1"
+            if body.get("explain"):
+                terms = [{"text": body["text"]}] if body.get("text") else []
+                terms += [{"image_id": body["image_id"]}] if body.get("image_id") else []
+                h["explanation"] = [{"term": t.get("text") or (f"image {t['image_id']}" if "image_id" in t else
+                                                                f"upload {t['upload_ref']}"),
+                                     "weight": t.get("weight", 1.0), "cosine": 0.3,
+                                     "contribution": 0.3 * t.get("weight", 1.0)} for t in terms + body.get("terms", [])]
+        cutoff = {"mode": "auto", "threshold": 0.12, "z": 3.1, "background_mean": 0.0, "background_std": 0.04,
+                  "knee": False, "kept": min(self.matches, 1000), "params": {}}
+        return self._json(SearchResponse, {"results": hits, "took_ms": 12.5, "notes": [],
+                                           "cutoff": cutoff if auto else None})
 
     @staticmethod
     def _json(model, body: dict) -> httpx.Response:
@@ -120,11 +142,14 @@ def parse_multipart(request: httpx.Request) -> dict:
 
     header = f"Content-Type: {request.headers['content-type']}\r\n\r\n".encode()
     message = BytesParser(policy=HTTP).parsebytes(header + request.content)
-    fields = {}
+    fields = {"files": []}  # the file fields, in order, as (file name, bytes)
     for part in message.iter_parts():
         name = part.get_param("name", header="content-disposition")
         payload = part.get_payload(decode=True)
-        fields[name] = payload if part.get_filename() else payload.decode()
+        if part.get_filename():
+            fields["files"].append((part.get_filename(), payload))
+        else:
+            fields[name] = payload.decode()
     return fields
 
 
@@ -203,7 +228,124 @@ def test_no_results_says_so(fake):
     fake(FakeApi(results=0))
     app = run("unicorn")
     assert not app.exception
+    assert "Nothing in the collection stands out" in app.warning[0].value  # "only matches" is on
+    app.toggle(key="only_matches").set_value(False).run()
     assert "No results" in app.warning[0].value
+
+
+def test_only_matches_is_on_by_default_and_says_where_results_stop(fake):
+    api = fake(FakeApi(results=9, matches=3))
+    app = run("a red bicycle")
+    assert api.searches[-1]["cutoff"] == "auto" and api.searches[-1]["explain"] is True
+    assert "3 results in 12 ms · only matches: 3 stand out from the collection" in texts(app)
+    assert not any(b.label == "Load more" for b in app.button)  # the cutoff kept no more than these
+    app.toggle(key="only_matches").set_value(False).run()
+    assert "cutoff" not in api.searches[-1] and len(app.get("image")) == 9
+
+
+def test_when_nothing_stands_out_the_closest_can_be_shown_anyway(fake):
+    api = fake(FakeApi(results=4, matches=0))
+    app = run("a unicorn")
+    assert "Nothing in the collection stands out" in app.warning[0].value and not app.get("image")
+    next(b for b in app.button if b.label == "Show the closest anyway").click().run()
+    assert not app.exception
+    assert "cutoff" not in api.searches[-1] and api.searches[-1]["text"] == "a unicorn"
+    assert len(app.get("image")) == 4 and app.toggle(key="only_matches").value is False
+
+
+def test_near_duplicates_are_folded_and_plus_n_similar_expands_them(fake):
+    api = fake(FakeApi(results=3))
+    app = run("cats")
+    assert api.searches[-1]["collapse"] is True  # on by default
+    assert "3 results in 12 ms · only matches: 3 stand out from the collection · 2 near-duplicates folded" in texts(app)
+    similar = next(b for b in app.button if b.key == "similar-id0")
+    assert similar.label == "+2 similar" and not any(b.key == "similar-id1" for b in app.button)
+    assert "cat0 copy1.png" not in texts(app) and len(app.get("image")) == 3
+    api.fetched.clear()
+    similar.click().run()
+    assert not app.exception
+    assert "**0.880** · cat0 copy1.png" in texts(app) and "**0.870** · cat0 copy2.png" in texts(app)
+    assert sorted(api.fetched) == ["/images/copy1/thumbnail", "/images/copy2/thumbnail",
+                                   *sorted(f"/images/id{i}/thumbnail" for i in range(3))]
+    assert len(app.get("image")) == 5 and next(b for b in app.button if b.key == "similar-id0").label == "−2 similar"
+    next(b for b in app.button if b.key == "similar-id0").click().run()
+    assert "cat0 copy1.png" not in texts(app)
+    app.toggle(key="fold").set_value(False).run()
+    assert "collapse" not in api.searches[-1] and not any(b.key == "similar-id0" for b in app.button)
+
+
+def test_the_query_builder_sends_words_and_results_with_their_sign_and_weight(fake):
+    api = fake(FakeApi())
+    app = run("a beach")
+    assert "terms" not in api.searches[-1]
+    app.text_input(key="add_words").input("sunset").run()
+    assert api.searches[-1]["terms"] == [{"text": "sunset", "weight": 1.0}]
+    assert app.text_input(key="add_words").value == ""  # ready for the next term
+    next(b for b in app.button if b.key == "add-id2").click().run()  # "Add to query" under a result
+    assert api.searches[-1]["terms"] == [{"text": "sunset", "weight": 1.0}, {"image_id": "id2", "weight": 1.0}]
+    first, second = (term["key"] for term in app.session_state["terms"])
+    app.radio(key=f"sign-{first}").set_value("−").run()
+    app.slider(key=f"weight-{second}").set_value(2.5).run()
+    sent = api.searches[-1]
+    assert sent["text"] == "a beach"
+    assert sent["terms"] == [{"text": "sunset", "weight": -1.0}, {"image_id": "id2", "weight": 2.5}]
+    app.button(key=f"remove-term-{first}").click().run()
+    assert api.searches[-1]["terms"] == [{"image_id": "id2", "weight": 2.5}]
+    # The builder alone is a query too.
+    app.text_input(key="query_text").input("").run()
+    assert "text" not in api.searches[-1] and api.searches[-1]["terms"] == [{"image_id": "id2", "weight": 2.5}]
+    next(b for b in app.button if b.key == "like-id1").click().run()  # "more like this" starts afresh
+    assert "terms" not in api.searches[-1] and api.searches[-1]["image_id"] == "id1"
+
+
+def test_uploaded_terms_go_with_the_example_image_and_are_named_by_position(fake, monkeypatch):
+    api = fake(FakeApi())
+    example, added = jpeg(), jpeg()[:-2] + b"\xff\xd9"
+
+    class Upload:
+        name, file_id = "example.jpg", "upload-1"
+
+        def getvalue(self):
+            return example
+
+    monkeypatch.setattr(st, "file_uploader", lambda *args, **kwargs: Upload())
+    app = AppTest.from_file(APP, default_timeout=30)
+    app.session_state["terms"] = [{"key": 7, "kind": "upload", "value": "pool.jpg", "label": "pool.jpg",
+                                   "data": added, "thumbnail_url": None}]
+    app.run()
+    app.radio(key="sign-7").set_value("−").run()
+    sent = api.uploads[-1]
+    assert sent["files"] == [("example.jpg", example), ("pool.jpg", added)]
+    assert sent["terms"] == [{"upload_ref": "1", "weight": -1.0}]  # the unnamed first upload is the example
+
+
+def test_explanations_show_on_hover_and_in_the_preview(fake):
+    fake(FakeApi())
+    app = run("a cat")
+    app.text_input(key="add_words").input("on a sofa").run()
+    app.slider(key=f"weight-{app.session_state['terms'][0]['key']}").set_value(0.5).run()
+    caption = next(c for c in app.caption if "cat0.jpg" in c.value)
+    assert caption.proto.help == "a cat: cosine +0.300 × weight +1 = +0.300  \non a sofa: cosine +0.300 × weight +0.5 = +0.150"
+    next(b for b in app.button if b.key == "view-id0").click().run()
+    assert "**Why it matched**" in texts(app)
+    table = app.dataframe[0].value
+    assert list(table["term"]) == ["a cat", "on a sofa"] and list(table["share of score"]) == [0.3, 0.15]
+    assert "names" not in table.columns  # no names-only term, no empty column
+    assert "cat0 copy1.png" in texts(app)  # the images folded into it are listed in the preview
+    next(b for b in app.button if b.key == "add-id2").click().run()
+    caption = next(c for c in app.caption if "cat0.jpg" in c.value)
+    assert "image cat2.jpg: cosine +0.300 × weight +1 = +0.300" in caption.proto.help  # by name, not by id
+
+
+def test_names_toggle_and_variety_reach_the_api(fake):
+    api = fake(FakeApi())
+    app = run("paris 2019")
+    assert "lexical_weight" not in api.searches[-1] and "diversity" not in api.searches[-1]
+    assert "name match" not in texts(app)
+    app.toggle(key="names").set_value(True).run()
+    app.slider(key="variety").set_value(0.3).run()
+    assert api.searches[-1]["lexical_weight"] == 0.5 and api.searches[-1]["diversity"] == pytest.approx(0.3)
+    assert "**0.890** · cat1.jpg · 🔤 name match" in texts(app)
 
 
 def test_api_errors_are_shown_as_messages(fake):
@@ -348,3 +490,11 @@ def test_the_label_sets_page_tags_shows_counts_and_opens_a_labels_top_images(fak
     assert len(app.get("imgs")) or api.fetched  # the label's images are shown
     app.button[0].click().run()
     assert api.deleted == ["old"]
+
+
+def test_file_names_are_shown_as_they_are_never_as_markup(fake):
+    api = fake(FakeApi(results=1))
+    api.name = "[click](evil.html)_*x*"
+    app = run("cats")
+    caption = next(c.value for c in app.caption if "click" in c.value)
+    assert caption.startswith("**0.900** · \\[click\\](evil.html)\\_\\*x\\*0.jpg ·")  # escaped, so no link and no italics

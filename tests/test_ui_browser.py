@@ -63,12 +63,27 @@ def page():
             browser.close()
 
 
-def search_for(page, url: str, text: str) -> None:
-    """Open the UI and search as a person does: type in the query box, press Enter."""
+def search_for(page, url: str, text: str, only_matches: bool = False) -> None:
+    """Open the UI and search as a person does: type in the query box, press Enter.
+
+    The tiny test model scores every image alike, so nothing stands out from the collection and "Only matches"
+    (on by default) would show nothing: tests not about it switch it off first, as a person can.
+    """
     page.goto(url)
+    if not only_matches:
+        switch_off_only_matches(page)
     box = page.get_by_label("Describe what you are looking for, then press Enter")
     box.fill(text)
     box.press("Enter")
+
+
+def switch_off_only_matches(page) -> None:
+    from playwright.sync_api import expect
+
+    toggle = page.get_by_role("switch", name="Only matches")
+    expect(toggle).to_be_checked(timeout=30_000)
+    page.get_by_text("Only matches", exact=True).click()
+    expect(toggle).not_to_be_checked()
 
 
 @pytest.mark.slow
@@ -191,6 +206,7 @@ def test_a_pasted_label_set_tags_the_images_and_its_tags_filter_the_search(own_u
     page.screenshot(path=str(artefacts / "ui-label-set.png"), full_page=True)
 
     page.get_by_text("Search", exact=True).first.click()
+    switch_off_only_matches(page)
     box = page.get_by_label("Describe what you are looking for, then press Enter")
     box.fill("colourful blocks")
     box.press("Enter")
@@ -209,3 +225,130 @@ def test_a_pasted_label_set_tags_the_images_and_its_tags_filter_the_search(own_u
     page.keyboard.press("Escape")
     expect(page.get_by_text(f"{count} results in")).to_be_visible(timeout=30_000)
     page.screenshot(path=str(artefacts / "ui-tag-filter.png"), full_page=True)
+
+
+@pytest.fixture(scope="module")
+def relevance_ui_url(tmp_path_factory, imgsearch_bin):
+    """Its own API and UI over the relevance library (a real photo, its copies and other pictures), indexed by
+    the small random-weight model, whose scores do set a photo and its copies apart from the rest."""
+    from bench.local_clip import build_local_clip
+    from tests.test_relevance_api import write_library
+
+    folder = tmp_path_factory.mktemp("relevance-ui")
+    model_dir = build_local_clip(folder / "small-clip", "small", seed=0)
+    photos = write_library(folder / "library")
+    with indexed_api_and_ui(imgsearch_bin, photos, folder / "data", model_dir) as url:
+        yield url, photos
+
+
+def grid_names(page) -> list[str]:
+    """The file names of the results and the folded images shown, in order ("**0.812** · name[ · date]")."""
+    captions = page.locator("[data-testid='stCaptionContainer']").all_inner_texts()
+    return [m.group(1) for text in captions if (m := re.match(r"^-?\d\.\d{3} · (\S+)", text.strip()))]
+
+
+def grid_column(page, name: str):
+    """The grid column of the result named ``name``."""
+    return page.locator("[data-testid='stColumn']", has=page.get_by_text(re.compile(rf"· {re.escape(name)}( ·|$)")))
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_an_example_photo_shows_its_copies_folded_and_the_query_builder_combines_terms(relevance_ui_url, page,
+                                                                                       artefacts):
+    from playwright.sync_api import expect
+
+    from tests.test_relevance_api import COPIES, ORIGINAL
+
+    url, photos = relevance_ui_url
+    page.goto(url)
+    uploader = page.locator("[data-testid='stFileUploader']", has_text="drop an example image")
+    uploader.locator("input[type='file']").set_input_files(str(photos / ORIGINAL))
+    # "Only matches" and "Fold near-duplicates" are on: the photo, with its four copies folded under it.
+    expect(page.get_by_role("button", name="+4 similar")).to_be_visible(timeout=60_000)
+    expect(page.get_by_text("only matches:")).to_be_visible()
+    grid = grid_names(page)
+    assert len(grid) <= 3 and grid[0] == "IMG_2041.jpg", grid  # stops soon after the photo
+    page.screenshot(path=str(artefacts / "ui-only-matches-folded.png"), full_page=True)
+
+    page.get_by_role("button", name="+4 similar").click()
+    for copy in COPIES:
+        expect(page.get_by_text(re.compile(rf"· {re.escape(Path(copy).name)}$"))).to_be_visible(timeout=30_000)
+    page.screenshot(path=str(artefacts / "ui-similar-expanded.png"), full_page=True)
+
+    # Hovering the score explains it: the upload's cosine and share.
+    page.mouse.move(0, 0)  # away from the button's own tooltip
+    page.locator("[data-testid='stCaptionContainer']", has_text="IMG_2041.jpg").first \
+        .locator("[data-testid='stTooltipIcon'], [data-testid='stTooltipHoverTarget']").first.hover()
+    expect(page.get_by_text(re.compile(r"upload IMG_2041\.jpg: cosine \+1\.000"))).to_be_visible(timeout=10_000)
+
+    # Every image, best first; then a crop of the other photo, added to the query, pulls itself up.
+    switch_off_only_matches(page)
+    expect(page.get_by_text("only matches:")).not_to_be_visible(timeout=30_000)
+    page.get_by_role("button", name="Load more").click()
+    expect(page.get_by_text(re.compile(r"^40 results in"))).to_be_visible(timeout=30_000)
+    page.get_by_role("button", name="Load more").click()
+    add = grid_column(page, "flower_crop2.jpg").get_by_role("button", name="Add to query")
+    expect(add).to_be_visible(timeout=30_000)
+    before = grid_names(page).index("flower_crop2.jpg")
+    add.click()
+    expect(page.get_by_text("Combine words and images (1 added)")).to_be_visible(timeout=30_000)
+
+    def position(name: str, timeout_s: float, wanted) -> int | None:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            names = grid_names(page)
+            found = names.index(name) if name in names else None
+            if wanted(found) or time.monotonic() > deadline:
+                return found
+
+    after = position("flower_crop2.jpg", 30, lambda found: found is not None and found < before)
+    assert after is not None and after < before, (before, after, grid_names(page))
+    # Its weight slider at the top (3): it leads the query, and the crop comes out on top.
+    weight = page.get_by_role("slider", name="Weight")
+    weight.focus()
+    weight.press("End")
+    expect(weight).to_have_value("3", timeout=10_000)
+    top = position("flower_crop2.jpg", 30, lambda found: found is not None and found < 3)
+    assert top is not None and top < 3, (before, after, top, grid_names(page))
+    page.screenshot(path=str(artefacts / "ui-query-builder.png"), full_page=True)
+
+    # "− not like" pushes it away again: past the first page.
+    page.get_by_text("− not like").click()
+    away = position("flower_crop2.jpg", 30, lambda found: found is None or found >= 20)
+    assert away is None or away >= 20, grid_names(page)
+
+    # An uploaded image joins the query as a term of its own (the uploader empties for the next one).
+    adder = page.locator("[data-testid='stFileUploader']", has_text="Add an image")
+    adder.locator("input[type='file']").set_input_files(str(photos / "misc/flower.jpg"))
+    expect(page.get_by_text("Combine words and images (2 added)")).to_be_visible(timeout=30_000)
+    builder = page.locator("[data-testid='stExpander'] [data-testid='stMarkdownContainer']")
+    expect(builder.get_by_text("flower.jpg", exact=True)).to_be_visible()
+    expect(adder.get_by_text("flower.jpg")).to_have_count(0)
+    expect(page.get_by_text(re.compile(r"^20 results in"))).to_be_visible(timeout=30_000)
+    expect(page.locator("[data-testid='stAlert']")).to_have_count(0)  # no error from the API
+
+    # The preview explains a result term by term.
+    page.get_by_role("button", name="View large").first.click()
+    dialog = page.get_by_role("dialog")
+    expect(dialog.get_by_text("Why it matched")).to_be_visible(timeout=30_000)
+    expect(dialog.locator("[data-testid='stDataFrame']")).to_be_visible()
+    page.screenshot(path=str(artefacts / "ui-explanation.png"), full_page=True)
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_a_file_name_is_found_with_names_switched_on(relevance_ui_url, page, artefacts):
+    from playwright.sync_api import expect
+
+    url, _ = relevance_ui_url
+    page.goto(url)
+    page.get_by_text("Match names too", exact=True).click()
+    box = page.get_by_label("Describe what you are looking for, then press Enter")
+    box.fill("IMG_2041")
+    box.press("Enter")
+    expect(page.get_by_text("name match").first).to_be_visible(timeout=60_000)
+    assert grid_names(page)[0] == "IMG_2041.jpg", grid_names(page)
+    first = page.locator("[data-testid='stCaptionContainer']", has_text="IMG_2041.jpg").first
+    assert first.inner_text().strip().endswith("· 🔤 name match")
+    page.screenshot(path=str(artefacts / "ui-name-match.png"), full_page=True)

@@ -57,10 +57,14 @@ class ApiClient:
     def search(self, **query) -> dict[str, Any]:
         return self._request("POST", "/search", json=_present(query)).json()
 
-    def search_image(self, data: bytes, filename: str, **query) -> dict[str, Any]:
-        """Search by an uploaded image with any /search fields (text, negative_text, min_score, filter ...)."""
+    def search_image(self, files: list[tuple[str, bytes]], **query) -> dict[str, Any]:
+        """Search with uploaded images, as (file name, bytes), and any /search fields (text, terms, filter ...).
+
+        A term names an upload by its position here (``upload_ref: "1"``); one no term names is the example image.
+        """
         form = {"query": json.dumps(_present(query))}
-        return self._request("POST", "/search/image", files={"file": (filename, data)}, data=form).json()
+        parts = [("file", (name, data)) for name, data in files]
+        return self._request("POST", "/search/image", files=parts, data=form).json()
 
     def tags(self) -> dict[str, Any]:
         """Images per tag over the whole collection: {"images", "tagged", "tags": {tag: count}}."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hmac
 import os
+import re
 import time
 from datetime import date
 from pathlib import PurePath
@@ -21,6 +22,8 @@ TAG_JOB_TIMEOUT_S = 600
 MAX_RESULTS = 200  # the API's limit per request
 FORMATS = ["JPEG", "PNG", "WEBP", "HEIF", "AVIF", "GIF", "TIFF", "BMP", "MPO"]  # as Pillow names them
 EARLIEST, LATEST = date(1826, 1, 1), date(2200, 12, 31)
+IMAGE_TYPES = ["jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff"]
+HYBRID_WEIGHT = 0.5  # lexical_weight of "Match file and folder names too"
 
 st.set_page_config(page_title="imgsearch", page_icon="🔎", layout="wide")
 
@@ -42,9 +45,85 @@ def show_error(exc: Exception) -> None:
 
 
 def start_more_like_this(image_id: str, name: str) -> None:
+    """Search by this image alone: the typed words and the query builder's terms are cleared."""
     st.session_state.more_like = {"id": image_id, "name": name}
+    st.session_state.setdefault("image_names", {})[image_id] = name
     st.session_state.query_text = ""
+    st.session_state.terms = []
     st.session_state.pages = 1
+
+
+def add_term(kind: str, value: str, label: str, data: bytes | None = None, thumbnail_url: str | None = None) -> None:
+    """Add a term to the query builder: words ("text"), an indexed image ("image") or an uploaded one ("upload")."""
+    key = st.session_state.next_term = st.session_state.get("next_term", 0) + 1
+    if kind == "image":
+        st.session_state.setdefault("image_names", {})[value] = label
+    st.session_state.terms.append({"key": key, "kind": kind, "value": value, "label": label, "data": data,
+                                   "thumbnail_url": thumbnail_url})
+
+
+def add_typed_term() -> None:
+    words = st.session_state.add_words.strip()
+    if words:
+        add_term("text", words, words)
+    st.session_state.add_words = ""
+
+
+def add_uploaded_term(key: str) -> None:
+    upload = st.session_state.get(key)
+    if upload is not None:
+        add_term("upload", upload.name, upload.name, data=upload.getvalue())
+        st.session_state.upload_generation = st.session_state.get("upload_generation", 0) + 1  # an empty uploader
+
+
+def remove_term(key: int) -> None:
+    st.session_state.terms = [term for term in st.session_state.terms if term["key"] != key]
+
+
+def signed_weight(term: dict) -> float:
+    """The weight the term's slider and sign give it (the widgets' state, so it holds before they are drawn)."""
+    weight = st.session_state.get(f"weight-{term['key']}", 1.0)
+    return -weight if st.session_state.get(f"sign-{term['key']}", "+") == "−" else weight
+
+
+def query_builder(client: ApiClient) -> None:
+    """The terms added to the typed words: each with a sign and a weight slider, and ways to add more."""
+    terms = st.session_state.terms
+    with st.expander(f"Combine words and images ({len(terms)} added)" if terms else "Combine words and images",
+                     expanded=bool(terms)):
+        for term in terms:
+            kind, key = term["kind"], term["key"]
+            picture, label, sign, weight, remove = st.columns([1, 3, 2, 4, 1], vertical_alignment="center")
+            picture_data = term["data"] if kind == "upload" else (
+                client.images([term["thumbnail_url"]])[0] if term["thumbnail_url"] else None)
+            if picture_data:
+                picture.image(picture_data, width="stretch")
+            else:
+                picture.markdown("🔤" if kind == "text" else "🖼️")
+            label.markdown(f"“{escaped(term['label'])}”" if kind == "text" else escaped(term["label"]))
+            sign.radio("Sign", ["+", "−"], key=f"sign-{key}", horizontal=True, label_visibility="collapsed",
+                       format_func=lambda s: "+ like" if s == "+" else "− not like",
+                       help="like: results should look like this; not like: results are pushed away from it")
+            weight.slider("Weight", 0.1, 3.0, 1.0, step=0.1, key=f"weight-{key}", label_visibility="collapsed",
+                          help="how much this term counts beside the others")
+            remove.button("✕", key=f"remove-term-{key}", on_click=remove_term, args=(key,), help="remove this term")
+        words, image = st.columns(2)
+        words.text_input("Add words", key="add_words", on_change=add_typed_term,
+                         placeholder="golden hour  (then Enter)")
+        upload_key = f"add-upload-{st.session_state.get('upload_generation', 0)}"
+        image.file_uploader("Add an image", type=IMAGE_TYPES, key=upload_key, on_change=add_uploaded_term,
+                            args=(upload_key,))
+        st.caption("Every term has a weight; “not like” pulls results away. “Add to query” under a result adds "
+                   "that image. Put words in \"quotes\" to match file and folder names only.")
+
+
+def toggle_expanded(image_id: str) -> None:
+    expanded = st.session_state.expanded
+    expanded.symmetric_difference_update({image_id})
+
+
+def show_closest_anyway() -> None:
+    st.session_state.only_matches = False
 
 
 def clear_more_like_this() -> None:
@@ -55,10 +134,10 @@ def clear_more_like_this() -> None:
 @st.dialog("Preview", width="large")
 def preview(client: ApiClient, hit: dict) -> None:
     try:
-        st.image(client.image(hit["image_url"]), use_container_width=True)
+        st.image(client.image(hit["image_url"]), width="stretch")
     except (ApiError, ApiUnreachable) as exc:
         show_error(exc)
-    st.caption(f"{hit['path']}  ·  {hit['width']}×{hit['height']}  ·  score {hit['score']:.3f}")
+    st.caption(f"{escaped(hit['path'])}  ·  {hit['width']}×{hit['height']}  ·  score {hit['score']:.3f}")
     if hit.get("taken_at"):
         camera = " ".join(part for part in (hit.get("camera_make"), hit.get("camera_model")) if part)
         source = "" if hit.get("taken_at_source") == "exif" else " (file time)"
@@ -67,11 +146,61 @@ def preview(client: ApiClient, hit: dict) -> None:
     if hit.get("tags"):
         st.caption("Tags: " + "  ·  ".join(f"{plain(tag)} {score:.2f}"
                                           for tag, score in zip(hit["tags"], hit.get("tag_scores") or [])))
+    if hit.get("explanation"):
+        st.markdown("**Why it matched**")
+        rows = [explanation_row(part) for part in hit["explanation"]]
+        if not any(row["names"] for row in rows):  # no names-only term: no column for it
+            rows = [{k: v for k, v in row.items() if k != "names"} for row in rows]
+        st.dataframe(rows, hide_index=True)
+    if hit.get("folded"):
+        st.caption(f"{len(hit['folded'])} near-identical images folded into this one:  \n"
+                   + "  \n".join(f"{folded['score']:.3f} · {escaped(folded['path'])}" for folded in hit["folded"]))
+
+
+def term_name(part: dict) -> str:
+    """An explanation's term as the page shows it: an indexed image by its file name, not its id."""
+    term = part["term"]
+    if term.startswith("image "):
+        name = st.session_state.get("image_names", {}).get(term.removeprefix("image "))
+        term = f"image {name}" if name else term
+    return term
+
+
+def explanation_row(part: dict) -> dict:
+    """One term of a result's explanation, for the preview's table."""
+    part = {**part, "term": term_name(part)}
+    if part.get("cosine") is None:
+        found = f"name match, rank {part['name_rank']}" if part.get("name_rank") else "no name match"
+        return {"term": part["term"], "weight": part["weight"], "cosine": None, "share of score": None, "names": found}
+    return {"term": part["term"], "weight": part["weight"], "cosine": round(part["cosine"], 3),
+            "share of score": round(part["contribution"], 3), "names": ""}
+
+
+def explanation_text(hit: dict) -> str | None:
+    """A result's explanation as short lines, for the tooltip on its score."""
+    lines = []
+    for part in hit.get("explanation") or []:
+        term = escaped(term_name(part))
+        if part.get("cosine") is not None:
+            lines.append(f"{term}: cosine {part['cosine']:+.3f} × weight {part['weight']:+g} = "
+                         f"{part['contribution']:+.3f}")
+        else:
+            lines.append(f"{term}: " + (f"name match, rank {part['name_rank']}" if part.get("name_rank")
+                                        else "no name match"))
+    return "  \n".join(lines) or None
 
 
 def plain(text: str) -> str:
     """``text`` with the characters Markdown would read as markup taken out (tags come from any API client)."""
     return "".join(" " if char in "[]()*_`\\<>:#|~$" else char for char in text).strip()
+
+
+def escaped(text: str) -> str:
+    """``text`` shown as it is in Markdown: every character Markdown reads as markup is escaped."""
+    return _MARKUP.sub(r"\\\1", text)
+
+
+_MARKUP = re.compile(r"([\\`*_\[\]|~<>$:])")  # those that can act in the middle of a line
 
 
 def tag_chips(tags: list[str]) -> str:
@@ -100,6 +229,12 @@ def main() -> None:
     require_password()
     st.session_state.setdefault("more_like", None)
     st.session_state.setdefault("pages", 1)
+    st.session_state.setdefault("terms", [])
+    st.session_state.setdefault("expanded", set())
+    # The relevance switches' state, set here so a button can change it and so it outlives the "Label sets"
+    # view (Streamlit forgets a widget's state after a run that does not draw it).
+    for key, default in (("only_matches", True), ("fold", True), ("names", False), ("variety", 0.0)):
+        st.session_state[key] = st.session_state.get(key, default)
     base_url, api_key = api_settings()
     client = get_client(base_url, api_key)
 
@@ -151,15 +286,26 @@ def main() -> None:
     with left:
         negative = st.text_input("…but not", placeholder="people")
     with right:
-        upload = st.file_uploader("…or drop an example image", type=["jpg", "jpeg", "png", "webp", "gif", "bmp",
-                                                                      "tif", "tiff"])
+        upload = st.file_uploader("…or drop an example image", type=IMAGE_TYPES)
+    query_builder(client)
+    terms = st.session_state.terms
+    matches, duplicates, by_name, variety_column = st.columns([1, 1, 1, 1], vertical_alignment="center")
+    only_matches = matches.toggle("Only matches", key="only_matches",
+                                  help="stop where this query's matches end, judged from its scores against the "
+                                       "whole collection; off: every image, best first")
+    fold = duplicates.toggle("Fold near-duplicates", key="fold",
+                             help="copies, re-encodes and bursts show as one result with “+N similar”")
+    names = by_name.toggle("Match names too", key="names",
+                           help="hybrid search: words in file and folder names, descriptions and tags count too")
+    variety = variety_column.slider("Variety", 0.0, 1.0, step=0.1, key="variety",
+                                    help="towards 1: fewer look-alikes among the top results")
 
     more_like = st.session_state.more_like
     if more_like:
-        st.info(f"Showing images like **{more_like['name']}**")
+        st.info(f"Showing images like **{escaped(more_like['name'])}**")
         st.button("✕ Back to text search", on_click=clear_more_like_this)
 
-    if not (text.strip() or upload or more_like):
+    if not (text.strip() or upload or more_like or terms):
         st.caption("Type a few words, drop an image, or pick “More like this” on a result.")
         return
 
@@ -168,8 +314,19 @@ def main() -> None:
               "cameras": [camera.strip()] if camera.strip() else None,
               "tags_all" if all_tags else "tags_any": chosen_tags or None}
     search_filter = {name: value for name, value in bounds.items() if value is not None} or None
+    files = [(upload.name, upload.getvalue())] if upload and not more_like else []  # the example image
+    sent_terms = []
+    for term in terms:
+        weight = signed_weight(term)
+        if term["kind"] == "text":
+            sent_terms.append({"text": term["value"], "weight": weight})
+        elif term["kind"] == "image":
+            sent_terms.append({"image_id": term["value"], "weight": weight})
+        else:  # named by its position among the uploads
+            files.append((term["value"], term["data"]))
+            sent_terms.append({"upload_ref": str(len(files) - 1), "weight": weight})
     signature = (text, negative, upload.file_id if upload else None, more_like and more_like["id"], top_k,
-                 min_score, repr(search_filter), newest)
+                 min_score, repr(search_filter), newest, repr(sent_terms), only_matches, fold, names, variety)
     if st.session_state.get("signature") != signature:
         st.session_state.signature = signature
         st.session_state.pages = 1
@@ -179,10 +336,12 @@ def main() -> None:
         query = dict(
             text=text.strip() or None, negative_text=negative.strip() or None, limit=limit,
             min_score=min_score if min_score > -1.0 else None,
-            filter=search_filter, sort="newest" if newest else None,
+            filter=search_filter, sort="newest" if newest else None, terms=sent_terms or None,
+            cutoff="auto" if only_matches else None, collapse=fold or None, diversity=variety or None,
+            lexical_weight=HYBRID_WEIGHT if names else None, explain=True,
         )
-        if upload and not more_like:
-            response = client.search_image(upload.getvalue(), upload.name, **query)
+        if files:
+            response = client.search_image(files, **query)
         else:
             response = client.search(image_id=more_like["id"] if more_like else None, **query)
     except (ApiError, ApiUnreachable) as exc:
@@ -192,36 +351,71 @@ def main() -> None:
     results = response["results"]
     for note in response.get("notes", []):
         st.caption(f"ℹ️ {note}")
+    cutoff = response.get("cutoff")
+    if not results and cutoff:
+        st.warning("Nothing in the collection stands out for this query. Try other words, or see the closest "
+                   "images anyway.", icon="🔍")
+        st.button("Show the closest anyway", on_click=show_closest_anyway)
+        return
     if not results:
         st.warning("No results. Try other words, a lower minimum score, or fewer filters in the sidebar.", icon="🔍")
         return
-    st.caption(f"{len(results)} results in {response['took_ms']:.0f} ms")
+    folded = sum(len(hit.get("folded") or []) for hit in results)
+    st.caption(f"{len(results)} result{'s' if len(results) != 1 else ''} in {response['took_ms']:.0f} ms"
+               + (f" · only matches: {cutoff['kept']:,} stand out from the collection" if cutoff else "")
+               + (f" · {folded} near-duplicates folded" if folded else ""))
     render_grid(client, results)
-    if len(results) == limit and limit < MAX_RESULTS:
+    if len(results) == limit and limit < MAX_RESULTS and not (cutoff and cutoff["kept"] <= limit + folded):
         st.button("Load more", on_click=lambda: st.session_state.update(pages=st.session_state.pages + 1),
-                  use_container_width=True)
+                  width="stretch")
 
 
 def render_grid(client: ApiClient, results: list[dict]) -> None:
     thumbnails = client.images([hit["thumbnail_url"] for hit in results])
+    expanded = st.session_state.get("expanded", set())
     for row_start in range(0, len(results), COLUMNS):
-        columns = st.columns(COLUMNS)
-        for column, hit, thumb in zip(columns, results[row_start:row_start + COLUMNS],
-                                      thumbnails[row_start:row_start + COLUMNS]):
+        row = results[row_start:row_start + COLUMNS]
+        for column, hit, thumb in zip(st.columns(COLUMNS), row, thumbnails[row_start:row_start + COLUMNS]):
             name = PurePath(hit["path"]).name
             with column:
                 if thumb:
-                    st.image(thumb, use_container_width=True)
+                    st.image(thumb, width="stretch")
                 else:
                     st.caption("(no thumbnail)")
                 taken = f" · {hit['taken_at'][:10]}" if hit.get("taken_at") else ""
-                st.caption(f"**{hit['score']:.3f}** · {name}{taken}")
+                by_name = " · 🔤 name match" if hit.get("name_match") else ""
+                st.caption(f"**{hit['score']:.3f}** · {escaped(name)}{taken}{by_name}", help=explanation_text(hit))
                 if hit.get("tags"):
                     st.markdown(tag_chips(hit["tags"]))
+                if hit.get("folded"):
+                    shown = hit["id"] in expanded
+                    st.button(f"{'−' if shown else '+'}{len(hit['folded'])} similar", key=f"similar-{hit['id']}",
+                              on_click=toggle_expanded, args=(hit["id"],), width="stretch",
+                              help="near-identical images folded into this one")
                 st.button("More like this", key=f"like-{hit['id']}", on_click=start_more_like_this,
-                          args=(hit["id"], name), use_container_width=True)
-                if st.button("View large", key=f"view-{hit['id']}", use_container_width=True):
+                          args=(hit["id"], name), width="stretch")
+                st.button("Add to query", key=f"add-{hit['id']}", on_click=add_term, width="stretch",
+                          args=("image", hit["id"], name), kwargs={"thumbnail_url": hit["thumbnail_url"]})
+                if st.button("View large", key=f"view-{hit['id']}", width="stretch"):
                     preview(client, hit)
+        for hit in row:
+            if hit["id"] in expanded and hit.get("folded"):
+                render_folded(client, hit)
+
+
+def render_folded(client: ApiClient, hit: dict) -> None:
+    """The near-identical images folded into ``hit``, in a row under its own."""
+    with st.container(border=True):
+        st.caption(f"Similar to {escaped(PurePath(hit['path']).name)}")
+        folded = hit["folded"]
+        thumbnails = client.images([image["thumbnail_url"] for image in folded])
+        for start in range(0, len(folded), COLUMNS):
+            for column, image, thumb in zip(st.columns(COLUMNS), folded[start:start + COLUMNS],
+                                            thumbnails[start:start + COLUMNS]):
+                with column:
+                    if thumb:
+                        st.image(thumb, width="stretch")
+                    st.caption(f"**{image['score']:.3f}** · {escaped(PurePath(image['path']).name)}")
 
 
 def tag_counts(client: ApiClient) -> dict[str, int]:

@@ -19,7 +19,7 @@ from imgsearch_core.store.fields import wall_clock_datetime
 from imgsearch_core.store.filters import ImageFilter
 from imgsearch_core.store.vector_copy import VectorCopy
 from search_api.ranking import SORT_POOL, blend
-from search_api.schemas import CutoffInfo, SearchHit, SearchRequest, SearchResponse, TermContribution
+from search_api.schemas import CutoffInfo, FoldedImage, SearchHit, SearchRequest, SearchResponse, TermContribution
 from search_api.services.batching import TextBatcher
 
 MIN_POOL, MAX_POOL = 100, 1000  # candidates a cutoff, fusion, collapse or MMR works over
@@ -36,7 +36,7 @@ class Entry:
     score: float
     rank_score: float = 0.0
     name_rank: int | None = None
-    duplicates: list[str] = field(default_factory=list)
+    duplicates: list[Entry] = field(default_factory=list)  # near-identical results folded into this one
 
 
 @dataclass(frozen=True)
@@ -201,7 +201,11 @@ class SearchService:
         results = []
         for entry in found.page:
             hit = to_hit(entry.hit, entry.score)
-            hit.duplicates = entry.duplicates
+            hit.duplicates = [folded.hit.id for folded in entry.duplicates]
+            hit.folded = [FoldedImage(id=folded.hit.id, path=folded.hit.row["path"], score=round(folded.score, 6),
+                                      image_url=f"/images/{folded.hit.id}",
+                                      thumbnail_url=f"/images/{folded.hit.id}/thumbnail")
+                          for folded in entry.duplicates]
             hit.name_match = entry.name_rank is not None
             if request.explain:
                 hit.explanation = query.explain(entry.hit.vector, entry.name_rank)
@@ -279,7 +283,7 @@ class SearchService:
             centred = centre(np.stack([entry.hit.vector for entry in entries]), self.background().mean)
             groups = collapse(centred, request.collapse_threshold)
             for group in groups:
-                entries[group[0]].duplicates = [entries[i].hit.id for i in group[1:]]
+                entries[group[0]].duplicates = [entries[i] for i in group[1:]]
             entries = [entries[group[0]] for group in groups]
         if request.diversity > 0 and entries:
             order = diversify(np.asarray([entry.rank_score for entry in entries]),
