@@ -7,11 +7,11 @@ PIP := $(PY) -m pip
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
-install: ## create .venv and install imgsearch with its test tools and the onnx/openvino backends (CPU torch)
+install: ## create .venv and install imgsearch with its test tools, the onnx/openvino backends and the evaluation chart (CPU torch)
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[test,onnx,openvino]'
+	$(PIP) install -q -e '.[test,onnx,openvino,eval]'
 
 test: ## run the whole test suite, offline
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q

@@ -152,6 +152,25 @@ def build_parser() -> argparse.ArgumentParser:
     duplicates.add_argument("--json", action="store_true", help="print JSON on stdout")
     _add_common(duplicates)
 
+    evaluate = commands.add_parser(
+        "evaluate", help="score models on your own labelled images, side by side, to choose one",
+        description="Zero-shot accuracy (top-1, top-5, mean per-class recall) and leave-one-out kNN accuracy on a "
+                    "folder of class subfolders; text->image and image->text recall@1/5/10 on a CSV of "
+                    "image,caption rows. Image vectors are cached per model, so adding a model embeds only for it.")
+    evaluate.add_argument("--folder", metavar="DIR", help="one subfolder of images per class; its name is the class")
+    evaluate.add_argument("--captions", metavar="CSV", help="image,caption rows; image paths relative to the CSV")
+    evaluate.add_argument("--model", dest="models", action="append", metavar="MODEL",
+                          help="a model to score (repeat for more); default: IMGSEARCH_MODEL")
+    evaluate.add_argument("--template", dest="templates", action="append", metavar="TEXT",
+                          help="prompt template, {} is the class name (repeat to average several); "
+                               "default: 'a photo of a {}.'")
+    evaluate.add_argument("--knn", type=int, default=1, metavar="K", help=(
+        "neighbours that vote in the kNN accuracy (default 1: is each image's nearest other image of its class?)"))
+    evaluate.add_argument("--chart", metavar="PNG", help="also draw the comparison as a bar chart (needs [eval])")
+    evaluate.add_argument("--json", action="store_true", help="print JSON on stdout")
+    evaluate.add_argument("--device", help="cpu, cuda, cuda:1 or auto [IMGSEARCH_DEVICE]")
+    _add_model_options(evaluate)
+
     drop = commands.add_parser("drop", help="delete the collection and everything indexed in it")
     drop.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     _add_common(drop)
@@ -295,6 +314,48 @@ def cmd_duplicates(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from evaluation import report
+    from evaluation.data import read_captions, read_class_folder
+    from evaluation.runner import DEFAULT_TEMPLATES, evaluate_model
+    from imgsearch_core.encoder import load_embedder
+
+    if not (args.folder or args.captions):
+        print("imgsearch evaluate: give --folder DIR (class subfolders) and/or --captions CSV", file=sys.stderr)
+        return EXIT_USAGE
+    templates = args.templates or list(DEFAULT_TEMPLATES)
+    if any(template.count("{}") != 1 for template in templates):
+        print("imgsearch evaluate: each --template needs exactly one {} where the class name goes", file=sys.stderr)
+        return EXIT_USAGE
+    if args.knn < 1:
+        print("imgsearch evaluate: --knn must be 1 or more", file=sys.stderr)
+        return EXIT_USAGE
+    folder = read_class_folder(args.folder) if args.folder else None
+    captions = read_captions(args.captions) if args.captions else None
+    settings = _settings(args)
+    images = len(set((folder.paths if folder else []) + (captions.paths if captions else [])))
+    results = []
+    for model in args.models or [settings.model]:
+        embedder = load_embedder(settings.model_copy(update={"model": model}))
+        with tqdm(total=images, desc=report.short_name(embedder.name), unit="img", file=sys.stderr,
+                  disable=None) as bar:  # disable=None: a bar on a terminal only
+            result = evaluate_model(embedder, folder, captions, settings.cache_dir, templates, args.knn,
+                                    settings.max_image_pixels, settings.max_decoded_bytes, progress=bar.update)
+        results.append(result)
+        del embedder  # one model in memory at a time
+        for path, why in list(result.skipped.items())[:5]:
+            print(f"skipped {path}: {why}", file=sys.stderr)
+    if args.chart:
+        print(f"chart: {report.chart(results, Path(args.chart))}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(report.as_json(results), indent=2))
+    else:
+        print(report.table(results))
+    return EXIT_OK
+
+
 def cmd_tag(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
@@ -427,7 +488,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"index": cmd_index, "search": cmd_search, "serve": cmd_serve, "ui": cmd_ui, "upgrade": cmd_upgrade,
-            "tag": cmd_tag, "drop": cmd_drop, "duplicates": cmd_duplicates}
+            "tag": cmd_tag, "drop": cmd_drop, "duplicates": cmd_duplicates, "evaluate": cmd_evaluate}
 
 
 def main(argv: list[str] | None = None) -> int:
