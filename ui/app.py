@@ -23,7 +23,7 @@ MAX_RESULTS = 200  # the API's limit per request
 FORMATS = ["JPEG", "PNG", "WEBP", "HEIF", "AVIF", "GIF", "TIFF", "BMP", "MPO"]  # as Pillow names them
 EARLIEST, LATEST = date(1826, 1, 1), date(2200, 12, 31)
 IMAGE_TYPES = ["jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff"]
-HYBRID_WEIGHT = 0.5  # lexical_weight of "Match file and folder names too"
+HYBRID_WEIGHT = 0.5  # lexical_weight of the "Match names too" switch
 
 st.set_page_config(page_title="imgsearch", page_icon="🔎", layout="wide")
 
