@@ -319,7 +319,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     from evaluation import report
     from evaluation.data import read_captions, read_class_folder
-    from evaluation.runner import DEFAULT_TEMPLATES, evaluate_model
+    from evaluation.runner import DEFAULT_TEMPLATES, evaluate_model, image_paths
     from imgsearch_core.encoder import load_embedder
 
     if not (args.folder or args.captions):
@@ -335,14 +335,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     folder = read_class_folder(args.folder) if args.folder else None
     captions = read_captions(args.captions) if args.captions else None
     settings = _settings(args)
-    images = len(set((folder.paths if folder else []) + (captions.paths if captions else [])))
+    images = len(image_paths(folder, captions))
     results = []
     for model in args.models or [settings.model]:
         embedder = load_embedder(settings.model_copy(update={"model": model}))
         with tqdm(total=images, desc=report.short_name(embedder.name), unit="img", file=sys.stderr,
                   disable=None) as bar:  # disable=None: a bar on a terminal only
-            result = evaluate_model(embedder, folder, captions, settings.cache_dir, templates, args.knn,
-                                    settings.max_image_pixels, settings.max_decoded_bytes, progress=bar.update)
+            result = evaluate_model(embedder, folder, captions, settings, templates, args.knn, progress=bar.update)
         results.append(result)
         del embedder  # one model in memory at a time
         for path, why in list(result.skipped.items())[:5]:

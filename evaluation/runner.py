@@ -18,6 +18,7 @@ from evaluation.data import Captions, ClassFolder, EvaluationDataError
 from imgsearch_core.encoder import Embedder
 from imgsearch_core.errors import ImageDecodeError
 from imgsearch_core.images import decode_image
+from imgsearch_core.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -70,11 +71,16 @@ class VectorCache:
         os.replace(temporary, self.file)
 
 
-def embed_images(embedder: Embedder, paths: list[str], cache: VectorCache, result: ModelResult,
-                 max_pixels: int, max_decoded_bytes: int, batch_size: int = 32,
+def image_paths(folder: ClassFolder | None, captions: Captions | None) -> list[str]:
+    """Every image the data names, once each, in order."""
+    return list(dict.fromkeys((folder.paths if folder else []) + (captions.paths if captions else [])))
+
+
+def embed_images(embedder: Embedder, paths: list[str], cache: VectorCache, result: ModelResult, settings: Settings,
                  progress: Callable[[int], None] = lambda n: None) -> dict[str, np.ndarray]:
     """Vectors of ``paths`` that could be read, by path: from the cache, else decoded as the indexer decodes them
-    and embedded. Unreadable files are listed in ``result.skipped``."""
+    and embedded ``settings.batch_size`` at a time. Unreadable files are listed in ``result.skipped``."""
+    batch_size = settings.batch_size
     found: dict[str, np.ndarray] = {}
     pending: list[tuple[str, str]] = []  # (path, cache key)
     for path in paths:
@@ -96,7 +102,8 @@ def embed_images(embedder: Embedder, paths: list[str], cache: VectorCache, resul
             try:
                 with open(path, "rb") as handle:
                     data = handle.read()
-                images.append(decode_image(data, path, embedder.image_size, max_pixels, max_decoded_bytes).image)
+                images.append(decode_image(data, path, embedder.image_size, settings.max_image_pixels,
+                                           settings.max_decoded_bytes).image)
                 batch.append((path, key))
             except (OSError, ImageDecodeError) as exc:
                 result.skipped[path] = str(exc)
@@ -110,17 +117,14 @@ def embed_images(embedder: Embedder, paths: list[str], cache: VectorCache, resul
     return found
 
 
-def evaluate_model(embedder: Embedder, folder: ClassFolder | None, captions: Captions | None, cache_dir: Path,
-                   templates: Iterable[str] = DEFAULT_TEMPLATES, knn_k: int = 1, max_pixels: int = 100_000_000,
-                   max_decoded_bytes: int = 2 * 1024 ** 3, progress: Callable[[int], None] = lambda n: None,
-                   ) -> ModelResult:
-    """Every metric the data allows, for one loaded model."""
+def evaluate_model(embedder: Embedder, folder: ClassFolder | None, captions: Captions | None, settings: Settings,
+                   templates: Iterable[str] = DEFAULT_TEMPLATES, knn_k: int = 1,
+                   progress: Callable[[int], None] = lambda n: None) -> ModelResult:
+    """Every metric the data allows, for one loaded model; image vectors cached in ``settings.cache_dir``."""
     started = time.perf_counter()
     result = ModelResult(embedder.name, embedder.dim, embedder.precision)
-    cache = VectorCache(cache_dir, embedder)
-    paths = list(dict.fromkeys((folder.paths if folder else []) + (captions.paths if captions else [])))
-    vectors = embed_images(embedder, paths, cache, result, max_pixels, max_decoded_bytes,
-                           batch_size=getattr(embedder, "batch_size", 32), progress=progress)
+    cache = VectorCache(settings.cache_dir, embedder)
+    vectors = embed_images(embedder, image_paths(folder, captions), cache, result, settings, progress=progress)
     templates = list(templates)
     if folder is not None:
         kept = [i for i, path in enumerate(folder.paths) if path in vectors]

@@ -53,13 +53,13 @@ def start_more_like_this(image_id: str, name: str) -> None:
     st.session_state.pages = 1
 
 
-def add_term(kind: str, value: str, label: str, data: bytes | None = None, thumbnail_url: str | None = None) -> None:
-    """Add a term to the query builder: words ("text"), an indexed image ("image") or an uploaded one ("upload")."""
+def add_term(kind: str, value: str, label: str, data: bytes | None = None) -> None:
+    """Add a term to the query builder: words ("text"), an indexed image ("image") or an uploaded one ("upload").
+    ``data`` is the picture the builder shows: the upload itself, or the indexed image's thumbnail."""
     key = st.session_state.next_term = st.session_state.get("next_term", 0) + 1
     if kind == "image":
         st.session_state.setdefault("image_names", {})[value] = label
-    st.session_state.terms.append({"key": key, "kind": kind, "value": value, "label": label, "data": data,
-                                   "thumbnail_url": thumbnail_url})
+    st.session_state.terms.append({"key": key, "kind": kind, "value": value, "label": label, "data": data})
 
 
 def add_typed_term() -> None:
@@ -86,7 +86,7 @@ def signed_weight(term: dict) -> float:
     return -weight if st.session_state.get(f"sign-{term['key']}", "+") == "−" else weight
 
 
-def query_builder(client: ApiClient) -> None:
+def query_builder() -> None:
     """The terms added to the typed words: each with a sign and a weight slider, and ways to add more."""
     terms = st.session_state.terms
     with st.expander(f"Combine words and images ({len(terms)} added)" if terms else "Combine words and images",
@@ -94,10 +94,8 @@ def query_builder(client: ApiClient) -> None:
         for term in terms:
             kind, key = term["kind"], term["key"]
             picture, label, sign, weight, remove = st.columns([1, 3, 2, 4, 1], vertical_alignment="center")
-            picture_data = term["data"] if kind == "upload" else (
-                client.images([term["thumbnail_url"]])[0] if term["thumbnail_url"] else None)
-            if picture_data:
-                picture.image(picture_data, width="stretch")
+            if term["data"]:
+                picture.image(term["data"], width="stretch")
             else:
                 picture.markdown("🔤" if kind == "text" else "🖼️")
             label.markdown(f"“{escaped(term['label'])}”" if kind == "text" else escaped(term["label"]))
@@ -166,13 +164,17 @@ def term_name(part: dict) -> str:
     return term
 
 
+def name_match(part: dict) -> str:
+    """What a names-only term of an explanation found."""
+    return f"name match, rank {part['name_rank']}" if part.get("name_rank") else "no name match"
+
+
 def explanation_row(part: dict) -> dict:
     """One term of a result's explanation, for the preview's table."""
-    part = {**part, "term": term_name(part)}
     if part.get("cosine") is None:
-        found = f"name match, rank {part['name_rank']}" if part.get("name_rank") else "no name match"
-        return {"term": part["term"], "weight": part["weight"], "cosine": None, "share of score": None, "names": found}
-    return {"term": part["term"], "weight": part["weight"], "cosine": round(part["cosine"], 3),
+        return {"term": term_name(part), "weight": part["weight"], "cosine": None, "share of score": None,
+                "names": name_match(part)}
+    return {"term": term_name(part), "weight": part["weight"], "cosine": round(part["cosine"], 3),
             "share of score": round(part["contribution"], 3), "names": ""}
 
 
@@ -185,8 +187,7 @@ def explanation_text(hit: dict) -> str | None:
             lines.append(f"{term}: cosine {part['cosine']:+.3f} × weight {part['weight']:+g} = "
                          f"{part['contribution']:+.3f}")
         else:
-            lines.append(f"{term}: " + (f"name match, rank {part['name_rank']}" if part.get("name_rank")
-                                        else "no name match"))
+            lines.append(f"{term}: {name_match(part)}")
     return "  \n".join(lines) or None
 
 
@@ -287,7 +288,7 @@ def main() -> None:
         negative = st.text_input("…but not", placeholder="people")
     with right:
         upload = st.file_uploader("…or drop an example image", type=IMAGE_TYPES)
-    query_builder(client)
+    query_builder()
     terms = st.session_state.terms
     matches, duplicates, by_name, variety_column = st.columns([1, 1, 1, 1], vertical_alignment="center")
     only_matches = matches.toggle("Only matches", key="only_matches",
@@ -395,7 +396,7 @@ def render_grid(client: ApiClient, results: list[dict]) -> None:
                 st.button("More like this", key=f"like-{hit['id']}", on_click=start_more_like_this,
                           args=(hit["id"], name), width="stretch")
                 st.button("Add to query", key=f"add-{hit['id']}", on_click=add_term, width="stretch",
-                          args=("image", hit["id"], name), kwargs={"thumbnail_url": hit["thumbnail_url"]})
+                          args=("image", hit["id"], name, thumb))
                 if st.button("View large", key=f"view-{hit['id']}", width="stretch"):
                     preview(client, hit)
         for hit in row:

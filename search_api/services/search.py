@@ -201,11 +201,9 @@ class SearchService:
         results = []
         for entry in found.page:
             hit = to_hit(entry.hit, entry.score)
-            hit.duplicates = [folded.hit.id for folded in entry.duplicates]
             hit.folded = [FoldedImage(id=folded.hit.id, path=folded.hit.row["path"], score=round(folded.score, 6),
-                                      image_url=f"/images/{folded.hit.id}",
-                                      thumbnail_url=f"/images/{folded.hit.id}/thumbnail")
-                          for folded in entry.duplicates]
+                                      **image_urls(folded.hit.id)) for folded in entry.duplicates]
+            hit.duplicates = [folded.id for folded in hit.folded]
             hit.name_match = entry.name_rank is not None
             if request.explain:
                 hit.explanation = query.explain(entry.hit.vector, entry.name_rank)
@@ -218,9 +216,9 @@ class SearchService:
                        notes: list[str]) -> Query:
         """The request's terms as vectors (texts embedded together, uploads together) and words to match."""
         terms = request_terms(request, uploads)
+        split = {i: split_quoted(term.text) for i, term in enumerate(terms) if term.text is not None}
         vectors: dict[int, tuple[np.ndarray, bool]] = {}  # by term position: (vector, is an image)
-        texts = [(i, embeddable) for i, term in enumerate(terms) if term.text is not None
-                 for embeddable in [split_quoted(term.text)[0]] if embeddable]
+        texts = [(i, text) for i, (text, _) in split.items() if text]
         if texts:
             embedded = await self.text_batcher.embed([text for _, text in texts])
             if any(embedded.truncated):
@@ -245,7 +243,7 @@ class SearchService:
                 label = term.label or term.text or f"image {term.image_id}"
                 query.add_vector(label, term.weight, vectors[i][0], image=vectors[i][1])
             if term.text is not None and term.weight > 0:
-                text, quoted = split_quoted(term.text)
+                text, quoted = split[i]
                 query.names_only += quoted
                 if text and request.lexical_weight > 0:
                     query.words.append(text)
@@ -329,11 +327,15 @@ def to_hit(hit: Hit, score: float | None = None) -> SearchHit:
     row = hit.row
     return SearchHit(
         id=hit.id, path=row["path"], score=round(hit.score if score is None else score, 6), width=row["width"], height=row["height"],
-        image_url=f"/images/{hit.id}", thumbnail_url=f"/images/{hit.id}/thumbnail",
-        taken_at=wall_clock_datetime(row["taken_at"]), taken_at_source=row["taken_at_source"],
+        **image_urls(hit.id), taken_at=wall_clock_datetime(row["taken_at"]), taken_at_source=row["taken_at_source"],
         format=row["format"], camera_make=row["camera_make"], camera_model=row["camera_model"], gps=row["gps"],
         tags=list(row.get("tags") or []), tag_scores=[round(float(v), 4) for v in row.get("tag_scores") or []],
     )
+
+
+def image_urls(image_id: str) -> dict[str, str]:
+    """Where the API serves an image and its thumbnail (search_api/routes/images.py)."""
+    return {"image_url": f"/images/{image_id}", "thumbnail_url": f"/images/{image_id}/thumbnail"}
 
 
 def count_tags(tag_lists: Iterable[Sequence[str]]) -> dict[str, int]:
