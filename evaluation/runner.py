@@ -18,6 +18,7 @@ from evaluation.data import Captions, ClassFolder, EvaluationDataError
 from imgsearch_core.encoder import Embedder
 from imgsearch_core.errors import ImageDecodeError
 from imgsearch_core.images import decode_image
+from imgsearch_core.safe_files import UnsafeFileError, read_regular
 from imgsearch_core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,8 @@ def image_paths(folder: ClassFolder | None, captions: Captions | None) -> list[s
 
 def embed_images(embedder: Embedder, paths: list[str], cache: VectorCache, result: ModelResult, settings: Settings,
                  progress: Callable[[int], None] = lambda n: None) -> dict[str, np.ndarray]:
-    """Vectors of ``paths`` that could be read, by path: from the cache, else decoded as the indexer decodes them
+    """Vectors of ``paths`` that could be read, by path: from the cache, else read and decoded as the indexer
+    reads and decodes them (regular files up to IMGSEARCH_MAX_FILE_BYTES; the labelled files may lie anywhere)
     and embedded ``settings.batch_size`` at a time. Unreadable files are listed in ``result.skipped``."""
     batch_size = settings.batch_size
     found: dict[str, np.ndarray] = {}
@@ -100,12 +102,11 @@ def embed_images(embedder: Embedder, paths: list[str], cache: VectorCache, resul
         batch, images = [], []
         for path, key in pending[start:start + batch_size]:
             try:
-                with open(path, "rb") as handle:
-                    data = handle.read()
+                data = read_regular(path, [os.sep], settings.max_file_bytes)
                 images.append(decode_image(data, path, embedder.image_size, settings.max_image_pixels,
                                            settings.max_decoded_bytes).image)
                 batch.append((path, key))
-            except (OSError, ImageDecodeError) as exc:
+            except (OSError, UnsafeFileError, ImageDecodeError) as exc:
                 result.skipped[path] = str(exc)
         vectors = embedder.embed_images(images)
         for (path, key), vector in zip(batch, vectors):

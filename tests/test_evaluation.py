@@ -168,16 +168,20 @@ def test_evaluate_prints_a_table_skips_unreadable_images_and_refuses_bad_input(l
     env = cli_environment(tmp_path / "data", first)
     broken = root / "set" / "blue_sky" / "4.jpg"
     broken.write_bytes(b"\xff\xd8 not really a jpeg")
+    fifo = root / "set" / "red_apple" / "pipe.jpg"  # reading it would wait for a writer forever
+    os.mkfifo(fifo)
     try:
         done = evaluate(imgsearch_bin, env, root, "--model", str(first), "--model", str(second),
                         "--template", "a photo of {}.", "--template", "a picture of a {}")
     finally:
         broken.unlink()
+        fifo.unlink()
+    assert f"skipped {fifo}: {fifo}: a FIFO, not a regular file" in done.stderr
     header, rule, *rows = done.stdout.strip().splitlines()
     assert header.split() == ["model", "top1", "top5", "class_recall", "knn@2", "t2i_R@1", "t2i_R@5", "t2i_R@10",
                               "i2t_R@1", "i2t_R@5", "i2t_R@10", "images"]
     assert [row.split()[0] for row in rows] == ["model0", "model1"]
-    assert "(1 unreadable)" in rows[0] and f"skipped {broken}" in done.stderr
+    assert "(2 unreadable)" in rows[0] and f"skipped {broken}" in done.stderr
     columns = list(zip(*(row.split()[1:5] for row in rows)))
     assert all(any(cell.endswith("*") for cell in column) for column in columns)  # the best of each marked
 
