@@ -171,7 +171,27 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--device", help="cpu, cuda, cuda:1 or auto [IMGSEARCH_DEVICE]")
     _add_model_options(evaluate)
 
+    migrate = commands.add_parser(
+        "migrate", help="switch the collection to another model while the API keeps answering",
+        description="Build a collection with the new model beside the current one, from the indexed folders "
+                    "(resumable: run it again after an interruption), then point the collection's name at it in one "
+                    "step. A running API follows within seconds. The old collection is kept for --rollback until "
+                    "`imgsearch drop --old`.")
+    migrate.add_argument("--rollback", action="store_true",
+                         help="point the name back at the collection it pointed to before the last switch")
+    migrate.add_argument("--build-only", dest="build_only", action="store_true",
+                         help="build (or finish building) the new collection, but do not switch to it")
+    migrate.add_argument("--folder", metavar="DIR",
+                         help="before switching, evaluate both models on this folder of class subfolders")
+    migrate.add_argument("--captions", metavar="CSV", help="... and/or on these image,caption rows")
+    migrate.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    _add_common(migrate)
+    _add_model_options(migrate)
+
     drop = commands.add_parser("drop", help="delete the collection and everything indexed in it")
+    drop.add_argument("--old", action="store_true",
+                      help="delete only the collections the name no longer points to (the model before a migrate, "
+                           "an unfinished migration)")
     drop.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     _add_common(drop)
     return parser
@@ -188,6 +208,7 @@ def cmd_index(args: argparse.Namespace) -> int:
     if not args.prune:  # a mistyped or unmounted path fails before the model loads
         check_roots_exist(args.paths, store.iter_metadata() if exists else [])
     if exists:
+        settings = _with_indexed_model(args, settings, store)
         store.check_model(model_identity(settings.model))  # fail fast, before loading the model
     encoder = load_embedder(settings)
     if (choice := getattr(encoder, "precision_choice", None)) is not None:
@@ -318,7 +339,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from evaluation import report
-    from evaluation.data import read_captions, read_class_folder
     from evaluation.runner import DEFAULT_TEMPLATES, evaluate_model, image_paths
     from imgsearch_core.encoder import load_embedder
 
@@ -332,8 +352,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.knn < 1:
         print("imgsearch evaluate: --knn must be 1 or more", file=sys.stderr)
         return EXIT_USAGE
-    folder = read_class_folder(args.folder) if args.folder else None
-    captions = read_captions(args.captions) if args.captions else None
+    folder, captions = _labelled_data(args)
     settings = _settings(args)
     images = len(image_paths(folder, captions))
     results = []
@@ -418,22 +437,120 @@ def cmd_tag(args: argparse.Namespace) -> int:
 
 def cmd_drop(args: argparse.Namespace) -> int:
     from imgsearch_core.store import MilvusStore
+    from indexer.migration import drop_others, other_collections
 
     settings = _settings(args)
     store = MilvusStore.from_settings(settings)
+    others = other_collections(store)
+    if args.old:
+        if not others:
+            print(f"collection '{settings.collection}' has no old collections")
+            return EXIT_OK
+        for other in others:
+            print(f"  {other.name}: {other.rows} images embedded by {other.model} ({other.state})")
+        if not _confirmed(args, f"Delete these {len(others)} collections?"):
+            return EXIT_OK
+        drop_others(store, [other.name for other in others], lambda name: print(f"dropped {name}"))
+        return EXIT_OK
     if not store.exists():
         print(f"collection '{settings.collection}' does not exist")
         return EXIT_OK
-    if not args.yes:
-        if not sys.stdin.isatty():
-            print("imgsearch drop: refusing without --yes when not on a terminal", file=sys.stderr)
-            return EXIT_USAGE
-        answer = input(f"Delete collection '{settings.collection}' with {store.count()} images? [y/N] ")
-        if answer.strip().lower() not in ("y", "yes"):
-            return EXIT_OK
+    kept = f" and its {len(others)} old collections" if others else ""
+    if not _confirmed(args, f"Delete collection '{settings.collection}' with {store.count()} images{kept}?"):
+        return EXIT_OK
     store.drop()
-    print(f"dropped collection '{settings.collection}'")
+    print(f"dropped collection '{settings.collection}'{kept}")
     return EXIT_OK
+
+
+def _confirmed(args: argparse.Namespace, question: str) -> bool:
+    """--yes, or a yes typed on a terminal; without a terminal, refuse (SystemExit with EXIT_USAGE)."""
+    if args.yes:
+        return True
+    if not sys.stdin.isatty():
+        print(f"imgsearch {args.command}: refusing without --yes when not on a terminal", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+    return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from imgsearch_core.encoder import load_embedder
+    from imgsearch_core.store import MilvusStore
+    from indexer import migration
+
+    settings = _settings(args)
+    store = MilvusStore.from_settings(settings)
+    if args.rollback:
+        left, now = migration.rollback(store)
+        print(f"'{settings.collection}' points to {now} again ({store.model_info()[0]}); {left} is kept: "
+              f"`imgsearch migrate --rollback` switches back to it")
+        return EXIT_OK
+    if args.model is None:
+        print("imgsearch migrate: give --model NEW (or --rollback)", file=sys.stderr)
+        return EXIT_USAGE
+    if not store.exists():
+        print(f"imgsearch migrate: collection '{settings.collection}' does not exist: `imgsearch index` makes it "
+              f"with IMGSEARCH_MODEL", file=sys.stderr)
+        return EXIT_ERROR
+    store.check_schema()  # an old schema is upgraded first, before a model is loaded
+    labelled = _labelled_data(args)  # bad evaluation data fails now, not after the build
+    encoder = load_embedder(settings)
+    show = sys.stderr.isatty() and not args.json
+    if not args.json:
+        print(f"embedding the images of '{settings.collection}' with {encoder.name} into a new collection",
+              file=sys.stderr)
+    report = migration.build(settings, encoder, store, show_progress=show)
+    if labelled:
+        _compare_models(args, settings, labelled, [report.old_model, encoder.name], encoder)
+    if not args.build_only:
+        migration.switch(store, report)
+    if args.json:
+        print(json.dumps(asdict(report), indent=2, default=str))
+        return EXIT_OK
+    build, catch_up = report.build, report.catch_up
+    print(f"{report.new}: embedded {build.embedded + catch_up.embedded}, already there {build.unchanged}, "
+          f"copied {build.copied + catch_up.copied}, failed {len(build.failed)}; {report.rows_after} images "
+          f"(the old collection has {report.rows_before})" + (" (resumed)" if report.resumed else ""))
+    for failure in build.failed[:20]:
+        print(f"  skipped {failure['path']}: {failure['reason']}")
+    if report.not_carried:
+        print(f"{len(report.not_carried)} images of the old collection are not in the new one (their files are "
+              f"gone or unreadable now), e.g. {report.not_carried[0]}; they stay in {report.old} until it is dropped")
+    if report.switched:
+        print(f"'{settings.collection}' now points to {report.new} ({report.model}); a running API follows within "
+              f"seconds. {report.old} ({report.old_model}) is kept: `imgsearch migrate --rollback` goes back, "
+              f"`imgsearch drop --old` deletes it.")
+    else:
+        print(f"built {report.new}; '{settings.collection}' still points to {report.old}. Run the same command "
+              f"without --build-only to switch.")
+    return EXIT_OK
+
+
+def _labelled_data(args: argparse.Namespace) -> tuple | None:
+    """The class folder and caption CSV of --folder / --captions, read: (folder, captions), or None."""
+    from evaluation.data import read_captions, read_class_folder
+
+    if not (args.folder or args.captions):
+        return None
+    return (read_class_folder(args.folder) if args.folder else None,
+            read_captions(args.captions) if args.captions else None)
+
+
+def _compare_models(args: argparse.Namespace, settings: Settings, labelled: tuple, models: list[str], loaded) -> None:
+    """Evaluate ``models`` on the labelled images and print the table."""
+    from evaluation import report
+    from evaluation.runner import DEFAULT_TEMPLATES, evaluate_model
+    from imgsearch_core.encoder import load_embedder
+
+    folder, captions = labelled
+    results = []
+    for model in models:
+        embedder = loaded if model == loaded.name else load_embedder(settings.model_copy(update={"model": model}))
+        results.append(evaluate_model(embedder, folder, captions, settings, list(DEFAULT_TEMPLATES)))
+        del embedder
+    print(report.table(results), file=sys.stderr if args.json else sys.stdout)
 
 
 def cmd_upgrade(args: argparse.Namespace) -> int:
@@ -487,7 +604,8 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"index": cmd_index, "search": cmd_search, "serve": cmd_serve, "ui": cmd_ui, "upgrade": cmd_upgrade,
-            "tag": cmd_tag, "drop": cmd_drop, "duplicates": cmd_duplicates, "evaluate": cmd_evaluate}
+            "tag": cmd_tag, "drop": cmd_drop, "duplicates": cmd_duplicates, "evaluate": cmd_evaluate,
+            "migrate": cmd_migrate}
 
 
 def main(argv: list[str] | None = None) -> int:

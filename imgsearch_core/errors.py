@@ -59,9 +59,8 @@ class ModelMismatchError(ImgsearchError):
         super().__init__(
             f"Collection '{collection}' was indexed with model '{indexed_model}' (dim {indexed_dim}), "
             f"but this run uses {uses}. Vectors of different models cannot be compared. "
-            f"Either set IMGSEARCH_MODEL={indexed_model} to keep using this index, or re-index into a new "
-            f"collection with the new model: IMGSEARCH_COLLECTION=<new name> imgsearch index PATH ... "
-            f"(or drop the old one with: imgsearch drop --collection {collection})."
+            f"Either set IMGSEARCH_MODEL={indexed_model} (or leave it unset) to keep using this index, or move "
+            f"the collection to the new model while the API keeps serving: imgsearch migrate --model {model}."
         )
         self.collection = collection
         self.indexed_model = indexed_model

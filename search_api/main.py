@@ -13,16 +13,12 @@ from starlette.concurrency import run_in_threadpool
 from imgsearch_core.encoder import Embedder, load_embedder
 from imgsearch_core.settings import Settings, get_settings
 from imgsearch_core.store import MilvusStore, release_hosted
-from imgsearch_core.store.vector_copy import VectorCopy
 from search_api.deps import SettingsDep, StoreDep, has_api_key, require_api_key
 from search_api.http_errors import BodySizeLimit, install_error_handlers
 from search_api.routes import duplicates, images, indexing, search, tags
 from search_api.schemas import HealthResponse
-from search_api.services.batching import TextBatcher
-from search_api.services.files import ServedFiles
 from search_api.services.jobs import JobManager
-from search_api.services.search import SearchService
-from search_api.services.tags import TagCounter
+from search_api.services.serving import Serving, Switcher, collection_model, open_serving
 from search_api.services.thumbnails import ThumbnailCache
 
 log = logging.getLogger(__name__)
@@ -35,32 +31,26 @@ def create_app(settings: Settings | None = None, encoder: Embedder | None = None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        model = encoder or await run_in_threadpool(load_embedder, settings)
-        store = await run_in_threadpool(MilvusStore.from_settings, settings)
-        await run_in_threadpool(store.ensure_collection, model.name, model.dim, model.fingerprint)  # fails on a model mismatch
-        await run_in_threadpool(_warm_up, model)
+        names = await run_in_threadpool(MilvusStore.from_settings, settings)  # the configured name
+        model = encoder or await run_in_threadpool(load_embedder, settings.model_copy(
+            update={"model": await run_in_threadpool(collection_model, settings, names)}))
+        await run_in_threadpool(names.ensure_collection, model.name, model.dim, model.fingerprint)  # fails on a model mismatch
+        collection = await run_in_threadpool(names.target)
+        serving = await run_in_threadpool(open_serving, settings, names, collection, model)
         app.state.settings = settings
-        app.state.encoder = model
-        app.state.store = store
-        vector_copy = None
-        if settings.vector_cache == "on" or (settings.vector_cache == "auto" and store.is_embedded):
-            vector_copy = VectorCopy(store, model.dim)
-            vector_copy.start()
-        app.state.vector_copy = vector_copy
-        batcher = TextBatcher(model)
-        app.state.search_service = SearchService(model, vector_copy or store, batcher)
+        app.state.upload_slots = asyncio.Semaphore(UPLOADS_DECODED_AT_ONCE)
         app.state.thumbnails = ThumbnailCache(settings.thumbnail_dir, settings.max_image_pixels,
                                               settings.max_decoded_bytes, settings.thumbnail_cache_mb * 1024 * 1024)
-        app.state.upload_slots = asyncio.Semaphore(UPLOADS_DECODED_AT_ONCE)
-        app.state.files = ServedFiles(store, settings.allowed_roots, settings.max_file_bytes)
-        app.state.jobs = JobManager(settings, model, store)
-        app.state.tag_counter = TagCounter(vector_copy or store)
+        app.state.jobs = JobManager(settings, model, serving.store)
+        install(app, serving)
+        switcher = Switcher(settings, names, serving, lambda new: install(app, new))
+        app.state.switcher = switcher
+        switcher.start()
         yield
+        switcher.stop()
         app.state.jobs.shutdown()
-        batcher.close()
-        if vector_copy is not None:
-            vector_copy.stop()
-        store.close()
+        switcher.current.close()
+        names.close()
         # Here, not only at exit: uvicorn re-raises SIGTERM after shutdown, and atexit handlers never run.
         release_hosted(settings.milvus_uri)
 
@@ -91,7 +81,9 @@ def create_app(settings: Settings | None = None, encoder: Embedder | None = None
         vector_copy = request.app.state.vector_copy
         count = await run_in_threadpool((vector_copy or store).count)
         cache = "off" if vector_copy is None else ("fresh" if vector_copy.fresh else "catching-up")
-        return HealthResponse(status="ok", model=model.name, dim=model.dim, count=count, vector_cache=cache)
+        return HealthResponse(status="ok", model=model.name, dim=model.dim, count=count, vector_cache=cache,
+                              collection=request.app.state.serving.collection,
+                              switch=request.app.state.switcher.state)
 
     install_error_handlers(app)
 
@@ -118,11 +110,16 @@ def _add_protected_docs(app: FastAPI, protected: list) -> None:
         return get_redoc_html(openapi_url="/openapi.json", title="imgsearch")
 
 
-def _warm_up(encoder: Embedder) -> None:
-    from PIL import Image
-
-    encoder.embed_images([Image.new("RGB", (encoder.image_size, encoder.image_size))])
-    encoder.embed_texts(["warm up"])
+def install(app: FastAPI, serving: Serving) -> None:
+    """Make ``serving`` answer the requests that start from now on."""
+    app.state.jobs.use(serving.encoder, serving.store)
+    app.state.encoder = serving.encoder
+    app.state.store = serving.store
+    app.state.vector_copy = serving.vector_copy
+    app.state.search_service = serving.search_service
+    app.state.files = serving.files
+    app.state.tag_counter = serving.tag_counter
+    app.state.serving = serving
 
 
 def serve(settings: Settings) -> None:

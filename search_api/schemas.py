@@ -196,6 +196,11 @@ class HealthResponse(BaseModel):
     count: int | None = None
     vector_cache: Literal["fresh", "catching-up", "off"] | None = Field(
         None, description="whether searches are answered from the in-memory copy (fresh) or by Milvus")
+    collection: str | None = Field(None, description=(
+        "the collection searched, by its own name: the configured name points to it (imgsearch migrate moves it)"))
+    switch: str | None = Field(None, description=(
+        "'serving', or 'switching to ...' while the model of the collection the name now points to loads, or why "
+        "that failed (the API then keeps serving the collection it served)"))
 
 
 class IndexRequest(BaseModel):

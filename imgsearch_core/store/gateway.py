@@ -73,12 +73,14 @@ class Hit:
 class MilvusStore:
     """One image collection. Thread-safe; create once per process and share."""
 
-    def __init__(self, milvus_uri: str, collection: str, token: str = "", index_type: str = "HNSW"):
+    def __init__(self, milvus_uri: str, collection: str, token: str = "", index_type: str = "HNSW",
+                 generation_name: str | None = None):
         self.milvus_uri = milvus_uri
         self.collection = collection
         self.index_type = index_type
         self._token = token
-        self.generation_token = GenerationToken.of(milvus_uri, collection)  # None on a Milvus server
+        # None on a Milvus server. A store pinned to the collection behind a name shares that name's token.
+        self.generation_token = GenerationToken.of(milvus_uri, generation_name or collection)
         self._client_lock = threading.Lock()
         self._client = self._connect()
         self._loaded = False
@@ -88,6 +90,14 @@ class MilvusStore:
     @classmethod
     def from_settings(cls, settings) -> MilvusStore:
         return cls(settings.milvus_uri, settings.collection, settings.milvus_token, settings.index_type)
+
+    def pinned(self, physical: str, own_token: bool = False) -> MilvusStore:
+        """A store on collection ``physical`` itself, not on whatever the configured name points to later: what
+        the API searches, so that a query embedded by one model never meets another model's collection while
+        ``imgsearch migrate`` moves the name. Its writes bump the name's generation token, or with ``own_token``
+        one of its own (a collection being built, which nobody reads yet)."""
+        return MilvusStore(self.milvus_uri, physical, self._token, self.index_type,
+                           generation_name=None if own_token else self.collection)
 
     @property
     def is_embedded(self) -> bool:
@@ -316,12 +326,42 @@ class MilvusStore:
         self._wrote()
 
     def drop(self) -> None:
-        """Drop the collection the configured name points to, and the name."""
+        """Drop the collection the configured name points to, the name, and the name's other collections (an
+        earlier model's, kept by ``imgsearch migrate`` for a rollback)."""
         target = self.target()
         if target is not None and target != self.collection:
             self._call(lambda c: c.drop_alias(self.collection))
-        if target is not None:
-            self._call(lambda c: c.drop_collection(target))
+        for physical in ([target] if target is not None else []) + self.others():
+            self._call(lambda c, physical=physical: c.drop_collection(physical))
+        self._wrote()
+
+    # Models: ``imgsearch migrate`` builds a collection for another model beside the one the name points to,
+    # named after the schema version and the model (images_v4_3f2a9c1e), and then moves the name.
+
+    def others(self) -> list[str]:
+        """This name's collections that it does not point to: an earlier model's, an unfinished migration's, an
+        upgrade's copy."""
+        own = re.compile(rf"{re.escape(self.collection)}_v\d+(_[0-9a-f]{{8}})?")
+        target = self.target()
+        return sorted(name for name in self._call(lambda c: c.list_collections())
+                      if own.fullmatch(name) and name != target)
+
+    def drop_other(self, physical: str) -> None:
+        """Drop one of ``others()``; never the collection the name points to."""
+        if physical == self.target() or physical not in self.others():
+            raise ValueError(f"{physical} is not one of the collections {self.collection} no longer points to")
+        self._call(lambda c: c.drop_collection(physical))
+
+    def properties_of(self, physical: str) -> dict[str, str]:
+        return self._properties(physical)
+
+    def set_properties(self, physical: str, properties: dict[str, str]) -> None:
+        self._call(lambda c: c.alter_collection_properties(physical, properties=properties))
+
+    def point_to(self, physical: str) -> None:
+        """Move the configured name to collection ``physical`` in one step: every later call through the name,
+        by any process, reaches ``physical``."""
+        self._call(lambda c: c.alter_alias(physical, self.collection))
         self._wrote()
 
     # Writes

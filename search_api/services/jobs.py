@@ -85,6 +85,15 @@ class JobManager:
         self._lock = threading.Lock()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="index-job")
 
+    def use(self, encoder: Embedder, store: MilvusStore) -> None:
+        """Jobs that start from now on write to ``store`` with ``encoder`` (the API switched collections)."""
+        with self._lock:
+            self._encoder, self._store = encoder, store
+
+    def _model_and_store(self) -> tuple[Embedder, MilvusStore]:
+        with self._lock:
+            return self._encoder, self._store
+
     def submit(self, paths: list[str]) -> IndexJob:
         """Queue an indexing job, or return the queued one for the same paths; raises JobQueueFullError."""
         job = IndexJob(job_id=uuid.uuid4().hex, state="queued", paths=paths)
@@ -133,7 +142,8 @@ class JobManager:
 
     def _index(self, paths: list[str], progress: ProgressCallback) -> dict[str, Any]:
         # Checked again: a link under an allowed root may have been re-pointed while the job waited.
-        report = run_index(allowed_paths(paths, self.allowed_roots), self._settings, self._encoder, self._store,
+        encoder, store = self._model_and_store()
+        report = run_index(allowed_paths(paths, self.allowed_roots), self._settings, encoder, store,
                            on_progress=progress)
         summary = report.to_dict()
         summary["failed_not_listed"] = max(0, len(summary["failed"]) - MAX_REPORTED_FAILURES)
@@ -142,11 +152,12 @@ class JobManager:
                 "error": "; ".join(report.refused) or None}
 
     def _tag(self, label_set: LabelSet | None, remove: str | None, progress: ProgressCallback) -> dict[str, Any]:
+        encoder, store = self._model_and_store()
         if label_set is not None:
-            save_label_set(self._store, label_set)
+            save_label_set(store, label_set)
         if remove is not None:
-            remove_label_set(self._store, remove)
-        report = run_tagging(self._store, self._encoder, label_set, on_progress=progress)
+            remove_label_set(store, remove)
+        report = run_tagging(store, encoder, label_set, on_progress=progress)
         return {"state": "done", "report": dataclasses.asdict(report)}
 
     def _forget_old_jobs(self) -> None:
