@@ -219,7 +219,7 @@ def test_opening_a_collection_with_another_model_fails_with_a_clear_message(phot
     with pytest.raises(ModelMismatchError) as caught:
         run_index([str(photo_dir)], settings, other, store)
     message = str(caught.value)
-    assert str(settings.model) in message and "IMGSEARCH_COLLECTION" in message
+    assert str(settings.model) in message and f"imgsearch migrate --model {other.name}" in message
     assert store.count() == 10  # nothing mixed in, nothing lost
 
 
