@@ -2,7 +2,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: help install test bench serve ui lint mutants
+OPENCLIP_VENV ?= .venv-openclip
+
+.PHONY: help install install-openclip test bench serve ui lint mutants
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -13,8 +15,16 @@ install: ## create .venv and install imgsearch with its test tools, the onnx/ope
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e '.[test,onnx,openvino,eval]'
 
-test: ## run the whole test suite, offline
+install-openclip: ## a second venv for the open_clip model family's tests (torch 2.14.1 with torchvision: several GB)
+	test -x $(OPENCLIP_VENV)/bin/python || python3 -m venv $(OPENCLIP_VENV)
+	$(OPENCLIP_VENV)/bin/python -m pip install -q --upgrade pip
+	$(OPENCLIP_VENV)/bin/python -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(OPENCLIP_VENV)/bin/python -m pip install -q -e '.[test,openclip]'
+
+test: ## run the whole test suite, offline (and the open_clip tests in their venv, if make install-openclip made it)
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q
+	if test -x $(OPENCLIP_VENV)/bin/python; then \
+		HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(OPENCLIP_VENV)/bin/python -m pytest -q -m openclip; fi
 
 bench: ## indexing throughput and query latency benchmarks (writes bench/results/*.json)
 	HF_HUB_OFFLINE=1 $(PY) bench/index_throughput.py

@@ -35,7 +35,8 @@ def _with_indexed_model(args: argparse.Namespace, settings: Settings, store) -> 
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--milvus-uri", dest="milvus_uri", help="Milvus Lite dir (*.db) or server URI [IMGSEARCH_MILVUS_URI]")
     parser.add_argument("--collection", help="collection name [IMGSEARCH_COLLECTION]")
-    parser.add_argument("--model", help="sentence-transformers model name or local directory [IMGSEARCH_MODEL]")
+    parser.add_argument("--model", help="a model name or local directory, IMAGE+TEXT for a pair, hf-hub:NAME for open_clip; "
+                             "`imgsearch models` lists known ones [IMGSEARCH_MODEL]")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 or auto [IMGSEARCH_DEVICE]")
 
 
@@ -170,6 +171,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true", help="print JSON on stdout")
     evaluate.add_argument("--device", help="cpu, cuda, cuda:1 or auto [IMGSEARCH_DEVICE]")
     _add_model_options(evaluate)
+
+    models = commands.add_parser(
+        "models", help="list the models imgsearch knows by name, with their speed on this machine",
+        description="Known presets: family, vector size, input size, what each is good for, licence, and img/s and "
+                    "text-query ms as bench/model_speed.py measured them. Any other model name or directory works "
+                    "too; `imgsearch evaluate` compares them on your images.")
+    models.add_argument("--json", action="store_true", help="print JSON on stdout")
 
     migrate = commands.add_parser(
         "migrate", help="switch the collection to another model while the API keeps answering",
@@ -473,6 +481,30 @@ def _confirmed(args: argparse.Namespace, question: str) -> bool:
     return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
 
 
+def cmd_models(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from imgsearch_core.model_presets import PRESETS, SPEED_FILE, measured_speeds, table
+
+    speeds = measured_speeds()
+    if args.json:
+        print(json.dumps({"presets": [asdict(preset) for preset in PRESETS], "speeds": speeds}, indent=2))
+        return EXIT_OK
+    print(table(PRESETS, speeds))
+    if speeds:
+        machine = speeds.get("machine", {})
+        print(f"\nimg/s: images per second through the model alone ({speeds.get('precision', 'fp32')}, batch "
+              f"{speeds.get('batch_size', '?')}, {speeds.get('threads', '?')} threads); text ms: one short query. "
+              f"Measured {speeds.get('measured', '?')} on {machine.get('cpu_model', '?')} x{machine.get('cpu_count', '?')} "
+              f"(flags: {' '.join(machine.get('cpu_flags', [])) or 'none of note'}) with random weights of each "
+              f"architecture, by python bench/model_speed.py; run it again to measure this machine.")
+    else:
+        print(f"\nNo speeds: {SPEED_FILE} is missing; python bench/model_speed.py measures them.")
+    print("[openclip]: needs pip install 'imgsearch[openclip]'. Any other sentence-transformers name, Hugging Face "
+          "CLIP or SigLIP checkpoint, local directory, or IMAGE_MODEL+TEXT_MODEL pair works too.")
+    return EXIT_OK
+
+
 def cmd_migrate(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
@@ -605,7 +637,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 COMMANDS = {"index": cmd_index, "search": cmd_search, "serve": cmd_serve, "ui": cmd_ui, "upgrade": cmd_upgrade,
             "tag": cmd_tag, "drop": cmd_drop, "duplicates": cmd_duplicates, "evaluate": cmd_evaluate,
-            "migrate": cmd_migrate}
+            "migrate": cmd_migrate, "models": cmd_models}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,8 +20,8 @@ def column(metric: str) -> str:
 
 
 def short_name(model: str) -> str:
-    """A model as a table or chart labels it: a local directory by its last part."""
-    return PurePath(model).name if PurePath(model).is_absolute() else model
+    """A model as a table or chart labels it: a local directory by its last part; a pair as both."""
+    return "+".join(PurePath(part).name if PurePath(part).is_absolute() else part for part in model.split("+"))
 
 
 def table(results: list[ModelResult]) -> str:

@@ -27,7 +27,9 @@ class Settings(BaseSettings):
     collection: str = Field("images", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
     index_type: VectorIndexType = "HNSW"
 
-    # The embedding model: a sentence-transformers name or a local directory in that format.
+    # The embedding model of a new collection (an existing one keeps its own; `imgsearch migrate` changes it): a
+    # sentence-transformers or Hugging Face CLIP/SigLIP name or directory, IMAGE+TEXT for a pair, or hf-hub:NAME
+    # for open_clip (imgsearch_core/encoder.py).
     model: str = "clip-ViT-B-32"
     device: str = "auto"
     # fp32, bf16, int8 (CPU), fp16 (CUDA), or auto: the fastest that agrees with fp32, measured once per model
