@@ -27,8 +27,11 @@ def _settings(args: argparse.Namespace) -> Settings:
 def _with_indexed_model(args: argparse.Namespace, settings: Settings, store) -> Settings:
     """``settings`` with the model that made the collection, unless one was given (flag or environment):
     queries and label texts must be embedded by it."""
-    if args.model is None and "IMGSEARCH_MODEL" not in os.environ:
-        return settings.model_copy(update={"model": store.model_info()[0]})
+    from imgsearch_core.store.gateway import NOT_IMGSEARCH
+
+    recorded = store.model_info()[0]
+    if args.model is None and "IMGSEARCH_MODEL" not in os.environ and recorded != NOT_IMGSEARCH:
+        return settings.model_copy(update={"model": recorded})
     return settings
 
 
@@ -187,6 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "`imgsearch drop --old`.")
     migrate.add_argument("--rollback", action="store_true",
                          help="point the name back at the collection it pointed to before the last switch")
+    migrate.add_argument("--allow-missing", dest="allow_missing", action="store_true",
+                         help="switch even if images of the old collection were not found again (their files gone "
+                              "or unreadable); without it such a migration builds but does not switch")
     migrate.add_argument("--build-only", dest="build_only", action="store_true",
                          help="build (or finish building) the new collection, but do not switch to it")
     migrate.add_argument("--folder", metavar="DIR",
@@ -537,7 +543,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     if labelled:
         _compare_models(args, settings, labelled, [report.old_model, encoder.name], encoder)
     if not args.build_only:
-        migration.switch(store, report)
+        migration.switch(store, report, allow_missing=args.allow_missing)
     if args.json:
         print(json.dumps(asdict(report), indent=2, default=str))
         return EXIT_OK

@@ -97,9 +97,14 @@ def load_embedder(settings) -> Embedder:
     ``settings.backend``."""
     options = dict(device=settings.resolved_device(), batch_size=settings.batch_size, precision=settings.precision,
                    cache_dir=settings.cache_dir, backend=settings.backend)
-    if is_open_clip(settings.model):
-        return OpenClipEmbedder(settings.model, **options)
-    return SentenceTransformerEmbedder(settings.model, **options)
+    loader = OpenClipEmbedder if is_open_clip(settings.model) else SentenceTransformerEmbedder
+    try:
+        return loader(settings.model, **options)
+    except ImgsearchError:
+        raise
+    except Exception as exc:  # the libraries' many ways to fail on a name, a folder or a file in it
+        raise ModelSettingError(f"model '{settings.model}' cannot be loaded: {type(exc).__name__}: "
+                                f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}") from exc
 
 
 def model_pair(model: str) -> tuple[str, str | None]:
@@ -125,7 +130,13 @@ def model_identity(model: str) -> str:
     """The name recorded with a collection: a local directory by absolute path, else the name; a pair as
     ``IMAGE+TEXT`` of the two (a known pair's name too)."""
     image, text = model_pair(model)
-    return _one_identity(image) if text is None else f"{_one_identity(image)}+{_one_identity(text)}"
+    if text is None:
+        return _one_identity(image)
+    sides = _one_identity(image), _one_identity(text)
+    if any("+" in side for side in sides):
+        raise ModelSettingError(f"model '{model}': a pair's models must have no + in their names or absolute paths "
+                                f"({' and '.join(sides)}); move or link the folder elsewhere")
+    return "+".join(sides)
 
 
 def _one_identity(model: str) -> str:

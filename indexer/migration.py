@@ -77,15 +77,15 @@ def build(settings: Settings, encoder: Embedder, store: MilvusStore, show_progre
         report.resumed = target.count() > 0
         target.check_model(encoder.name, encoder.dim, encoder.fingerprint)  # other weights under the same name
     else:
-        carried = {key: value for key, value in properties.items() if key.startswith(LABEL_SET_PROPERTY)}
-        store.create_physical(new, encoder.dim, carried | {
+        store.create_physical(new, encoder.dim, _label_sets(properties) | {
             "imgsearch.model": encoder.name, "imgsearch.dim": str(encoder.dim),
             "imgsearch.fingerprint": json.dumps([round(float(v), 5) for v in encoder.fingerprint]),
             CUTOFF_PROPERTY: family_cutoff(encoder.name).to_json(), MIGRATION_PROPERTY: "building"})
     try:
         report.build = run_index(roots, settings, encoder, target, show_progress=show_progress,
                                  on_progress=on_progress)
-        report.catch_up = run_index(roots, settings, encoder, target)
+        # Folders indexed into the old collection while the build ran are read too.
+        report.catch_up = run_index(store.indexed_roots(), settings, encoder, target)
         report.rows_after = target.count()
         indexed_now = {row["path"] for row in target.iter_rows(fields=["path"])}
         report.not_carried = sorted(row["path"] for row in store.iter_rows(fields=["path"])
@@ -99,11 +99,23 @@ def build(settings: Settings, encoder: Embedder, store: MilvusStore, show_progre
     return report
 
 
-def switch(store: MilvusStore, report: MigrationReport) -> None:
-    """Point the name at the built collection; remember the old one for a rollback."""
-    store.set_properties(report.new, {PREVIOUS_PROPERTY: report.old})
+def switch(store: MilvusStore, report: MigrationReport, allow_missing: bool = False) -> None:
+    """Point the name at the built collection; remember the old one for a rollback. Refused while images of the
+    old collection are not in the new one (an unmounted share reads as an empty folder), unless
+    ``allow_missing``. Label sets saved or removed while the new collection was built are carried again."""
+    if report.not_carried and not allow_missing:
+        raise MigrationError(
+            f"{len(report.not_carried)} images of {report.old} are not in {report.new} (their files are gone or "
+            f"unreadable now), e.g. {report.not_carried[0]}; nothing was switched. Mount or restore them and run "
+            f"the same command again (it resumes), or pass --allow-missing to switch without them")
+    store.set_properties(report.new, _label_sets(store.properties_of(report.old)) | {PREVIOUS_PROPERTY: report.old})
     store.point_to(report.new)
     report.switched = True
+
+
+def _label_sets(properties: dict[str, str]) -> dict[str, str]:
+    """A collection's label sets as properties (a removed set's is empty, so copying them removes it too)."""
+    return {key: value for key, value in properties.items() if key.startswith(LABEL_SET_PROPERTY)}
 
 
 def rollback(store: MilvusStore) -> tuple[str, str]:
@@ -118,7 +130,7 @@ def rollback(store: MilvusStore) -> tuple[str, str]:
                              + (f" ({previous} was dropped)" if previous else ""))
     if store.properties_of(previous).get(MIGRATION_PROPERTY, "complete") != "complete":
         raise MigrationError(f"{previous} was never completely built")
-    store.set_properties(previous, {PREVIOUS_PROPERTY: current})
+    store.set_properties(previous, _label_sets(store.properties_of(current)) | {PREVIOUS_PROPERTY: current})
     store.point_to(previous)
     return current, previous
 

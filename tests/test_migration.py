@@ -238,3 +238,63 @@ def test_drop_old_keeps_what_the_name_points_to_and_drop_takes_everything(settin
     names.drop()
     assert names.target() is None and names.others() == []
     names.close()
+
+
+def test_a_migration_that_would_leave_images_behind_does_not_switch_unless_allowed(settings, encoder, small_encoder,
+                                                                                   tmp_path, imgsearch_bin,
+                                                                                   small_model_dir):
+    """An unmounted share reads as an empty folder: switching then would leave its images only in the old
+    collection, which `drop --old` deletes."""
+    photos = write_photos(tmp_path / "share", 6)
+    names = MilvusStore.from_settings(settings)
+    run_index([str(photos)], settings, encoder, names)
+    old = names.target()
+    gone = sorted((photos / "0").glob("p[01].png"))
+    for path in gone:
+        path.unlink()
+    report = migration.build(settings, small_encoder, names)
+    assert report.not_carried == [str(path) for path in gone]
+    with pytest.raises(migration.MigrationError, match="2 images of .* are not in .*nothing was switched.*--allow-missing"):
+        migration.switch(names, report)
+    assert names.target() == old and names.count() == 6
+    names.close()
+
+    env = cli_environment(Path(settings.milvus_uri).parent, small_model_dir)
+    refused = run_cli(imgsearch_bin, env, "migrate", "--model", str(small_model_dir))
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr
+    assert "--allow-missing" in refused.stderr and str(gone[0]) in refused.stderr
+    switched = run_cli(imgsearch_bin, env, "migrate", "--model", str(small_model_dir), "--allow-missing")
+    assert switched.returncode == 0, switched.stderr
+    assert "now points to" in switched.stdout
+    names = MilvusStore.from_settings(settings)
+    assert names.target() == report.new and names.count() == 4 and names.others() == [old]
+    names.close()
+
+
+def test_label_sets_saved_or_removed_during_a_migration_follow_the_switch_and_the_rollback(settings, encoder,
+                                                                                           small_encoder, photo_dir):
+    names = MilvusStore.from_settings(settings)
+    run_index([str(photo_dir)], settings, encoder, names)
+    names.put_label_set("kept", "kept-set")
+    names.put_label_set("removed", "removed-set")
+    report = migration.build(settings, small_encoder, names)
+    names.put_label_set("added", "added-set")  # while the new collection waits to be switched to
+    names.put_label_set("removed", "")
+    migration.switch(names, report)
+    assert names.label_sets() == {"added": "added-set", "kept": "kept-set"}
+    names.put_label_set("after", "after-set")  # saved on the new model's collection, then rolled back
+    migration.rollback(names)
+    assert names.label_sets() == {"added": "added-set", "after": "after-set", "kept": "kept-set"}
+    names.close()
+
+
+def test_a_collection_imgsearch_did_not_make_is_refused_in_one_line(settings, imgsearch_bin, cli_env, photo_dir):
+    names = MilvusStore.from_settings(settings)
+    names._call(lambda client: client.create_collection(settings.collection, dimension=16))  # a plain pymilvus one
+    names.close()
+    release_hosted(settings.milvus_uri)
+    del cli_env["IMGSEARCH_MODEL"]  # so the command takes the model the collection records: it records none
+    indexed = run_cli(imgsearch_bin, cli_env, "index", str(photo_dir))
+    assert indexed.returncode != 0
+    assert "indexed with model '(not an imgsearch collection)'" in indexed.stderr  # not a failed load of that name
+    assert "Traceback" not in indexed.stderr

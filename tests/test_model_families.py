@@ -276,3 +276,21 @@ def test_an_open_clip_directory_indexes_and_answers_text_and_image_queries(open_
         str(open_clip_dir.resolve()), 16, 32, 77)
     assert loaded.embed_texts(["y " * 75, "y " * 76]).truncated == [False, True]  # 77 with start and end
     assert loaded.logit_scale == pytest.approx(float(network.logit_scale.detach().exp()))
+
+
+def test_a_model_that_cannot_load_is_named_in_one_error(settings, tmp_path):
+    broken = tmp_path / "broken-model"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json")
+    for model in (str(broken), str(tmp_path / "no" / "such" / "model")):
+        with pytest.raises(ModelSettingError, match=f"model '{model}' cannot be loaded"):
+            load_embedder(settings.model_copy(update={"model": model}))
+
+
+def test_a_pair_whose_folders_have_a_plus_in_their_path_is_refused(tmp_path, monkeypatch):
+    """The collection records a pair as IMAGE+TEXT of absolute paths: a + inside one would not split back."""
+    (tmp_path / "c++" / "image").mkdir(parents=True)
+    (tmp_path / "c++" / "text").mkdir()
+    monkeypatch.chdir(tmp_path / "c++")
+    with pytest.raises(ModelSettingError, match="no \\+ in their names"):
+        model_identity("image+text")

@@ -46,6 +46,7 @@ UPGRADE_PROPERTY = "imgsearch.upgrade"  # "copying" while an upgrade fills a col
 _CREATED_PROPERTY = "imgsearch.created"  # a random token per creation: tells a re-created collection apart
 TEXT_MATCH_PROPERTY = "imgsearch.text_match"  # "bm25", or "like" on a Milvus without BM25 (before 2.5)
 CUTOFF_PROPERTY = "imgsearch.cutoff"  # JSON: the auto cutoff's parameters for the collection's model family
+NOT_IMGSEARCH = "(not an imgsearch collection)"  # the model of a collection that records none
 LABEL_SET_PROPERTY = "imgsearch.labelset."  # + a set's name: the set, encoded by imgsearch_core/labels.py; "" once removed
 
 _INDEX_PARAMS = {
@@ -277,7 +278,7 @@ class MilvusStore:
         vector = next((f for f in info["fields"] if f["name"] == "vector"), None)
         dim = int(vector["params"]["dim"]) if vector else 0
         model = (info.get("properties") or {}).get("imgsearch.model")
-        return (model or "(not an imgsearch collection)"), dim
+        return (model or NOT_IMGSEARCH), dim
 
     def _properties(self, collection: str | None = None) -> dict[str, str]:
         return self._call(lambda c: c.describe_collection(collection or self.collection)).get("properties") or {}
@@ -294,7 +295,7 @@ class MilvusStore:
         WeightsMismatchError if a ``fingerprint`` is given and differs from the recorded one. A collection made
         before fingerprints were recorded gets this one if ``record_missing``."""
         indexed_model, indexed_dim = self.model_info()
-        if indexed_model != "(not an imgsearch collection)":
+        if indexed_model != NOT_IMGSEARCH:
             self.check_schema()
         if indexed_model != model or (dim is not None and indexed_dim != dim):
             raise ModelMismatchError(self.collection, indexed_model, indexed_dim, model, dim)

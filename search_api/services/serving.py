@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from imgsearch_core.encoder import Embedder, load_embedder
 from imgsearch_core.settings import Settings
 from imgsearch_core.store import MilvusStore
+from imgsearch_core.store.gateway import NOT_IMGSEARCH
 from imgsearch_core.store.vector_copy import VectorCopy
 from search_api.services.batching import TextBatcher
 from search_api.services.files import ServedFiles
@@ -51,7 +52,7 @@ def collection_model(settings: Settings, names: MilvusStore) -> str:
     if not names.exists():
         return settings.model
     recorded = names.model_info()[0]
-    if recorded == "(not an imgsearch collection)":
+    if recorded == NOT_IMGSEARCH:
         return settings.model  # ensure_collection says what is wrong with it
     if recorded != settings.model:
         log.warning("collection %s is embedded by %s: serving that model (IMGSEARCH_MODEL is %s)",
