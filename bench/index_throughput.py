@@ -13,8 +13,12 @@ The bare model and the settings are timed side by side in each of `--rounds` rou
 counts. Each setting's rows are compared with torch fp32's: top-10 image -> image and text -> image neighbour overlap
 over the indexed photos, and the lowest cosine between a photo's two vectors. `auto` is what the probe picks.
 
+The photos are 12 MP crops of the real photographs that scikit-learn and matplotlib ship (`--photos fields`:
+smooth random colour fields, the set before 2026-12-04, on which every setting's text -> image neighbours are
+near ties; see README).
+
 Usage: python bench/index_throughput.py [--images 64] [--settings torch:fp32 onnx:int8] [--rounds 2]
-       [--out bench/results/index_throughput.json]
+       [--photos crops|fields] [--out bench/results/index_throughput.json]
 """
 
 from __future__ import annotations
@@ -34,14 +38,48 @@ from machine import machine_info, print_machine, write_result  # noqa: E402
 from PIL import Image  # noqa: E402
 
 
-def make_photos(folder: Path, count: int, size=(4000, 3000)) -> list[Path]:
-    """Photo-like JPEGs: smooth colour fields with grain, so JPEG sizes are realistic (~1-3 MB)."""
+def real_photographs() -> list[Image.Image]:
+    """The photographs that installed packages ship: scikit-learn's china.jpg and flower.jpg ([test] extra) and
+    matplotlib's grace_hopper.jpg ([eval] extra); those found."""
+    import importlib.util
+
+    found = []
+    for package, relative in (("sklearn", "datasets/images/china.jpg"), ("sklearn", "datasets/images/flower.jpg"),
+                              ("matplotlib", "mpl-data/sample_data/grace_hopper.jpg")):
+        spec = importlib.util.find_spec(package)
+        path = Path(spec.origin).parent / relative if spec and spec.origin else None
+        if path and path.is_file():
+            found.append(Image.open(path).convert("RGB"))
+    return found
+
+
+def make_photos(folder: Path, count: int, size=(4000, 3000), kind: str = "crops") -> list[Path]:
+    """12 MP JPEGs of realistic size (~2 MB at quality 90). ``crops``: each a random crop of a real photograph,
+    flipped, turned, recoloured and brightened at random, so that the set is as varied as a photo library's
+    scenes (top-10 neighbours are then not near ties); ``fields``: smooth random colour fields, alike enough that
+    any rounding reorders their neighbours. Both get the same grain, which gives the JPEG its size."""
+    from PIL import ImageEnhance, ImageOps
+
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
+    sources = real_photographs() if kind == "crops" else []
+    if kind == "crops" and not sources:
+        raise SystemExit("--photos crops needs scikit-learn or matplotlib (make install has both); or --photos fields")
     paths = []
     for i in range(count):
-        small = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
-        base = Image.fromarray(small).resize(size, Image.Resampling.BICUBIC)
+        if sources:
+            source = sources[i % len(sources)]
+            scale = rng.uniform(0.3, 1.0)
+            width, height = int(source.width * scale), int(source.height * scale)
+            left, top = rng.integers(0, source.width - width + 1), rng.integers(0, source.height - height + 1)
+            base = source.crop((left, top, left + width, top + height))
+            base = ImageOps.mirror(base) if rng.random() < 0.5 else base
+            base = ImageEnhance.Color(base).enhance(rng.uniform(0.3, 1.7))
+            base = ImageEnhance.Brightness(base).enhance(rng.uniform(0.6, 1.4))
+            base = base.rotate(float(rng.choice([0, 0, 90, 180])), expand=True).resize(size, Image.Resampling.BICUBIC)
+        else:
+            small = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
+            base = Image.fromarray(small).resize(size, Image.Resampling.BICUBIC)
         grain = Image.effect_noise(size, 24).convert("RGB")
         photo = Image.blend(base, grain, 0.15)
         path = folder / f"photo_{i:04d}.jpg"
@@ -146,6 +184,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2,
                         help="the bare model and every setting are timed once per round, side by side; the best "
                              "round of each counts (this machine's speed drifts by 20%% over minutes)")
+    parser.add_argument("--photos", choices=["crops", "fields"], default="crops",
+                        help="crops of real photographs (default), or smooth colour fields, whose neighbours are near "
+                             "ties: see make_photos")
     parser.add_argument("--out", type=Path, default=Path("bench/results/index_throughput.json"))
     args = parser.parse_args()
 
@@ -165,8 +206,9 @@ def main() -> int:
         print_machine(machine_info())
         print("building random-weight ViT-B/32 ...", flush=True)
         model_dir = build_local_clip(tmp / "vit-b-32", "vit-b-32")
-        print(f"writing {args.images} JPEGs of 4000x3000 ...", flush=True)
-        paths = make_photos(tmp / "photos", args.images)
+        print(f"writing {args.images} JPEGs of 4000x3000 ({args.photos}) ...", flush=True)
+        paths = make_photos(tmp / "photos", args.images, kind=args.photos)
+        print(f"mean JPEG size {sum(p.stat().st_size for p in paths) / len(paths) / 1e6:.2f} MB", flush=True)
         model = SentenceTransformer(str(model_dir), device="cpu")
 
         bare, runs, embeddings = None, {}, {}
@@ -208,6 +250,7 @@ def main() -> int:
         "model": "ViT-B/32 architecture, random weights",
         "images": args.images,
         "image_size": "4000x3000 JPEG",
+        "photos": args.photos,
         "batch_size": args.batch_size,
         "decode_workers": args.workers,
         "torch_threads": torch.get_num_threads(),

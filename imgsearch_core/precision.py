@@ -88,7 +88,7 @@ def candidates(device: str, flags: set[str], backend: str = "torch") -> list[Pre
     bf16 = bool(flags & {"avx512_bf16", "amx_bf16"})
     int8 = bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8", "avx2"})
     if backend == "openvino":
-        return ["bf16", "fp32"] if bf16 else ["fp32"]
+        return (["int8"] if int8 else []) + (["bf16"] if bf16 else []) + ["fp32"]
     if backend == "onnx":
         return ["int8", "fp32"] if int8 else ["fp32"]
     return (["bf16"] if bf16 else []) + (["int8"] if int8 else [])
@@ -212,9 +212,9 @@ def photo_like(rng: np.random.Generator, grid: tuple[int, int], size: tuple[int,
     return Image.fromarray(np.clip(field + noise, 0, 255).astype(np.uint8), "RGB")
 
 
-def probe_pictures(size: int, count: int = PROBE_IMAGES):
-    """The probe's photo-like pictures, the same every time."""
-    rng = np.random.default_rng(1234)
+def probe_pictures(size: int, count: int = PROBE_IMAGES, seed: int = 1234):
+    """The probe's photo-like pictures, the same every time (another ``seed``: others, as alike)."""
+    rng = np.random.default_rng(seed)
     return [photo_like(rng, (4, 4), (size, size), grain=12) for _ in range(count)]
 
 
