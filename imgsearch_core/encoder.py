@@ -111,9 +111,11 @@ def model_pair(model: str) -> tuple[str, str | None]:
     """(image model, text model) of a model setting; the text model is None where one model does both.
 
     ``IMAGE+TEXT`` is a pair, unless the whole setting is a directory; a name in KNOWN_PAIRS is its pair."""
+    if Path(model).expanduser().is_dir():
+        return model, None
     if model in KNOWN_PAIRS:
         return KNOWN_PAIRS[model]
-    if "+" not in model or Path(model).expanduser().is_dir():
+    if "+" not in model:
         return model, None
     sides = model.split("+")
     if len(sides) != 2 or not all(side.strip() for side in sides):
@@ -228,7 +230,8 @@ class SentenceTransformerEmbedder:
 
     def embed_texts(self, texts: list[str]) -> TextEmbedding:
         """Embed texts, truncating each to the model's token limit (reported per text)."""
-        truncated = [self._token_count(t) > self.max_text_tokens for t in texts] if self.max_text_tokens else [False] * len(texts)
+        with self._lock:  # a tokenizer's truncation setting is shared: counting must not overlap an encode
+            truncated = [self._token_count(t) > self.max_text_tokens if self.max_text_tokens else False for t in texts]
         return TextEmbedding(self._encode(texts, texts=True), truncated)
 
     def _encode(self, inputs: list, option: Option | None = None, texts: bool = False) -> np.ndarray:
@@ -388,7 +391,8 @@ class OpenClipEmbedder:
         if not texts:
             return TextEmbedding(vectors, [])
         # Tokenized one position longer, a text reaches the last position only if the context cut it.
-        longer = self._tokenizer(texts, context_length=self.max_text_tokens + 1)[:, -1]
+        with self._lock:  # a Hugging Face tokenizer's truncation setting is shared state
+            longer = self._tokenizer(texts, context_length=self.max_text_tokens + 1)[:, -1]
         return TextEmbedding(vectors, [bool(token != self._pad) for token in longer])
 
     def _encode(self, inputs: list, run) -> np.ndarray:

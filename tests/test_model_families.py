@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -294,3 +295,36 @@ def test_a_pair_whose_folders_have_a_plus_in_their_path_is_refused(tmp_path, mon
     monkeypatch.chdir(tmp_path / "c++")
     with pytest.raises(ModelSettingError, match="no \\+ in their names"):
         model_identity("image+text")
+
+
+def test_a_local_folder_named_like_a_known_pair_is_that_folder(tmp_path, monkeypatch):
+    (tmp_path / "clip-ViT-B-32-multilingual-v1").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert model_pair("clip-ViT-B-32-multilingual-v1") == ("clip-ViT-B-32-multilingual-v1", None)
+    assert model_identity("clip-ViT-B-32-multilingual-v1") == str(tmp_path / "clip-ViT-B-32-multilingual-v1")
+
+
+def test_texts_embedded_from_several_threads_at_once_all_succeed(encoder):
+    """The API's batcher, a tag job and a migration's evaluation can embed texts at the same moment: counting a
+    text's tokens set the shared tokenizer's truncation under another thread's encode, which then failed."""
+    errors: list[str] = []
+    batches = [["word " * (i % 30), "a cat"] for i in range(30)]  # from no word to past the 77-token limit
+    alone = [encoder.embed_texts(texts) for texts in batches]
+    assert any(embedded.truncated[0] for embedded in alone) and not all(embedded.truncated[0] for embedded in alone)
+
+    def embed_many():
+        try:
+            for _ in range(5):
+                for texts, expected in zip(batches, alone):
+                    embedded = encoder.embed_texts(texts)
+                    assert embedded.truncated == expected.truncated
+                    assert np.allclose(embedded.vectors, expected.vectors, atol=1e-5)
+        except Exception as exc:  # noqa: BLE001 - any failure in a thread is the finding
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=embed_many) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
