@@ -78,6 +78,7 @@ class Embedder(Protocol):
     """What indexing and search need from a model."""
 
     name: str  # recorded with a collection: model_identity of the model setting
+    device: str  # cpu, cuda, cuda:1 ...
     dim: int
     image_size: int  # the shortest side the model looks at: images are decoded to about this
     max_text_tokens: int | None
@@ -95,7 +96,8 @@ class Embedder(Protocol):
 def load_embedder(settings) -> Embedder:
     """The model that ``settings.model`` names, on ``settings``' device, at ``settings.precision``, run by
     ``settings.backend``."""
-    options = dict(device=settings.resolved_device(), batch_size=settings.batch_size, precision=settings.precision,
+    device = settings.resolved_device()
+    options = dict(device=device, batch_size=settings.for_device(device).batch_size, precision=settings.precision,
                    cache_dir=settings.cache_dir, backend=settings.backend)
     loader = OpenClipEmbedder if is_open_clip(settings.model) else SentenceTransformerEmbedder
     try:

@@ -91,6 +91,7 @@ def run_index(
     an empty folder is listed in ``report.refused``.
     """
     started = time.monotonic()
+    settings = settings.for_device(getattr(encoder, "device", "cpu"))  # a GPU's batch and decode threads
     roots = resolve_roots(roots, allow_missing=True)
     store.ensure_collection(encoder.name, encoder.dim, encoder.fingerprint, record_fingerprint=True)
     report = IndexReport()

@@ -451,3 +451,54 @@ def test_the_indexer_records_its_weights_so_other_weights_are_refused(photo_dir,
     index(photo_dir, settings, encoder, store)
     with pytest.raises(WeightsMismatchError):
         store.check_model(encoder.name, encoder.dim, [-v for v in encoder.fingerprint])
+
+
+class OnCuda:
+    """The tiny model as the indexer would see it on a GPU: the same vectors, a CUDA device (mocked: CI has no
+    GPU), and every batch it is given recorded."""
+
+    def __init__(self, encoder):
+        self._encoder, self.device, self.batches = encoder, "cuda", []
+
+    def __getattr__(self, name):
+        return getattr(self._encoder, name)
+
+    def embed_images(self, images):
+        self.batches.append(len(images))
+        return self._encoder.embed_images(images)
+
+
+def test_on_a_gpu_the_indexer_takes_big_batches_and_a_decode_thread_per_core(tmp_path, encoder, tiny_model_dir,
+                                                                             monkeypatch):
+    """The CUDA path, run on the CPU: the batch and the decode threads are sized for a GPU unless set."""
+    import indexer.runner as runner
+    from imgsearch_core.settings import GPU_BATCH_SIZE, Settings
+
+    photos = tmp_path / "photos"
+    for i in range(300):
+        write_photo(photos / f"p{i:03d}.png", seed=i, size=(24, 24))
+    threads = []
+    real_load_in_parallel = runner.load_in_parallel
+
+    def recorded(entries, workers, window, load, clock):
+        threads.append(workers)
+        return real_load_in_parallel(entries, workers, window, load, clock)
+
+    monkeypatch.setattr(runner, "load_in_parallel", recorded)
+    settings = Settings(_env_file=None, milvus_uri=str(tmp_path / "data" / "milvus.db"), model=str(tiny_model_dir),
+                        device="cpu", precision="fp32", cache_dir=tmp_path / "cache")
+    on_cuda = OnCuda(encoder)
+    store = MilvusStore.from_settings(settings)
+    assert run_index([str(photos)], settings, on_cuda, store).embedded == 300
+    assert on_cuda.batches == [GPU_BATCH_SIZE, 300 - GPU_BATCH_SIZE] and GPU_BATCH_SIZE == 256
+    assert threads == [min(64, len(os.sched_getaffinity(0)))]
+    store.close()
+
+    # What the user set stays; on the CPU nothing changes.
+    assert Settings(_env_file=None, batch_size=16, decode_workers=3).for_device("cuda:1").model_dump(
+        include={"batch_size", "decode_workers"}) == {"batch_size": 16, "decode_workers": 3}
+    monkeypatch.setenv("IMGSEARCH_BATCH_SIZE", "64")
+    assert Settings(_env_file=None).for_device("cuda").batch_size == 64
+    monkeypatch.delenv("IMGSEARCH_BATCH_SIZE")
+    cpu = Settings(_env_file=None)
+    assert cpu.for_device("cpu") is cpu and (cpu.batch_size, cpu.decode_workers) == (32, 2)
