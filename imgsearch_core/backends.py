@@ -43,7 +43,7 @@ Backend = Literal["torch", "onnx", "openvino"]
 # What each backend runs, and the modules its extra installs.
 PRECISIONS: dict[str, tuple[str, ...]] = {"torch": ("fp32", "bf16", "int8", "fp16"), "onnx": ("fp32", "int8"),
                                           "openvino": ("fp32", "bf16", "int8")}
-_MODULES = {"torch": (), "onnx": ("onnxruntime", "onnx"), "openvino": ("openvino",)}
+_MODULES = {"torch": (), "onnx": ("onnxruntime", "onnx"), "openvino": ("openvino", "onnx")}  # onnx: the export
 _GRAPH_FILE = {"onnx": "tower.onnx", "openvino": "tower.xml"}
 _OUTPUT = "embedding"
 # How a precision's graph is made, in the graph folder's key: a change here builds the graphs anew.
@@ -51,7 +51,7 @@ _RECIPE = {"onnx-int8": "dynamic int8, per-channel weights",
            "openvino-int8": "static QDQ int8 MatMul with weights, per-channel weights, symmetric percentile "
                             "activations calibrated on fields and shapes"}
 CALIBRATION_SEED = 99
-_QUANTISER = ("onnxruntime", "onnx")  # what quantises openvino's int8 graphs: the openvino extra installs it too
+_QUANTISER = ("onnxruntime",)  # what quantises openvino's int8 graphs: the openvino extra installs it too
 
 
 def installed(backend: str, precision: str = "") -> bool:
@@ -179,15 +179,6 @@ class CompiledModel:
         example = tuple(features[name] for name in self._inputs[modality])
         with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the tracers' notes on Python branches the towers take on every input
-            # openvino int8 quantises the image tower only: it does the indexing's work, and one query's text is
-            # cheap in fp32 (calibrated on a few probe texts, a long query strayed from fp32 by 0.5%).
-            if self.backend == "openvino" and (self.precision != "int8" or modality == "text"):
-                import openvino
-
-                graph = openvino.convert_model(tower, example_input=example)
-                openvino.save_model(graph, target / _GRAPH_FILE["openvino"], compress_to_fp16=False)
-                return
-            # onnx, and openvino int8, which ONNX Runtime's quantiser writes as an ONNX graph first
             dynamic = {name: ({0: "batch", 1: "tokens"} if modality == "text" else {0: "batch"})
                        for name in self._inputs[modality]}
             plain = self.backend == "onnx" and self.precision == "fp32"
@@ -195,7 +186,14 @@ class CompiledModel:
             torch.onnx.export(tower, example, str(fp32), input_names=self._inputs[modality], output_names=[_OUTPUT],
                               dynamic_axes=dynamic | {_OUTPUT: {0: "batch"}}, opset_version=17, dynamo=False)
         if self.backend == "openvino":
-            self._quantise_for_openvino(fp32, target, image_size)
+            # int8 quantises the image tower only: it does the indexing's work, and one query's text is cheap in
+            # fp32 (calibrated on a few probe texts, a long query strayed from fp32 by 0.5%).
+            source = self._quantise(fp32, target, image_size) if (self.precision, modality) == ("int8", "image") else fp32
+            openvino = _openvino()
+            openvino.save_model(openvino.Core().read_model(str(source)), target / _GRAPH_FILE["openvino"],
+                                compress_to_fp16=False)
+            for path in {fp32, source}:
+                path.unlink()
         elif self.precision == "int8":
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -207,11 +205,10 @@ class CompiledModel:
             fp32.unlink()
 
 
-    def _quantise_for_openvino(self, fp32: Path, target: Path, image_size: int) -> None:
-        """Quantise the ONNX graph ``fp32`` statically (its matrix products: int8 weights per output channel, int8
-        activations with scales calibrated on the probe's pictures) and save it as OpenVINO's graph."""
+    def _quantise(self, fp32: Path, target: Path, image_size: int) -> Path:
+        """The image tower's ONNX graph ``fp32`` quantised statically (its matrix products: int8 weights per output
+        channel, int8 activations with scales calibrated on ``calibration_pictures``), as an ONNX QDQ graph."""
         import onnx
-        import openvino
         from onnxruntime.quantization import (
             CalibrationDataReader,
             CalibrationMethod,
@@ -248,10 +245,23 @@ class CompiledModel:
                             op_types_to_quantize=["MatMul"], nodes_to_exclude=between_activations,
                             calibrate_method=CalibrationMethod.Percentile,
                             extra_options={"ActivationSymmetric": True})
-        openvino.save_model(openvino.convert_model(str(quantised)), target / _GRAPH_FILE["openvino"],
-                            compress_to_fp16=False)
-        for path in (fp32, prepared, quantised):
-            path.unlink()
+        prepared.unlink()
+        return quantised
+
+
+def _openvino():
+    """The openvino module, with its usage telemetry off. Importing openvino (its model converter) sends an event
+    to Intel's analytics from a forked process, unless the user opted out with Intel's own tool; imgsearch sends
+    nothing anywhere, so this process declines for the user."""
+    try:
+        from openvino_telemetry.utils.opt_in_checker import ConsentCheckResult, OptInChecker
+    except ImportError:  # a release without the telemetry package
+        pass
+    else:
+        OptInChecker.check = lambda self, *args, **kwargs: ConsentCheckResult.DECLINED
+    import openvino
+
+    return openvino
 
 
 @contextlib.contextmanager
@@ -328,8 +338,7 @@ def _build_once(folder: Path, modality: str, backend: str, precision: str, expor
 def _runner(path: Path, backend: str, precision: str, threads: int):
     """A function from named numpy inputs to the tower's (n, dim) output."""
     if backend == "openvino":
-        import openvino
-
+        openvino = _openvino()
         # int8: the quantised matrix products run in int8, the rest in fp32
         compiled = openvino.Core().compile_model(str(path), "CPU", {
             "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -163,3 +167,23 @@ def test_imgsearch_refuses_a_precision_the_backend_does_not_run_in_one_line(tmp_
                 else "needs its extra: pip install 'imgsearch[openvino]'")
     assert refused.stderr.strip().splitlines() == [f"imgsearch index: error: IMGSEARCH_BACKEND=openvino {expected}"
                                                    + (" (or use auto)" if backends.installed("openvino") else "")]
+
+
+def test_the_openvino_backend_sends_nothing_anywhere(tiny_model_dir, tmp_path):
+    """Importing openvino sends a usage event to Intel's analytics from a forked process unless the user opted
+    out; imgsearch runs it with that off. Checked in a process of its own, whose audit hook sees every fork and
+    connection."""
+    pytest.importorskip("openvino", reason="the openvino extra is not installed")
+    script = f"""
+import sys
+events = []
+sys.addaudithook(lambda event, args: events.append(event) if event in ("os.fork", "socket.connect", "subprocess.Popen") else None)
+from imgsearch_core.encoder import SentenceTransformerEmbedder
+SentenceTransformerEmbedder({str(tiny_model_dir)!r}, precision="fp32", backend="openvino", cache_dir={str(tmp_path)!r})
+import time; time.sleep(1)
+print("EVENTS", sorted(set(events)))
+"""
+    ran = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                         cwd=Path(__file__).resolve().parent.parent, env={**os.environ, "CI": "", "HF_HUB_OFFLINE": "1"})
+    assert ran.returncode == 0, ran.stderr
+    assert "EVENTS []" in ran.stdout, ran.stdout
