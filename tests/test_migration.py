@@ -227,6 +227,8 @@ def test_drop_old_keeps_what_the_name_points_to_and_drop_takes_everything(settin
     migration.switch(names, report)
     assert names.others() == [old]
     assert [(o.name, o.state, o.rows) for o in migration.other_collections(names)] == [(old, "previous", 10)]
+    with pytest.raises(migration.MigrationError, match="points to .* now, not to .*nothing was switched"):
+        migration.switch(names, report)  # a second switch from a build that began before the first
     with pytest.raises(ValueError):
         names.drop_other(report.new)  # never what the name points to
     migration.drop_others(names, [old])
