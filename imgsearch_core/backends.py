@@ -5,10 +5,10 @@
   int8 (the graph's matrix products quantised dynamically: int8 weights with a scale per output channel,
   activations quantised per batch).
 - ``openvino`` (``pip install 'imgsearch[openvino]'``): each tower converted to OpenVINO, in fp32, bf16
-  (OpenVINO's inference precision; native on CPUs with AVX512_BF16 or AMX), or int8: the matrix products
-  image tower's matrix products quantised statically (int8 weights with a scale per output channel, activations
-  with scales calibrated once on the probe's pictures, by ONNX Runtime's quantiser), which OpenVINO runs as int8
-  kernels (VNNI, AMX; also AVX2); its text tower runs in fp32.
+  (OpenVINO's inference precision; native on CPUs with AVX512_BF16 or AMX), or int8: the image tower's matrix
+  products quantised statically (int8 weights with a scale per output channel, activations with scales calibrated
+  once on ``calibration_pictures``, by ONNX Runtime's quantiser), which OpenVINO runs as int8 kernels (VNNI, AMX;
+  also AVX2); its text tower runs in fp32.
 
 The exported graphs are kept in ``cache_dir/graphs/``, one folder per model, weights (their fingerprint), backend,
 precision and library versions. The first use builds them (5-10 s for ViT-B/32 on 2 cores) and says so; later
@@ -107,8 +107,8 @@ def _version(module: str) -> str:
 def calibration_pictures(size: int, count: int = 64) -> list:
     """What openvino int8 calibrates its activation scales on: half smooth photo-like fields (not the probe's own,
     which judge the result), half shapes, lines and edges over them, blurred or grainy at random; edges take
-    activations further than smooth fields do, as real photos' edges do (the top-10 text -> image overlap on
-    bench/index_throughput.py's photos went from 0.91 to 0.95 with them)."""
+    activations further than smooth fields do, as real photos' edges do (in a scratch run on the photos of
+    bench/index_throughput.py, the top-10 text -> image overlap went from 0.91 to 0.95 with them)."""
     from PIL import ImageDraw, ImageFilter
 
     rng = np.random.default_rng(CALIBRATION_SEED)
