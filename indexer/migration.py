@@ -103,8 +103,9 @@ def switch(store: MilvusStore, report: MigrationReport, allow_missing: bool = Fa
     """Point the name at the built collection; remember the old one for a rollback. Refused while images of the
     old collection are not in the new one (an unmounted share reads as an empty folder), unless
     ``allow_missing``. Label sets saved or removed while the new collection was built are carried again."""
-    if store.target() != report.old:  # another migrate or a rollback moved the name since this build began
-        raise MigrationError(f"'{store.collection}' points to {store.target()} now, not to {report.old} as when this "
+    current = store.target()
+    if current != report.old:  # another migrate or a rollback moved the name since this build began
+        raise MigrationError(f"'{store.collection}' points to {current} now, not to {report.old} as when this "
                              f"build began; nothing was switched. Run the command again")
     if report.not_carried and not allow_missing:
         raise MigrationError(
