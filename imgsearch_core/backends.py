@@ -6,23 +6,22 @@
   activations quantised per batch).
 - ``openvino`` (``pip install 'imgsearch[openvino]'``): each tower converted to OpenVINO, in fp32, bf16
   (OpenVINO's inference precision; native on CPUs with AVX512_BF16 or AMX), or int8: the image tower's matrix
-  products quantised statically (int8 weights with a scale per output channel, activations with scales calibrated
-  once on ``calibration_pictures``, by ONNX Runtime's quantiser), which OpenVINO runs as int8 kernels (VNNI, AMX;
-  also AVX2); its text tower runs in fp32.
+  products quantised statically once (int8 weights per output channel rounded by GPTQ, uint8 activations with
+  calibrated ranges: imgsearch_core/int8.py), which OpenVINO runs as int8 kernels (VNNI, AMX; also AVX2); its text
+  tower runs in fp32.
 
 The exported graphs are kept in ``cache_dir/graphs/``, one folder per model, weights (their fingerprint), backend,
-precision and library versions. The first use builds them (5-10 s for ViT-B/32 on 2 cores) and says so; later
-runs load them in seconds. Inputs are prepared by the model's own sentence-transformers processor, so every
-backend sees the same pixels and tokens; only the towers run elsewhere.
+precision and library versions. The first use builds them (5-10 s for ViT-B/32 on 2 cores; openvino int8's image
+tower 2-3 minutes, for its calibration and GPTQ) and says so; later runs load them in seconds. Inputs are prepared
+by the model's own sentence-transformers processor, so every backend sees the same pixels and tokens; only the
+towers run elsewhere.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import importlib.util
 import inspect
-import io
 import json
 import logging
 import os
@@ -33,7 +32,9 @@ from typing import Literal
 
 import numpy as np
 
+from imgsearch_core import int8
 from imgsearch_core.errors import BackendNotSupportedError, PrecisionNotSupportedError
+from imgsearch_core.int8 import calibration_pictures, quiet_root_logger
 from imgsearch_core.precision import Option, candidates, probe_pictures
 
 log = logging.getLogger(__name__)
@@ -48,9 +49,7 @@ _GRAPH_FILE = {"onnx": "tower.onnx", "openvino": "tower.xml"}
 _OUTPUT = "embedding"
 # How a precision's graph is made, in the graph folder's key: a change here builds the graphs anew.
 _RECIPE = {"onnx-int8": "dynamic int8, per-channel weights",
-           "openvino-int8": "static QDQ int8 MatMul with weights, per-channel weights, symmetric percentile "
-                            "activations calibrated on fields and shapes"}
-CALIBRATION_SEED = 99
+           "openvino-int8": int8.RECIPE}
 _QUANTISER = ("onnxruntime",)  # what quantises openvino's int8 graphs: the openvino extra installs it too
 
 
@@ -102,34 +101,6 @@ def _version(module: str) -> str:
         return version(module)
     except PackageNotFoundError:
         return "?"
-
-
-def calibration_pictures(size: int, count: int = 64) -> list:
-    """What openvino int8 calibrates its activation scales on: half smooth photo-like fields (not the probe's own,
-    which judge the result), half shapes, lines and edges over them, blurred or grainy at random; edges take
-    activations further than smooth fields do, as real photos' edges do (in a scratch run on the photos of
-    bench/index_throughput.py, the top-10 text -> image overlap went from 0.91 to 0.95 with them)."""
-    from PIL import ImageDraw, ImageFilter
-
-    rng = np.random.default_rng(CALIBRATION_SEED)
-    pictures = probe_pictures(size, count // 2, seed=CALIBRATION_SEED)
-    for picture in probe_pictures(size, count - count // 2, seed=CALIBRATION_SEED + 1):
-        draw = ImageDraw.Draw(picture)
-        for _ in range(rng.integers(3, 25)):
-            left, top = (int(v) for v in rng.integers(-size // 5, size, 2))
-            right, bottom = (int(v) for v in (left, top) + rng.integers(4, size * 3 // 4, 2))
-            colour = tuple(int(c) for c in rng.integers(0, 256, 3))
-            shape = rng.integers(0, 3)
-            if shape == 0:
-                draw.rectangle([left, top, right, bottom], fill=colour)
-            elif shape == 1:
-                draw.ellipse([left, top, right, bottom], fill=colour)
-            else:
-                draw.line([left, top, right, bottom], fill=colour, width=int(rng.integers(1, 8)))
-        if rng.random() < 0.5:
-            picture = picture.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.5, 3))))
-        pictures.append(picture)
-    return pictures
 
 
 class CompiledModel:
@@ -197,7 +168,7 @@ class CompiledModel:
         elif self.precision == "int8":
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
-            with _quiet_root_logger("pre-processing before quantization"):  # advice for static quantisation
+            with quiet_root_logger("pre-processing before quantization"):  # advice for static quantisation
                 # A scale per output channel: closer to fp32 than one per matrix (lowest cosine to fp32 over 64
                 # photos 0.99982 against 0.99974, ViT-B/32) at the same speed.
                 quantize_dynamic(str(fp32), str(target / _GRAPH_FILE["onnx"]), weight_type=QuantType.QInt8,
@@ -206,47 +177,12 @@ class CompiledModel:
 
 
     def _quantise(self, fp32: Path, target: Path, image_size: int) -> Path:
-        """The image tower's ONNX graph ``fp32`` quantised statically (its matrix products: int8 weights per output
-        channel, int8 activations with scales calibrated on ``calibration_pictures``), as an ONNX QDQ graph."""
-        import onnx
-        from onnxruntime.quantization import (
-            CalibrationDataReader,
-            CalibrationMethod,
-            QuantFormat,
-            QuantType,
-            quantize_static,
-        )
-        from onnxruntime.quantization.shape_inference import quant_pre_process
-
+        """The image tower's ONNX graph ``fp32`` quantised statically (imgsearch_core/int8.py), as an ONNX QDQ graph."""
         names = self._inputs["image"]
         samples = calibration_pictures(image_size)
-        batches = [self._transformer.preprocess(samples[start:start + 8]) for start in range(0, len(samples), 8)]
-
-        class Calibration(CalibrationDataReader):
-            def __init__(self):
-                self._feeds = iter([{name: batch[name].numpy() for name in names} for batch in batches])
-
-            def get_next(self):
-                return next(self._feeds, None)
-
-        prepared, quantised = target / "tower-prepared.onnx", target / "tower-int8.onnx"
-        with _quiet_root_logger("pre-processing before quantization"), contextlib.redirect_stdout(io.StringIO()):
-            quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
-            # Products of two activations (attention scores, and their weighted values) stay fp32: a scale fixed
-            # in advance fits both sides worst, and they are a small share of the work.
-            graph = onnx.load(str(prepared)).graph
-            weights = {initializer.name for initializer in graph.initializer}
-            between_activations = [node.name for node in graph.node
-                                   if node.op_type == "MatMul" and not weights & set(node.input)]
-            # Percentile, not min-max: one extreme activation would stretch a scale that every other value pays
-            # for. Symmetric activations are what the int8 kernels take without a correction term.
-            quantize_static(str(prepared), str(quantised), Calibration(), quant_format=QuantFormat.QDQ,
-                            per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                            op_types_to_quantize=["MatMul"], nodes_to_exclude=between_activations,
-                            calibrate_method=CalibrationMethod.Percentile,
-                            extra_options={"ActivationSymmetric": True})
-        prepared.unlink()
-        return quantised
+        feeds = [{name: batch[name].numpy() for name in names}
+                 for batch in (self._transformer.preprocess(samples[start:start + 8]) for start in range(0, len(samples), 8))]
+        return int8.quantise(fp32, target / "tower-int8.onnx", feeds)
 
 
 def _openvino():
@@ -262,18 +198,6 @@ def _openvino():
     import openvino
 
     return openvino
-
-
-@contextlib.contextmanager
-def _quiet_root_logger(text: str):
-    """Drop the root logger's records that contain ``text`` (a library's advice that a user cannot act on)."""
-    quiet = logging.Filter()
-    quiet.filter = lambda record: text not in record.getMessage()
-    logging.getLogger().addFilter(quiet)
-    try:
-        yield
-    finally:
-        logging.getLogger().removeFilter(quiet)
 
 
 def _tower(model, method: str, output: str | list[str], names: list[str]):
@@ -317,7 +241,7 @@ def _build_once(folder: Path, modality: str, backend: str, precision: str, expor
     if (final / name).is_file():
         return final / name
     log.warning("imgsearch: building the %s %s %s graph in %s (once per model and setting; seconds for ViT-B/32, "
-                "about a minute for openvino int8)",
+                "2-3 minutes for openvino int8)",
                 backend, precision, modality, final)
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     building = folder / f".{modality}.{os.getpid()}.building"
