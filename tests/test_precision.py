@@ -227,5 +227,9 @@ def test_fast_settings_index_photos_with_the_same_neighbours_as_fp32(vit_b_32_di
     for auto in autos:
         chosen = Trial(auto.precision, 0, backend=auto.backend).label
         assert chosen == "fp32" or chosen in passing, (auto.describe(), measured)
-    # bf16 keeps the neighbours on this architecture wherever this CPU runs it; so do fp32 graphs of other backends
-    assert not (set(measured) & {"bf16", "onnx fp32", "openvino fp32", "openvino bf16"}) - passing, measured
+    # bf16 keeps the neighbours on this architecture wherever this CPU runs it; so do fp32 graphs of other backends,
+    # and openvino int8 (GPTQ-rounded weights, products' outputs unquantised) where the CPU has int8 dot products
+    must_pass = {"bf16", "onnx fp32", "openvino fp32", "openvino bf16"}
+    if precision_module.cpu_flags() & {"avx512_vnni", "amx_int8"}:
+        must_pass.add("openvino int8")
+    assert not (set(measured) & must_pass) - passing, measured
