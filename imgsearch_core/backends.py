@@ -6,9 +6,9 @@
   activations quantised per batch).
 - ``openvino`` (``pip install 'imgsearch[openvino]'``): each tower converted to OpenVINO, in fp32, bf16
   (OpenVINO's inference precision; native on CPUs with AVX512_BF16 or AMX), or int8: the image tower's matrix
-  products quantised statically once (int8 weights per output channel rounded by GPTQ, uint8 activations with
-  calibrated ranges: imgsearch_core/int8.py), which OpenVINO runs as int8 kernels (VNNI, AMX; also AVX2); its text
-  tower runs in fp32.
+  products quantised statically once (int8 weights per output channel rounded by GPTQ, 8-bit activations with
+  calibrated ranges: imgsearch_core/int8.py), which OpenVINO runs as int8 kernels (fast with VNNI or AMX; slower
+  than its fp32 on AVX2 alone); its text tower runs in fp32.
 
 The exported graphs are kept in ``cache_dir/graphs/``, one folder per model, weights (their fingerprint), backend,
 precision and library versions. The first use builds them (5-10 s for ViT-B/32 on 2 cores; openvino int8's image

@@ -15,7 +15,9 @@ The tower's ONNX graph is quantised once, when its graph is built:
    nearest int8 value ignores that; on ViT-B/32's layers GPTQ's products stray from fp32's 5 to 8 times less, at
    no cost when the model runs.
 
-OpenVINO then runs the graph with int8 kernels (VNNI, AMX; also AVX2).
+OpenVINO then runs the graph with int8 kernels. With VNNI or AMX they are fast. Without them (AVX2 alone) they
+ran slower than OpenVINO's own fp32 (10.5 against 16.9 images/s on an AVX2-only EPYC, 2026-12-05, with this
+recipe and the earlier ones alike), so ``auto`` offers openvino int8 only on CPUs with int8 dot products.
 
 Measured on the photos of bench/index_throughput.py (random-weight ViT-B/32, a scratch script, 2026-12-04): a
 text's score error against fp32, relative to the spread of its scores over the photos, fell from 0.108 (the

@@ -42,8 +42,9 @@ def test_auto_weighs_another_backend_against_torch_fp32():
 
 
 @pytest.mark.parametrize(("backend", "flags", "expected"), [
-    ("openvino", {"avx512_bf16", "avx2"}, ["int8", "bf16", "fp32"]),
-    ("openvino", {"avx2"}, ["int8", "fp32"]),  # bf16 would be emulated
+    ("openvino", {"avx512_bf16", "avx512_vnni", "avx2"}, ["int8", "bf16", "fp32"]),
+    ("openvino", {"avx2"}, ["fp32"]),  # bf16 would be emulated; int8 without VNNI is slower than fp32
+    ("openvino", {"avx2", "avx_vnni"}, ["int8", "fp32"]),
     ("openvino", {"sse4_2"}, ["fp32"]),
     ("onnx", {"avx512_vnni"}, ["int8", "fp32"]),
     ("onnx", {"sse4_2"}, ["fp32"]),
