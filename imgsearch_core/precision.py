@@ -55,6 +55,9 @@ PROBE_TEXTS = ["a photo of a dog", "a red bicycle leaning on a wall", "mountains
 # benchmark figure is printed with, and what `auto`'s cached choice is keyed by.
 SPEED_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile",
                "amx_bf16", "amx_int8")
+# int8 dot products summed in 32 bits in one instruction. Without them (AVX2 alone) int8 kernels multiply uint8 by
+# int8 in pairs summed in 16 bits, which saturate on large values.
+INT8_DOT_PRODUCTS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
 
 
 @functools.cache
@@ -86,7 +89,7 @@ def candidates(device: str, flags: set[str], backend: str = "torch") -> list[Pre
     if device.startswith("cuda"):
         return ["fp16"] if backend == "torch" else []
     bf16 = bool(flags & {"avx512_bf16", "amx_bf16"})
-    dot_products = bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8"})  # int8 dot products in one instruction
+    dot_products = bool(flags & INT8_DOT_PRODUCTS)
     int8 = dot_products or "avx2" in flags
     if backend == "openvino":
         # OpenVINO's int8 kernels without VNNI ran at 0.62x its own fp32 on an AVX2-only EPYC (10.5 against 16.9
