@@ -109,6 +109,34 @@ def test_roots_are_recorded_once_each_and_kept(store):
     assert store.indexed_roots() == ["/a", "/b", "/c"]
 
 
+def test_roots_are_recorded_when_milvus_lite_loses_a_race_between_two_writers(store, monkeypatch):
+    """Milvus Lite's server saves properties through one temporary file: two indexers recording their roots at
+    once can fail one write (seen in tests/test_milvus_server.py). The indexer records its roots all the same."""
+    store.ensure_collection("model-a", DIM)
+    client, real = store._client, store._client.alter_collection_properties
+    failures = []
+
+    def loses_the_race_twice(*args, **kwargs):
+        if len(failures) < 2:
+            failures.append(1)
+            raise MilvusException(code=1, message="[Errno 2] No such file or directory: '/d/collections/c/schema.json.tmp'"
+                                                  " -> '/d/collections/c/schema.json'")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(client, "alter_collection_properties", loses_the_race_twice)
+    store.add_roots(["/photos"])
+    assert store.indexed_roots() == ["/photos"] and len(failures) == 2
+
+    def refuses(*args, **kwargs):  # any other error is the caller's, at once
+        failures.append(1)
+        raise MilvusException(code=1100, message="properties too long")
+
+    monkeypatch.setattr(client, "alter_collection_properties", refuses)
+    with pytest.raises(MilvusException, match="too long"):
+        store.add_roots(["/more"])
+    assert len(failures) == 3
+
+
 # Messages as gRPC and Milvus word them when the server is gone or the collection is.
 @pytest.mark.parametrize("message", [
     "<_InactiveRpcError: StatusCode.UNAVAILABLE>", "failed to connect to all addresses", "Deadline Exceeded",

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import re
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -265,9 +267,7 @@ class MilvusStore:
             missing = [root for root in roots if root not in known]
             if not missing:
                 return
-            value = json.dumps(sorted(set(known) | set(missing)))
-            self._call(lambda c, value=value: c.alter_collection_properties(
-                self.collection, properties={_ROOTS_PROPERTY: value}))
+            self.set_properties(self.collection, {_ROOTS_PROPERTY: json.dumps(sorted(set(known) | set(missing)))})
         log.warning("could not record indexed roots %s after 5 attempts", roots)
 
     def model_info(self) -> tuple[str, int]:
@@ -305,8 +305,7 @@ class MilvusStore:
         if recorded is None:
             if not record_missing:
                 return
-            value = json.dumps([round(float(v), 5) for v in fingerprint])
-            self._call(lambda c: c.alter_collection_properties(self.collection, properties={_FINGERPRINT_PROPERTY: value}))
+            self.set_properties(self.collection, {_FINGERPRINT_PROPERTY: json.dumps([round(float(v), 5) for v in fingerprint])})
             return
         if not fingerprints_match(json.loads(recorded), fingerprint):
             raise WeightsMismatchError(self.collection, model)
@@ -322,8 +321,7 @@ class MilvusStore:
 
     def put_label_set(self, name: str, encoded: str) -> None:
         """Store (or, with ``encoded`` = "", remove) the label set ``name``."""
-        self._call(lambda c: c.alter_collection_properties(self.collection,
-                                                           properties={LABEL_SET_PROPERTY + name: encoded}))
+        self.set_properties(self.collection, {LABEL_SET_PROPERTY + name: encoded})
         self._wrote()
 
     def drop(self) -> None:
@@ -356,8 +354,22 @@ class MilvusStore:
     def properties_of(self, physical: str) -> dict[str, str]:
         return self._properties(physical)
 
-    def set_properties(self, physical: str, properties: dict[str, str]) -> None:
-        self._call(lambda c: c.alter_collection_properties(physical, properties=properties))
+    def set_properties(self, physical: str, properties: dict[str, str], attempts: int = 5) -> None:
+        """Set properties of the collection ``physical`` (or of the one a name points to).
+
+        Tried again when the Milvus Lite server fails the write: it writes a collection's schema.json through one
+        fixed temporary file without a lock, so two processes setting properties at once (two indexers recording
+        their roots) can fail one of them with "No such file or directory: .../schema.json.tmp" (milvus-lite
+        3.2.2). The server has the new properties in memory by then; writing them again persists them."""
+        for attempt in range(1, attempts + 1):
+            try:
+                return self._call(lambda c: c.alter_collection_properties(physical, properties=properties))
+            except MilvusException as exc:
+                if attempt == attempts or not _is_lite_schema_race(exc):
+                    raise
+                log.warning("Milvus Lite failed to save collection %s's properties (%s); trying again", physical,
+                            exc.message)
+                time.sleep(random.uniform(0.01, 0.05) * attempt)  # apart from the other writer
 
     def point_to(self, physical: str) -> None:
         """Move the configured name to collection ``physical`` in one step: every later call through the name,
@@ -577,6 +589,11 @@ def fingerprints_match(a: Sequence[float], b: Sequence[float]) -> bool:
 def _is_not_loaded(exc: MilvusException) -> bool:
     text = str(exc.message).lower()
     return "released" in text or "not loaded" in text
+
+
+def _is_lite_schema_race(exc: MilvusException) -> bool:
+    """Milvus Lite's server lost a race between two writers of a collection's schema.json (set_properties)."""
+    return "schema.json" in str(exc.message) and "No such file or directory" in str(exc.message)
 
 
 def _is_connection_error(exc: MilvusException) -> bool:

@@ -105,7 +105,7 @@ def _copy(store: MilvusStore, version: int, new: str, max_file_bytes: int, batch
         if on_progress:
             on_progress(report.rows, total)
     store._call(lambda c: c.flush(new))
-    store._call(lambda c: c.alter_collection_properties(new, properties={UPGRADE_PROPERTY: "complete"}))
+    store.set_properties(new, {UPGRADE_PROPERTY: "complete"})
 
 
 def _upgraded_row(row: dict[str, Any], version: int, roots: list[str], max_file_bytes: int,
