@@ -6,10 +6,11 @@ at 8 concurrent clients, with the in-memory vector copy on (the default) and off
 Lite). In the same run it times the bare text encode and an exact numpy search over the same vectors,
 and prints p50 / (encode + numpy). Then a load of --load-seconds at 8 clients counts errors.
 
-The server and the bare encode run at --precision (default auto, what a user gets). First, the text encoder's
-latency at fp32 and at each faster setting this CPU runs well, side by side.
+The server and the bare encode run at --precision (default auto, what a user gets) on torch. First, the text
+encoder's latency for one query: torch fp32 and each setting this CPU runs well, in torch and in each installed
+backend (IMGSEARCH_BACKEND=onnx, openvino), taking turns; --text-only stops there.
 
-Usage: python bench/query_latency.py [--sizes 10000 100000] [--load-seconds 60] [--precision auto]
+Usage: python bench/query_latency.py [--sizes 10000 100000] [--load-seconds 60] [--precision auto] [--text-only]
 """
 
 from __future__ import annotations
@@ -149,26 +150,32 @@ def load(base: str, clients: int, seconds: float) -> dict:
 _ENCODERS: dict = {}
 
 
-def encoder_at(model_dir: Path, precision: str, cache_dir: Path):
+def encoder_at(model_dir: Path, precision: str, cache_dir: Path, backend: str = "torch"):
     from imgsearch_core.encoder import SentenceTransformerEmbedder
 
-    key = (model_dir, precision)
+    key = (model_dir, precision, backend)
     if key not in _ENCODERS:
-        _ENCODERS[key] = SentenceTransformerEmbedder(str(model_dir), device="cpu", precision=precision, cache_dir=cache_dir)
+        _ENCODERS[key] = SentenceTransformerEmbedder(str(model_dir), device="cpu", precision=precision,
+                                                     cache_dir=cache_dir, backend=backend)
     return _ENCODERS[key]
 
 
-def text_encoder_by_precision(model_dir: Path, precisions: list[str], cache_dir: Path, rounds: int = 40) -> dict:
-    """Median ms of one text encode at each precision, the settings taking turns (this machine's speed drifts)."""
-    encoders = {p: encoder_at(model_dir, p, cache_dir) for p in precisions}
-    samples: dict[str, list[float]] = {p: [] for p in precisions}
+def text_encoder_by_setting(model_dir: Path, settings: list[tuple[str, str]], cache_dir: Path,
+                            rounds: int = 40) -> dict:
+    """Median ms of one text encode for each (backend, precision), the settings taking turns (this machine's
+    speed drifts), keyed by the setting's label ("fp32" is torch fp32)."""
+    from imgsearch_core.precision import setting_label
+
+    encoders = {setting_label(b, p): encoder_at(model_dir, p, cache_dir, b) for b, p in settings}
+    samples: dict[str, list[float]] = {label: [] for label in encoders}
     for i in range(rounds):
-        for precision, encoder in encoders.items():
+        for label, encoder in encoders.items():
             started = time.perf_counter()
             encoder.embed_texts([QUERIES[i % len(QUERIES)]])
-            samples[precision].append((time.perf_counter() - started) * 1000)
-    medians = {p: round(statistics.median(v[2:]), 2) for p, v in samples.items()}  # the first two warm up
-    return {p: {"text_encode_ms": ms, "speedup_vs_fp32": round(medians["fp32"] / ms, 2)} for p, ms in medians.items()}
+            samples[label].append((time.perf_counter() - started) * 1000)
+    medians = {label: round(statistics.median(v[2:]), 2) for label, v in samples.items()}  # the first two warm up
+    return {label: {"text_encode_ms": ms, "speedup_vs_fp32": round(medians["fp32"] / ms, 2)}
+            for label, ms in medians.items()}
 
 
 def bare_costs(model_dir: Path, vectors: np.ndarray, precision: str, cache_dir: Path, repeats: int = 30) -> dict:
@@ -195,13 +202,15 @@ def main() -> int:
     parser.add_argument("--load-seconds", type=float, default=60)
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "int8"],
                         help="IMGSEARCH_PRECISION of the server and of the bare encode (default auto)")
+    parser.add_argument("--text-only", action="store_true", help="time the text encoder per setting, nothing else")
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results/query_latency.json")
     args = parser.parse_args()
 
     from local_clip import build_local_clip  # bench/local_clip.py, beside this script
     from machine import machine_info, print_machine, write_result
 
-    from imgsearch_core.precision import candidates, cpu_flags
+    from imgsearch_core.backends import fast_settings
+    from imgsearch_core.precision import cpu_flags
 
     results = {"benchmark": "query_latency", "model": "ViT-B/32 architecture, random weights", **machine_info(),
                "sizes": {}}
@@ -211,11 +220,13 @@ def main() -> int:
         print("building random-weight ViT-B/32 ...", flush=True)
         model_dir = build_local_clip(tmp / "vit-b-32", "vit-b-32")
         cache_dir = tmp / "cache"
-        by_precision = text_encoder_by_precision(model_dir, ["fp32", *candidates("cpu", cpu_flags())], cache_dir)
-        results["text_encoder_by_precision"] = by_precision
-        for precision, figures in by_precision.items():
-            print(f"text encode {precision:>4}: {figures['text_encode_ms']:6.2f} ms  ({figures['speedup_vs_fp32']:.2f} x fp32)",
-                  flush=True)
+        by_setting = text_encoder_by_setting(model_dir, fast_settings(cpu_flags()), cache_dir)
+        results["text_encoder_by_setting"] = by_setting
+        for label, figures in by_setting.items():
+            print(f"text encode {label:>13}: {figures['text_encode_ms']:6.2f} ms  ({figures['speedup_vs_fp32']:.2f} x "
+                  f"torch fp32)", flush=True)
+        if args.text_only:
+            args.sizes = []
         served = encoder_at(model_dir, args.precision, cache_dir)
         results["precision"] = served.precision
         if served.precision_choice:
