@@ -161,19 +161,24 @@ def encoder_at(model_dir: Path, precision: str, cache_dir: Path, backend: str = 
 
 
 def text_encoder_by_setting(model_dir: Path, settings: list[tuple[str, str]], cache_dir: Path,
-                            rounds: int = 40) -> dict:
-    """Median ms of one text encode for each (backend, precision), the settings taking turns (this machine's
-    speed drifts), keyed by the setting's label ("fp32" is torch fp32)."""
+                            rounds: int = 5, block: int = 10) -> dict:
+    """Median ms of one text encode for each (backend, precision), keyed by the setting's label ("fp32" is torch
+    fp32). The settings take turns in blocks of ``block`` queries, in ``rounds`` rounds (this machine's speed
+    drifts), and the first two queries of a block are not counted: right after another runtime ran, its threads
+    still spin for a while (torch fp32 measured 81 ms a query when the settings alternated query by query, 59 ms
+    on its own)."""
     from imgsearch_core.precision import setting_label
 
     encoders = {setting_label(b, p): encoder_at(model_dir, p, cache_dir, b) for b, p in settings}
     samples: dict[str, list[float]] = {label: [] for label in encoders}
-    for i in range(rounds):
+    for _ in range(rounds):
         for label, encoder in encoders.items():
-            started = time.perf_counter()
-            encoder.embed_texts([QUERIES[i % len(QUERIES)]])
-            samples[label].append((time.perf_counter() - started) * 1000)
-    medians = {label: round(statistics.median(v[2:]), 2) for label, v in samples.items()}  # the first two warm up
+            for i in range(block):
+                started = time.perf_counter()
+                encoder.embed_texts([QUERIES[i % len(QUERIES)]])
+                if i >= 2:
+                    samples[label].append((time.perf_counter() - started) * 1000)
+    medians = {label: round(statistics.median(v), 2) for label, v in samples.items()}
     return {label: {"text_encode_ms": ms, "speedup_vs_fp32": round(medians["fp32"] / ms, 2)}
             for label, ms in medians.items()}
 
