@@ -162,6 +162,10 @@ def bench_naive(paths, model, data_dir):
                                 for i, (v, p) in enumerate(zip(vectors, chunk))])
     elapsed = time.perf_counter() - started
     client.close()
+    from milvus_lite.server_manager import server_manager_instance
+
+    # Stopped now, not at exit: at exit it would write its data again into the temporary folder already removed.
+    server_manager_instance.release_server(str(data_dir / "naive.db"))
     return {"images_per_s": len(paths) / elapsed, "seconds": elapsed}
 
 
