@@ -35,7 +35,14 @@ import numpy as np
 from imgsearch_core import int8
 from imgsearch_core.errors import BackendNotSupportedError, PrecisionNotSupportedError
 from imgsearch_core.int8 import calibration_pictures, quiet_root_logger
-from imgsearch_core.precision import INT8_DOT_PRODUCTS, Option, candidates, cpu_flags, probe_pictures
+from imgsearch_core.precision import (
+    BF16_INSTRUCTIONS,
+    INT8_DOT_PRODUCTS,
+    Option,
+    candidates,
+    cpu_flags,
+    probe_pictures,
+)
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +129,10 @@ class CompiledModel:
     def __init__(self, st_model, backend: str, precision: str, folder: Path, threads: int, image_size: int):
         self._transformer = _single_transformer(st_model, backend)
         self.backend, self.precision = backend, precision
+        if (backend, precision) == ("openvino", "bf16") and not cpu_flags() & BF16_INSTRUCTIONS:
+            # OpenVINO drops its bf16 hint on such a CPU without a word
+            log.warning("imgsearch: OpenVINO runs bf16 only on CPUs with AVX512_BF16 or AMX; on this one it runs the "
+                        "model in fp32 (IMGSEARCH_PRECISION=auto chooses what this CPU runs well)")
         self._inputs: dict[str, list[str]] = {}
         self._runs = {}
         samples = {"image": probe_pictures(image_size, 1), "text": ["a photo of a dog"]}
@@ -277,9 +288,6 @@ def _runner(path: Path, backend: str, precision: str, threads: int):
         compiled = openvino.Core().compile_model(str(path), "CPU", {
             "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
             "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads})
-        if precision == "bf16" and "bf16" not in str(compiled.get_property("INFERENCE_PRECISION_HINT")):
-            log.warning("imgsearch: OpenVINO runs bf16 only on CPUs with AVX512_BF16 or AMX; on this one it runs the "
-                        "model in fp32 (IMGSEARCH_PRECISION=auto chooses what this CPU runs well)")
         request = compiled.create_infer_request()
 
         def run(feeds):

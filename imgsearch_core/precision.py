@@ -58,6 +58,7 @@ SPEED_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16
 # int8 dot products summed in 32 bits in one instruction. Without them (AVX2 alone) int8 kernels multiply uint8 by
 # int8 in pairs summed in 16 bits, which saturate on large values.
 INT8_DOT_PRODUCTS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
+BF16_INSTRUCTIONS = frozenset({"avx512_bf16", "amx_bf16"})  # bf16 products in hardware; elsewhere bf16 is emulated
 
 
 @functools.cache
@@ -88,7 +89,7 @@ def candidates(device: str, flags: set[str], backend: str = "torch") -> list[Pre
     one: it may beat torch's."""
     if device.startswith("cuda"):
         return ["fp16"] if backend == "torch" else []
-    bf16 = bool(flags & {"avx512_bf16", "amx_bf16"})
+    bf16 = bool(flags & BF16_INSTRUCTIONS)
     dot_products = bool(flags & INT8_DOT_PRODUCTS)
     int8 = dot_products or "avx2" in flags
     if backend == "openvino":
