@@ -47,8 +47,9 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     """For the commands that run the model."""
     parser.add_argument("--precision", choices=["auto", "fp32", "bf16", "int8", "fp16"],
                         help="how the model runs (auto: the fastest that agrees with fp32) [IMGSEARCH_PRECISION]")
-    parser.add_argument("--backend", choices=["torch", "onnx", "openvino"],
-                        help="what runs the model; onnx and openvino need their extras [IMGSEARCH_BACKEND]")
+    parser.add_argument("--backend", choices=["auto", "torch", "onnx", "openvino"],
+                        help="what runs the model; onnx and openvino need their extras (auto: with --precision auto, "
+                             "the fastest installed one that agrees with fp32; else torch) [IMGSEARCH_BACKEND]")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -143,7 +143,7 @@ def auto_choice(model_dir, data_dir, batch_size) -> str:
     from imgsearch_core.encoder import SentenceTransformerEmbedder
 
     encoder = SentenceTransformerEmbedder(str(model_dir), device="cpu", batch_size=batch_size, precision="auto",
-                                          cache_dir=data_dir / "auto-cache")
+                                          backend="auto", cache_dir=data_dir / "auto-cache")  # the defaults
     return encoder.precision_choice.describe()
 
 

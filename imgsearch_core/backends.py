@@ -1,6 +1,9 @@
 """The model's two towers run by torch, ONNX Runtime or OpenVINO: ``IMGSEARCH_BACKEND``.
 
-- ``torch`` (the default): sentence-transformers runs the model; precisions as imgsearch_core/precision.py says.
+- ``auto`` (the default): with ``IMGSEARCH_PRECISION=auto``, the probe (imgsearch_core/precision.py) times every
+  setting this CPU runs well in torch and in each installed backend, and keeps the fastest that agrees with torch
+  fp32. With a precision named, or on CUDA, or for a model only torch runs (a pair, open_clip): torch.
+- ``torch``: sentence-transformers runs the model; precisions as imgsearch_core/precision.py says.
 - ``onnx`` (``pip install 'imgsearch[onnx]'``): each tower exported to ONNX and run by ONNX Runtime, in fp32, or
   int8 (the graph's matrix products quantised dynamically: int8 weights with a scale per output channel,
   activations quantised per batch).
@@ -46,7 +49,7 @@ from imgsearch_core.precision import (
 
 log = logging.getLogger(__name__)
 
-Backend = Literal["torch", "onnx", "openvino"]
+BackendSetting = Literal["auto", "torch", "onnx", "openvino"]
 
 # What each backend runs, and the modules its extra installs.
 PRECISIONS: dict[str, tuple[str, ...]] = {"torch": ("fp32", "bf16", "int8", "fp16"), "onnx": ("fp32", "int8"),
@@ -74,7 +77,7 @@ def fast_settings(flags: set[str]) -> list[Option]:
 
 def check_backend(backend: str, precision: str, device: str) -> None:
     """Raise an error that says what to do for a backend this install or device cannot run at ``precision``."""
-    if backend == "torch":
+    if backend in ("torch", "auto"):  # auto runs what is installed and runs here
         return
     if device.startswith("cuda"):
         raise BackendNotSupportedError(f"IMGSEARCH_BACKEND={backend} runs on the CPU; on CUDA use torch")
@@ -242,16 +245,23 @@ def _tower(model, method: str, output: str | list[str], names: list[str]):
     return Tower()
 
 
-def _single_transformer(st_model, backend: str):
+def compiles(st_model) -> bool:
+    """Whether onnx and openvino can run ``st_model``: one sentence-transformers Transformer with an image and a
+    text tower (CLIP, SigLIP)."""
     from sentence_transformers.base.modules import Transformer
 
     modules = list(st_model)
-    if len(modules) != 1 or not isinstance(modules[0], Transformer) or not {"image", "text"} <= set(
-            modules[0].modality_config):
+    return len(modules) == 1 and isinstance(modules[0], Transformer) and {"image", "text"} <= set(
+        modules[0].modality_config)
+
+
+def _single_transformer(st_model, backend: str):
+    if not compiles(st_model):
+        modules = list(st_model)
         raise BackendNotSupportedError(
             f"IMGSEARCH_BACKEND={backend} runs CLIP-style models that sentence-transformers loads as one Transformer "
             f"with an image and a text tower; this model is {[type(m).__name__ for m in modules]}: use torch")
-    return modules[0]
+    return list(st_model)[0]
 
 
 def _build_once(folder: Path, modality: str, backend: str, precision: str, export) -> Path:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,7 @@ from typing import Protocol
 import numpy as np
 from PIL import Image
 
-from imgsearch_core.backends import Backend, CompiledModel, check_backend, graph_folder
+from imgsearch_core.backends import BackendSetting, CompiledModel, check_backend, compiles, fast_settings, graph_folder
 from imgsearch_core.errors import BackendNotSupportedError, ImgsearchError
 from imgsearch_core.precision import (
     BASELINE,
@@ -179,10 +180,11 @@ class SentenceTransformerEmbedder:
     ``precision`` is fp32, bf16, int8, fp16, or auto: the fastest of those that agrees with fp32, measured once
     and remembered in ``cache_dir`` (see imgsearch_core/precision.py). ``backend`` is torch, or onnx or openvino
     to run the two towers there (imgsearch_core/backends.py); auto then measures that backend's settings against
-    torch fp32. A pair runs on torch only. ``precision_choice`` says what auto measured."""
+    torch fp32. ``backend`` auto with precision auto measures every installed backend's; with a precision named
+    it runs torch. A pair runs on torch only. ``precision_choice`` says what auto measured."""
 
     def __init__(self, model: str, device: str = "cpu", batch_size: int = 32, precision: PrecisionSetting = "fp32",
-                 cache_dir: Path | None = None, backend: Backend = "torch"):
+                 cache_dir: Path | None = None, backend: BackendSetting = "torch"):
         from sentence_transformers import SentenceTransformer
         from transformers.utils import logging as transformers_logging
 
@@ -190,10 +192,10 @@ class SentenceTransformerEmbedder:
 
         image_model, text_model = model_pair(model)
         check_backend(backend, precision, device)  # a wrong setting fails before the model loads
-        if text_model and backend != "torch":
+        if text_model and backend not in ("torch", "auto"):
             raise BackendNotSupportedError(f"IMGSEARCH_BACKEND={backend} runs one model with an image and a text "
                                            f"tower; '{model}' is a pair of models: use torch")
-        if precision != "auto" and backend == "torch":
+        if precision != "auto" and backend in ("torch", "auto"):
             check_supported(precision, device)
         self.name = model_identity(model)
         self.device = device
@@ -208,6 +210,9 @@ class SentenceTransformerEmbedder:
         self.max_text_tokens = self._text_token_limit()
         if self.max_text_tokens:
             self._text_model.max_seq_length = self.max_text_tokens
+        if backend == "auto" and (precision != "auto" or device.startswith("cuda") or text_model
+                                  or not compiles(self._model)):
+            backend = "torch"  # only torch runs these; auto's choice among backends is auto precision's
         self._pad_as_trained()
         self.image_size = self._image_input_size()
         self.logit_scale = self._logit_scale()
@@ -278,18 +283,34 @@ class SentenceTransformerEmbedder:
         key = ChoiceCache.key(self.name, self.fingerprint, self.device, self.batch_size, backend)
         if cache and (known := cache.get(key)):
             return known
-        options = [(backend, precision) for precision in candidates(self.device, cpu_flags(), backend)]
+        if backend == "auto":  # every setting this CPU runs well, in torch and in each installed backend
+            options = fast_settings(cpu_flags())[1:]
+        else:
+            options = [(backend, precision) for precision in candidates(self.device, cpu_flags(), backend)]
         if not options:
             return Choice("fp32", [])
-        log.warning("imgsearch: measuring which precision runs this model fastest (once per model and machine)")
+        log.warning("imgsearch: measuring which %s runs this model fastest (once per model and machine)",
+                    "backend and precision" if backend == "auto" else "precision")
+        # Graphs this probe exports for settings it then does not choose are removed again: hundreds of MB each.
+        new_graphs = {option: folder for option in options if option[0] != "torch"
+                      if not (folder := graph_folder(self._cache_dir, self.name, self.fingerprint, *option)).exists()}
         pictures = probe_pictures(self.image_size)
         trials = run_probe(lambda option: self._encode(pictures, option),
-                           lambda option: self._encode(PROBE_TEXTS, option, texts=True), options)
+                           lambda option: self._encode(PROBE_TEXTS, option, texts=True), options,
+                           finished=self._forget)
         best = pick(trials)
+        for option, folder in new_graphs.items():
+            if option != (best.backend, best.precision):
+                shutil.rmtree(folder, ignore_errors=True)
         choice = Choice(best.precision, trials, backend=best.backend)
         if cache:
             cache.put(key, choice)
         return choice
+
+    def _forget(self, option: Option) -> None:
+        """Free what runs ``option`` (a quantised copy, a runtime's session): the probe holds one setting at a time."""
+        with self._lock:
+            self._runners = {key: runner for key, runner in self._runners.items() if key[0] != option}
 
     def _pad_as_trained(self) -> None:
         """Pad every text to the model's token limit if it was trained on texts padded so (_FIXED_LENGTH_TEXT):
@@ -349,13 +370,13 @@ class OpenClipEmbedder:
     Runs on torch only, in fp32, bf16, int8 or fp16 as given; ``auto`` runs fp32 without measuring."""
 
     def __init__(self, model: str, device: str = "cpu", batch_size: int = 32, precision: PrecisionSetting = "fp32",
-                 cache_dir: Path | None = None, backend: Backend = "torch"):
+                 cache_dir: Path | None = None, backend: BackendSetting = "torch"):
         try:
             import open_clip
         except ImportError as exc:
             raise ModelSettingError(f"model '{model}' is an open_clip model: pip install 'imgsearch[openclip]'") from exc
 
-        if backend != "torch":
+        if backend not in ("torch", "auto"):
             raise BackendNotSupportedError(f"IMGSEARCH_BACKEND={backend} runs sentence-transformers models; "
                                            f"'{model}' is an open_clip model: use torch")
         chosen = "fp32" if precision == "auto" else precision

@@ -230,9 +230,11 @@ BASELINE: Option = ("torch", "fp32")
 
 
 def run_probe(embed_images: Callable[[Option], np.ndarray], embed_texts: Callable[[Option], np.ndarray],
-              options: list[Option], repeats: int = 2) -> list[Trial]:
+              options: list[Option], repeats: int = 2,
+              finished: Callable[[Option], None] = lambda option: None) -> list[Trial]:
     """Time ``embed_images(option)`` (one pass over the probe pictures) for torch fp32 and each option, fastest
-    of ``repeats`` after a warm-up, and compare each option's pictures and texts with torch fp32's."""
+    of ``repeats`` after a warm-up, and compare each option's pictures and texts with torch fp32's. ``finished``
+    is told when an option has been measured."""
 
     def timed(option):
         vectors = embed_images(option)  # warm-up: first-call costs (kernels, caches) are not the steady speed
@@ -253,6 +255,8 @@ def run_probe(embed_images: Callable[[Option], np.ndarray], embed_texts: Callabl
         except Exception as exc:  # noqa: BLE001 - a setting this build cannot run is not offered
             log.warning("%s %s does not run here: %s", backend, precision, exc)
             continue
+        finally:
+            finished((backend, precision))
         trials.append(Trial(precision, speed, *agreement(images, texts, other_images, other_texts), backend=backend))
     return trials
 

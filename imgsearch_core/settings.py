@@ -10,7 +10,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from imgsearch_core.backends import Backend
+from imgsearch_core.backends import BackendSetting
 from imgsearch_core.precision import PrecisionSetting
 
 VectorIndexType = Literal["HNSW", "IVF_FLAT", "DISKANN", "FLAT", "AUTOINDEX"]
@@ -37,8 +37,8 @@ class Settings(BaseSettings):
     # and machine and remembered in cache_dir (imgsearch_core/precision.py).
     precision: PrecisionSetting = "auto"
     # What runs the model: torch, or the [onnx] / [openvino] extras, their graphs exported once into cache_dir
-    # (imgsearch_core/backends.py).
-    backend: Backend = "torch"
+    # (imgsearch_core/backends.py); auto, with precision auto, measures every installed one (else torch).
+    backend: BackendSetting = "auto"
     cache_dir: Path = Path("./data/cache")
     batch_size: int = Field(32, ge=1, le=4096)
     decode_workers: int = Field(2, ge=1, le=64)

@@ -81,7 +81,8 @@ def create_app(settings: Settings | None = None, encoder: Embedder | None = None
         vector_copy = request.app.state.vector_copy
         count = await run_in_threadpool((vector_copy or store).count)
         cache = "off" if vector_copy is None else ("fresh" if vector_copy.fresh else "catching-up")
-        return HealthResponse(status="ok", model=model.name, dim=model.dim, count=count, vector_cache=cache,
+        return HealthResponse(status="ok", model=model.name, dim=model.dim, runs=f"{model.backend} {model.precision}",
+                              count=count, vector_cache=cache,
                               collection=request.app.state.serving.collection,
                               switch=request.app.state.switcher.state)
 

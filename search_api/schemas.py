@@ -193,6 +193,9 @@ class HealthResponse(BaseModel):
     status: Literal["ok"]
     model: str | None = None
     dim: int | None = None
+    runs: str | None = Field(None, description=(
+        "what runs the model for queries: backend and precision, such as 'torch fp32' or 'onnx int8' "
+        "(IMGSEARCH_BACKEND and IMGSEARCH_PRECISION; auto says what it chose)"))
     count: int | None = None
     vector_cache: Literal["fresh", "catching-up", "off"] | None = Field(
         None, description="whether searches are answered from the in-memory copy (fresh) or by Milvus")

@@ -72,6 +72,7 @@ def test_health_reports_model_dimension_and_count(client, settings):
     body = client.get("/health").json()
     assert body["status"] == "ok" and body["count"] == 10 and body["dim"] == 16
     assert body["model"] == settings.model
+    assert body["runs"] == "torch fp32"  # the test model's backend and precision (conftest)
 
 
 def test_text_search_returns_ranked_results_with_urls(client):

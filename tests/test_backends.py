@@ -151,6 +151,43 @@ def test_auto_with_a_backend_measures_it_against_torch_and_remembers(tiny_model_
 
 
 @needs("onnx")
+def test_backend_auto_measures_every_installed_backend_and_keeps_only_the_chosen_graph(tiny_model_dir, tmp_path,
+                                                                                       monkeypatch, caplog):
+    SentenceTransformerEmbedder(str(tiny_model_dir), precision="int8", backend="onnx", cache_dir=tmp_path)
+    built_by_hand = {p.name for p in (tmp_path / "graphs").iterdir()}
+    picked = []
+
+    def onnx_fp32(trials):  # whatever the probe measured: what it picks is what runs, and what is kept
+        picked.extend(t for t in trials if (t.backend, t.precision) == ("onnx", "fp32"))
+        return picked[0]
+
+    monkeypatch.setattr("imgsearch_core.encoder.pick", onnx_fp32)
+    auto = SentenceTransformerEmbedder(str(tiny_model_dir), precision="auto", backend="auto", cache_dir=tmp_path)
+    measured = [(t.backend, t.precision) for t in auto.precision_choice.trials]
+    assert measured == backends.fast_settings(precision_module.cpu_flags())  # torch fp32 first, then every setting
+    assert {"torch", "onnx"} <= {backend for backend, _ in measured}
+    assert (auto.backend, auto.precision) == ("onnx", "fp32")
+    assert auto.precision_choice.describe().startswith("precision auto -> onnx fp32: fp32 1.00x; ")
+    graphs = {p.name for p in (tmp_path / "graphs").iterdir()}
+    # the chosen graph stays; those the probe built for settings it left are gone; the one built by hand stays
+    assert {name.rsplit("-", 1)[0] for name in graphs - built_by_hand} == {"onnx-fp32"}
+    assert built_by_hand <= graphs
+
+    monkeypatch.undo()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        again = SentenceTransformerEmbedder(str(tiny_model_dir), precision="auto", backend="auto", cache_dir=tmp_path)
+    assert again.precision_choice.cached and (again.backend, again.precision) == ("onnx", "fp32")
+    assert not [r for r in caplog.records if "building the" in r.getMessage() or "measuring" in r.getMessage()]
+
+
+def test_backend_auto_with_a_named_precision_runs_torch(tiny_model_dir, tmp_path):
+    named = SentenceTransformerEmbedder(str(tiny_model_dir), precision="int8", backend="auto", cache_dir=tmp_path)
+    assert (named.backend, named.precision, named.precision_choice) == ("torch", "int8", None)
+    assert not (tmp_path / "graphs").exists()
+
+
+@needs("onnx")
 def test_imgsearch_indexes_and_searches_with_the_onnx_backend(tmp_path, imgsearch_bin, cli_env):
     photos = write_photo_set(tmp_path / "photos")
     index = run_cli(imgsearch_bin, cli_env, "index", str(photos), "--backend", "onnx", "--precision", "int8")

@@ -220,6 +220,13 @@ def test_a_pair_on_another_backend_is_refused_before_loading(tiny_model_dir, tex
         SentenceTransformerEmbedder(f"{tiny_model_dir}+{text_tower_dir}", backend="onnx")
 
 
+def test_backend_auto_measures_a_pair_in_torch_only(tiny_model_dir, text_tower_dir, tmp_path):
+    pair = SentenceTransformerEmbedder(f"{tiny_model_dir}+{text_tower_dir}", precision="auto", backend="auto",
+                                       cache_dir=tmp_path)
+    assert {t.backend for t in pair.precision_choice.trials} == {"torch"} and pair.backend == "torch"
+    assert not (tmp_path / "graphs").exists()
+
+
 def test_the_imgsearch_command_indexes_and_searches_with_a_pair(imgsearch_bin, tiny_model_dir, text_tower_dir,
                                                                  photo_dir, tmp_path):
     env = cli_environment(tmp_path / "data", tiny_model_dir)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from imgsearch_core import precision as precision_module
+from imgsearch_core.backends import installed
 from imgsearch_core.encoder import SentenceTransformerEmbedder
 from imgsearch_core.precision import Choice, ChoiceCache, Trial, agreement, autocast, candidates, pick, top_k_overlap
 from imgsearch_core.settings import Settings
@@ -105,6 +106,9 @@ def test_auto_is_measured_through_imgsearch_index(tmp_path, imgsearch_bin, cli_e
     first = run_cli(imgsearch_bin, env, "index", str(photos))
     assert first.returncode == 0, first.stderr
     assert "precision auto -> " in first.stderr and "(cached)" not in first.stderr and "fp32 1.00x" in first.stderr
+    # IMGSEARCH_BACKEND's default, auto, measures the installed backends' settings too
+    for backend in ("onnx", "openvino"):
+        assert (f"; {backend} fp32 " in first.stderr) == installed(backend), first.stderr
     again = run_cli(imgsearch_bin, env, "index", str(photos))
     assert "(cached)" in again.stderr
 
@@ -213,9 +217,9 @@ def test_fast_settings_index_photos_with_the_same_neighbours_as_fp32(vit_b_32_di
         images = top_k_overlap(stored["fp32"], stored["fp32"], stored[label], stored[label], 10, same_set=True)
         text = top_k_overlap(texts["fp32"], stored["fp32"], texts[label], stored[label], 10)
         measured[label] = (images, text, precision_module.min_cosine(stored["fp32"], stored[label]))
-    autos = [SentenceTransformerEmbedder(str(vit_b_32_dir), precision="auto", backend=backend,
-                                         cache_dir=tmp_path / "auto").precision_choice
-             for backend in dict.fromkeys(backend for backend, _ in gate_settings())]
+    autos = [SentenceTransformerEmbedder(str(vit_b_32_dir), precision="auto", backend=backend,  # the graphs above
+                                         cache_dir=tmp_path / "cache").precision_choice
+             for backend in [*dict.fromkeys(backend for backend, _ in gate_settings()), "auto"]]
     with capsys.disabled():
         for label, (images, text, cosine) in measured.items():
             print(f"\n{label}: image->image top-10 overlap {images:.3f}, text->image {text:.3f}, "
