@@ -86,6 +86,7 @@ def test_a_backend_embeds_like_torch_and_builds_its_graphs_once(tiny_model_dir, 
     assert (ours.backend, ours.precision) == (backend, precision)
     assert len(built) == 2 and f"{backend} {precision} image graph" in built[0]  # said while it works
     assert ours.fingerprint == torch_fp32.fingerprint  # taken in torch fp32, so a collection accepts either
+    assert {p.device.type for p in ours._model.parameters()} == {"meta"}  # torch's copy of the weights is freed
 
     for theirs, mine in ((torch_fp32.embed_images(pictures), ours.embed_images(pictures)),
                          (torch_fp32.embed_texts(texts).vectors, ours.embed_texts(texts).vectors)):
