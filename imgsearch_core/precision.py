@@ -8,9 +8,10 @@
 - ``int8``: the Linear layers quantised to int8 weights, activations quantised per batch
   (``torch.ao.quantization.quantize_dynamic``). CPU only. Fast with VNNI; also runs on AVX2.
 - ``fp16``: ``torch.autocast`` to float16. CUDA only.
-- ``auto`` (the default): of the settings this device supports well (read from the CPU's flags, or CUDA),
-  the fastest one that a short timed probe finds faster than fp32 and whose embeddings agree with fp32's
-  (``AGREEMENT``); fp32 when none does. The choice is cached per model, device and machine, so the probe
+- ``auto`` (the default): of the settings this device supports well (read from the CPU's flags, or CUDA), in
+  the backend named, or with ``IMGSEARCH_BACKEND=auto`` (the default) in torch and every installed backend, the
+  fastest one that a short timed probe finds faster than torch fp32 and whose embeddings agree with fp32's
+  (``AGREEMENT``); torch fp32 when none does. The choice is cached per model, device and machine, so the probe
   runs once.
 
 The model's fingerprint, recorded with a collection, is always computed in fp32, so a collection indexed
