@@ -34,6 +34,7 @@ def create_app(settings: Settings | None = None, encoder: Embedder | None = None
         names = await run_in_threadpool(MilvusStore.from_settings, settings)  # the configured name
         model = encoder or await run_in_threadpool(load_embedder, settings.model_copy(
             update={"model": await run_in_threadpool(collection_model, settings, names)}))
+        _say_what_runs(model)
         await run_in_threadpool(names.ensure_collection, model.name, model.dim, model.fingerprint)  # fails on a model mismatch
         collection = await run_in_threadpool(names.target)
         serving = await run_in_threadpool(open_serving, settings, names, collection, model)
@@ -121,6 +122,13 @@ def install(app: FastAPI, serving: Serving) -> None:
     app.state.files = serving.files
     app.state.tag_counter = serving.tag_counter
     app.state.serving = serving
+
+
+def _say_what_runs(model: Embedder) -> None:
+    """One line in the server's log: what runs the model, and what auto measured to choose it."""
+    choice = getattr(model, "precision_choice", None)
+    logging.getLogger("uvicorn.error").info("imgsearch: %s runs %s %s%s", model.name, model.backend, model.precision,
+                                            f" ({choice.describe()})" if choice else "")
 
 
 def serve(settings: Settings) -> None:
