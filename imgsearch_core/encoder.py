@@ -19,6 +19,7 @@ A collection records ``model_identity`` of the setting: a local directory by abs
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import shutil
@@ -293,6 +294,13 @@ class SentenceTransformerEmbedder:
             options = [(backend, precision) for precision in candidates(self.device, cpu_flags(), backend)]
         if not options:
             return Choice("fp32", [])
+        with cache.measuring() if cache else contextlib.nullcontext():
+            if cache and (known := cache.get(key)):
+                return known  # measured by the process this one waited for
+            return self._probe(options, backend, cache, key)
+
+    def _probe(self, options: list[Option], backend: str, cache: ChoiceCache | None, key: str) -> Choice:
+        """Time torch fp32 and each option, keep the fastest that agrees, and remember it in ``cache``."""
         log.warning("imgsearch: measuring which %s runs this model fastest (once per model and machine)",
                     "backend and precision" if backend == "auto" else "precision")
         # Graphs this probe exports for settings it then does not choose are removed again: hundreds of MB each.

@@ -284,6 +284,30 @@ class ChoiceCache:
         key = f"{model}|{weights}|{device}|{cpu_model()}|{flags}|torch {torch.__version__}|batch {batch_size}"
         return key if backend == "torch" else f"{key}|backend {backend}"  # torch's keys as they were
 
+    @contextlib.contextmanager
+    def measuring(self):
+        """Held while this process probes: another imgsearch process sharing the cache directory (an indexer and
+        a server started together) waits for it, then reads its choice, rather than probing at the same time on
+        the same cores, which would time both probes wrong. The kernel releases the lock if the holder dies."""
+        import fcntl
+
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(self.path.with_name("precision.lock"), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        except OSError as exc:
+            log.warning("cannot lock %s against other imgsearch processes: %s", self.path.parent, exc)
+            yield
+            return
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log.warning("imgsearch: waiting for another imgsearch process measuring a model (%s)", self.path.parent)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
     def get(self, key: str) -> Choice | None:
         try:
             entry = json.loads(self.path.read_text()).get(key)

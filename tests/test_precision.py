@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 import warnings
 
 import numpy as np
@@ -88,6 +90,33 @@ def test_auto_measures_once_per_model_and_machine_and_remembers(tiny_model_dir, 
     third = SentenceTransformerEmbedder(str(tiny_model_dir), precision="auto", cache_dir=tmp_path / "cache")
     assert len(probes) == 2 and not third.precision_choice.cached  # a broken cache is measured again
     assert json.loads((tmp_path / "cache" / "precision.json").read_text())  # and rewritten
+
+
+def test_a_process_waits_for_anothers_probe_and_takes_its_choice(tiny_model_dir, tmp_path, monkeypatch, caplog):
+    """An indexer and a server started together on a new machine: one probes, the other waits and reads its choice
+    (two probes at once on the same cores would time each other)."""
+    probes = []
+    real_probe = precision_module.run_probe
+    monkeypatch.setattr("imgsearch_core.encoder.run_probe", lambda *a, **k: probes.append(1) or real_probe(*a, **k))
+    monkeypatch.setattr("imgsearch_core.encoder.candidates", lambda *a: ["int8"])  # something to probe on any CPU
+    cache_dir = tmp_path / "cache"
+    first = SentenceTransformerEmbedder(str(tiny_model_dir), precision="auto", backend="torch", cache_dir=cache_dir)
+    measured = (cache_dir / "precision.json").read_text()
+    (cache_dir / "precision.json").unlink()  # as if the other process were still measuring
+
+    loaded = []
+    with ChoiceCache(cache_dir).measuring():  # the other process's probe
+        waiter = threading.Thread(target=lambda: loaded.append(SentenceTransformerEmbedder(
+            str(tiny_model_dir), precision="auto", backend="torch", cache_dir=cache_dir)))
+        waiter.start()
+        deadline = time.monotonic() + 60
+        while "waiting for another imgsearch process" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "waiting for another imgsearch process" in caplog.text and waiter.is_alive()
+        (cache_dir / "precision.json").write_text(measured)  # its choice, written before it lets go
+    waiter.join(timeout=60)
+    assert len(probes) == 1 and loaded[0].precision_choice.cached
+    assert (loaded[0].backend, loaded[0].precision) == (first.backend, first.precision)
 
 
 def test_a_cached_choice_is_kept_per_model(tmp_path):
