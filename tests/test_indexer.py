@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -305,14 +306,16 @@ def test_kill_9_mid_run_then_resume_equals_one_clean_run(tmp_path, settings, img
         assert np.allclose(resumed_rows[path][2], vector, atol=2e-3)
 
 
-def test_when_the_process_serving_the_data_directory_exits_another_takes_over(settings, store, encoder, tmp_path):
+@pytest.mark.parametrize("ending", ["killed", "exits"])
+def test_when_the_process_serving_the_data_directory_exits_another_takes_over(settings, store, encoder, tmp_path,
+                                                                             ending):
     store.ensure_collection(encoder.name, encoder.dim)
     store.close()
     release_hosted(settings.milvus_uri)  # this process stops serving; a child process becomes the host
     host = spawn([sys.executable, "-c", (
         "import sys, time; from imgsearch_core.store import MilvusStore;"
-        f"MilvusStore({settings.milvus_uri!r}, 'images'); print('ready', flush=True); time.sleep(600)")],
-        stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parent.parent)
+        f"MilvusStore({settings.milvus_uri!r}, 'images'); print('ready', flush=True); sys.stdin.readline()")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parent.parent)
     try:
         assert host.stdout.readline().strip() == "ready"
         endpoint = Path(settings.milvus_uri) / "imgsearch-endpoint.json"
@@ -320,10 +323,21 @@ def test_when_the_process_serving_the_data_directory_exits_another_takes_over(se
         client = MilvusStore.from_settings(settings)  # connects to the child's endpoint
         write_photo(tmp_path / "x" / "a.png", seed=1)
         run_index([str(tmp_path / "x")], settings, encoder, client)
-        host.kill()
-        host.wait()
-        assert client.count() == 1  # reconnected: this process now serves the directory, nothing lost
+        if ending == "killed":
+            host.kill()
+        else:
+            host.stdin.close()  # it exits as an indexer does when done: it stops serving and removes its socket
+        assert host.wait(timeout=30) is not None
+        pymilvus_said = logging.Handler(logging.WARNING)
+        pymilvus_said.emit = lambda record: said.append(record.getMessage())
+        said = []
+        logging.getLogger("pymilvus").addHandler(pymilvus_said)  # pymilvus logs to its own handler, not the root's
+        try:
+            assert client.count() == 1  # reconnected: this process now serves the directory, nothing lost
+        finally:
+            logging.getLogger("pymilvus").removeHandler(pymilvus_said)
         assert json.loads(endpoint.read_text())["pid"] == os.getpid()
+        assert said == []  # the store's own line says it reconnected; no pymilvus traceback per failed recovery
     finally:
         if host.poll() is None:
             host.kill()

@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 # correct, but both sides log the miss on every call.
 logging.getLogger("grpc._server").setLevel(logging.CRITICAL)
 logging.getLogger("pymilvus.client.iterator.query_iterator").setLevel(logging.ERROR)
+# When the process serving a data directory exits, pymilvus logs a traceback for each recovery it tries on the
+# dead socket; the store takes over the directory and says so in one line (MilvusStore._call).
+logging.getLogger("pymilvus.client.connection_manager").setLevel(logging.ERROR)
 
 ENDPOINT_FILE = "imgsearch-endpoint.json"
 
