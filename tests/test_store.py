@@ -353,6 +353,33 @@ def test_releasing_one_hosted_data_directory_leaves_the_others_served(tmp_path):
     assert not (tmp_path / "b" / "milvus.db" / ENDPOINT_FILE).exists()
 
 
+def test_a_served_data_directory_takes_the_keepalive_pings_of_an_idle_client(tmp_path):
+    """pymilvus pings its server every 10 s, also between calls. A gRPC server's defaults allow one such ping in 5
+    minutes and hang up after a few more ("too_many_pings", logged as an error by the client of a process idle
+    for a minute, such as an indexer while auto measures the model). Here a ping a second, for 5 seconds."""
+    import time
+
+    import grpc
+
+    from imgsearch_core.store import lite
+
+    uri = str(tmp_path / "milvus.db")
+    channel = grpc.insecure_channel(lite.resolve_uri(uri), options=[
+        ("grpc.keepalive_time_ms", 1000), ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0)])
+    states = []
+    try:
+        channel.subscribe(states.append, try_to_connect=True)
+        with pytest.raises(grpc.RpcError) as raised:  # one call, then idle
+            channel.unary_unary("/milvus.proto.milvus.MilvusService/NoSuchMethod")(b"", timeout=10)
+        assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        time.sleep(5)
+        assert states[-1] == grpc.ChannelConnectivity.READY, states  # not hung up on
+    finally:
+        channel.close()
+        lite.release_hosted(uri)
+
+
 def test_the_endpoint_another_process_wrote_is_used_only_while_it_is_live_and_its_own(tmp_path):
     """What a second process finds in a data directory another process serves: the socket, only while that
     process lives, listens, and the socket is where this folder's would be."""

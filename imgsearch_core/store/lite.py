@@ -132,9 +132,32 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+_MAX_MESSAGE_BYTES = 256 * 1024 * 1024  # as Milvus Lite's own server and Milvus standalone
+
+
+def _grpc_server(db):
+    """Milvus Lite's gRPC service for ``db``, as its own ``milvus-lite server`` makes it, taking pymilvus' pings."""
+    from concurrent import futures
+
+    import grpc
+    from milvus_lite.adapter.grpc.servicer import MilvusServicer
+    from pymilvus.grpc_gen import milvus_pb2_grpc
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8), options=[
+        ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
+        # pymilvus pings its server every 10 s, also between calls. A gRPC server's defaults allow such a ping once
+        # in 5 minutes and hang up after a few more ("too_many_pings": an error in the log of a process idle for a
+        # minute, such as an indexer while auto measures the model). The socket is the owner's alone.
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_ping_strikes", 0),  # never hang up on a client's pings
+    ])
+    milvus_pb2_grpc.add_MilvusServiceServicer_to_server(MilvusServicer(db), server)
+    return server
+
+
 def _host(data_dir: Path) -> str:
     from milvus_lite import DataDirLockedError, MilvusLite
-    from milvus_lite.adapter.grpc.server import _build_server
 
     with _hosted_lock:
         if data_dir in _hosted:
@@ -146,7 +169,7 @@ def _host(data_dir: Path) -> str:
         path = _socket_path(data_dir, os.getpid())
         try:
             _remove_stale_sockets(data_dir)
-            server = _build_server(db, 8)
+            server = _grpc_server(db)
             server.add_insecure_port(f"unix:{path}")
             server.start()
             os.chmod(path, 0o600)
