@@ -328,9 +328,9 @@ def test_when_the_process_serving_the_data_directory_exits_another_takes_over(se
         else:
             host.stdin.close()  # it exits as an indexer does when done: it stops serving and removes its socket
         assert host.wait(timeout=30) is not None
+        said = []
         pymilvus_said = logging.Handler(logging.WARNING)
         pymilvus_said.emit = lambda record: said.append(record.getMessage())
-        said = []
         logging.getLogger("pymilvus").addHandler(pymilvus_said)  # pymilvus logs to its own handler, not the root's
         try:
             assert client.count() == 1  # reconnected: this process now serves the directory, nothing lost
