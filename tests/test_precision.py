@@ -182,20 +182,6 @@ def test_on_cuda_the_model_runs_under_fp16_autocast():
 
 # ── The agreement gate: each fast setting indexes photos into Milvus Lite as fp32 does ──────────────────
 
-GATE_TEXTS = ["a photo of a dog", "a red bicycle leaning on a wall", "mountains at sunset", "a bowl of fruit",
-              "a crowded street at night", "a baby laughing", "a white cat on a sofa", "a map of the city",
-              "a blue sky", "green grass", "an old building", "a plate of food"]
-
-
-def write_photo_like_jpegs(folder, count: int, size=(640, 480)) -> None:
-    """Smooth colour fields with grain, saved as JPEG: what a camera's photo looks like to a decoder."""
-    rng = np.random.default_rng(7)
-    folder.mkdir(parents=True)
-    for i in range(count):
-        picture = precision_module.photo_like(rng, (3 + i % 4, 4 + i % 3), size, grain=10)
-        picture.save(folder / f"photo{i:03d}.jpg", quality=90)
-
-
 @pytest.fixture(scope="module")
 def vit_b_32_dir(tmp_path_factory):
     """The real ViT-B/32 architecture with random weights: the real model's arithmetic, without a download."""
@@ -213,15 +199,17 @@ def gate_settings() -> list[tuple[str, str]]:
 
 @pytest.mark.slow
 def test_fast_settings_index_photos_with_the_same_neighbours_as_fp32(vit_b_32_dir, tmp_path, capsys):
-    """The gate, on 48 JPEGs indexed end to end for torch fp32 and each setting this CPU runs well, in each
+    """The gate, on 48 photos indexed end to end for torch fp32 and each setting this CPU runs well, in each
     installed backend: top-10 image -> image and text -> image neighbours agree with torch fp32's at >= 0.95 mean
-    overlap. A setting below it is not what `auto` picks (its probe applies the same gate to its own pictures)."""
+    overlap. A setting below it is not what `auto` picks (its probe applies the same gate to its own pictures).
+    The photos are crops of real photographs (bench/photos.py); the texts, 48 queries."""
+    from bench.photos import QUERY_TEXTS, make_photos
     from imgsearch_core.encoder import load_embedder
     from imgsearch_core.store import MilvusStore, release_hosted
     from indexer.runner import run_index
 
     photos = tmp_path / "photos"
-    write_photo_like_jpegs(photos, 48)
+    make_photos(photos, 48, size=(640, 480))
     stored, texts = {}, {}
     for backend, setting in gate_settings():
         label = Trial(setting, 0, backend=backend).label
@@ -235,7 +223,7 @@ def test_fast_settings_index_photos_with_the_same_neighbours_as_fp32(vit_b_32_di
             assert run_index([str(photos)], settings, encoder, store).embedded == 48
             rows = sorted(store.iter_rows(fields=["path"], with_vectors=True), key=lambda r: r["path"])
             stored[label] = np.asarray([r["vector"] for r in rows], dtype=np.float32)
-            texts[label] = encoder.embed_texts(GATE_TEXTS).vectors
+            texts[label] = encoder.embed_texts(QUERY_TEXTS).vectors
         finally:
             store.close()
             release_hosted(settings.milvus_uri)
