@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import shutil
+import stat
 import warnings
 from pathlib import Path
 from typing import Literal
@@ -46,6 +47,7 @@ from imgsearch_core.precision import (
     cpu_flags,
     probe_pictures,
 )
+from imgsearch_core.safe_files import private_dir
 
 log = logging.getLogger(__name__)
 
@@ -266,28 +268,59 @@ def _single_transformer(st_model, backend: str):
 
 def _build_once(folder: Path, modality: str, backend: str, precision: str, export) -> Path:
     """The tower's graph file in ``folder/modality``, exported first if it is not there. Built in a private
-    folder and renamed into place, so a killed build or a second process never leaves half a graph."""
+    folder and renamed into place, so a killed build or a second process never leaves half a graph. Every folder
+    on the way is this user's alone (``private_dir``): a graph is code the model runs, and nobody else may put one
+    there."""
+    for level in (folder.parent.parent, folder.parent, folder):  # the cache directory, graphs/, this setting's
+        private_dir(level)
     final = folder / modality
     name = _GRAPH_FILE[backend]
-    if (final / name).is_file():
+    if _own_file(final / name):
         return final / name
     log.warning("imgsearch: building the %s %s %s graph in %s (once per model and setting; seconds for ViT-B/32, "
                 "2-3 minutes for openvino int8)",
                 backend, precision, modality, final)
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     building = folder / f".{modality}.{os.getpid()}.building"
     shutil.rmtree(building, ignore_errors=True)
     building.mkdir(mode=0o700)
     try:
         export(building)
+        if os.path.lexists(final) and not _own_file(final / name):
+            remove_graphs(final)  # what a killed removal left, or not a folder of ours: never loaded, replaced
         try:
             os.rename(building, final)
         except OSError:  # another process finished first: use its graph
-            if not (final / name).is_file():
+            if not _own_file(final / name):
                 raise
     finally:
         shutil.rmtree(building, ignore_errors=True)
     return final / name
+
+
+def _own_file(path: Path) -> bool:
+    """``path`` is a regular file of this user in a real folder of this user (no link on the last two steps)."""
+    try:
+        folder, info = os.lstat(path.parent), os.lstat(path)
+    except OSError:
+        return False
+    return (stat.S_ISDIR(folder.st_mode) and folder.st_uid == os.getuid() and stat.S_ISREG(info.st_mode)
+            and info.st_uid == os.getuid())
+
+
+def remove_graphs(folder: Path) -> None:
+    """Remove a graph folder as one step: renamed aside first, so a process killed while deleting leaves a hidden
+    folder, never a graph folder with half its files."""
+    aside = folder.with_name(f".{folder.name}.{os.getpid()}.removing")
+    try:
+        os.rename(folder, aside)
+    except FileNotFoundError:
+        return
+    except OSError:
+        aside = folder
+    if aside.is_symlink() or not aside.is_dir():
+        aside.unlink(missing_ok=True)
+    else:
+        shutil.rmtree(aside, ignore_errors=True)
 
 
 def _runner(path: Path, backend: str, precision: str, threads: int):

@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import shutil
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +30,15 @@ from typing import Protocol
 import numpy as np
 from PIL import Image
 
-from imgsearch_core.backends import BackendSetting, CompiledModel, check_backend, compiles, fast_settings, graph_folder
+from imgsearch_core.backends import (
+    BackendSetting,
+    CompiledModel,
+    check_backend,
+    compiles,
+    fast_settings,
+    graph_folder,
+    remove_graphs,
+)
 from imgsearch_core.errors import BackendNotSupportedError, ImgsearchError
 from imgsearch_core.precision import (
     BASELINE,
@@ -49,6 +56,7 @@ from imgsearch_core.precision import (
     quantized,
     run_probe,
 )
+from imgsearch_core.safe_files import private_dir
 
 log = logging.getLogger(__name__)
 
@@ -202,6 +210,8 @@ class SentenceTransformerEmbedder:
         self.device = device
         self.batch_size = batch_size
         self._cache_dir = Path(cache_dir) if cache_dir else Path("./data/cache")
+        if (cache_dir and precision == "auto") or backend != "torch":
+            private_dir(self._cache_dir)  # another user's folder is refused before the model loads (ChoiceCache)
         self._model = SentenceTransformer(_one_identity(image_model), device=device)
         self._text_model = SentenceTransformer(_one_identity(text_model), device=device) if text_model else self._model
         self._lock = threading.Lock()  # one batch at a time; callers queue here
@@ -313,7 +323,7 @@ class SentenceTransformerEmbedder:
         best = pick(trials)
         for option, folder in new_graphs.items():
             if option != (best.backend, best.precision):
-                shutil.rmtree(folder, ignore_errors=True)
+                remove_graphs(folder)
         choice = Choice(best.precision, trials, backend=best.backend)
         if cache:
             cache.put(key, choice)

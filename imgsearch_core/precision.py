@@ -25,8 +25,11 @@ import functools
 import hashlib
 import json
 import logging
+import math
 import os
 import platform
+import stat
+import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -35,6 +38,8 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+
+from imgsearch_core.safe_files import UnsafeFileError, private_dir, read_own_file
 
 log = logging.getLogger(__name__)
 
@@ -270,9 +275,16 @@ def pick(trials: list[Trial]) -> Trial:
 
 
 class ChoiceCache:
-    """`auto`'s choices, one JSON file in the cache directory, keyed by what the speed depends on."""
+    """`auto`'s choices, one JSON file in the cache directory, keyed by what the speed depends on.
+
+    The directory is this user's alone (0700; one of another user is refused): what is in it decides which graphs
+    the model runs as, so nobody else may write there. A file that cannot be read or makes no sense is measured
+    again, never an error."""
+
+    MAX_BYTES = 4 * 1024 * 1024
 
     def __init__(self, folder: Path):
+        private_dir(Path(folder))  # UnsafeFileError for another user's folder or a link in its place
         self.path = Path(folder) / "precision.json"
 
     @staticmethod
@@ -291,14 +303,17 @@ class ChoiceCache:
         the same cores, which would time both probes wrong. The kernel releases the lock if the holder dies."""
         import fcntl
 
+        lock = self.path.with_name("precision.lock")
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd = os.open(self.path.with_name("precision.lock"), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
         except OSError as exc:
             log.warning("cannot lock %s against other imgsearch processes: %s", self.path.parent, exc)
             yield
             return
         try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid():  # its holder would stall every start
+                raise UnsafeFileError(str(lock), "not a file of this user; refusing to wait on it")
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -310,28 +325,63 @@ class ChoiceCache:
 
     def get(self, key: str) -> Choice | None:
         try:
-            entry = json.loads(self.path.read_text()).get(key)
-            if entry and entry["precision"] in ("fp32", "bf16", "int8", "fp16") and entry.get(
-                    "backend", "torch") in ("torch", "onnx", "openvino"):
-                return Choice(entry["precision"], [Trial(**t) for t in entry["trials"]], cached=True,
-                              backend=entry.get("backend", "torch"))
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            pass  # no cache, or one we cannot read: probe again
+            entry = self._entries().get(key)
+            if not entry:
+                return None
+            choice = Choice(entry["precision"], [Trial(**t) for t in entry["trials"]], cached=True,
+                            backend=entry.get("backend", "torch"))
+            if _makes_sense(choice):
+                return choice
+            problem = "an entry that makes no sense"
+        except (OSError, UnsafeFileError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+            problem = f"{type(exc).__name__}: {exc}"
+        log.warning("imgsearch: ignoring the cached precision choice in %s (%s); measuring again", self.path,
+                    str(problem)[:200])
         return None
 
-    def put(self, key: str, choice: Choice) -> None:
+    def _entries(self) -> dict:
+        """The file's entries; none when there is no file. Never through a link, never a FIFO or a huge file."""
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            entries = json.loads(read_own_file(self.path, self.MAX_BYTES))
+        except FileNotFoundError:
+            return {}
+        if not isinstance(entries, dict):
+            raise ValueError("not a JSON object")
+        return entries
+
+    def put(self, key: str, choice: Choice) -> None:
+        temporary = None
+        try:
             try:
-                entries = json.loads(self.path.read_text())
-                entries = entries if isinstance(entries, dict) else {}
-            except (OSError, ValueError):
-                entries = {}
+                entries = self._entries()
+            except (OSError, UnsafeFileError, ValueError, RecursionError):
+                entries = {}  # unreadable: replaced by one that is
             entries[key] = {"precision": choice.precision, "backend": choice.backend,
                             "trials": [asdict(t) for t in choice.trials],
                             "measured": time.strftime("%Y-%m-%d")}
-            temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}")
-            temporary.write_text(json.dumps(entries, indent=1))
+            fd, temporary = tempfile.mkstemp(prefix=".precision.json.", dir=self.path.parent)  # O_EXCL, 0600
+            with os.fdopen(fd, "w") as handle:
+                handle.write(json.dumps(entries, indent=1))
             os.replace(temporary, self.path)
+            temporary = None
         except OSError as exc:
             log.warning("cannot cache the precision choice in %s: %s", self.path, exc)
+        finally:
+            if temporary:
+                with contextlib.suppress(OSError):
+                    os.unlink(temporary)
+
+
+def _makes_sense(choice: Choice) -> bool:
+    """A cached choice of known settings with finite, positive measurements (a hand-edited or damaged file may
+    hold anything)."""
+
+    def number(value) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+    known = ("fp32", "bf16", "int8", "fp16")
+    backends = ("torch", "onnx", "openvino")
+    return (choice.precision in known and choice.backend in backends and all(
+        trial.precision in known and trial.backend in backends and number(trial.images_per_s)
+        and trial.images_per_s > 0 and number(trial.min_cosine) and number(trial.neighbour_overlap)
+        for trial in choice.trials))

@@ -17,6 +17,7 @@ from imgsearch_core import backends
 from imgsearch_core import precision as precision_module
 from imgsearch_core.encoder import SentenceTransformerEmbedder
 from imgsearch_core.precision import Choice, Trial, candidates, pick
+from imgsearch_core.safe_files import UnsafeFileError
 from tests.conftest import run_cli, write_photo_set
 
 SETTINGS = [(backend, precision) for backend in ("onnx", "openvino") for precision in backends.PRECISIONS[backend]]
@@ -133,6 +134,39 @@ def test_a_failed_build_leaves_nothing_half_written(tiny_model_dir, tmp_path, mo
     monkeypatch.setattr(backends.CompiledModel, "_export", real_export)
     SentenceTransformerEmbedder(str(tiny_model_dir), precision="fp32", backend="onnx", cache_dir=tmp_path)
     assert sorted(p.name for p in folder.iterdir()) == ["image", "text"]
+
+
+@needs("onnx")
+def test_a_graph_folder_a_killed_removal_left_half_empty_is_built_again(tiny_model_dir, tmp_path):
+    """The probe removes the graphs of settings it did not choose; killed in the middle, it left a tower folder
+    with some of its files, which made the setting fail to build ever after."""
+    SentenceTransformerEmbedder(str(tiny_model_dir), precision="fp32", backend="onnx", cache_dir=tmp_path)
+    (folder,) = (tmp_path / "graphs").iterdir()
+    (folder / "text" / backends._GRAPH_FILE["onnx"]).unlink()
+    (folder / "text" / "tower.data").write_bytes(b"what was not deleted yet")
+
+    again = SentenceTransformerEmbedder(str(tiny_model_dir), precision="fp32", backend="onnx", cache_dir=tmp_path)
+    assert again.embed_texts(["a dog"]).vectors.shape == (1, again.dim)
+    assert (folder / "text" / backends._GRAPH_FILE["onnx"]).is_file()
+    assert not (folder / "text" / "tower.data").exists()
+
+
+@needs("onnx")
+def test_a_graph_another_user_could_have_put_there_is_not_loaded(tiny_model_dir, tmp_path):
+    """A graph is code the model runs: one behind a link (a folder another user may write to) is never loaded;
+    the folders on the way are refused or replaced by this user's own."""
+    SentenceTransformerEmbedder(str(tiny_model_dir), precision="fp32", backend="onnx", cache_dir=tmp_path / "cache")
+    (folder,) = (tmp_path / "cache" / "graphs").iterdir()
+    planted = tmp_path / "planted"
+    (folder / "image").rename(planted)  # stands in for a graph made to give every image one vector
+    (folder / "image").symlink_to(planted)
+    SentenceTransformerEmbedder(str(tiny_model_dir), precision="fp32", backend="onnx", cache_dir=tmp_path / "cache")
+    assert not (folder / "image").is_symlink() and (folder / "image").is_dir()  # rebuilt, not followed
+
+    (tmp_path / "cache" / "graphs").rename(tmp_path / "shared-graphs")
+    (tmp_path / "cache" / "graphs").symlink_to(tmp_path / "shared-graphs")
+    with pytest.raises(UnsafeFileError, match="not a folder of this user"):
+        SentenceTransformerEmbedder(str(tiny_model_dir), precision="fp32", backend="onnx", cache_dir=tmp_path / "cache")
 
 
 @needs("onnx")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 import threading
 import time
 import warnings
@@ -14,6 +16,7 @@ from imgsearch_core import precision as precision_module
 from imgsearch_core.backends import installed
 from imgsearch_core.encoder import SentenceTransformerEmbedder
 from imgsearch_core.precision import Choice, ChoiceCache, Trial, agreement, autocast, candidates, pick, top_k_overlap
+from imgsearch_core.safe_files import UnsafeFileError
 from imgsearch_core.settings import Settings
 from tests.conftest import run_cli, write_photo_set
 
@@ -127,6 +130,79 @@ def test_a_cached_choice_is_kept_per_model(tmp_path):
     assert cache.get("model-c") is None
     (tmp_path / "precision.json").write_text(json.dumps({"model-a": {"precision": "fp64", "trials": []}}))
     assert cache.get("model-a") is None  # a value imgsearch never writes is not trusted
+
+
+@pytest.mark.parametrize("damage", ["nested too deep", "wrong types", "a FIFO", "a link"])
+def test_a_damaged_or_planted_choice_file_is_measured_again_never_an_error(tmp_path, damage):
+    cache = ChoiceCache(tmp_path / "cache")
+    cache.put("model-a", Choice("bf16", [Trial("fp32", 10.0), Trial("bf16", 17.0, 0.999, 0.97)]))
+    path = tmp_path / "cache" / "precision.json"
+    good = path.read_text()
+    if damage == "nested too deep":
+        path.write_text("[" * 100_000)
+    elif damage == "wrong types":
+        entries = json.loads(good)
+        entries["model-a"]["trials"][1]["images_per_s"] = "fast"
+        path.write_text(json.dumps(entries))
+    elif damage == "a FIFO":  # opening it to read would wait for a writer forever
+        path.unlink()
+        os.mkfifo(path)
+    else:
+        (tmp_path / "elsewhere.json").write_text(good)
+        path.unlink()
+        path.symlink_to(tmp_path / "elsewhere.json")
+    found = []
+    reader = threading.Thread(target=lambda: found.append(cache.get("model-a")), daemon=True)
+    reader.start()
+    reader.join(timeout=20)
+    assert found == [None]  # neither a hang, nor a crash at startup, nor a choice read through a link
+    cache.put("model-a", Choice("fp32", [Trial("fp32", 10.0)]))  # measured again, and kept in a file of its own
+    assert cache.get("model-a").precision == "fp32" and not path.is_symlink()
+
+
+def test_the_choice_file_is_never_written_through_a_planted_link(tmp_path):
+    """The old temporary name was predictable (.precision.json.PID): a link there made imgsearch overwrite the
+    file it pointed to."""
+    victim = tmp_path / "aliases.json"
+    victim.write_text("indexed data")
+    cache_dir = tmp_path / "cache"
+    cache = ChoiceCache(cache_dir)
+    for pid in range(os.getpid() - 5, os.getpid() + 50):
+        (cache_dir / f".precision.json.{pid}").symlink_to(victim)
+    cache.put("model-a", Choice("fp32", [Trial("fp32", 10.0)]))
+    assert victim.read_text() == "indexed data" and cache.get("model-a").precision == "fp32"
+    assert stat.S_IMODE((cache_dir / "precision.json").stat().st_mode) == 0o600
+
+
+def test_a_lock_that_is_not_a_file_of_this_user_is_refused_not_waited_on(tmp_path):
+    cache = ChoiceCache(tmp_path / "cache")
+    os.mkfifo(tmp_path / "cache" / "precision.lock")
+    with pytest.raises(UnsafeFileError, match="refusing to wait on it"), cache.measuring():
+        pass
+
+
+def test_the_cache_directory_is_this_users_alone(tmp_path, imgsearch_bin, cli_env):
+    """What the cache holds decides which graphs run as the model: a folder another user can write to, or a link
+    in its place, is refused before the model loads; an own folder open to others is closed."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "link").symlink_to(elsewhere)
+    env = {**cli_env, "IMGSEARCH_PRECISION": "auto", "IMGSEARCH_CACHE_DIR": str(tmp_path / "link")}
+    refused = run_cli(imgsearch_bin, env, "index", str(write_photo_set(tmp_path / "photos")))
+    assert refused.returncode != 0 and "not a folder of this user" in refused.stderr, refused.stderr
+    assert list(elsewhere.iterdir()) == []
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    ChoiceCache(shared)
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o700
+    if os.getuid() == 0:  # root can make a folder of another user to try
+        other = tmp_path / "other"
+        other.mkdir()
+        os.chown(other, 54321, 54321)
+        with pytest.raises(UnsafeFileError, match="not a folder of this user"):
+            ChoiceCache(other)
 
 
 def test_auto_is_measured_through_imgsearch_index(tmp_path, imgsearch_bin, cli_env):
