@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -390,7 +391,7 @@ def test_the_endpoint_another_process_wrote_is_used_only_while_it_is_live_and_it
     from tests.conftest import spawn, stop_process
 
     data_dir = tmp_path / "milvus.db"
-    data_dir.mkdir()
+    data_dir.mkdir(mode=0o700)  # as resolve_uri makes it
     host = spawn([sys.executable, "-c", "import time; time.sleep(60)"])  # stands in for the serving process
     path = _socket_path(data_dir, host.pid)
     endpoint = data_dir / ENDPOINT_FILE
@@ -419,3 +420,36 @@ def test_the_endpoint_another_process_wrote_is_used_only_while_it_is_live_and_it
         assert _live_endpoint(data_dir) is None  # a socket whose process has exited
     finally:
         listener.close()
+
+
+def test_a_socket_folder_another_user_took_first_does_not_stop_the_store(tmp_path, monkeypatch, request):
+    """With a data path too long for a socket and no XDG_RUNTIME_DIR (cron, ssh), the socket goes to
+    /tmp/imgsearch-UID, a name any local user can create first: the store then refused to open at all. Now it
+    serves from a folder nobody can guess, and another process, whatever its XDG_RUNTIME_DIR, finds it."""
+    import json
+    import shutil
+    import tempfile
+
+    from imgsearch_core.store import MilvusStore, lite
+
+    fake_tmp = Path(tempfile.mkdtemp(prefix="t", dir="/tmp"))  # short: a socket path holds 107 bytes
+    request.addfinalizer(lambda: shutil.rmtree(fake_tmp, ignore_errors=True))
+    (fake_tmp / f"imgsearch-{os.getuid()}").symlink_to(tmp_path)  # taken: not a folder of this user
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    monkeypatch.setattr(tempfile, "tempdir", str(fake_tmp))
+    monkeypatch.setattr(lite, "_fallback_runtime", [], raising=False)
+    data_dir = tmp_path / ("a-long-folder-name-" * 4) / "milvus.db"
+    store = MilvusStore(str(data_dir), "images")
+    try:
+        assert not store.exists()
+        served = json.loads((data_dir / lite.ENDPOINT_FILE).read_text())["socket"]
+        assert os.path.dirname(served).startswith(str(fake_tmp / f"imgsearch-{os.getuid()}-"))
+        code = ("import sys; from pathlib import Path; from imgsearch_core.store.lite import _live_endpoint; "
+                "print(_live_endpoint(Path(sys.argv[1])))")
+        elsewhere = {**os.environ, "XDG_RUNTIME_DIR": str(tmp_path / "other-runtime")}
+        found = subprocess.run([sys.executable, "-c", code, str(data_dir)], env=elsewhere, capture_output=True,
+                               text=True, timeout=60, cwd=os.path.dirname(os.path.dirname(__file__)))
+        assert found.stdout.strip() == f"unix:{served}", found.stderr
+    finally:
+        store.close()
+        lite.release_hosted(str(data_dir))

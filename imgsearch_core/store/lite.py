@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import socket
+import stat
 import tempfile
 import threading
 import time
@@ -83,9 +84,37 @@ def _socket_stem(data_dir: Path) -> Path:
     that path would be too long for a socket (judged with the longest pid, so it never depends on the pid)."""
     if len(os.fsencode(data_dir / "imgsearch-4294967295.sock")) <= _MAX_SOCKET_PATH:
         return data_dir / "imgsearch"
-    runtime = Path(os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()) / f"imgsearch-{os.getuid()}"
-    _private_dir(runtime)
-    return runtime / hashlib.blake2b(os.fsencode(data_dir), digest_size=10).hexdigest()
+    return _runtime_dir() / hashlib.blake2b(os.fsencode(data_dir), digest_size=10).hexdigest()
+
+
+_fallback_runtime: list[Path] = []
+
+
+def _runtime_dir() -> Path:
+    """A folder of this user's alone for sockets: ``imgsearch-UID`` in XDG_RUNTIME_DIR or the temporary folder;
+    where another user took that name first (anyone can make a folder in /tmp), a new one no one can guess.
+    Other processes find the socket through the endpoint file, wherever it is (``_live_endpoint``)."""
+    for base in (os.environ.get("XDG_RUNTIME_DIR"), tempfile.gettempdir()):
+        if base:
+            candidate = Path(base) / f"imgsearch-{os.getuid()}"
+            try:
+                private_dir(candidate)
+                return candidate
+            except (UnsafeFileError, OSError):
+                continue
+    if not _fallback_runtime:
+        _fallback_runtime.append(Path(tempfile.mkdtemp(prefix=f"imgsearch-{os.getuid()}-")))  # 0700, unguessable
+        log.warning("imgsearch: %s is taken by another user; sockets go to %s",
+                    Path(tempfile.gettempdir()) / f"imgsearch-{os.getuid()}", _fallback_runtime[0])
+    return _fallback_runtime[0]
+
+
+def _private_folder_of_ours(path: Path) -> bool:
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid() and not stat.S_IMODE(info.st_mode) & 0o077
 
 
 def _socket_path(data_dir: Path, pid: int) -> Path:
@@ -111,7 +140,10 @@ def _live_endpoint(data_dir: Path) -> str | None:
         pid, path = int(info["pid"]), str(info["socket"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    if not _pid_alive(pid) or path != str(_socket_path(data_dir, pid)):  # only a socket this folder would use
+    # Only a socket named as this folder's would be, in a folder no other user can write to (where it is depends on
+    # XDG_RUNTIME_DIR and on who took the runtime folder's name, which differ between processes).
+    if (not _pid_alive(pid) or Path(path).name != _socket_path(data_dir, pid).name
+            or not _private_folder_of_ours(Path(path).parent)):
         return None
     try:
         with socket.socket(socket.AF_UNIX) as probe:
