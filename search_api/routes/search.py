@@ -42,8 +42,8 @@ async def search_by_image(
     minimum score, paging and filters (in `query`; `text` and `limit` may also be given as form fields)."""
     try:
         fields = json.loads(query) if query else {}
-    except ValueError as exc:
-        raise HTTPException(422, f"query: not valid JSON: {exc}") from None
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested deeper than the parser goes
+        raise HTTPException(422, f"query: not valid JSON: {str(exc)[:200]}") from None
     if not isinstance(fields, dict):
         raise HTTPException(422, "query: must be a JSON object of /search fields")
     fields.update({name: value for name, value in (("text", text), ("limit", limit)) if value is not None})
