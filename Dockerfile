@@ -10,7 +10,8 @@ ENV PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     HF_HOME=/models \
     IMGSEARCH_HOST=0.0.0.0 \
-    IMGSEARCH_THUMBNAIL_DIR=/cache/thumbnails
+    IMGSEARCH_THUMBNAIL_DIR=/cache/thumbnails \
+    IMGSEARCH_CACHE_DIR=/cache/model
 
 WORKDIR /app
 RUN pip install --index-url ${TORCH_INDEX} "torch==${TORCH_VERSION}"

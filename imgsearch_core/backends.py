@@ -313,14 +313,17 @@ def remove_graphs(folder: Path) -> None:
     aside = folder.with_name(f".{folder.name}.{os.getpid()}.removing")
     try:
         os.rename(folder, aside)
-    except FileNotFoundError:
-        return
     except OSError:
+        if not os.path.lexists(folder):
+            return  # nothing there (or no folder above it)
         aside = folder
-    if aside.is_symlink() or not aside.is_dir():
-        aside.unlink(missing_ok=True)
-    else:
-        shutil.rmtree(aside, ignore_errors=True)
+    try:
+        if aside.is_symlink() or not aside.is_dir():
+            aside.unlink()
+        else:
+            shutil.rmtree(aside, ignore_errors=True)
+    except OSError as exc:
+        log.warning("imgsearch: cannot remove %s: %s", aside, exc)
 
 
 def _runner(path: Path, backend: str, precision: str, threads: int):

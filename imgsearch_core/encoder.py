@@ -119,6 +119,17 @@ def load_embedder(settings) -> Embedder:
                                 f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}") from exc
 
 
+def _check_cache_dir(folder: Path) -> None:
+    """Refuse another user's cache folder, or a link in its place (UnsafeFileError): what it holds decides what
+    runs as the model. One that cannot be made (a read-only place) only costs the cache, and says so."""
+    try:
+        private_dir(folder)
+    except OSError as exc:
+        log.warning("imgsearch: cannot keep a cache in %s (%s); set IMGSEARCH_CACHE_DIR to a folder this user can "
+                    "write. Until then auto measures again at every start, and no backend can build its graphs",
+                    folder, exc)
+
+
 def model_pair(model: str) -> tuple[str, str | None]:
     """(image model, text model) of a model setting; the text model is None where one model does both.
 
@@ -211,7 +222,7 @@ class SentenceTransformerEmbedder:
         self.batch_size = batch_size
         self._cache_dir = Path(cache_dir) if cache_dir else Path("./data/cache")
         if (cache_dir and precision == "auto") or backend != "torch":
-            private_dir(self._cache_dir)  # another user's folder is refused before the model loads (ChoiceCache)
+            _check_cache_dir(self._cache_dir)  # before the model loads
         self._model = SentenceTransformer(_one_identity(image_model), device=device)
         self._text_model = SentenceTransformer(_one_identity(text_model), device=device) if text_model else self._model
         self._lock = threading.Lock()  # one batch at a time; callers queue here
@@ -294,7 +305,10 @@ class SentenceTransformerEmbedder:
     def _choose_precision(self, cache_dir: Path | None, backend: str) -> Choice:
         """auto: the cached choice for this model, backend, device and machine, else a probe of each candidate
         against torch fp32."""
-        cache = ChoiceCache(cache_dir) if cache_dir else None
+        try:
+            cache = ChoiceCache(cache_dir) if cache_dir else None
+        except OSError:  # a folder this user cannot make: said by _check_cache_dir; measured at every start
+            cache = None
         key = ChoiceCache.key(self.name, self.fingerprint, self.device, self.batch_size, backend)
         if cache and (known := cache.get(key)):
             return known

@@ -205,6 +205,16 @@ def test_the_cache_directory_is_this_users_alone(tmp_path, imgsearch_bin, cli_en
             ChoiceCache(other)
 
 
+def test_a_cache_folder_that_cannot_be_made_costs_only_the_cache(tiny_model_dir, tmp_path, caplog):
+    """As in the Docker image, where ./data/cache under a root-owned /app cannot be made: auto still chooses, at
+    every start, and says why it cannot remember."""
+    (tmp_path / "a-file").write_text("")
+    unusable = tmp_path / "a-file" / "cache"  # fails for root too
+    encoder = SentenceTransformerEmbedder(str(tiny_model_dir), precision="auto", backend="auto", cache_dir=unusable)
+    assert encoder.precision_choice is not None and not encoder.precision_choice.cached
+    assert "cannot keep a cache in" in caplog.text and "IMGSEARCH_CACHE_DIR" in caplog.text
+
+
 def test_auto_is_measured_through_imgsearch_index(tmp_path, imgsearch_bin, cli_env):
     photos = write_photo_set(tmp_path / "photos")
     env = {**cli_env, "IMGSEARCH_PRECISION": "auto"}
