@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import os
+import tempfile
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from evaluation.data import Captions, ClassFolder, EvaluationDataError
 from imgsearch_core.encoder import Embedder
 from imgsearch_core.errors import ImageDecodeError
 from imgsearch_core.images import decode_image
-from imgsearch_core.safe_files import UnsafeFileError, read_regular
+from imgsearch_core.safe_files import UnsafeFileError, private_dir, read_regular
 from imgsearch_core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,13 @@ class VectorCache:
                           embedder.precision, embedder.backend])
         self.file = Path(cache_dir) / "evaluation" / hashlib.sha256(key.encode()).hexdigest()[:20] / "vectors.npz"
         self.vectors: dict[str, np.ndarray] = {}
+        try:
+            for level in (self.file.parent.parent.parent, self.file.parent.parent, self.file.parent):
+                private_dir(level)  # this user's alone (UnsafeFileError otherwise): its vectors decide the scores
+        except OSError as exc:
+            log.warning("evaluation cache %s cannot be made (%s); embedding without it", self.file.parent, exc)
+            self.file = None
+            return
         if self.file.exists():
             try:
                 with np.load(self.file) as stored:
@@ -64,12 +72,18 @@ class VectorCache:
 
     def save(self) -> None:
         """Written to a temporary file and renamed into place: a killed run leaves the old cache or the new one."""
-        self.file.parent.mkdir(parents=True, exist_ok=True)
+        if self.file is None:
+            return
         keys = list(self.vectors)
-        temporary = self.file.with_suffix(f".{os.getpid()}.tmp.npz")
-        np.savez(temporary, keys=np.array(keys, dtype=str),
-                 vectors=np.stack([self.vectors[k] for k in keys]) if keys else np.zeros((0, 0), np.float32))
-        os.replace(temporary, self.file)
+        fd, temporary = tempfile.mkstemp(suffix=".tmp.npz", dir=self.file.parent)  # O_EXCL: never through a link
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                np.savez(handle, keys=np.array(keys, dtype=str),
+                         vectors=np.stack([self.vectors[k] for k in keys]) if keys else np.zeros((0, 0), np.float32))
+            os.replace(temporary, self.file)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
 
 
 def image_paths(folder: ClassFolder | None, captions: Captions | None) -> list[str]:

@@ -191,3 +191,32 @@ def test_evaluate_prints_a_table_skips_unreadable_images_and_refuses_bad_input(l
     assert refused.returncode == 2 and "exactly one {}" in refused.stderr
     refused = run_cli(imgsearch_bin, env, "evaluate", "--folder", str(root / "set" / "red_apple"))
     assert refused.returncode != 0 and "at least 2" in refused.stderr and "Traceback" not in refused.stderr
+
+
+def test_the_evaluation_cache_is_this_users_alone_and_never_written_through_a_link(tmp_path):
+    """Its vectors decide the scores a user chooses a model by: a folder another user could write to is closed
+    (or refused), and the old predictable temporary name (vectors.PID.tmp.npz) linked elsewhere is not followed."""
+    from types import SimpleNamespace
+
+    from evaluation.runner import VectorCache
+
+    model = SimpleNamespace(name="m", fingerprint=[0.5, 0.25], precision="fp32", backend="torch")
+    cache_dir = tmp_path / "cache"
+    cache_dir.mkdir()
+    cache_dir.chmod(0o777)
+    cache = VectorCache(cache_dir, model)
+    folder = cache.file.parent
+    assert all(os.stat(level).st_mode & 0o077 == 0 for level in (cache_dir, cache_dir / "evaluation", folder))
+    victim = tmp_path / "victim.txt"
+    victim.write_text("kept")
+    (folder / f"vectors.{os.getpid()}.tmp.npz").symlink_to(victim)
+    cache.vectors["a.jpg|1|2"] = np.ones(4, dtype=np.float32)
+    cache.save()
+    assert victim.read_text() == "kept"
+    assert list(VectorCache(cache_dir, model).vectors) == ["a.jpg|1|2"]  # and read back
+
+    unusable = tmp_path / "a-file"
+    unusable.write_text("")
+    without = VectorCache(unusable / "cache", model)  # cannot be made: evaluated without a cache, not an error
+    without.vectors["b.jpg|1|2"] = np.ones(4, dtype=np.float32)
+    without.save()
