@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from imgsearch_core.encoder import Embedder, load_embedder
 from imgsearch_core.settings import Settings, get_settings
 from imgsearch_core.store import MilvusStore, release_hosted
-from search_api.connections import HeadTimeoutProtocol, raise_open_file_limit
+from search_api.connections import DeadlineProtocol, raise_open_file_limit
 from search_api.deps import SettingsDep, StoreDep, has_api_key, require_api_key
 from search_api.http_errors import BodySizeLimit, install_error_handlers
 from search_api.routes import duplicates, images, indexing, search, tags
@@ -144,4 +144,4 @@ def serve(settings: Settings) -> None:
 
     raise_open_file_limit()
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info",
-                http=HeadTimeoutProtocol)  # a client that never finishes a request head is let go
+                http=DeadlineProtocol)  # a client that stops moving its request along is let go
