@@ -2,15 +2,16 @@
 
 uvicorn waits for a client as long as it cares to take: a local user can open connections that send nothing, a
 byte now and then, a request body a byte at a time, blank lines between requests, or a request whose response they
-never read. Each one holds a file descriptor, and the last two an open image file too, until the server has none
-left for anyone. Here every stage of a request has a deadline (as Apache's ``mod_reqtimeout`` gives them):
+never read. Each one holds a file descriptor, and the last an open image file too, until the server has none left
+for anyone. Here every stage of a request has a deadline (in the manner of Apache's ``mod_reqtimeout``):
 
 - the request's head (request line and headers) must arrive within ``HEAD_TIMEOUT_S`` of the connection opening,
-  of the previous response, or of the first byte of a pipelined request;
-- its body within ``BODY_GRACE_S``, plus a second for each ``MIN_RATE`` bytes received, while the server reads
+  of the previous response, or of the first byte of a pipelined request (while the previous response is still
+  on its way, the response's deadline applies instead);
+- its body must come at ``MIN_RATE`` bytes/s or more, judged over each ``BODY_GRACE_S`` while the server reads
   (time the app keeps the client waiting does not count);
-- a response, once more of it waits to be sent than the transport buffers: ``WRITE_GRACE_S``, plus a second for
-  each ``MIN_RATE`` bytes the client reads meanwhile.
+- a response must be taken at ``MIN_RATE`` bytes/s or more, judged over each ``WRITE_GRACE_S`` while bytes of it
+  wait in the server (the kernel's buffers do not count against the client).
 
 A client past a deadline is disconnected. The server also takes as many file descriptors as the system lets it.
 """
@@ -21,6 +22,7 @@ import asyncio
 import fcntl
 import logging
 import resource
+import socket
 import struct
 import termios
 
@@ -29,7 +31,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 HEAD_TIMEOUT_S = 10.0
 BODY_GRACE_S = 20.0
 WRITE_GRACE_S = 30.0
-MIN_RATE = 500  # bytes/s, either way: a 20 MB upload may take 11 hours; a body a byte a second is let go after 20 s
+MIN_RATE = 500  # bytes/s either way: a 3 MB photo may take 100 minutes; a body a byte a second is let go after 20 s
 
 log = logging.getLogger("uvicorn.error")
 
@@ -40,13 +42,12 @@ class DeadlineProtocol(HttpToolsProtocol):
     _head_timer: asyncio.TimerHandle | None = None
     _body_timer: asyncio.TimerHandle | None = None
     _write_timer: asyncio.TimerHandle | None = None
-    _body_started = 0.0
     _body_received = 0
-    _write_started = 0.0
-    _write_waiting = 0
+    _body_at_check = 0
+    _delivered_at_check = 0
 
     def connection_made(self, transport) -> None:
-        super().connection_made(transport)
+        super().connection_made(_CountingTransport(transport, self._watch_writes))
         self._arm_head()
 
     def on_message_begin(self) -> None:  # a pipelined request begins while the one before is answered
@@ -57,7 +58,7 @@ class DeadlineProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._head_timer = _cancel(self._head_timer)
         super().on_headers_complete()
-        self._body_started, self._body_received = self.loop.time(), 0
+        self._body_received = self._body_at_check = 0
         self._body_timer = self.loop.call_later(BODY_GRACE_S, self._check_body)
 
     def on_body(self, body: bytes) -> None:
@@ -77,45 +78,53 @@ class DeadlineProtocol(HttpToolsProtocol):
 
     def pause_writing(self) -> None:
         super().pause_writing()
-        if self._write_timer is None:  # while paused the app writes nothing: the buffer shrinks as the client reads
-            self._write_started, self._write_waiting = self.loop.time(), self._unsent()
-            self._write_timer = self.loop.call_later(WRITE_GRACE_S, self._check_write)
-
-    def resume_writing(self) -> None:
-        self._write_timer = _cancel(self._write_timer)
-        super().resume_writing()
+        self._watch_writes()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
         super().connection_lost(exc)
 
     def _arm_head(self) -> None:
-        self._head_timer = self.loop.call_later(HEAD_TIMEOUT_S, self._give_up)
+        self._head_timer = self.loop.call_later(HEAD_TIMEOUT_S, self._check_head)
+
+    def _check_head(self) -> None:
+        if self.transport.get_write_buffer_size():  # still sending the last response: its own deadline applies
+            self._watch_writes()
+            self._arm_head()
+        else:
+            self._give_up()
 
     def _check_body(self) -> None:
-        now = self.loop.time()
-        if self.flow.read_paused:  # the app has not taken what came: the client is not the one who is slow
-            self._body_started = now - self._body_received / MIN_RATE
-            due = now + BODY_GRACE_S
-        else:
-            due = self._body_started + BODY_GRACE_S + self._body_received / MIN_RATE
-        if now < due:
-            self._body_timer = self.loop.call_later(due - now, self._check_body)
-        else:
+        came = self._body_received - self._body_at_check
+        if came < MIN_RATE * BODY_GRACE_S and not self.flow.read_paused:  # paused: the app has not taken what came
             self._give_up()
+            return
+        self._body_at_check = self._body_received
+        self._body_timer = self.loop.call_later(BODY_GRACE_S, self._check_body)
+
+    def _watch_writes(self) -> None:
+        """Judges the client's reading while bytes wait in the server for it (called when the transport pauses
+        the app's writes, when the connection closes with bytes still to send, and when the next request's head
+        is due while the last response is still on its way)."""
+        if self._write_timer is None and self.transport.get_write_buffer_size():
+            self._delivered_at_check = self._delivered()
+            self._write_timer = self.loop.call_later(WRITE_GRACE_S, self._check_write)
 
     def _check_write(self) -> None:
-        now = self.loop.time()
-        sent = max(self._write_waiting - self._unsent(), 0)
-        due = self._write_started + WRITE_GRACE_S + sent / MIN_RATE
-        if now < due:
-            self._write_timer = self.loop.call_later(due - now, self._check_write)
-        else:
+        self._write_timer = None
+        if not self.transport.get_write_buffer_size():
+            return  # all handed to the kernel: the next pause or response end watches again
+        delivered = self._delivered()
+        if delivered - self._delivered_at_check < MIN_RATE * WRITE_GRACE_S:
             self._give_up()
+            return
+        self._delivered_at_check = delivered
+        self._write_timer = self.loop.call_later(WRITE_GRACE_S, self._check_write)
 
-    def _unsent(self) -> int:
-        """Bytes the client has yet to take: in the transport's buffer, and in the socket's (the kernel's buffers
-        hold megabytes, so the transport's alone can sit still for seconds while the client reads)."""
+    def _delivered(self) -> int:
+        """Bytes of responses the client has taken: written, less what waits in the transport's buffer and in the
+        socket's (the kernel's buffers hold megabytes, so the transport's alone can sit still for seconds while
+        the client reads)."""
         in_kernel = 0
         sock = self.transport.get_extra_info("socket")
         if sock is not None:
@@ -123,12 +132,17 @@ class DeadlineProtocol(HttpToolsProtocol):
                 in_kernel = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0" * 4))[0]
             except (OSError, ValueError):
                 pass
-        return self.transport.get_write_buffer_size() + in_kernel
+        return self.transport.written - self.transport.get_write_buffer_size() - in_kernel
 
     def _give_up(self) -> None:
         self._disarm()
         if self.transport.get_write_buffer_size():
-            self.transport.abort()  # close() would wait for a client that does not read
+            sock = self.transport.get_extra_info("socket")
+            try:  # a reset: else the kernel keeps the unsent megabytes for a client that does not read them
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            except (AttributeError, OSError):
+                pass
+            self.transport.abort()  # close() would wait for that client
         elif not self.transport.is_closing():
             self.transport.close()
 
@@ -136,6 +150,28 @@ class DeadlineProtocol(HttpToolsProtocol):
         for timer in (self._head_timer, self._body_timer, self._write_timer):
             _cancel(timer)
         self._head_timer = self._body_timer = self._write_timer = None
+
+
+class _CountingTransport:
+    """The connection's transport, counting the bytes written to it; a close with bytes still to send tells the
+    protocol (such a close waits for the client)."""
+
+    def __init__(self, transport: asyncio.Transport, on_close_with_bytes_left):
+        self._transport = transport
+        self._on_close_with_bytes_left = on_close_with_bytes_left
+        self.written = 0
+
+    def write(self, data: bytes) -> None:
+        self.written += len(data)
+        self._transport.write(data)
+
+    def close(self) -> None:
+        self._transport.close()
+        if self._transport.get_write_buffer_size():
+            self._on_close_with_bytes_left()
+
+    def __getattr__(self, name: str):
+        return getattr(self._transport, name)
 
 
 def _cancel(timer: asyncio.TimerHandle | None) -> None:

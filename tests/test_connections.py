@@ -19,8 +19,14 @@ BIG = 16 * 1024 * 1024
 
 
 async def app(scope, receive, send):
-    """Echoes how many body bytes arrived (`/slow-reader` first keeps the client waiting); `/big` sends 16 MB."""
+    """Echoes how many body bytes arrived (`/slow-reader` first keeps the client waiting); `/big` sends 16 MB,
+    `/sized?N` N bytes in one write."""
     if scope["type"] != "http":
+        return
+    if scope["path"] == "/sized":
+        size = int(scope["query_string"])
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"%d" % size)]})
+        await send({"type": "http.response.body", "body": b"s" * size})
         return
     if scope["path"] == "/big":
         await send({"type": "http.response.start", "status": 200,
@@ -45,12 +51,10 @@ async def app(scope, receive, send):
     await send({"type": "http.response.body", "body": body})
 
 
-@pytest.fixture
-def address():
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, http=connections.DeadlineProtocol, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]})
+def serve(listener: socket.socket):
+    server = uvicorn.Server(uvicorn.Config(app, http=connections.DeadlineProtocol, log_level="warning", lifespan="off",
+                                           timeout_graceful_shutdown=2))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
     thread.start()
     try:
         while not server.started:
@@ -60,6 +64,30 @@ def address():
         server.should_exit = True
         thread.join(10)
         listener.close()
+
+
+@pytest.fixture
+def address():
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    yield from serve(listener)
+
+
+@pytest.fixture
+def small_buffers():
+    """A server whose sockets buffer a few KB in the kernel (set on the listener, the accepted sockets inherit it),
+    so what a client leaves unread stays in the server's own buffer, as megabytes would with the usual sizes."""
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    listener.bind(("127.0.0.1", 0))
+    yield from serve(listener)
+
+
+def small_window_client(address) -> socket.socket:
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(address)
+    return sock
 
 
 def post_head(length: int, path: str = "/") -> bytes:
@@ -86,11 +114,13 @@ def read_response(sock: socket.socket) -> bytes:
     sock.settimeout(10)
     data = b""
     while b"\r\n\r\n" not in data:
-        data += sock.recv(65536)
+        data += (chunk := sock.recv(65536))
+        assert chunk, "the server closed the connection"
     head, _, body = data.partition(b"\r\n\r\n")
     length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
     while len(body) < length:
-        body += sock.recv(65536)
+        body += (chunk := sock.recv(65536))
+        assert chunk, "the server closed the connection"
     return body
 
 
@@ -167,3 +197,37 @@ def test_a_response_nobody_reads_is_dropped_while_a_reader_that_pauses_gets_all_
     stalled.close()
     assert got >= BIG
     assert got_stalled < BIG  # the connection ended before the response did
+
+
+def test_a_response_left_unread_on_a_closing_connection_is_dropped(small_buffers, monkeypatch):
+    """40 KB stays under the 64 KB at which the transport pauses the app: nothing judged the client, and the close
+    after the response waited for it for good."""
+    monkeypatch.setattr(connections, "WRITE_GRACE_S", 1.0)
+    idler = small_window_client(small_buffers)
+    idler.sendall(b"GET /sized?40000 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    time.sleep(3)
+    idler.settimeout(5)
+    got = 0
+    try:
+        while chunk := idler.recv(65536):
+            got += len(chunk)
+    except ConnectionResetError:
+        pass
+    idler.close()
+    assert got < 40000  # it ended before the response did
+
+
+def test_a_slow_reader_gets_all_of_a_response_that_outlasts_the_next_requests_deadline(small_buffers, monkeypatch):
+    """The deadline for the next request's head used to start when the app finished its response, and cut off the
+    end of a download still on its way at a steady 8 KB/s."""
+    monkeypatch.setattr(connections, "HEAD_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(connections, "WRITE_GRACE_S", 1.0)
+    monkeypatch.setattr(connections, "MIN_RATE", 1000)
+    with small_window_client(small_buffers) as reader:
+        reader.sendall(b"GET /sized?40000 HTTP/1.1\r\nHost: x\r\n\r\n")
+        reader.settimeout(5)
+        data = b""
+        while len(data.partition(b"\r\n\r\n")[2]) < 40000 and (chunk := reader.recv(2048)):  # 8 KB/s: 5 s for the 40 KB
+            data += chunk
+            time.sleep(0.25)
+        assert len(data.partition(b"\r\n\r\n")[2]) == 40000
