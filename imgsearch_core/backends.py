@@ -28,8 +28,11 @@ import inspect
 import json
 import logging
 import os
+import re
 import shutil
+import socket
 import stat
+import time
 import warnings
 from pathlib import Path
 from typing import Literal
@@ -273,6 +276,8 @@ def _build_once(folder: Path, modality: str, backend: str, precision: str, expor
     there."""
     for level in (folder.parent.parent, folder.parent, folder):  # the cache directory, graphs/, this setting's
         private_dir(level)
+    for level in (folder.parent, folder):
+        _remove_leftovers(level)
     final = folder / modality
     name = _GRAPH_FILE[backend]
     if _own_file(final / name):
@@ -280,7 +285,7 @@ def _build_once(folder: Path, modality: str, backend: str, precision: str, expor
     log.warning("imgsearch: building the %s %s %s graph in %s (once per model and setting; seconds for ViT-B/32, "
                 "2-3 minutes for openvino int8)",
                 backend, precision, modality, final)
-    building = folder / f".{modality}.{os.getpid()}.building"
+    building = folder / f".{modality}.{_MARK}.building"
     shutil.rmtree(building, ignore_errors=True)
     building.mkdir(mode=0o700)
     try:
@@ -297,6 +302,42 @@ def _build_once(folder: Path, modality: str, backend: str, precision: str, expor
     return final / name
 
 
+_MARK = f"{os.getpid()}@{socket.gethostname()}"  # names this process's hidden build and removal folders
+_LEFTOVER = re.compile(r"\.(?P<base>.+?)\.(?:(?P<pid>\d+)@(?P<host>.+)|\d+)\.(?P<kind>building|removing)")
+_ABANDONED_AFTER_S = 24 * 3600
+
+
+def _remove_leftovers(folder: Path) -> None:
+    """Hidden folders that a process killed while building or removing graphs left in ``folder`` (hundreds of MB
+    each): those of a process of this machine that is gone, anything being removed, and any over a day old."""
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return
+    for entry in entries:
+        found = _LEFTOVER.fullmatch(entry.name)
+        if not found or found["pid"] == str(os.getpid()) and found["host"] == socket.gethostname():
+            continue
+        try:
+            age = time.time() - entry.stat(follow_symlinks=False).st_mtime
+        except OSError:
+            continue
+        if (found["kind"] == "removing" or age > _ABANDONED_AFTER_S
+                or found["host"] == socket.gethostname() and not _alive(int(found["pid"]))):
+            log.info("imgsearch: removing %s, left by a process that stopped while it worked", entry.path)
+            remove_graphs(Path(entry.path), aside_first=False)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process has that number now
+        return True
+    return True
+
+
 def _own_file(path: Path) -> bool:
     """``path`` is a regular file of this user in a real folder of this user (no link on the last two steps)."""
     try:
@@ -307,10 +348,10 @@ def _own_file(path: Path) -> bool:
             and info.st_uid == os.getuid())
 
 
-def remove_graphs(folder: Path) -> None:
+def remove_graphs(folder: Path, aside_first: bool = True) -> None:
     """Remove a graph folder as one step: renamed aside first, so a process killed while deleting leaves a hidden
-    folder, never a graph folder with half its files."""
-    aside = folder.with_name(f".{folder.name}.{os.getpid()}.removing")
+    folder (removed at a later start), never a graph folder with half its files."""
+    aside = folder.with_name(f".{folder.name}.{_MARK}.removing") if aside_first else folder
     try:
         os.rename(folder, aside)
     except OSError:

@@ -137,6 +137,45 @@ def test_a_failed_build_leaves_nothing_half_written(tiny_model_dir, tmp_path, mo
 
 
 @needs("onnx")
+def test_what_a_process_killed_while_building_left_is_removed_at_the_next_start(tiny_model_dir, tmp_path):
+    """A build killed with the process (Ctrl-C, OOM, a reboot) left its hidden folder, hundreds of MB for a real
+    model, for good; so did a removal killed midway."""
+    cache = tmp_path / "cache"
+    killed_mid_build = ("import os, signal, sys\n"
+                        "from imgsearch_core import backends\n"
+                        "from imgsearch_core.encoder import SentenceTransformerEmbedder\n"
+                        "real_export = backends.CompiledModel._export\n"
+                        "def die(self, *args):\n"
+                        "    real_export(self, *args)\n"
+                        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+                        "backends.CompiledModel._export = die\n"
+                        "SentenceTransformerEmbedder(sys.argv[1], precision='fp32', backend='onnx', cache_dir=sys.argv[2])\n")
+    died = subprocess.run([sys.executable, "-c", killed_mid_build, str(tiny_model_dir), str(cache)])
+    assert died.returncode == -9
+    (folder,) = (cache / "graphs").iterdir()
+    (left,) = folder.iterdir()
+    assert left.name.startswith(".") and left.name.endswith(".building") and any(left.iterdir())
+    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) as other:  # still building
+        try:
+            host = os.uname().nodename
+            busy = folder / f".image.{other.pid}@{host}.building"
+            old = folder / ".text.12345.building"  # named as before pid@host, two days old
+            recent_unknown = folder / ".text.23456.building"
+            removal = cache / "graphs" / f".{folder.name}-x.{other.pid}@{host}.removing"  # its owner may go on
+            for path in (busy, old, recent_unknown, removal):
+                path.mkdir()
+                (path / "tower.onnx").write_bytes(b"x" * 1000)
+            os.utime(old, (0, os.stat(old).st_mtime - 2 * 86400))
+
+            model = SentenceTransformerEmbedder(str(tiny_model_dir), precision="fp32", backend="onnx", cache_dir=cache)
+            assert model.embed_texts(["a dog"]).vectors.shape == (1, model.dim)
+            assert sorted(p.name for p in folder.iterdir()) == sorted([busy.name, recent_unknown.name, "image", "text"])
+            assert not removal.exists()
+        finally:
+            other.kill()
+
+
+@needs("onnx")
 def test_a_graph_folder_a_killed_removal_left_half_empty_is_built_again(tiny_model_dir, tmp_path):
     """The probe removes the graphs of settings it did not choose; killed in the middle, it left a tower folder
     with some of its files, which made the setting fail to build ever after."""
