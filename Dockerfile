@@ -15,11 +15,12 @@ ENV PYTHONUNBUFFERED=1 \
 
 WORKDIR /app
 RUN pip install --index-url ${TORCH_INDEX} "torch==${TORCH_VERSION}"
-COPY pyproject.toml README.md imgsearch_cli.py ./
-COPY imgsearch_core ./imgsearch_core
+COPY pyproject.toml README.md ./
+COPY imgsearch ./imgsearch
 COPY indexer ./indexer
 COPY search_api ./search_api
 COPY ui ./ui
+COPY evaluation ./evaluation
 RUN pip install .
 
 RUN useradd --create-home --uid 1000 imgsearch && mkdir -p /models /cache && chown imgsearch /models /cache

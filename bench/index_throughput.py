@@ -41,10 +41,10 @@ from PIL import Image  # noqa: E402
 
 def bench_imgsearch(paths, model_dir, data_dir, batch_size, workers, precision="fp32", backend="torch", round_=0):
     """JPEG files to rows in Milvus Lite; also the rows' vectors (by path) and the query texts' vectors."""
-    from imgsearch_core.encoder import load_embedder
-    from imgsearch_core.settings import Settings
-    from imgsearch_core.store import MilvusStore, release_hosted
-    from indexer.runner import run_index
+    from imgsearch.indexer.runner import run_index
+    from imgsearch.model.loading import load_embedder
+    from imgsearch.settings import Settings
+    from imgsearch.store import MilvusStore, release_hosted
 
     settings = Settings(milvus_uri=str(data_dir / f"imgsearch-{backend}-{precision}-{round_}.db"), model=str(model_dir),
                         device="cpu", batch_size=batch_size, decode_workers=workers, precision=precision,
@@ -67,7 +67,7 @@ def bench_imgsearch(paths, model_dir, data_dir, batch_size, workers, precision="
 
 
 def agreement_with_fp32(fp32, other) -> dict:
-    from imgsearch_core.precision import min_cosine, top_k_overlap
+    from imgsearch.model.agreement import min_cosine, top_k_overlap
 
     (images, texts), (other_images, other_texts) = fp32, other
     return {"image_to_image_top10": top_k_overlap(images, images, other_images, other_images, 10, same_set=True),
@@ -76,7 +76,7 @@ def agreement_with_fp32(fp32, other) -> dict:
 
 
 def auto_choice(model_dir, data_dir, batch_size) -> str:
-    from imgsearch_core.encoder import SentenceTransformerEmbedder
+    from imgsearch.model.sentence_transformer_embedder import SentenceTransformerEmbedder
 
     encoder = SentenceTransformerEmbedder(str(model_dir), device="cpu", batch_size=batch_size, precision="auto",
                                           backend="auto", cache_dir=data_dir / "auto-cache")  # the defaults
@@ -145,8 +145,8 @@ def main() -> int:
     from local_clip import build_local_clip  # bench/local_clip.py, beside this script
     from sentence_transformers import SentenceTransformer
 
-    from imgsearch_core.backends import fast_settings
-    from imgsearch_core.precision import cpu_flags, setting_label
+    from imgsearch.model.cpu import cpu_flags
+    from imgsearch.model.precision import fast_settings, setting_label
 
     settings = [tuple(s.split(":", 1)) for s in args.settings] if args.settings else fast_settings(cpu_flags())
     if ("torch", "fp32") not in settings:

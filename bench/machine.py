@@ -7,7 +7,7 @@ import os
 import platform
 from pathlib import Path
 
-from imgsearch_core.precision import SPEED_FLAGS, cpu_flags, cpu_model
+from imgsearch.model.cpu import SPEED_FLAGS, cpu_flags, cpu_model
 
 
 def machine_info() -> dict:

@@ -1,6 +1,6 @@
 """How fast each preset's architecture runs on this machine, for ``imgsearch models``.
 
-For every architecture a preset names (imgsearch_core/model_presets.py) this builds a random-weight model of the
+For every architecture a preset names (imgsearch/model_presets.py) this builds a random-weight model of the
 real sizes (speed depends on the sizes, not on the weights), loads it through imgsearch's own embedder, and
 measures, in one run:
 - img/s: images per second through the model alone (decoded pictures at its input size, fp32, one batch after
@@ -9,7 +9,7 @@ measures, in one run:
 
     python bench/model_speed.py [--only vit-b-32,siglip-b-16] [--seconds 4]
 
-Writes bench/results/model_speed.json, which ``imgsearch models`` shows with the date and CPU.
+Writes imgsearch/model/preset_speeds.json (package data), which ``imgsearch models`` shows with the date and CPU.
 """
 
 from __future__ import annotations
@@ -49,8 +49,8 @@ def builders(folder: Path) -> dict:
 def measure(model: str, seconds: float, batch_size: int) -> dict:
     from PIL import Image
 
-    from imgsearch_core.encoder import load_embedder
-    from imgsearch_core.settings import Settings
+    from imgsearch.model.loading import load_embedder
+    from imgsearch.settings import Settings
 
     settings = Settings(_env_file=None, model=model, device="cpu", precision="fp32", batch_size=batch_size,
                         cache_dir=Path(tempfile.gettempdir()) / "imgsearch-model-speed")
@@ -80,7 +80,7 @@ def main() -> int:
     parser.add_argument("--only", help="comma-separated architectures (default: all)")
     parser.add_argument("--seconds", type=float, default=4.0, help="time spent embedding images per architecture")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "model_speed.json")
+    parser.add_argument("--out", type=Path, default=ROOT / "imgsearch" / "model" / "preset_speeds.json")
     args = parser.parse_args()
     machine = machine_info()
     print_machine(machine)

@@ -49,15 +49,15 @@ def percentiles(samples_ms: list[float]) -> dict[str, float]:
 
 
 def fill_collection(uri: str, model_dir: Path, dim: int, rows: int) -> np.ndarray:
-    from imgsearch_core.encoder import model_identity
-    from imgsearch_core.store import MilvusStore, release_hosted
+    from imgsearch.model.embedder import model_identity
+    from imgsearch.store import MilvusStore, release_hosted
 
     store = MilvusStore(uri, "images")
     store.ensure_collection(model_identity(str(model_dir)), dim)
     rng = np.random.default_rng(0)
     vectors = rng.standard_normal((rows, dim)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    from imgsearch_core.store.fields import FileFacts, make_row
+    from imgsearch.store.fields import FileFacts, make_row
 
     for start in range(0, rows, 5000):
         store.upsert([make_row(FileFacts(f"/library/{i % 100}/img{i}.jpg", 1, 1, f"{i:032x}", 4000, 3000,
@@ -151,7 +151,7 @@ _ENCODERS: dict = {}
 
 
 def encoder_at(model_dir: Path, precision: str, cache_dir: Path, backend: str = "torch"):
-    from imgsearch_core.encoder import SentenceTransformerEmbedder
+    from imgsearch.model.sentence_transformer_embedder import SentenceTransformerEmbedder
 
     key = (model_dir, precision, backend)
     if key not in _ENCODERS:
@@ -167,7 +167,7 @@ def text_encoder_by_setting(model_dir: Path, settings: list[tuple[str, str]], ca
     drifts), and the first two queries of a block are not counted: right after another runtime ran, its threads
     still spin for a while (torch fp32 measured 81 ms a query when the settings alternated query by query, 59 ms
     on its own)."""
-    from imgsearch_core.precision import setting_label
+    from imgsearch.model.precision import setting_label
 
     encoders = {setting_label(b, p): encoder_at(model_dir, p, cache_dir, b) for b, p in settings}
     samples: dict[str, list[float]] = {label: [] for label in encoders}
@@ -214,8 +214,8 @@ def main() -> int:
     from local_clip import build_local_clip  # bench/local_clip.py, beside this script
     from machine import machine_info, print_machine, write_result
 
-    from imgsearch_core.backends import fast_settings
-    from imgsearch_core.precision import cpu_flags
+    from imgsearch.model.cpu import cpu_flags
+    from imgsearch.model.precision import fast_settings
 
     results = {"benchmark": "query_latency", "model": "ViT-B/32 architecture, random weights", **machine_info(),
                "sizes": {}}

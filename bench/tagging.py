@@ -37,12 +37,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 from machine import machine_info, print_machine, write_result  # noqa: E402
 
-from imgsearch_core.encoder import TextEmbedding  # noqa: E402
-from imgsearch_core.labels import make_label_set  # noqa: E402
-from imgsearch_core.store import MilvusStore, release_hosted  # noqa: E402
-from imgsearch_core.store.fields import FileFacts, make_row  # noqa: E402
-from imgsearch_core.tagging import Tagger, embed_label_set  # noqa: E402
-from indexer.tagging import READ_BATCH, run_tagging  # noqa: E402
+from imgsearch.model.embedder import TextEmbedding  # noqa: E402
+from imgsearch.store import MilvusStore, release_hosted  # noqa: E402
+from imgsearch.store.fields import FileFacts, make_row  # noqa: E402
+from imgsearch.tagging.jobs import READ_BATCH, run_tagging  # noqa: E402
+from imgsearch.tagging.labels import make_label_set  # noqa: E402
+from imgsearch.tagging.tagger import Tagger, embed_label_set  # noqa: E402
 
 DIM = 512
 TOP = 3

@@ -4,7 +4,7 @@ Builds N rows as Milvus returns them (512-d vectors, photo-library paths, every 
 measures with tracemalloc what the copy's snapshot holds once built and the rows are freed (strings the copy
 keeps count, those it drops do not):
 
-- imgsearch: ``_snapshot_from_rows`` of imgsearch_core/store/vector_copy.py;
+- imgsearch: ``_snapshot_from_rows`` of imgsearch/store/vector_copy.py;
 - fixed-width: the same, but with ids and paths in numpy unicode arrays, as before issue 9. One long path
   (``--long-path`` characters) widens every row.
 
@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 from machine import machine_info, print_machine, write_result  # noqa: E402
 
-from imgsearch_core.store.fields import FileFacts, make_row  # noqa: E402
-from imgsearch_core.store.vector_copy import _snapshot_from_rows  # noqa: E402
+from imgsearch.store.fields import FileFacts, make_row  # noqa: E402
+from imgsearch.store.vector_copy import _snapshot_from_rows  # noqa: E402
 
 DIM = 512
 

@@ -7,8 +7,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from imgsearch_core.errors import ImgsearchError
-from indexer.scanner import is_image_path
+from imgsearch.errors import ImgsearchError
+from imgsearch.indexer.scanner import is_image_path
 
 
 class EvaluationDataError(ImgsearchError):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path, PurePath
 
-from evaluation.runner import ModelResult
+from imgsearch.evaluation.runner import ModelResult
 
 
 def metric_names(results: list[ModelResult]) -> list[str]:

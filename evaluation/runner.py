@@ -14,13 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
-from evaluation import metrics
-from evaluation.data import Captions, ClassFolder, EvaluationDataError
-from imgsearch_core.encoder import Embedder
-from imgsearch_core.errors import ImageDecodeError
-from imgsearch_core.images import decode_image
-from imgsearch_core.safe_files import UnsafeFileError, private_dir, read_regular
-from imgsearch_core.settings import Settings
+from imgsearch.errors import ImageDecodeError
+from imgsearch.evaluation import metrics
+from imgsearch.evaluation.data import Captions, ClassFolder, EvaluationDataError
+from imgsearch.media.images import decode_image
+from imgsearch.media.safe_files import UnsafeFileError, private_dir, read_regular
+from imgsearch.model.embedder import Embedder
+from imgsearch.settings import Settings
 
 log = logging.getLogger(__name__)
 

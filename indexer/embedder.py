@@ -10,13 +10,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from imgsearch_core.encoder import Embedder
-from imgsearch_core.errors import ImageDecodeError
-from imgsearch_core.images import DecodedImage, decode_image
-from imgsearch_core.safe_files import UnsafeFileError, read_regular
-from imgsearch_core.store.fields import content_hash
-from indexer.profile import NO_CLOCK
-from indexer.scanner import FileEntry
+from imgsearch.errors import ImageDecodeError
+from imgsearch.indexer.profile import NO_CLOCK
+from imgsearch.indexer.scanner import FileEntry
+from imgsearch.media.images import DecodedImage, decode_image
+from imgsearch.media.safe_files import UnsafeFileError, read_regular
+from imgsearch.model.embedder import Embedder
+from imgsearch.store.fields import content_hash
 
 
 @dataclass

@@ -16,14 +16,14 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from imgsearch_core.encoder import Embedder
-from imgsearch_core.errors import CollectionNotFoundError, ImgsearchError
-from imgsearch_core.relevance import family_cutoff
-from imgsearch_core.settings import Settings
-from imgsearch_core.store import MilvusStore
-from imgsearch_core.store.fields import SCHEMA_VERSION
-from imgsearch_core.store.gateway import CUTOFF_PROPERTY, LABEL_SET_PROPERTY, fingerprints_match
-from indexer.runner import IndexReport, ProgressCallback, run_index
+from imgsearch.errors import CollectionNotFoundError, ImgsearchError
+from imgsearch.indexer.runner import IndexReport, ProgressCallback, run_index
+from imgsearch.model.embedder import Embedder
+from imgsearch.search.relevance import family_cutoff
+from imgsearch.settings import Settings
+from imgsearch.store import MilvusStore
+from imgsearch.store.catalogue import CUTOFF_PROPERTY, LABEL_SET_PROPERTY, fingerprints_match
+from imgsearch.store.fields import SCHEMA_VERSION
 
 MIGRATION_PROPERTY = "imgsearch.migration"  # "building" while a migration fills a collection, then "complete"
 PREVIOUS_PROPERTY = "imgsearch.previous"  # the collection the name pointed to before it pointed here

@@ -6,8 +6,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from imgsearch_core.safe_files import within
-from indexer.scanner import FileEntry
+from imgsearch.indexer.scanner import FileEntry
+from imgsearch.media.safe_files import within
 
 
 @dataclass

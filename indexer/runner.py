@@ -9,20 +9,20 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from imgsearch_core.encoder import Embedder
-from imgsearch_core.images import DecodedImage
-from imgsearch_core.safe_files import within
-from imgsearch_core.searchable_text import compose, name_words, sidecar_text
-from imgsearch_core.searchable_text import parts as text_parts
-from imgsearch_core.settings import Settings
-from imgsearch_core.store import MilvusStore
-from imgsearch_core.store.fields import FileFacts, make_row, mtime_wall_clock, wall_clock_seconds
-from imgsearch_core.tagging import Tagger
-from indexer.embedder import EmbeddedBatch, LoadedFile, embed_in_batches, load_file, load_in_parallel
-from indexer.plan import make_plan
-from indexer.profile import NO_CLOCK, StageClock
-from indexer.scanner import FileEntry, RootNotFoundError, resolve_roots, scan
-from indexer.writer import BatchWriter
+from imgsearch.indexer.embedder import EmbeddedBatch, LoadedFile, embed_in_batches, load_file, load_in_parallel
+from imgsearch.indexer.plan import make_plan
+from imgsearch.indexer.profile import NO_CLOCK, StageClock
+from imgsearch.indexer.scanner import FileEntry, RootNotFoundError, resolve_roots, scan
+from imgsearch.indexer.writer import BatchWriter
+from imgsearch.media.images import DecodedImage
+from imgsearch.media.safe_files import within
+from imgsearch.media.searchable_text import compose, name_words, sidecar_text
+from imgsearch.media.searchable_text import parts as text_parts
+from imgsearch.model.embedder import Embedder
+from imgsearch.settings import Settings
+from imgsearch.store import MilvusStore
+from imgsearch.store.fields import FileFacts, make_row, mtime_wall_clock, wall_clock_seconds
+from imgsearch.tagging.tagger import Tagger
 
 
 @dataclass

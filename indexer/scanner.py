@@ -16,9 +16,9 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from imgsearch_core.errors import ImgsearchError
-from imgsearch_core.images import IMAGE_EXTENSIONS
-from imgsearch_core.safe_files import UnsafeFileError, check_regular, printable, within
+from imgsearch.errors import ImgsearchError
+from imgsearch.media.images import IMAGE_EXTENSIONS
+from imgsearch.media.safe_files import UnsafeFileError, check_regular, printable, within
 
 
 @dataclass(frozen=True)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from imgsearch_core.store import MilvusStore
-from imgsearch_core.tagging import Tagger
-from indexer.profile import NO_CLOCK
+from imgsearch.indexer.profile import NO_CLOCK
+from imgsearch.store import MilvusStore
+from imgsearch.tagging.tagger import Tagger
 
 
 class BatchWriter:

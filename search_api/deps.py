@@ -7,12 +7,12 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
 
-from imgsearch_core.settings import Settings
-from imgsearch_core.store import MilvusStore
-from search_api.services.files import ServedFiles
-from search_api.services.jobs import JobManager
-from search_api.services.search import SearchService
-from search_api.services.thumbnails import ThumbnailCache
+from imgsearch.search.service import SearchService
+from imgsearch.search_api.services.files import ServedFiles
+from imgsearch.search_api.services.jobs import JobManager
+from imgsearch.search_api.services.thumbnails import ThumbnailCache
+from imgsearch.settings import Settings
+from imgsearch.store import MilvusStore
 
 
 def get_settings(request: Request) -> Settings:

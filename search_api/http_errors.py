@@ -12,7 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from imgsearch_core.errors import (
+from imgsearch.errors import (
     CollectionNotFoundError,
     ModelMismatchError,
     SchemaOutdatedError,
@@ -20,9 +20,14 @@ from imgsearch_core.errors import (
     StoreUnavailableError,
     validation_message,
 )
-from search_api.services.batching import QueryQueueFullError
-from search_api.services.jobs import JobQueueFullError, PathNotAllowedError, PathNotFoundError, UnusablePathError
-from search_api.services.search import ImageNotFoundError, UploadNotFoundError
+from imgsearch.search.batching import QueryQueueFullError
+from imgsearch.search.service import ImageNotFoundError, UploadNotFoundError
+from imgsearch.search_api.services.jobs import (
+    JobQueueFullError,
+    PathNotAllowedError,
+    PathNotFoundError,
+    UnusablePathError,
+)
 
 # Domain errors and the HTTP status each becomes: the one place that decides.
 ERROR_STATUS: dict[type[Exception], int] = {

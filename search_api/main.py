@@ -10,17 +10,18 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.concurrency import run_in_threadpool
 
-from imgsearch_core.encoder import Embedder, load_embedder
-from imgsearch_core.settings import Settings, get_settings
-from imgsearch_core.store import MilvusStore, release_hosted
-from search_api.connections import DeadlineProtocol, raise_open_file_limit
-from search_api.deps import SettingsDep, StoreDep, has_api_key, require_api_key
-from search_api.http_errors import BodySizeLimit, install_error_handlers
-from search_api.routes import duplicates, images, indexing, search, tags
-from search_api.schemas import HealthResponse
-from search_api.services.jobs import JobManager
-from search_api.services.serving import Serving, Switcher, collection_model, open_serving
-from search_api.services.thumbnails import ThumbnailCache
+from imgsearch.model.embedder import Embedder
+from imgsearch.model.loading import load_embedder
+from imgsearch.search_api.connections import DeadlineProtocol, raise_open_file_limit
+from imgsearch.search_api.deps import SettingsDep, StoreDep, has_api_key, require_api_key
+from imgsearch.search_api.http_errors import BodySizeLimit, install_error_handlers
+from imgsearch.search_api.routes import duplicates, images, indexing, search, tags
+from imgsearch.search_api.schemas import HealthResponse
+from imgsearch.search_api.services.jobs import JobManager
+from imgsearch.search_api.services.serving import Serving, Switcher, collection_model, open_serving
+from imgsearch.search_api.services.thumbnails import ThumbnailCache
+from imgsearch.settings import Settings, get_settings
+from imgsearch.store import MilvusStore, release_hosted
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # before anything imports huggingface_hub
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
-os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")  # as the imgsearch command sets it (imgsearch_core/__init__.py)
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")  # as the imgsearch command sets it (imgsearch/__init__.py)
 # The developer's own IMGSEARCH_* settings (an API key, a server URI, ...) must not change what the tests see.
 for _name in [name for name in os.environ if name.startswith("IMGSEARCH_")]:
     del os.environ[_name]
@@ -30,9 +30,9 @@ import pytest
 from PIL import Image
 
 from bench.local_clip import build_local_clip
-from imgsearch_core.encoder import SentenceTransformerEmbedder
-from imgsearch_core.settings import Settings
-from imgsearch_core.store import MilvusStore, release_hosted
+from imgsearch.model.sentence_transformer_embedder import SentenceTransformerEmbedder
+from imgsearch.settings import Settings
+from imgsearch.store import MilvusStore, release_hosted
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -229,17 +229,17 @@ def pytest_collection_modifyitems(config, items):
 # through their fixtures: 70 tests per surviving mutant instead of about 15. The vector copy meets the API
 # tests only in their [vector-copy] half.
 _TESTS_OF_LAYER = {  # the first prefix that matches
-    "imgsearch_core.store.vector_copy.": ("test_vector_copy.py", "test_api.py::vector-copy"),
-    "imgsearch_core.store.fields.": ("test_filters.py", "test_store.py", "test_indexer.py", "test_vector_copy.py",
+    "imgsearch.store.vector_copy.": ("test_vector_copy.py", "test_api.py::vector-copy"),
+    "imgsearch.store.fields.": ("test_filters.py", "test_store.py", "test_indexer.py", "test_vector_copy.py",
                                      "test_upgrade.py"),
-    "imgsearch_core.store.filters.": ("test_filters.py", "test_vector_copy.py", "test_api.py"),
-    "imgsearch_core.store.upgrade.": ("test_upgrade.py",),
-    "imgsearch_core.": ("test_store.py", "test_upgrade.py", "test_indexer.py", "test_vector_copy.py",
+    "imgsearch.store.filters.": ("test_filters.py", "test_vector_copy.py", "test_api.py"),
+    "imgsearch.indexer.upgrade.": ("test_upgrade.py",),
+    "imgsearch.": ("test_store.py", "test_upgrade.py", "test_indexer.py", "test_vector_copy.py",
                         "test_security.py"),
     "indexer.": ("test_plan.py", "test_indexer.py", "test_security.py"),
-    "search_api.ranking.": ("test_ranking.py", "test_api.py"),
-    "search_api.http_errors.": ("test_errors.py", "test_security.py", "test_api.py"),
-    "search_api.services.search.": ("test_api.py", "test_security.py"),
+    "imgsearch.search.ranking.": ("test_ranking.py", "test_api.py"),
+    "imgsearch.search_api.http_errors.": ("test_errors.py", "test_security.py", "test_api.py"),
+    "imgsearch.search.service.": ("test_api.py", "test_security.py"),
 }
 
 

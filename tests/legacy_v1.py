@@ -15,10 +15,10 @@ from pathlib import Path
 
 from pymilvus import DataType, MilvusClient
 
-from imgsearch_core.encoder import Embedder
-from imgsearch_core.images import decode_image
-from imgsearch_core.store import MilvusStore
-from imgsearch_core.store.fields import content_hash
+from imgsearch.media.images import decode_image
+from imgsearch.model.embedder import Embedder
+from imgsearch.store import MilvusStore
+from imgsearch.store.fields import content_hash
 
 
 def v1_image_id(path: str) -> str:

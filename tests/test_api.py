@@ -16,14 +16,14 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from indexer.runner import run_index
-from search_api.main import create_app
+from imgsearch.indexer.runner import run_index
+from imgsearch.search_api.main import create_app
 from tests.conftest import write_exif_photo, write_photo
 
 
 @pytest.fixture
 def indexed(photo_dir, settings, encoder):
-    from imgsearch_core.store import MilvusStore
+    from imgsearch.store import MilvusStore
 
     store = MilvusStore.from_settings(settings)
     run_index([str(photo_dir)], settings, encoder, store)

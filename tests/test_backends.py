@@ -13,14 +13,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from imgsearch_core import backends
-from imgsearch_core import precision as precision_module
-from imgsearch_core.encoder import SentenceTransformerEmbedder
-from imgsearch_core.precision import Choice, Trial, candidates, pick
-from imgsearch_core.safe_files import UnsafeFileError
+from imgsearch.media.safe_files import UnsafeFileError
+from imgsearch.model import precision as decision
+from imgsearch.model import precision as precision_module
+from imgsearch.model import runtimes as backends
+from imgsearch.model.precision import Choice, Trial, candidates, pick
+from imgsearch.model.sentence_transformer_embedder import SentenceTransformerEmbedder
 from tests.conftest import run_cli, write_photo_set
 
-SETTINGS = [(backend, precision) for backend in ("onnx", "openvino") for precision in backends.PRECISIONS[backend]]
+SETTINGS = [(backend, precision) for backend in ("onnx", "openvino") for precision in decision.PRECISIONS[backend]]
 
 
 def needs(backend: str):
@@ -57,18 +58,18 @@ def test_auto_probes_a_backends_own_settings(backend, flags, expected):
 
 def test_a_backend_that_cannot_run_says_what_to_do(monkeypatch):
     with pytest.raises(ValueError, match="IMGSEARCH_BACKEND=openvino runs on the CPU; on CUDA use torch"):
-        backends.check_backend("openvino", "auto", "cuda:0")
-    monkeypatch.setattr(backends, "installed", lambda backend, precision="": False)
+        decision.check_backend("openvino", "auto", "cuda:0")
+    monkeypatch.setattr(decision, "installed", lambda backend, precision="": False)
     with pytest.raises(ValueError, match=r"IMGSEARCH_BACKEND=onnx needs its extra: pip install 'imgsearch\[onnx\]'"):
-        backends.check_backend("onnx", "fp32", "cpu")
-    monkeypatch.setattr(backends, "installed", lambda backend, precision="": True)
+        decision.check_backend("onnx", "fp32", "cpu")
+    monkeypatch.setattr(decision, "installed", lambda backend, precision="": True)
     with pytest.raises(ValueError, match="IMGSEARCH_BACKEND=openvino runs fp32, bf16, int8, not fp16"):
-        backends.check_backend("openvino", "fp16", "cpu")
-    monkeypatch.setattr(backends, "installed", lambda backend, precision="": precision != "int8")
+        decision.check_backend("openvino", "fp16", "cpu")
+    monkeypatch.setattr(decision, "installed", lambda backend, precision="": precision != "int8")
     with pytest.raises(ValueError, match=r"openvino at int8 quantises with onnxruntime: pip install 'imgsearch\[openvino\]'"):
-        backends.check_backend("openvino", "int8", "cpu")
-    backends.check_backend("openvino", "bf16", "cpu")  # no error
-    backends.check_backend("torch", "int8", "cuda")  # torch's own check says that one (check_supported)
+        decision.check_backend("openvino", "int8", "cpu")
+    decision.check_backend("openvino", "bf16", "cpu")  # no error
+    decision.check_backend("torch", "int8", "cuda")  # torch's own check says that one (check_supported)
 
 
 @pytest.mark.parametrize(("backend", "precision"), installed_settings())
@@ -77,7 +78,7 @@ def test_a_backend_embeds_like_torch_and_builds_its_graphs_once(tiny_model_dir, 
     pictures = precision_module.probe_pictures(32, 5)
     texts = ["a dog", "a red bicycle leaning on a wall " * 20, "x"]  # one truncated; the batch padded
     torch_fp32 = SentenceTransformerEmbedder(str(tiny_model_dir), precision="fp32")
-    with caplog.at_level(logging.WARNING, logger="imgsearch_core.backends"):
+    with caplog.at_level(logging.WARNING, logger="imgsearch.model.runtimes"):
         ours = SentenceTransformerEmbedder(str(tiny_model_dir), precision=precision, backend=backend,
                                            cache_dir=tmp_path / "cache")
         built = [r.getMessage() for r in caplog.records if "building the" in r.getMessage()]
@@ -110,7 +111,7 @@ def test_a_backend_embeds_like_torch_and_builds_its_graphs_once(tiny_model_dir, 
     graphs = list((tmp_path / "cache" / "graphs").iterdir())
     assert len(graphs) == 1 and graphs[0].name.startswith(f"{backend}-{precision}-")
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="imgsearch_core.backends"):
+    with caplog.at_level(logging.WARNING, logger="imgsearch.model.runtimes"):
         again = SentenceTransformerEmbedder(str(tiny_model_dir), precision=precision, backend=backend,
                                             cache_dir=tmp_path / "cache")
     assert not [r for r in caplog.records if "building the" in r.getMessage()]  # loaded, not built again
@@ -142,8 +143,8 @@ def test_what_a_process_killed_while_building_left_is_removed_at_the_next_start(
     model, for good; so did a removal killed midway."""
     cache = tmp_path / "cache"
     killed_mid_build = ("import os, signal, sys\n"
-                        "from imgsearch_core import backends\n"
-                        "from imgsearch_core.encoder import SentenceTransformerEmbedder\n"
+                        "from imgsearch import backends\n"
+                        "from imgsearch.model.embedder import SentenceTransformerEmbedder\n"
                         "real_export = backends.CompiledModel._export\n"
                         "def die(self, *args):\n"
                         "    real_export(self, *args)\n"
@@ -235,10 +236,10 @@ def test_backend_auto_measures_every_installed_backend_and_keeps_only_the_chosen
         picked.extend(t for t in trials if (t.backend, t.precision) == ("onnx", "fp32"))
         return picked[0]
 
-    monkeypatch.setattr("imgsearch_core.encoder.pick", onnx_fp32)
+    monkeypatch.setattr("imgsearch.model.precision.pick", onnx_fp32)
     auto = SentenceTransformerEmbedder(str(tiny_model_dir), precision="auto", backend="auto", cache_dir=tmp_path)
     measured = [(t.backend, t.precision) for t in auto.precision_choice.trials]
-    assert measured == backends.fast_settings(precision_module.cpu_flags())  # torch fp32 first, then every setting
+    assert measured == decision.fast_settings(precision_module.cpu_flags())  # torch fp32 first, then every setting
     assert {"torch", "onnx"} <= {backend for backend, _ in measured}
     assert (auto.backend, auto.precision) == ("onnx", "fp32")
     assert auto.precision_choice.describe().startswith("precision auto -> onnx fp32: fp32 1.00x; ")
@@ -294,7 +295,7 @@ def test_the_openvino_backend_sends_nothing_anywhere(tiny_model_dir, tmp_path):
 import sys
 events = []
 sys.addaudithook(lambda event, args: events.append(event) if event in ("os.fork", "socket.connect", "subprocess.Popen") else None)
-from imgsearch_core.encoder import SentenceTransformerEmbedder
+from imgsearch.model.sentence_transformer_embedder import SentenceTransformerEmbedder
 SentenceTransformerEmbedder({str(tiny_model_dir)!r}, precision="fp32", backend="openvino", cache_dir={str(tmp_path)!r})
 import time; time.sleep(1)
 print("EVENTS", sorted(set(events)))

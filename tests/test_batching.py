@@ -8,8 +8,8 @@ import threading
 import numpy as np
 import pytest
 
-from imgsearch_core.encoder import TextEmbedding
-from search_api.services.batching import QueryQueueFullError, TextBatcher
+from imgsearch.model.embedder import TextEmbedding
+from imgsearch.search.batching import QueryQueueFullError, TextBatcher
 
 
 class FakeEncoder:

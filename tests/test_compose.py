@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from imgsearch_core.settings import Settings
+from imgsearch.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 

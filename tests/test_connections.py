@@ -13,7 +13,7 @@ import time
 import pytest
 import uvicorn
 
-from search_api import connections
+from imgsearch.search_api import connections
 
 BIG = 16 * 1024 * 1024
 

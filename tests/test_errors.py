@@ -2,9 +2,9 @@
 
 import pytest
 
-from imgsearch_core.errors import CollectionNotFoundError, ModelMismatchError
-from search_api.http_errors import status_for
-from search_api.services.search import ImageNotFoundError
+from imgsearch.errors import CollectionNotFoundError, ModelMismatchError
+from imgsearch.search.service import ImageNotFoundError
+from imgsearch.search_api.http_errors import status_for
 
 
 @pytest.mark.parametrize(("error", "status"), [
@@ -34,8 +34,8 @@ def edge():
     from fastapi import FastAPI
     from fastapi.testclient import TestClient
 
-    from search_api.http_errors import BodySizeLimit, install_error_handlers
-    from search_api.schemas import SearchRequest
+    from imgsearch.search.requests import SearchRequest
+    from imgsearch.search_api.http_errors import BodySizeLimit, install_error_handlers
 
     app = FastAPI()
     install_error_handlers(app)
@@ -81,7 +81,7 @@ def test_an_error_without_a_location_is_put_on_the_body():
 
     from fastapi.exceptions import RequestValidationError
 
-    from search_api.http_errors import validation_error
+    from imgsearch.search_api.http_errors import validation_error
 
     response = asyncio.run(validation_error(None, RequestValidationError([{"type": "custom", "msg": "too vague"}])))
     assert response.status_code == 422 and json.loads(response.body)["detail"] == "body: too vague"

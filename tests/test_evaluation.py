@@ -14,8 +14,8 @@ import pytest
 from PIL import Image
 
 from bench.local_clip import build_local_clip
-from evaluation import metrics
-from evaluation.data import EvaluationDataError, read_captions, read_class_folder
+from imgsearch.evaluation import metrics
+from imgsearch.evaluation.data import EvaluationDataError, read_captions, read_class_folder
 from tests.conftest import cli_environment, run_cli, write_photo
 
 
@@ -198,7 +198,7 @@ def test_the_evaluation_cache_is_this_users_alone_and_never_written_through_a_li
     (or refused), and the old predictable temporary name (vectors.PID.tmp.npz) linked elsewhere is not followed."""
     from types import SimpleNamespace
 
-    from evaluation.runner import VectorCache
+    from imgsearch.evaluation.runner import VectorCache
 
     model = SimpleNamespace(name="m", fingerprint=[0.5, 0.25], precision="fp32", backend="torch")
     cache_dir = tmp_path / "cache"

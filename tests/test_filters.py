@@ -9,8 +9,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from imgsearch_core.store.fields import METADATA_FIELDS, SearchFilter
-from imgsearch_core.store.filters import Clause, ImageFilter, prefix_end
+from imgsearch.store.fields import METADATA_FIELDS, SearchFilter
+from imgsearch.store.filters import Clause, ImageFilter, prefix_end
 
 DIM = 4
 # Paths with what breaks string literals and ranges: quotes, backslashes, newlines, '_' and '%', characters

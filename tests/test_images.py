@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgsearch_core.errors import ImageDecodeError, ImageTooLargeError
-from imgsearch_core.images import decode_image
+from imgsearch.errors import ImageDecodeError, ImageTooLargeError
+from imgsearch.media.images import decode_image
 
 
 def encode(image: Image.Image, fmt: str, **params) -> bytes:
@@ -187,7 +187,7 @@ def exif_of(**tags):
 
 
 def test_the_capture_time_prefers_the_original_then_digitized_then_file_date():
-    from imgsearch_core.images import photo_exif
+    from imgsearch.media.images import photo_exif
 
     both = exif_of(details={0x9003: "2019:06:01 09:30:00", 0x9004: "2020:01:01 00:00:00"}, x0132="2021:01:01 00:00:00")
     assert photo_exif(both).taken_at == datetime(2019, 6, 1, 9, 30)
@@ -199,13 +199,13 @@ def test_the_capture_time_prefers_the_original_then_digitized_then_file_date():
 @pytest.mark.parametrize("value", ["0000:00:00 00:00:00", "    :  :     :  :  ", "2019-06-01", "1700:01:01 00:00:00",
                                    "2999:01:01 00:00:00", "2019:13:45 99:99:99", b"\xff\xfe", 12345])
 def test_nonsense_dates_are_no_date(value):
-    from imgsearch_core.images import photo_exif
+    from imgsearch.media.images import photo_exif
 
     assert photo_exif(exif_of(details={0x9003: value})).taken_at is None
 
 
 def test_camera_names_are_cleaned_and_bounded_and_bad_gps_is_dropped():
-    from imgsearch_core.images import photo_exif
+    from imgsearch.media.images import photo_exif
 
     exif = photo_exif(exif_of(x010F="  Canon\x00\x00", x0110="EOS\n5D" + "x" * 500,
                               gps={1: "N", 2: (1.0, 0.0, 0.0), 3: "W", 4: (0.0, 0.0, 0.0)}))

@@ -17,12 +17,12 @@ import numpy as np
 import pytest
 
 from bench.local_clip import build_local_clip
-from imgsearch_core.encoder import SentenceTransformerEmbedder
-from imgsearch_core.errors import ModelMismatchError, WeightsMismatchError
-from imgsearch_core.store import MilvusStore, release_hosted
-from imgsearch_core.store.fields import mtime_wall_clock
-from indexer.runner import Progress, run_index
-from indexer.scanner import RootNotFoundError
+from imgsearch.errors import ModelMismatchError, WeightsMismatchError
+from imgsearch.indexer.runner import Progress, run_index
+from imgsearch.indexer.scanner import RootNotFoundError
+from imgsearch.model.sentence_transformer_embedder import SentenceTransformerEmbedder
+from imgsearch.store import MilvusStore, release_hosted
+from imgsearch.store.fields import mtime_wall_clock
 from tests.conftest import MILVUS_SERVERS, run_cli, spawn, unique_collection, write_exif_photo, write_photo
 
 
@@ -204,7 +204,7 @@ def test_deleting_under_one_root_leaves_other_roots_alone(tmp_path, settings, en
 
 def test_an_indexed_image_queried_by_itself_comes_back_first_with_score_one(photo_dir, settings, encoder, store):
     index(photo_dir, settings, encoder, store)
-    from imgsearch_core.images import decode_image
+    from imgsearch.media.images import decode_image
 
     path = photo_dir / "trip" / "photo7.jpg"
     query = encoder.embed_images([decode_image(path.read_bytes(), str(path), encoder.image_size, 10**8).image])
@@ -313,7 +313,7 @@ def test_when_the_process_serving_the_data_directory_exits_another_takes_over(se
     store.close()
     release_hosted(settings.milvus_uri)  # this process stops serving; a child process becomes the host
     host = spawn([sys.executable, "-c", (
-        "import sys, time; from imgsearch_core.store import MilvusStore;"
+        "import sys, time; from imgsearch.store import MilvusStore;"
         f"MilvusStore({settings.milvus_uri!r}, 'images'); print('ready', flush=True); sys.stdin.readline()")],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parent.parent)
     try:
@@ -452,7 +452,7 @@ def test_a_copy_keeps_the_photos_exif_date_and_a_plain_file_gets_its_own_time(tm
 
 
 def test_settings_name_the_model_that_is_loaded(settings, encoder, tiny_model_dir):
-    from imgsearch_core.encoder import load_embedder
+    from imgsearch.model.loading import load_embedder
 
     loaded = load_embedder(settings.model_copy(update={"model": str(tiny_model_dir / "." )}))
     assert loaded.name == str(tiny_model_dir.resolve()) == encoder.name  # a directory is recorded by its real path
@@ -485,8 +485,8 @@ class OnCuda:
 def test_on_a_gpu_the_indexer_takes_big_batches_and_a_decode_thread_per_core(tmp_path, encoder, tiny_model_dir,
                                                                              monkeypatch):
     """The CUDA path, run on the CPU: the batch and the decode threads are sized for a GPU unless set."""
-    import indexer.runner as runner
-    from imgsearch_core.settings import GPU_BATCH_SIZE, Settings
+    import imgsearch.indexer.runner as runner
+    from imgsearch.settings import GPU_BATCH_SIZE, Settings
 
     photos = tmp_path / "photos"
     for i in range(300):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
-from imgsearch_core.int8 import gptq  # noqa: E402
+from imgsearch.model.int8 import gptq  # noqa: E402
 
 
 def mixing(rng, width: int) -> np.ndarray:

@@ -6,10 +6,10 @@ import threading
 
 import pytest
 
-import search_api.services.jobs as jobs_module
-from imgsearch_core.safe_files import UnsafeFileError
-from search_api.services.jobs import JobManager, JobQueueFullError, allowed_paths
-from search_api.services.thumbnails import ThumbnailCache
+import imgsearch.search_api.services.jobs as jobs_module
+from imgsearch.media.safe_files import UnsafeFileError
+from imgsearch.search_api.services.jobs import JobManager, JobQueueFullError, allowed_paths
+from imgsearch.search_api.services.thumbnails import ThumbnailCache
 from tests.conftest import write_photo
 
 

@@ -20,11 +20,11 @@ import pytest
 from fastapi.testclient import TestClient
 
 from bench.local_clip import build_local_clip
-from imgsearch_core.encoder import SentenceTransformerEmbedder
-from imgsearch_core.store import MilvusStore, release_hosted
-from indexer import migration
-from indexer.runner import run_index
-from search_api.main import create_app
+from imgsearch.indexer import migration
+from imgsearch.indexer.runner import run_index
+from imgsearch.model.sentence_transformer_embedder import SentenceTransformerEmbedder
+from imgsearch.search_api.main import create_app
+from imgsearch.store import MilvusStore, release_hosted
 from tests.conftest import cli_environment, run_cli, spawn, start_api, stop_process, write_photo
 
 

@@ -24,22 +24,16 @@ from bench.local_clip import (
     build_local_siglip,
     build_local_text_tower,
 )
-from imgsearch_core.encoder import (
-    KNOWN_PAIRS,
-    ModelSettingError,
-    OpenClipEmbedder,
-    SentenceTransformerEmbedder,
-    is_open_clip,
-    load_embedder,
-    model_identity,
-    model_pair,
-)
-from imgsearch_core.errors import BackendNotSupportedError
-from imgsearch_core.images import decode_image
-from indexer.runner import run_index
-from search_api.schemas import SearchRequest
-from search_api.services.batching import TextBatcher
-from search_api.services.search import SearchService
+from imgsearch.errors import BackendNotSupportedError
+from imgsearch.indexer.runner import run_index
+from imgsearch.media.images import decode_image
+from imgsearch.model.embedder import KNOWN_PAIRS, ModelSettingError, is_open_clip, model_identity, model_pair
+from imgsearch.model.loading import load_embedder
+from imgsearch.model.open_clip_embedder import OpenClipEmbedder
+from imgsearch.model.sentence_transformer_embedder import SentenceTransformerEmbedder
+from imgsearch.search.batching import TextBatcher
+from imgsearch.search.requests import SearchRequest
+from imgsearch.search.service import SearchService
 from tests.conftest import cli_environment, run_cli
 
 QUERY_TEXT = "a red bicycle leaning on a wall"

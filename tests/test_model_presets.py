@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from imgsearch_core.model_presets import PRESETS, SPEED_FILE, measured_speeds, table
+from imgsearch.model.presets import PRESETS, SPEED_FILE, measured_speeds, table
 from tests.conftest import run_cli
 
 

@@ -1,8 +1,8 @@
 """The incremental plan, as pure logic: what is unchanged, what must be read, what is gone."""
 
-from imgsearch_core.store.fields import image_id
-from indexer.plan import make_plan
-from indexer.scanner import FileEntry
+from imgsearch.indexer.plan import make_plan
+from imgsearch.indexer.scanner import FileEntry
+from imgsearch.store.fields import image_id
 
 
 def row(path, size=10, mtime_ns=1, content_hash="h"):

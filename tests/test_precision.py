@@ -12,12 +12,13 @@ import warnings
 import numpy as np
 import pytest
 
-from imgsearch_core import precision as precision_module
-from imgsearch_core.backends import installed
-from imgsearch_core.encoder import SentenceTransformerEmbedder
-from imgsearch_core.precision import Choice, ChoiceCache, Trial, agreement, autocast, candidates, pick, top_k_overlap
-from imgsearch_core.safe_files import UnsafeFileError
-from imgsearch_core.settings import Settings
+from imgsearch.media.safe_files import UnsafeFileError
+from imgsearch.model import precision as precision_module
+from imgsearch.model.agreement import agreement, top_k_overlap
+from imgsearch.model.precision import Choice, ChoiceCache, Trial, candidates, pick
+from imgsearch.model.runtimes import autocast, installed
+from imgsearch.model.sentence_transformer_embedder import SentenceTransformerEmbedder
+from imgsearch.settings import Settings
 from tests.conftest import run_cli, write_photo_set
 
 
@@ -78,7 +79,7 @@ def test_each_precision_gives_unit_vectors_close_to_fp32(tiny_model_dir, tmp_pat
 def test_auto_measures_once_per_model_and_machine_and_remembers(tiny_model_dir, tmp_path, monkeypatch):
     probes = []
     real_probe = precision_module.run_probe
-    monkeypatch.setattr("imgsearch_core.encoder.run_probe", lambda *a, **k: probes.append(1) or real_probe(*a, **k))
+    monkeypatch.setattr("imgsearch.model.precision.run_probe", lambda *a, **k: probes.append(1) or real_probe(*a, **k))
     first = SentenceTransformerEmbedder(str(tiny_model_dir), precision="auto", cache_dir=tmp_path / "cache")
     assert len(probes) == 1 and not first.precision_choice.cached
     assert first.precision == first.precision_choice.precision
@@ -100,8 +101,8 @@ def test_a_process_waits_for_anothers_probe_and_takes_its_choice(tiny_model_dir,
     (two probes at once on the same cores would time each other)."""
     probes = []
     real_probe = precision_module.run_probe
-    monkeypatch.setattr("imgsearch_core.encoder.run_probe", lambda *a, **k: probes.append(1) or real_probe(*a, **k))
-    monkeypatch.setattr("imgsearch_core.encoder.candidates", lambda *a: ["int8"])  # something to probe on any CPU
+    monkeypatch.setattr("imgsearch.model.precision.run_probe", lambda *a, **k: probes.append(1) or real_probe(*a, **k))
+    monkeypatch.setattr("imgsearch.model.precision.candidates", lambda *a: ["int8"])  # something to probe on any CPU
     cache_dir = tmp_path / "cache"
     first = SentenceTransformerEmbedder(str(tiny_model_dir), precision="auto", backend="torch", cache_dir=cache_dir)
     measured = (cache_dir / "precision.json").read_text()
@@ -278,7 +279,7 @@ def vit_b_32_dir(tmp_path_factory):
 
 def gate_settings() -> list[tuple[str, str]]:
     """torch fp32, then every (backend, precision) this CPU runs well, of the backends installed."""
-    from imgsearch_core.backends import fast_settings
+    from imgsearch.model.precision import fast_settings
 
     return fast_settings(precision_module.cpu_flags())
 
@@ -290,9 +291,9 @@ def test_fast_settings_index_photos_with_the_same_neighbours_as_fp32(vit_b_32_di
     overlap. A setting below it is not what `auto` picks (its probe applies the same gate to its own pictures).
     The photos are crops of real photographs (bench/photos.py); the texts, 48 queries."""
     from bench.photos import QUERY_TEXTS, make_photos
-    from imgsearch_core.encoder import load_embedder
-    from imgsearch_core.store import MilvusStore, release_hosted
-    from indexer.runner import run_index
+    from imgsearch.indexer.runner import run_index
+    from imgsearch.model.loading import load_embedder
+    from imgsearch.store import MilvusStore, release_hosted
 
     photos = tmp_path / "photos"
     make_photos(photos, 48, size=(640, 480))

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from search_api.ranking import blend
+from imgsearch.search.ranking import blend
 
 
 def unit(*values):

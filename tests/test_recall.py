@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from imgsearch_core.store.fields import FileFacts, make_row
-from search_api.main import create_app
+from imgsearch.search_api.main import create_app
+from imgsearch.store.fields import FileFacts, make_row
 from tests.test_api import milvus_search_forbidden
 
 N = 10_000

@@ -8,9 +8,9 @@ import itertools
 import numpy as np
 import pytest
 
-from imgsearch_core.relevance import auto_cutoff, centre, collapse, contributions, diversify, fuse
-from search_api.query_expression import ExpressionTerm, QueryExpressionError, parse_expression
-from search_api.ranking import blend
+from imgsearch.search.query_expression import ExpressionTerm, QueryExpressionError, parse_expression
+from imgsearch.search.ranking import blend
+from imgsearch.search.relevance import auto_cutoff, centre, collapse, contributions, diversify, fuse
 
 
 def unit(x):

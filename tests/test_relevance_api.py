@@ -15,11 +15,11 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from bench.local_clip import build_local_clip
-from imgsearch_core.encoder import SentenceTransformerEmbedder
-from imgsearch_core.settings import Settings
-from imgsearch_core.store import MilvusStore
-from indexer.runner import run_index
-from search_api.main import create_app
+from imgsearch.indexer.runner import run_index
+from imgsearch.model.sentence_transformer_embedder import SentenceTransformerEmbedder
+from imgsearch.search_api.main import create_app
+from imgsearch.settings import Settings
+from imgsearch.store import MilvusStore
 from tests.conftest import cli_environment, run_cli
 
 SAMPLES = Path(sklearn.__file__).parent / "datasets" / "images"

@@ -21,9 +21,9 @@ import pytest
 from PIL import Image
 
 from bench.local_clip import build_local_clip
-from imgsearch_core.errors import WeightsMismatchError
-from imgsearch_core.store import MilvusStore, release_hosted
-from indexer.runner import run_index
+from imgsearch.errors import WeightsMismatchError
+from imgsearch.indexer.runner import run_index
+from imgsearch.store import MilvusStore, release_hosted
 from tests.conftest import (
     _milvus_command,
     _milvus_ready,
@@ -256,7 +256,7 @@ def test_only_the_indexer_records_a_fingerprint_on_a_collection_made_before_them
 def test_the_api_checks_again_when_its_collection_is_dropped_and_made_again(settings, encoder, photo_dir):
     from fastapi.testclient import TestClient
 
-    from search_api.main import create_app
+    from imgsearch.search_api.main import create_app
 
     with TestClient(create_app(settings, encoder=encoder)) as client:
         store = client.app.state.store

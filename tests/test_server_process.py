@@ -12,7 +12,7 @@ import time
 import httpx
 import pytest
 
-from search_api.connections import HEAD_TIMEOUT_S
+from imgsearch.search_api.connections import HEAD_TIMEOUT_S
 from tests.conftest import write_photo
 
 

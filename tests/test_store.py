@@ -13,16 +13,17 @@ import numpy as np
 import pytest
 from pymilvus import MilvusException
 
-from imgsearch_core.errors import (
+from imgsearch.errors import (
     CollectionNotFoundError,
     ModelMismatchError,
     StoreUnavailableError,
     WeightsMismatchError,
 )
-from imgsearch_core.store.fields import SCHEMA_VERSION, SearchFilter, wall_clock_datetime, wall_clock_seconds
-from imgsearch_core.store.filters import ImageFilter
-from imgsearch_core.store.gateway import _CREATED_PROPERTY, fingerprints_match, search_params
-from imgsearch_core.store.lite import _pid_alive
+from imgsearch.store.catalogue import _CREATED_PROPERTY, fingerprints_match
+from imgsearch.store.collection import search_params
+from imgsearch.store.fields import SCHEMA_VERSION, SearchFilter, wall_clock_datetime, wall_clock_seconds
+from imgsearch.store.filters import ImageFilter
+from imgsearch.store.lite import _pid_alive
 from tests.test_vector_copy import DIM, unit_rows
 
 
@@ -302,7 +303,7 @@ def test_a_collection_not_made_by_imgsearch_is_refused_and_named_as_such(store):
 def test_the_collection_is_made_as_its_columns_declare(store):
     from pymilvus import DataType
 
-    from imgsearch_core.store.fields import COLUMNS
+    from imgsearch.store.fields import COLUMNS
 
     store.ensure_collection("model-a", DIM)
     info = store._call(lambda c: c.describe_collection(store.collection))
@@ -334,8 +335,8 @@ def test_a_stored_capture_time_reads_back_as_the_wall_clock_it_was(moment):
 
 
 def test_releasing_one_hosted_data_directory_leaves_the_others_served(tmp_path):
-    from imgsearch_core.store import MilvusStore, release_hosted
-    from imgsearch_core.store.lite import ENDPOINT_FILE
+    from imgsearch.store import MilvusStore, release_hosted
+    from imgsearch.store.lite import ENDPOINT_FILE
 
     uris = [str(tmp_path / name / "milvus.db") for name in ("a", "b")]
     stores = [MilvusStore(uri, "images") for uri in uris]
@@ -362,7 +363,7 @@ def test_a_served_data_directory_takes_the_keepalive_pings_of_an_idle_client(tmp
 
     import grpc
 
-    from imgsearch_core.store import lite
+    from imgsearch.store import lite
 
     uri = str(tmp_path / "milvus.db")
     channel = grpc.insecure_channel(lite.resolve_uri(uri), options=[
@@ -387,7 +388,7 @@ def test_the_endpoint_another_process_wrote_is_used_only_while_it_is_live_and_it
     import json
     import socket
 
-    from imgsearch_core.store.lite import ENDPOINT_FILE, _live_endpoint, _socket_path
+    from imgsearch.store.lite import ENDPOINT_FILE, _live_endpoint, _socket_path
     from tests.conftest import spawn, stop_process
 
     data_dir = tmp_path / "milvus.db"
@@ -430,7 +431,7 @@ def test_a_socket_folder_another_user_took_first_does_not_stop_the_store(tmp_pat
     import shutil
     import tempfile
 
-    from imgsearch_core.store import MilvusStore, lite
+    from imgsearch.store import MilvusStore, lite
 
     fake_tmp = Path(tempfile.mkdtemp(prefix="t", dir="/tmp"))  # short: a socket path holds 107 bytes
     request.addfinalizer(lambda: shutil.rmtree(fake_tmp, ignore_errors=True))
@@ -444,7 +445,7 @@ def test_a_socket_folder_another_user_took_first_does_not_stop_the_store(tmp_pat
         assert not store.exists()
         served = json.loads((data_dir / lite.ENDPOINT_FILE).read_text())["socket"]
         assert os.path.dirname(served).startswith(str(fake_tmp / f"imgsearch-{os.getuid()}-"))
-        code = ("import sys; from pathlib import Path; from imgsearch_core.store.lite import _live_endpoint; "
+        code = ("import sys; from pathlib import Path; from imgsearch.store.lite import _live_endpoint; "
                 "print(_live_endpoint(Path(sys.argv[1])))")
         elsewhere = {**os.environ, "XDG_RUNTIME_DIR": str(tmp_path / "other-runtime")}
         found = subprocess.run([sys.executable, "-c", code, str(data_dir)], env=elsewhere, capture_output=True,

@@ -14,7 +14,13 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from imgsearch_core.labels import (
+from imgsearch.indexer.runner import run_index
+from imgsearch.media.searchable_text import parts as text_parts
+from imgsearch.search_api.main import create_app
+from imgsearch.store.fields import SearchFilter
+from imgsearch.store.filters import ImageFilter
+from imgsearch.tagging.jobs import Export, run_tagging, save_label_set
+from imgsearch.tagging.labels import (
     MAX_LABELS,
     LabelSetError,
     TopImages,
@@ -22,12 +28,6 @@ from imgsearch_core.labels import (
     load_label_file,
     make_label_set,
 )
-from imgsearch_core.searchable_text import parts as text_parts
-from imgsearch_core.store.fields import SearchFilter
-from imgsearch_core.store.filters import ImageFilter
-from indexer.runner import run_index
-from indexer.tagging import Export, run_tagging, save_label_set
-from search_api.main import create_app
 from tests.conftest import run_cli, write_photo
 from tests.test_api import CopyAnsweringClient, milvus_search_forbidden
 
@@ -137,7 +137,7 @@ def stored(store) -> dict[str, dict]:
 
 
 def label_similarities(vectors: np.ndarray, encoder, labels, templates) -> np.ndarray:
-    """Independently of imgsearch_core/tagging.py: each label's prompts embedded one by one and averaged."""
+    """Independently of imgsearch/tagging.py: each label's prompts embedded one by one and averaged."""
     label_vectors = []
     for label in labels:
         prompts = np.stack([encoder.embed_texts([t.replace("{}", label)]).vectors[0] for t in templates])
@@ -253,7 +253,7 @@ def test_images_indexed_later_get_the_stored_sets_tags(indexed_store, photo_dir,
 
 
 def test_removing_a_set_takes_its_tags_off_and_keeps_the_others(indexed_store, encoder):
-    from indexer.tagging import remove_label_set
+    from imgsearch.tagging.jobs import remove_label_set
 
     animals = make_label_set("animals", ["dog", "cat"], top=1, min_score=-1)
     scenes = make_label_set("scenes", ["beach", "snow"], top=1, min_score=-1)
@@ -271,15 +271,15 @@ def test_an_upgrade_from_schema_2_keeps_every_row_and_gives_empty_tags(settings,
     """A collection written by an earlier imgsearch (schema 2) is upgraded with no file left to read."""
     from pymilvus import MilvusClient
 
-    from imgsearch_core.store.fields import COLUMNS, SCHEMA_VERSION, add_columns
-    from imgsearch_core.store.upgrade import upgrade
+    from imgsearch.indexer.upgrade import upgrade
+    from imgsearch.store.fields import COLUMNS, SCHEMA_VERSION, add_columns
 
     run_index([str(photo_dir)], settings, encoder, store)
     rows = {row["id"]: row for row in store.iter_rows(with_vectors=True)}
     store.drop()
     v2 = [column for column in COLUMNS if column.since <= 2]
     schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
-    import imgsearch_core.store.fields as fields
+    import imgsearch.store.fields as fields
 
     original = fields.COLUMNS
     fields.COLUMNS = tuple(v2)
@@ -311,7 +311,7 @@ def test_an_upgrade_from_schema_2_keeps_every_row_and_gives_empty_tags(settings,
 
 @pytest.fixture(params=["vector-copy", "milvus"])
 def api(request, settings, encoder, photo_dir):
-    from imgsearch_core.store import MilvusStore
+    from imgsearch.store import MilvusStore
 
     store = MilvusStore.from_settings(settings)
     run_index([str(photo_dir)], settings, encoder, store)

@@ -13,16 +13,9 @@ import streamlit as st
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-import ui.api_client
-from search_api.schemas import (
-    HealthResponse,
-    IndexJob,
-    LabelSetInfo,
-    LabelSetRequest,
-    SearchRequest,
-    SearchResponse,
-    TagCountsResponse,
-)
+from imgsearch.search.requests import SearchRequest, SearchResponse
+from imgsearch.search_api.schemas import HealthResponse, IndexJob, LabelSetInfo, LabelSetRequest, TagCountsResponse
+from imgsearch.ui import api_client
 
 APP = str(Path(__file__).resolve().parent.parent / "ui" / "app.py")
 
@@ -156,7 +149,7 @@ def parse_multipart(request: httpx.Request) -> dict:
 @pytest.fixture
 def fake(monkeypatch):
     def install(api):
-        monkeypatch.setattr(ui.api_client, "TRANSPORT", httpx.MockTransport(api))
+        monkeypatch.setattr(api_client, "TRANSPORT", httpx.MockTransport(api))
         st.cache_resource.clear()
         return api
     yield install

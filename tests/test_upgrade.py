@@ -11,12 +11,12 @@ from datetime import datetime
 import numpy as np
 import pytest
 
-from imgsearch_core.errors import CollectionNotFoundError, SchemaOutdatedError, SchemaTooNewError
-from imgsearch_core.store import MilvusStore, release_hosted
-from imgsearch_core.store.fields import SCHEMA_VERSION, SearchFilter, columns_of, mtime_wall_clock, wall_clock_seconds
-from imgsearch_core.store.filters import ImageFilter
-from imgsearch_core.store.upgrade import upgrade
-from indexer.runner import run_index
+from imgsearch.errors import CollectionNotFoundError, SchemaOutdatedError, SchemaTooNewError
+from imgsearch.indexer.runner import run_index
+from imgsearch.indexer.upgrade import upgrade
+from imgsearch.store import MilvusStore, release_hosted
+from imgsearch.store.fields import SCHEMA_VERSION, SearchFilter, columns_of, mtime_wall_clock, wall_clock_seconds
+from imgsearch.store.filters import ImageFilter
 from tests.conftest import MILVUS_SERVERS, run_cli, unique_collection, write_exif_photo, write_photo
 from tests.legacy_v1 import index_v1
 
@@ -226,10 +226,10 @@ def test_the_next_upgrade_switches_the_alias_and_drops_the_version_before(store,
     """Every upgrade after this one starts from an aliased collection; pretend the next schema is here."""
     run_index([str(photo_dir)], settings, encoder, store)
     before = by_path(store)
-    import imgsearch_core.store.gateway as gateway
-    import imgsearch_core.store.upgrade as upgrade_module
+    import imgsearch.indexer.upgrade as upgrade_module
+    import imgsearch.store.catalogue as catalogue
 
-    for module in (gateway, upgrade_module):
+    for module in (catalogue, upgrade_module):
         monkeypatch.setattr(module, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
     report = upgrade(store, settings.max_file_bytes)
     assert (report.from_version, report.to_version, report.rows) == (SCHEMA_VERSION, SCHEMA_VERSION + 1, 10)

@@ -11,10 +11,10 @@ import time
 import numpy as np
 import pytest
 
-from imgsearch_core.store import vector_copy as vector_copy_module
-from imgsearch_core.store.fields import SearchFilter
-from imgsearch_core.store.filters import ImageFilter
-from imgsearch_core.store.vector_copy import VectorCopy
+from imgsearch.store import vector_copy as vector_copy_module
+from imgsearch.store.fields import SearchFilter
+from imgsearch.store.filters import ImageFilter
+from imgsearch.store.vector_copy import VectorCopy
 
 DIM = 16
 
@@ -206,7 +206,7 @@ def test_a_write_stamped_long_ago_is_caught_up_too(vector_copy, store, filled):
 def test_the_copy_is_refused_where_no_writer_keeps_a_generation_token(tmp_path):
     from pydantic import ValidationError
 
-    from imgsearch_core.settings import Settings
+    from imgsearch.settings import Settings
 
     with pytest.raises(ValidationError, match="IMGSEARCH_VECTOR_CACHE=on needs the embedded Milvus Lite store"):
         Settings(milvus_uri="http://milvus:19530", vector_cache="on")
@@ -254,7 +254,7 @@ def test_an_empty_collection_gives_an_empty_copy_that_answers_and_then_fills(sto
 WRITER = """
 import sys
 import numpy as np
-from imgsearch_core.store import MilvusStore
+from imgsearch.store import MilvusStore
 
 store = MilvusStore(sys.argv[1], sys.argv[2])
 rng = np.random.default_rng(int(sys.argv[3]))
@@ -409,12 +409,12 @@ def test_a_failed_pass_fails_every_query_in_it(monkeypatch):
     assert len(passes) == 2
 
 
-@pytest.mark.parametrize("first, sleeps", [("imgsearch_cli", True), ("numpy", False)])
+@pytest.mark.parametrize("first, sleeps", [("imgsearch.cli", True), ("numpy", False)])
 def test_the_imgsearch_command_makes_numpy_threads_sleep_after_a_search(first, sleeps):
     """OpenBLAS reads OPENBLAS_THREAD_TIMEOUT once, when numpy loads: the command must set it before. Where numpy
     came first the copy scores with torch (spinning BLAS threads made the next text encode up to 3x slower)."""
-    code = (f"import {first}, os, imgsearch_core, numpy; "
-            "print(imgsearch_core.BLAS_THREADS_SLEEP, os.environ.get('OPENBLAS_THREAD_TIMEOUT'))")
+    code = (f"import {first}, os, imgsearch, numpy; "
+            "print(imgsearch.BLAS_THREADS_SLEEP, os.environ.get('OPENBLAS_THREAD_TIMEOUT'))")
     env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
     shown = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60,
                            check=True).stdout.split()

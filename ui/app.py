@@ -14,7 +14,7 @@ from pathlib import PurePath
 
 import streamlit as st
 
-from ui.api_client import ApiClient, ApiError, ApiUnreachable
+from imgsearch.ui.api_client import ApiClient, ApiError, ApiUnreachable
 
 COLUMNS = 5
 MAX_CHIPS = 4  # tag chips under a result; the preview lists them all

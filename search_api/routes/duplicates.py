@@ -1,4 +1,4 @@
-"""Near-duplicate groups across the whole collection (imgsearch_core/duplicates.py)."""
+"""Near-duplicate groups across the whole collection (imgsearch/duplicates.py)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 from starlette.concurrency import run_in_threadpool
 
-from imgsearch_core.duplicates import find_duplicates
-from search_api.deps import StoreDep
-from search_api.schemas import DuplicatesResponse
+from imgsearch.search.duplicates import find_duplicates
+from imgsearch.search_api.deps import StoreDep
+from imgsearch.search_api.schemas import DuplicatesResponse
 
 router = APIRouter(tags=["duplicates"])
 _one_at_a_time = asyncio.Lock()

@@ -9,10 +9,10 @@ from fastapi import APIRouter, HTTPException, Query, Response
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from imgsearch_core.errors import ImageDecodeError
-from imgsearch_core.safe_files import UnsafeFileError, iter_chunks
-from search_api.deps import FilesDep, StoreDep, ThumbnailsDep
-from search_api.schemas import ErrorResponse
+from imgsearch.errors import ImageDecodeError
+from imgsearch.media.safe_files import UnsafeFileError, iter_chunks
+from imgsearch.search_api.deps import FilesDep, StoreDep, ThumbnailsDep
+from imgsearch.search_api.schemas import ErrorResponse
 
 router = APIRouter(prefix="/images", tags=["images"])
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException, status
 from starlette.concurrency import run_in_threadpool
 
-from search_api.deps import JobsDep
-from search_api.schemas import ErrorResponse, IndexJob, IndexRequest
-from search_api.services.jobs import allowed_paths
+from imgsearch.search_api.deps import JobsDep
+from imgsearch.search_api.schemas import ErrorResponse, IndexJob, IndexRequest
+from imgsearch.search_api.services.jobs import allowed_paths
 
 router = APIRouter(prefix="/index", tags=["indexing"])
 

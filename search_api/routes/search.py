@@ -8,10 +8,11 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from imgsearch_core.errors import ImageDecodeError, UnknownImageFormatError
-from imgsearch_core.images import decode_image
-from search_api.deps import SearchServiceDep, SettingsDep
-from search_api.schemas import MAX_LIMIT, ErrorResponse, SearchRequest, SearchResponse
+from imgsearch.errors import ImageDecodeError, UnknownImageFormatError
+from imgsearch.media.images import decode_image
+from imgsearch.search.requests import MAX_LIMIT, SearchRequest, SearchResponse
+from imgsearch.search_api.deps import SearchServiceDep, SettingsDep
+from imgsearch.search_api.schemas import ErrorResponse
 
 router = APIRouter(tags=["search"])
 MAX_UPLOADS = 8

@@ -5,10 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException, Request, status
 from starlette.concurrency import run_in_threadpool
 
-from imgsearch_core.labels import LabelSet, make_label_set
-from imgsearch_core.tagging import stored_label_sets
-from search_api.deps import JobsDep, StoreDep
-from search_api.schemas import (
+from imgsearch.search_api.deps import JobsDep, StoreDep
+from imgsearch.search_api.schemas import (
     ErrorResponse,
     IndexJob,
     LabelSetDetail,
@@ -16,6 +14,8 @@ from search_api.schemas import (
     LabelSetRequest,
     TagCountsResponse,
 )
+from imgsearch.tagging.labels import LabelSet, make_label_set
+from imgsearch.tagging.tagger import stored_label_sets
 
 router = APIRouter(tags=["tags"])
 

@@ -10,8 +10,8 @@ import threading
 from pathlib import Path
 from typing import BinaryIO
 
-from imgsearch_core.safe_files import OutsideRootsError, open_regular, read_opened
-from imgsearch_core.store import MilvusStore
+from imgsearch.media.safe_files import OutsideRootsError, open_regular, read_opened
+from imgsearch.store import MilvusStore
 
 
 class ServedFiles:

@@ -13,15 +13,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from imgsearch_core.encoder import Embedder
-from imgsearch_core.errors import ImgsearchError
-from imgsearch_core.labels import LabelSet
-from imgsearch_core.safe_files import within
-from imgsearch_core.settings import Settings
-from imgsearch_core.store import MilvusStore
-from indexer.runner import ProgressCallback, run_index
-from indexer.tagging import remove_label_set, run_tagging, save_label_set
-from search_api.schemas import IndexJob
+from imgsearch.errors import ImgsearchError
+from imgsearch.indexer.runner import ProgressCallback, run_index
+from imgsearch.media.safe_files import within
+from imgsearch.model.embedder import Embedder
+from imgsearch.search_api.schemas import IndexJob
+from imgsearch.settings import Settings
+from imgsearch.store import MilvusStore
+from imgsearch.tagging.jobs import remove_label_set, run_tagging, save_label_set
+from imgsearch.tagging.labels import LabelSet
 
 MAX_QUEUED_JOBS = 16
 MAX_FINISHED_JOBS = 100  # older finished jobs are forgotten

@@ -15,15 +15,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from imgsearch_core.encoder import Embedder, load_embedder
-from imgsearch_core.settings import Settings
-from imgsearch_core.store import MilvusStore
-from imgsearch_core.store.gateway import NOT_IMGSEARCH
-from imgsearch_core.store.vector_copy import VectorCopy
-from search_api.services.batching import TextBatcher
-from search_api.services.files import ServedFiles
-from search_api.services.search import SearchService
-from search_api.services.tags import TagCounter
+from imgsearch.model.embedder import Embedder
+from imgsearch.model.loading import load_embedder
+from imgsearch.search.batching import TextBatcher
+from imgsearch.search.service import SearchService
+from imgsearch.search_api.services.files import ServedFiles
+from imgsearch.search_api.services.tags import TagCounter
+from imgsearch.settings import Settings
+from imgsearch.store import MilvusStore
+from imgsearch.store.catalogue import NOT_IMGSEARCH
+from imgsearch.store.vector_copy import VectorCopy
 
 log = logging.getLogger(__name__)
 

@@ -7,10 +7,10 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from imgsearch_core.store import MilvusStore
-from imgsearch_core.store.vector_copy import VectorCopy
-from search_api.schemas import TagCountsResponse
-from search_api.services.search import count_tags
+from imgsearch.search.service import count_tags
+from imgsearch.search_api.schemas import TagCountsResponse
+from imgsearch.store import MilvusStore
+from imgsearch.store.vector_copy import VectorCopy
 
 
 @dataclass

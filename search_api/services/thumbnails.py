@@ -12,8 +12,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from imgsearch_core.images import decode_image
-from imgsearch_core.safe_files import private_dir, read_own_file
+from imgsearch.media.images import decode_image
+from imgsearch.media.safe_files import private_dir, read_own_file
 
 # Requested sizes snap up to one of these, so a client cannot fill the cache with one file per pixel size.
 SIZE_BUCKETS = (64, 128, 256, 512, 1024)

@@ -1,0 +1,196 @@
+"""The sentence-transformers family: CLIP, SigLIP and pairs of an image and a text model, on torch or an exported runtime."""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+log = logging.getLogger(__name__)
+
+from imgsearch.errors import BackendNotSupportedError
+from imgsearch.model.embedder import (
+    TextEmbedding,
+    _check_cache_dir,
+    _one_identity,
+    fingerprint,
+    model_identity,
+    model_pair,
+)
+from imgsearch.model.precision import BASELINE, Choice, Option, check_backend, check_supported, choose
+from imgsearch.model.runtimes import CompiledModel, autocast, compiles, graph_folder, quantized
+from imgsearch.settings import BackendSetting, PrecisionSetting
+
+# Text towers trained on texts padded to one fixed length. SigLIP's text vector is its last position's, which is
+# a pad token for all but the longest text of a batch padded to its longest: a text would get another vector in
+# every batch, and none of them the one it was trained to give.
+_FIXED_LENGTH_TEXT = {"siglip", "siglip2"}
+
+
+class SentenceTransformerEmbedder:
+    """A loaded sentence-transformers model, or a pair of them (``model_pair``). Create once; share between
+    threads.
+
+    ``precision`` is fp32, bf16, int8, fp16, or auto: the fastest of those that agrees with fp32, measured once
+    and remembered in ``cache_dir`` (see imgsearch/precision.py). ``backend`` is torch, or onnx or openvino
+    to run the two towers there (imgsearch/backends.py); auto then measures that backend's settings against
+    torch fp32. ``backend`` auto with precision auto measures every installed backend's; with a precision named
+    it runs torch. A pair runs on torch only. ``precision_choice`` says what auto measured."""
+
+    def __init__(self, model: str, device: str = "cpu", batch_size: int = 32, precision: PrecisionSetting = "fp32",
+                 cache_dir: Path | None = None, backend: BackendSetting = "torch"):
+        from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
+
+        image_model, text_model = model_pair(model)
+        check_backend(backend, precision, device)  # a wrong setting fails before the model loads
+        if text_model and backend not in ("torch", "auto"):
+            raise BackendNotSupportedError(f"IMGSEARCH_BACKEND={backend} runs one model with an image and a text "
+                                           f"tower; '{model}' is a pair of models: use torch")
+        if precision != "auto" and backend in ("torch", "auto"):
+            check_supported(precision, device)
+        self.name = model_identity(model)
+        self.device = device
+        self.batch_size = batch_size
+        self._cache_dir = Path(cache_dir) if cache_dir else Path("./data/cache")
+        if (cache_dir and precision == "auto") or backend != "torch":
+            _check_cache_dir(self._cache_dir)  # before the model loads
+        self._model = SentenceTransformer(_one_identity(image_model), device=device)
+        self._text_model = SentenceTransformer(_one_identity(text_model), device=device) if text_model else self._model
+        self._lock = threading.Lock()  # one batch at a time; callers queue here
+        self.backend, self.precision = BASELINE  # the fingerprint and the probes below are taken in torch fp32
+        # Keyed by (option, whether it runs a pair's text model): a single model's texts share its runner.
+        self._runners: dict[tuple[Option, bool], object] = {}
+        self.max_text_tokens = self._text_token_limit()
+        if self.max_text_tokens:
+            self._text_model.max_seq_length = self.max_text_tokens
+        if backend == "auto" and (precision != "auto" or device.startswith("cuda") or text_model
+                                  or not compiles(self._model)):
+            backend = "torch"  # only torch runs these; auto's choice among backends is auto precision's
+        self._pad_as_trained()
+        self.image_size = self._image_input_size()
+        self.logit_scale = self._logit_scale()
+        self.dim = int(self.embed_texts(["warm-up"]).vectors.shape[1])
+        self.fingerprint = fingerprint(self)
+        self.precision_choice: Choice | None = None
+        chosen: Option = (backend, precision)
+        if precision == "auto":
+            self.precision_choice = choose(self, cache_dir, backend)
+            log.info("%s", self.precision_choice.describe())
+            chosen = (self.precision_choice.backend, self.precision_choice.precision)
+        for texts in (False, True):
+            self._runner(chosen, texts)
+        self._runners = {key: runner for key, runner in self._runners.items() if key[0] == chosen}  # the rest freed
+        self.backend, self.precision = chosen
+        if self.backend != "torch":
+            # The towers run in another runtime now: torch's copy of the weights is freed (490 MB of resident memory
+            # for ViT-B/32); the processor and tokenizer, all the runtime needs of it, stay.
+            self._model.to("meta")
+
+    def embed_images(self, images: list[Image.Image]) -> np.ndarray:
+        """Embed RGB images; returns (n, dim) float32 rows of unit length."""
+        if not images:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return self.encode(images)
+
+    def embed_texts(self, texts: list[str]) -> TextEmbedding:
+        """Embed texts, truncating each to the model's token limit (reported per text)."""
+        with self._lock:  # a tokenizer's truncation setting is shared: counting must not overlap an encode
+            truncated = [self._token_count(t) > self.max_text_tokens if self.max_text_tokens else False for t in texts]
+        return TextEmbedding(self.encode(texts, texts=True), truncated)
+
+    def encode(self, inputs: list, option: Option | None = None, texts: bool = False) -> np.ndarray:
+        """Rows of unit length in float32, whatever precision and backend the model ran in."""
+        import torch
+
+        backend, precision = option or (self.backend, self.precision)
+        with self._lock:
+            runner = self._runner((backend, precision), texts)
+            if isinstance(runner, CompiledModel):
+                vectors = torch.from_numpy(runner.encode(inputs, self.batch_size))
+            else:
+                with autocast(precision, self.device):
+                    vectors = runner.encode(inputs, batch_size=self.batch_size, convert_to_tensor=True,
+                                            normalize_embeddings=False, show_progress_bar=False)
+        vectors = torch.nn.functional.normalize(vectors.float(), dim=-1)
+        return np.ascontiguousarray(vectors.cpu().numpy(), dtype=np.float32)
+
+    def _runner(self, option: Option, texts: bool = False):
+        """What runs ``option`` for images, or for texts, made on first use: the model itself, its int8 copy, or
+        its exported towers."""
+        model = self._text_model if texts else self._model
+        key = (option, model is not self._model)
+        if key not in self._runners:
+            backend, precision = option
+            if backend != "torch":
+                import torch
+
+                folder = graph_folder(self._cache_dir, self.name, self.fingerprint, backend, precision)
+                self._runners[key] = CompiledModel(model, backend, precision, folder, torch.get_num_threads(),
+                                                   self.image_size)
+            elif precision == "int8":
+                self._runners[key] = quantized(model)
+            else:
+                self._runners[key] = model
+        return self._runners[key]
+
+    def forget(self, option: Option) -> None:
+        """Free what runs ``option`` (a quantised copy, a runtime's session): the probe holds one setting at a time."""
+        with self._lock:
+            self._runners = {key: runner for key, runner in self._runners.items() if key[0] != option}
+
+    def _pad_as_trained(self) -> None:
+        """Pad every text to the model's token limit if it was trained on texts padded so (_FIXED_LENGTH_TEXT):
+        sentence-transformers pads a batch to its longest text. Other backends' towers get the same tokens."""
+        module = self._text_model[0]
+        if getattr(getattr(module, "config", None), "model_type", None) not in _FIXED_LENGTH_TEXT:
+            return
+        text = {**module.processing_kwargs.get("text", {}), "padding": "max_length", "max_length": self.max_text_tokens}
+        module.processing_kwargs = {**module.processing_kwargs, "text": text}
+
+    def _token_count(self, text: str) -> int:
+        tokenizer = self._text_model[0].tokenizer
+        encoded = tokenizer(text, add_special_tokens=True, truncation=True, max_length=self.max_text_tokens + 1)
+        return len(encoded["input_ids"])
+
+    def _text_token_limit(self) -> int | None:
+        """The text model's position limit, or the shorter length sentence-transformers' configuration sets (128
+        for clip-ViT-B-32-multilingual-v1, whose DistilBERT has positions for 512)."""
+        config = getattr(self._text_model[0], "config", None)
+        text_config = getattr(config, "text_config", config)
+        limits = [int(limit) for limit in (getattr(text_config, "max_position_embeddings", None),
+                                           self._text_model.max_seq_length) if limit]
+        return min(limits) if limits else None
+
+    def _logit_scale(self) -> float:
+        """CLIP's learnt temperature, exp(logit_scale) (100 for OpenAI's CLIP; SigLIP's, without its bias); 100 if
+        the model has none."""
+        scale = getattr(getattr(self._model[0], "model", None), "logit_scale", None)
+        try:
+            return float(scale.detach().exp()) if scale is not None else 100.0
+        except (AttributeError, TypeError, RuntimeError):
+            return 100.0
+
+    def _image_input_size(self) -> int:
+        """The shortest side the model's processor resizes to (224 for ViT-B/32); for NaFlex SigLIP 2, which keeps
+        the aspect ratio in at most max_num_patches patches, a square's side (256 for 256 patches of 16)."""
+        processor = getattr(self._model[0], "processor", None)
+        image_processor = getattr(processor, "image_processor", processor)
+        for attribute in ("crop_size", "size"):
+            size = getattr(image_processor, attribute, None)
+            if size is None:
+                continue
+            values = [v for k in ("shortest_edge", "height", "width")
+                      if (v := (size.get(k) if isinstance(size, dict) else getattr(size, k, None)))]
+            if values:
+                return int(max(values))
+        patches, patch_size = (getattr(image_processor, name, None) for name in ("max_num_patches", "patch_size"))
+        if patches and patch_size:
+            return math.isqrt(int(patches)) * int(patch_size)
+        return 224
