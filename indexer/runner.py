@@ -10,18 +10,16 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from imgsearch.indexer.embedder import EmbeddedBatch, LoadedFile, embed_in_batches, load_file, load_in_parallel
-from imgsearch.indexer.plan import make_plan
+from imgsearch.indexer.plan import Plan, make_plan
 from imgsearch.indexer.profile import NO_CLOCK, StageClock
 from imgsearch.indexer.scanner import FileEntry, RootNotFoundError, resolve_roots, scan
 from imgsearch.indexer.writer import BatchWriter
-from imgsearch.media.images import DecodedImage
+from imgsearch.media.facts import copied_facts, decoded_facts
 from imgsearch.media.safe_files import within
-from imgsearch.media.searchable_text import compose, name_words, sidecar_text
-from imgsearch.media.searchable_text import parts as text_parts
 from imgsearch.model.embedder import Embedder
 from imgsearch.settings import Settings
 from imgsearch.store import MilvusStore
-from imgsearch.store.fields import FileFacts, make_row, mtime_wall_clock, wall_clock_seconds
+from imgsearch.store.fields import make_row
 from imgsearch.tagging.tagger import Tagger
 
 
@@ -84,7 +82,7 @@ def run_index(
     roots: list[str], settings: Settings, encoder: Embedder, store: MilvusStore, show_progress: bool = False,
     on_progress: ProgressCallback | None = None, prune: bool = False, profile: bool = False,
 ) -> IndexReport:
-    """Bring the collection in line with the image files under ``roots``.
+    """Bring the collection in line with the image files under ``roots``: prepare -> embed and write -> sweep.
 
     A root that is missing, or a root or folder below it that is empty while rows are indexed under it (an
     unmounted share looks like that), sweeps nothing unless ``prune``: a missing root raises RootNotFoundError,
@@ -92,10 +90,28 @@ def run_index(
     """
     started = time.monotonic()
     settings = settings.for_device(getattr(encoder, "device", "cpu"))  # a GPU's batch and decode threads
+    job = prepare(roots, settings, encoder, store, prune)
+    embed_and_write(job, settings, encoder, store, Progress(len(job.plan.to_process), show_progress, on_progress),
+                    profile)
+    sweep(job, store)
+    job.report.elapsed_s = round(time.monotonic() - started, 3)
+    return job.report
+
+
+@dataclass
+class Job:
+    """What ``prepare`` found: the roots that exist, the plan, and the report the later stages add to."""
+
+    present: list[str]
+    plan: Plan
+    report: IndexReport
+
+
+def prepare(roots: list[str], settings: Settings, encoder: Embedder, store: MilvusStore, prune: bool) -> Job:
+    """Scan the roots and plan against the stored rows: what to embed, reuse, keep, and sweep."""
     roots = resolve_roots(roots, allow_missing=True)
     store.ensure_collection(encoder.name, encoder.dim, encoder.fingerprint, record_fingerprint=True)
     report = IndexReport()
-
     stored = list(store.iter_metadata())
     present = [root for root in roots if os.path.lexists(root)]
     if not prune:
@@ -114,14 +130,19 @@ def run_index(
                 f"like this); they are kept. If they were removed on purpose, run again with --prune")
             plan.stale = [row for row in plan.stale if not within(row["path"], [folder])]
     report.unchanged = len(plan.unchanged)
-    stale_paths = {row["path"] for row in plan.stale}
+    return Job(present, plan, report)
 
+
+def embed_and_write(job: Job, settings: Settings, encoder: Embedder, store: MilvusStore, progress: Progress,
+                    profile: bool) -> None:
+    """Decode and embed the new and changed files, copy the vectors of content already indexed, write rows."""
+    plan, report, present = job.plan, job.report, job.present
+    stale_paths = {row["path"] for row in plan.stale}
     clock = StageClock() if profile else NO_CLOCK
     writer = BatchWriter(store, batch_size=settings.batch_size, clock=clock, tagger=Tagger.for_store(store, encoder))
-    progress = Progress(len(plan.to_process), show_progress, on_progress)
     reused: list[LoadedFile] = []
 
-    def load(entry):
+    def load(entry: FileEntry) -> LoadedFile:
         return load_file(entry, plan.rows_by_hash.__contains__, encoder.image_size, settings.max_image_pixels,
                          present, settings.max_file_bytes, settings.max_decoded_bytes, clock)
 
@@ -131,7 +152,8 @@ def run_index(
     try:
         for item in embed_in_batches(loaded, encoder, settings.batch_size, clock):
             if isinstance(item, EmbeddedBatch):
-                writer.add([make_row(_facts(f.entry, f.content_hash, f.decoded, present), vector)
+                writer.add([make_row(decoded_facts(f.entry.path, f.entry.size, f.entry.mtime_ns, f.content_hash,
+                                                   f.decoded, present), vector)
                             for f, vector in zip(item.files, item.vectors)])
                 report.embedded += len(item.files)
                 progress.advance(len(item.files))
@@ -152,9 +174,13 @@ def run_index(
     if profile:
         report.profile = clock.report(time.monotonic() - embedding_started, report.embedded)
 
-    # Sweep last: a run killed before this point leaves old rows, never missing ones. Each path is looked at
-    # again right before its row goes, so a file that another indexer or the user put back is never dropped.
-    gone = [row for row in plan.stale if not os.path.lexists(row["path"])]
+
+def sweep(job: Job, store: MilvusStore) -> None:
+    """Remove the rows of files that are gone. Last: a run killed before this point leaves old rows, never missing
+    ones. Each path is looked at again right before its row goes, so a file that another indexer or the user put
+    back is never dropped."""
+    report = job.report
+    gone = [row for row in job.plan.stale if not os.path.lexists(row["path"])]
     store.delete([row["id"] for row in gone])
     gone_paths = {row["path"] for row in gone}
     came_back = len(report.moved_from - gone_paths)  # counted as moved, but the old file is there again
@@ -163,8 +189,6 @@ def run_index(
     report.removed = len(gone_paths - report.moved_from)  # a moved file's old row is not a removal
     if report.embedded or report.moved or report.copied or report.removed:
         store.flush()
-    report.elapsed_s = round(time.monotonic() - started, 3)
-    return report
 
 
 def _emptied_folders(stale: list[dict[str, Any]], files: list[FileEntry], roots: list[str]) -> dict[str, int]:
@@ -201,26 +225,6 @@ def check_roots_exist(roots: list[str], stored_rows: Iterable[dict[str, Any]]) -
         raise RootNotFoundError(missing[0], indexed)
 
 
-def _facts(entry: FileEntry, content_hash: str, decoded: DecodedImage, roots: list[str]) -> FileFacts:
-    exif = decoded.exif
-    taken_at, source = ((wall_clock_seconds(exif.taken_at), "exif") if exif.taken_at is not None
-                        else (mtime_wall_clock(entry.mtime_ns), "mtime"))
-    text = compose(name_words(entry.path), decoded.description, sidecar_text(entry.path, roots))
-    return FileFacts(entry.path, entry.size, entry.mtime_ns, content_hash, decoded.width, decoded.height,
-                     taken_at, source, decoded.format, exif.camera_make, exif.camera_model, exif.gps, text)
-
-
-def _facts_from_row(entry: FileEntry, source: dict[str, Any], roots: list[str]) -> FileFacts:
-    """A file whose content is indexed under another row: the same picture, so the same photo facts and
-    embedded description (a date from the file's time is this file's time; names and sidecars are its own)."""
-    taken_at = source["taken_at"] if source["taken_at_source"] == "exif" else mtime_wall_clock(entry.mtime_ns)
-    description = text_parts(source.get("text", ""))[1]
-    text = compose(name_words(entry.path), description, sidecar_text(entry.path, roots))
-    return FileFacts(entry.path, entry.size, entry.mtime_ns, source["content_hash"], source["width"],
-                     source["height"], taken_at, source["taken_at_source"], source["format"],
-                     source["camera_make"], source["camera_model"], source["gps"], text)
-
-
 def _write_reused(items, rows_by_hash, stale_paths, store, writer, report, roots) -> None:
     """Files whose content is already indexed: copy the stored vector instead of embedding again."""
     if not items:
@@ -233,7 +237,8 @@ def _write_reused(items, rows_by_hash, stale_paths, store, writer, report, roots
         if source is None:  # deleted by a concurrent writer since the plan was made: report it, embed next run
             report.failed.append({"path": item.entry.path, "reason": "indexed copy vanished during the run; re-run"})
             continue
-        rows.append(make_row(_facts_from_row(item.entry, source, roots), source["vector"]))
+        rows.append(make_row(copied_facts(item.entry.path, item.entry.size, item.entry.mtime_ns, source, roots),
+                             source["vector"]))
         if source["path"] == item.entry.path:  # touched, content the same
             report.unchanged += 1
         elif source["path"] in stale_paths:

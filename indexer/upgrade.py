@@ -19,9 +19,9 @@ from itertools import islice
 from typing import Any
 
 from imgsearch.errors import CollectionNotFoundError, SchemaTooNewError
+from imgsearch.media.facts import date_taken, searchable_text
 from imgsearch.media.images import PhotoExif, header_description, photo_header
 from imgsearch.media.safe_files import UnsafeFileError, open_regular, read_regular
-from imgsearch.media.searchable_text import compose, name_words, sidecar_text
 from imgsearch.search.relevance import family_cutoff
 from imgsearch.store.catalogue import CUTOFF_PROPERTY, LABEL_SET_PROPERTY, UPGRADE_PROPERTY
 from imgsearch.store.fields import (
@@ -30,8 +30,6 @@ from imgsearch.store.fields import (
     FileFacts,
     columns_of,
     content_hash,
-    mtime_wall_clock,
-    wall_clock_seconds,
 )
 from imgsearch.store.gateway import MilvusStore
 
@@ -128,9 +126,7 @@ def _upgraded_row(row: dict[str, Any], version: int, roots: list[str], max_file_
         report.files_unreadable += 1
     if exif.taken_at is not None:
         report.dated_by_exif += 1
-        taken_at, source = wall_clock_seconds(exif.taken_at), "exif"
-    else:
-        taken_at, source = mtime_wall_clock(row["mtime_ns"]), "mtime"
+    taken_at, source = date_taken(exif.taken_at, row["mtime_ns"])
     facts = FileFacts(**{name: row[name] for name in _FROM_THE_ROW}, taken_at=taken_at, taken_at_source=source,
                       format=image_format, camera_make=exif.camera_make, camera_model=exif.camera_model, gps=exif.gps,
                       text=_searchable_text(row, data, roots))
@@ -153,8 +149,7 @@ def _file_head(row: dict[str, Any], roots: list[str], max_file_bytes: int) -> by
 
 def _searchable_text(row: dict[str, Any], head: bytes | None, roots: list[str]) -> str:
     """Schema 4's ``text``: names from the path, the file's own description, its sidecars, the row's tags."""
-    return compose(name_words(row["path"]), header_description(head) if head else "",
-                   sidecar_text(row["path"], roots), row.get("tags") or [])
+    return searchable_text(row["path"], header_description(head) if head else "", roots, row.get("tags") or [])
 
 
 def _batched(items: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
