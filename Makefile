@@ -46,5 +46,5 @@ mutants: ## mutation testing of the core logic with mutmut (see docs/mutation-te
 		$(VENV)/bin/mutmut run --max-children 2 > mutants.log 2>&1 || { tail -n 30 mutants.log; exit 1; }
 	tail -n 3 mutants.log
 	$(VENV)/bin/mutmut export-cicd-stats >/dev/null
-	$(PY) tests/mutation_score.py
+	$(PY) tests/support/mutation_score.py
 	$(VENV)/bin/mutmut results

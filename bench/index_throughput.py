@@ -35,8 +35,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 from machine import machine_info, print_machine, write_result  # noqa: E402
-from photos import QUERY_TEXTS, make_photos  # noqa: E402
 from PIL import Image  # noqa: E402
+
+from tests.support.photos import QUERY_TEXTS, make_photos  # noqa: E402
 
 
 def bench_imgsearch(paths, model_dir, data_dir, batch_size, workers, precision="fp32", backend="torch", round_=0):
@@ -142,11 +143,11 @@ def main() -> int:
     args = parser.parse_args()
 
     import torch
-    from local_clip import build_local_clip  # bench/local_clip.py, beside this script
     from sentence_transformers import SentenceTransformer
 
     from imgsearch.model.cpu import cpu_flags
     from imgsearch.model.precision import fast_settings, setting_label
+    from tests.support.models import build_local_clip
 
     settings = [tuple(s.split(":", 1)) for s in args.settings] if args.settings else fast_settings(cpu_flags())
     if ("torch", "fp32") not in settings:

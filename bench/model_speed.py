@@ -25,8 +25,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.local_clip import build_local_clip, build_local_siglip, build_local_text_tower  # noqa: E402
 from bench.machine import machine_info, print_machine, write_result  # noqa: E402
+from tests.support.models import build_local_clip, build_local_siglip, build_local_text_tower  # noqa: E402
 
 QUERY = "a red bicycle leaning on a wall"
 

@@ -211,11 +211,11 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results/query_latency.json")
     args = parser.parse_args()
 
-    from local_clip import build_local_clip  # bench/local_clip.py, beside this script
     from machine import machine_info, print_machine, write_result
 
     from imgsearch.model.cpu import cpu_flags
     from imgsearch.model.precision import fast_settings
+    from tests.support.models import build_local_clip
 
     results = {"benchmark": "query_latency", "model": "ViT-B/32 architecture, random weights", **machine_info(),
                "sizes": {}}
