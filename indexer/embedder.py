@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from imgsearch.errors import ImageDecodeError
-from imgsearch.indexer.profile import NO_CLOCK
+from imgsearch.indexer.profile import NO_CLOCK, StageClock
 from imgsearch.indexer.scanner import FileEntry
 from imgsearch.media.images import DecodedImage, decode_image
 from imgsearch.media.safe_files import UnsafeFileError, read_regular
@@ -35,7 +35,7 @@ class EmbeddedBatch:
 
 def load_file(
     entry: FileEntry, known_hashes: Callable[[str], bool], min_side: int, max_pixels: int,
-    roots: list[str], max_bytes: int, max_decoded_bytes: int, clock=NO_CLOCK,
+    roots: list[str], max_bytes: int, max_decoded_bytes: int, clock: StageClock = NO_CLOCK,
 ) -> LoadedFile:
     """Read ``entry`` once (a regular file inside ``roots``, at most ``max_bytes``): hash it, and decode it
     unless its content is already in the index. ``clock`` times each stage (indexer/profile.py)."""
@@ -62,7 +62,7 @@ def load_file(
 
 
 def load_in_parallel(
-    entries: Iterable[FileEntry], workers: int, window: int, load: Callable[[FileEntry], LoadedFile], clock=NO_CLOCK,
+    entries: Iterable[FileEntry], workers: int, window: int, load: Callable[[FileEntry], LoadedFile], clock: StageClock = NO_CLOCK,
 ) -> Iterator[LoadedFile]:
     """``load`` each entry on ``workers`` threads, at most ``window`` ahead; yields in input order."""
 
@@ -81,7 +81,7 @@ def load_in_parallel(
 
 
 def embed_in_batches(loaded: Iterable[LoadedFile], encoder: Embedder, batch_size: int,
-                     clock=NO_CLOCK) -> Iterator[LoadedFile | EmbeddedBatch]:
+                     clock: StageClock = NO_CLOCK) -> Iterator[LoadedFile | EmbeddedBatch]:
     """Pass through files that need no embedding; group the decoded ones into embedded batches."""
     batch: list[LoadedFile] = []
     for item in loaded:

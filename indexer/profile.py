@@ -12,6 +12,7 @@ import contextlib
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 
 # Stages in the order a file meets them, and on which thread they run.
 STAGES = {"read": "decode threads", "hash": "decode threads", "decode": "decode threads",
@@ -28,7 +29,7 @@ class StageClock:
         self._lock = threading.Lock()
 
     @contextlib.contextmanager
-    def stage(self, name: str):
+    def stage(self, name: str) -> Iterator[None]:
         started = time.perf_counter()
         try:
             yield

@@ -46,7 +46,7 @@ class DeadlineProtocol(HttpToolsProtocol):
     _body_at_check = 0
     _delivered_at_check = 0
 
-    def connection_made(self, transport) -> None:
+    def connection_made(self, transport: asyncio.Transport) -> None:
         super().connection_made(_CountingTransport(transport, self._watch_writes))
         self._arm_head()
 

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+pytest.register_assert_rewrite("tests.support")  # helpers' asserts explain themselves too
+
 from imgsearch.model.sentence_transformer_embedder import SentenceTransformerEmbedder
 from imgsearch.settings import Settings
 from imgsearch.store import MilvusStore, release_hosted

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 import numpy as np
+from PIL import Image
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ def agreement(images: np.ndarray, texts: np.ndarray, other_images: np.ndarray, o
     return cosine, overlap
 
 
-def photo_like(rng: np.random.Generator, grid: tuple[int, int], size: tuple[int, int], grain: float):
+def photo_like(rng: np.random.Generator, grid: tuple[int, int], size: tuple[int, int], grain: float) -> Image.Image:
     """A picture that decodes and embeds like a photo: a ``grid`` of random colours smoothed to ``size``
     (width, height), with grain."""
     from PIL import Image
@@ -70,7 +71,7 @@ def photo_like(rng: np.random.Generator, grid: tuple[int, int], size: tuple[int,
     return Image.fromarray(np.clip(field + noise, 0, 255).astype(np.uint8), "RGB")
 
 
-def probe_pictures(size: int, count: int = PROBE_IMAGES, seed: int = 1234):
+def probe_pictures(size: int, count: int = PROBE_IMAGES, seed: int = 1234) -> list[Image.Image]:
     """The probe's photo-like pictures, the same every time (another ``seed``: others, as alike)."""
     rng = np.random.default_rng(seed)
     return [photo_like(rng, (4, 4), (size, size), grain=12) for _ in range(count)]

@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -191,7 +192,7 @@ def input_products(graph: Path, feeds: list[dict[str, np.ndarray]], tensors: lis
     return products, counts, ranges
 
 
-def gptq(weights: np.ndarray, scales: np.ndarray, products, limit: int = 127, block: int = 128,
+def gptq(weights: np.ndarray, scales: np.ndarray, products: np.ndarray, limit: int = 127, block: int = 128,
          damping: float = 0.01) -> np.ndarray:
     """int8 values for the (inputs, outputs) matrix ``weights`` of a product ``x @ weights``, at the given scale
     per output column, chosen so that ``x @ (values * scales)`` stays close to ``x @ weights`` for inputs like the
@@ -221,7 +222,7 @@ def gptq(weights: np.ndarray, scales: np.ndarray, products, limit: int = 127, bl
 
 
 @contextlib.contextmanager
-def quiet_root_logger(text: str):
+def quiet_root_logger(text: str) -> Iterator[None]:
     """Drop the root logger's records that contain ``text`` (a library's advice that a user cannot act on)."""
     quiet = logging.Filter()
     quiet.filter = lambda record: text not in record.getMessage()

@@ -10,9 +10,10 @@ from imgsearch.errors import ImgsearchError
 from imgsearch.model.embedder import Embedder, ModelSettingError, is_open_clip
 from imgsearch.model.open_clip_embedder import OpenClipEmbedder
 from imgsearch.model.sentence_transformer_embedder import SentenceTransformerEmbedder
+from imgsearch.settings import Settings
 
 
-def load_embedder(settings) -> Embedder:
+def load_embedder(settings: Settings) -> Embedder:
     """The model that ``settings.model`` names, on ``settings``' device, at ``settings.precision``, run by
     ``settings.backend``."""
     device = settings.resolved_device()

@@ -29,7 +29,7 @@ import os
 import stat
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
@@ -184,7 +184,7 @@ class ChoiceCache:
         return key if backend == "torch" else f"{key}|backend {backend}"  # torch's keys as they were
 
     @contextlib.contextmanager
-    def measuring(self):
+    def measuring(self) -> Iterator[None]:
         """Held while this process probes: another imgsearch process sharing the cache directory (an indexer and
         a server started together) waits for it, then reads its choice, rather than probing at the same time on
         the same cores, which would time both probes wrong. The kernel releases the lock if the holder dies."""

@@ -36,7 +36,7 @@ import stat
 import time
 import warnings
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -220,7 +220,7 @@ def _tower(model, method: str, output: str | list[str], names: list[str]):
     return Tower()
 
 
-def compiles(st_model) -> bool:
+def compiles(st_model: Any) -> bool:
     """Whether onnx and openvino can run ``st_model``: one sentence-transformers Transformer with an image and a
     text tower (CLIP, SigLIP)."""
     from sentence_transformers.base.modules import Transformer
@@ -363,7 +363,7 @@ def _runner(path: Path, backend: str, precision: str, threads: int):
     return lambda feeds: session.run([_OUTPUT], feeds)[0]
 
 
-def autocast(precision: Precision, device: str):
+def autocast(precision: Precision, device: str) -> contextlib.AbstractContextManager:
     """The context the model runs in for ``precision`` (int8 changes the model instead)."""
     import torch
 
@@ -374,7 +374,7 @@ def autocast(precision: Precision, device: str):
     return contextlib.nullcontext()
 
 
-def quantized(model):
+def quantized(model: Any) -> Any:
     """A copy of ``model`` with every Linear layer in dynamic int8."""
     import torch
     from torch.ao.quantization import quantize_dynamic

@@ -13,6 +13,7 @@ The shell splits the line into arguments; this module reads them:
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +31,7 @@ class ExpressionTerm:
     weight: float  # signed
 
 
-def parse_expression(arguments: list[str], is_file=lambda value: Path(value).is_file()) -> list[ExpressionTerm]:
+def parse_expression(arguments: list[str], is_file: Callable[[str], bool] = lambda value: Path(value).is_file()) -> list[ExpressionTerm]:
     """The terms of a query given as command-line arguments; raises QueryExpressionError on a dangling or
     doubled operator, an empty term or a zero weight."""
     terms: list[ExpressionTerm] = []

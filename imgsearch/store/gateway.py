@@ -18,6 +18,7 @@ from imgsearch.errors import (
     CollectionNotFoundError,
     StoreUnavailableError,
 )
+from imgsearch.settings import Settings
 from imgsearch.store.catalogue import Catalogue
 from imgsearch.store.collection import Rows
 from imgsearch.store.generation import GenerationToken
@@ -50,7 +51,7 @@ class MilvusStore(Catalogue, Rows):
         self._text_match: str | None = None  # "bm25" or "like" (TEXT_MATCH_PROPERTY); None: not read yet
 
     @classmethod
-    def from_settings(cls, settings) -> MilvusStore:
+    def from_settings(cls, settings: Settings) -> MilvusStore:
         return cls(settings.milvus_uri, settings.collection, settings.milvus_token, settings.index_type)
 
     def pinned(self, physical: str, own_token: bool = False) -> MilvusStore:

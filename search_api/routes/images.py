@@ -37,7 +37,7 @@ def _not_served(image_id: str, exc: OSError | UnsafeFileError) -> HTTPException:
 
 @router.get("/{image_id}", responses={200: {"content": {"image/*": {}}}, 404: {"model": ErrorResponse}},
             response_class=Response)
-async def original(image_id: ImageId, store: StoreDep, files: FilesDep):
+async def original(image_id: ImageId, store: StoreDep, files: FilesDep) -> StreamingResponse:
     """The original file, by id (never by a client-supplied path)."""
     row = await _row(store, image_id)
     try:
@@ -53,7 +53,7 @@ async def original(image_id: ImageId, store: StoreDep, files: FilesDep):
 @router.get("/{image_id}/thumbnail", responses={200: {"content": {"image/jpeg": {}}}, 404: {"model": ErrorResponse}},
             response_class=Response)
 async def thumbnail(image_id: ImageId, store: StoreDep, thumbnails: ThumbnailsDep, files: FilesDep,
-                    size: Annotated[int, Query(ge=16, le=1024)] = 256):
+                    size: Annotated[int, Query(ge=16, le=1024)] = 256) -> Response:
     """A JPEG whose longest side is `size` rounded up to 64, 128, 256, 512 or 1024; made once and cached."""
     row = await _row(store, image_id)
     try:
