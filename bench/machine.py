@@ -12,13 +12,19 @@ from imgsearch.model.cpu import SPEED_FLAGS, cpu_flags, cpu_model
 
 def machine_info() -> dict:
     flags = cpu_flags()
-    return {"cpu_model": cpu_model(), "cpu_count": os.cpu_count(), "machine": platform.machine(),
-            "cpu_flags": [flag for flag in SPEED_FLAGS if flag in flags]}
+    return {
+        "cpu_model": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "machine": platform.machine(),
+        "cpu_flags": [flag for flag in SPEED_FLAGS if flag in flags],
+    }
 
 
 def print_machine(info: dict) -> None:
-    print(f"CPU: {info['cpu_model']} x{info['cpu_count']}; flags: {' '.join(info['cpu_flags']) or '(none of note)'}",
-          flush=True)
+    print(
+        f"CPU: {info['cpu_model']} x{info['cpu_count']}; flags: {' '.join(info['cpu_flags']) or '(none of note)'}",
+        flush=True,
+    )
 
 
 def write_result(path: Path, result: dict) -> None:

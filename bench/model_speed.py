@@ -20,6 +20,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,19 +32,25 @@ from tests.support.models import build_local_clip, build_local_siglip, build_loc
 QUERY = "a red bicycle leaning on a wall"
 
 
-def builders(folder: Path) -> dict:
+def builders(folder: Path) -> dict[str, Callable[[], str]]:
     """Architecture -> a function that builds it and returns the model setting that loads it."""
-    def clip(size):
+
+    def clip(size: str) -> Callable[[], str]:
         return lambda: str(build_local_clip(folder / size, size))
 
-    def pair():
+    def pair() -> str:
         images = build_local_clip(folder / "vit-b-32-images", "vit-b-32")
         texts = build_local_text_tower(folder / "multilingual-text", 512, size="distilbert-base")
         return f"{images}+{texts}"
 
-    return {"vit-b-32": clip("vit-b-32"), "vit-b-16": clip("vit-b-16"), "vit-l-14": clip("vit-l-14"),
-            "vit-l-14-336": clip("vit-l-14-336"), "vit-b-32+multilingual": pair,
-            "siglip-b-16": lambda: str(build_local_siglip(folder / "siglip-b-16", size="base"))}
+    return {
+        "vit-b-32": clip("vit-b-32"),
+        "vit-b-16": clip("vit-b-16"),
+        "vit-l-14": clip("vit-l-14"),
+        "vit-l-14-336": clip("vit-l-14-336"),
+        "vit-b-32+multilingual": pair,
+        "siglip-b-16": lambda: str(build_local_siglip(folder / "siglip-b-16", size="base")),
+    }
 
 
 def measure(model: str, seconds: float, batch_size: int) -> dict:
@@ -52,8 +59,14 @@ def measure(model: str, seconds: float, batch_size: int) -> dict:
     from imgsearch.model.loading import load_embedder
     from imgsearch.settings import Settings
 
-    settings = Settings(_env_file=None, model=model, device="cpu", precision="fp32", batch_size=batch_size,
-                        cache_dir=Path(tempfile.gettempdir()) / "imgsearch-model-speed")
+    settings = Settings(
+        _env_file=None,
+        model=model,
+        device="cpu",
+        precision="fp32",
+        batch_size=batch_size,
+        cache_dir=Path(tempfile.gettempdir()) / "imgsearch-model-speed",
+    )
     embedder = load_embedder(settings)
     side = embedder.image_size
     pictures = [Image.effect_noise((side, side), 64 + i).convert("RGB") for i in range(batch_size)]
@@ -69,8 +82,12 @@ def measure(model: str, seconds: float, batch_size: int) -> dict:
         started = time.perf_counter()
         embedder.embed_texts([QUERY])
         text_times.append((time.perf_counter() - started) * 1000)
-    return {"img_s": round(img_s, 2), "text_ms": round(statistics.median(text_times), 1), "dim": embedder.dim,
-            "input_size": side}
+    return {
+        "img_s": round(img_s, 2),
+        "text_ms": round(statistics.median(text_times), 1),
+        "dim": embedder.dim,
+        "input_size": side,
+    }
 
 
 def main() -> int:
@@ -94,11 +111,22 @@ def main() -> int:
             results[architecture] = measure(model, args.seconds, args.batch_size)
             base = results.get("vit-b-32")
             ratio = f"  {results[architecture]['img_s'] / base['img_s']:.2f}x of vit-b-32" if base else ""
-            print(f"{architecture:22s} {results[architecture]['img_s']:7.2f} img/s  "
-                  f"{results[architecture]['text_ms']:6.1f} ms per query{ratio}", flush=True)
-    write_result(args.out, {"measured": datetime.date.today().isoformat(), "machine": machine,
-                            "threads": torch.get_num_threads(), "precision": "fp32", "batch_size": args.batch_size,
-                            "architectures": results})
+            print(
+                f"{architecture:22s} {results[architecture]['img_s']:7.2f} img/s  "
+                f"{results[architecture]['text_ms']:6.1f} ms per query{ratio}",
+                flush=True,
+            )
+    write_result(
+        args.out,
+        {
+            "measured": datetime.date.today().isoformat(),
+            "machine": machine,
+            "threads": torch.get_num_threads(),
+            "precision": "fp32",
+            "batch_size": args.batch_size,
+            "architectures": results,
+        },
+    )
     return 0
 
 

@@ -25,6 +25,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,19 +34,35 @@ sys.path.insert(0, str(ROOT))
 import httpx  # noqa: E402
 import numpy as np  # noqa: E402
 
-QUERIES = ["a red bicycle leaning on a wall", "snow on a mountain at dawn", "a cat asleep on a sofa",
-           "microscope slide of blood cells", "a blue car in the rain", "two dogs playing on a beach",
-           "a bowl of fruit on a table", "city skyline at night", "an old hand-drawn map", "a yellow flower"]
+if TYPE_CHECKING:
+    from imgsearch.model.sentence_transformer_embedder import SentenceTransformerEmbedder
+
+QUERIES = [
+    "a red bicycle leaning on a wall",
+    "snow on a mountain at dawn",
+    "a cat asleep on a sofa",
+    "microscope slide of blood cells",
+    "a blue car in the rain",
+    "two dogs playing on a beach",
+    "a bowl of fruit on a table",
+    "city skyline at night",
+    "an old hand-drawn map",
+    "a yellow flower",
+]
 
 
 def percentiles(samples_ms: list[float]) -> dict[str, float]:
     ordered = sorted(samples_ms)
 
-    def at(q):
+    def at(q: float) -> float:
         return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
-    return {"p50_ms": round(at(0.50), 2), "p95_ms": round(at(0.95), 2), "p99_ms": round(at(0.99), 2),
-            "requests": len(ordered)}
+    return {
+        "p50_ms": round(at(0.50), 2),
+        "p95_ms": round(at(0.95), 2),
+        "p99_ms": round(at(0.99), 2),
+        "requests": len(ordered),
+    }
 
 
 def fill_collection(uri: str, model_dir: Path, dim: int, rows: int) -> np.ndarray:
@@ -60,9 +77,25 @@ def fill_collection(uri: str, model_dir: Path, dim: int, rows: int) -> np.ndarra
     from imgsearch.store.fields import FileFacts, make_row
 
     for start in range(0, rows, 5000):
-        store.upsert([make_row(FileFacts(f"/library/{i % 100}/img{i}.jpg", 1, 1, f"{i:032x}", 4000, 3000,
-                                         1_500_000_000 + i, "exif", "JPEG"), vectors[i])
-                      for i in range(start, min(rows, start + 5000))])
+        store.upsert(
+            [
+                make_row(
+                    FileFacts(
+                        f"/library/{i % 100}/img{i}.jpg",
+                        1,
+                        1,
+                        f"{i:032x}",
+                        4000,
+                        3000,
+                        1_500_000_000 + i,
+                        "exif",
+                        "JPEG",
+                    ),
+                    vectors[i],
+                )
+                for i in range(start, min(rows, start + 5000))
+            ]
+        )
     store.flush()
     store.close()
     release_hosted(uri)
@@ -75,14 +108,23 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(uri: str, model_dir: Path, vector_cache: str, precision: str, cache_dir: Path) -> tuple[subprocess.Popen, str]:
+def start_server(
+    uri: str, model_dir: Path, vector_cache: str, precision: str, cache_dir: Path
+) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    env = {**os.environ, "IMGSEARCH_MILVUS_URI": uri, "IMGSEARCH_MODEL": str(model_dir), "IMGSEARCH_DEVICE": "cpu",
-           "IMGSEARCH_VECTOR_CACHE": vector_cache, "IMGSEARCH_PRECISION": precision,
-           "IMGSEARCH_CACHE_DIR": str(cache_dir)}
+    env = {
+        **os.environ,
+        "IMGSEARCH_MILVUS_URI": uri,
+        "IMGSEARCH_MODEL": str(model_dir),
+        "IMGSEARCH_DEVICE": "cpu",
+        "IMGSEARCH_VECTOR_CACHE": vector_cache,
+        "IMGSEARCH_PRECISION": precision,
+        "IMGSEARCH_CACHE_DIR": str(cache_dir),
+    }
     binary = Path(sys.executable).parent / "imgsearch"
-    process = subprocess.Popen([str(binary), "serve", "--port", str(port)], env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [str(binary), "serve", "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
@@ -102,7 +144,7 @@ def measure(base: str, clients: int, requests_per_client: int) -> tuple[dict, in
     errors = 0
     lock = threading.Lock()
 
-    def client(offset: int):
+    def client(offset: int) -> None:
         nonlocal errors
         with httpx.Client(base_url=base, timeout=120) as http:
             for i in range(requests_per_client):
@@ -126,7 +168,7 @@ def load(base: str, clients: int, seconds: float) -> dict:
     counts = {"requests": 0, "errors": 0}
     lock = threading.Lock()
 
-    def client(offset: int):
+    def client(offset: int) -> None:
         with httpx.Client(base_url=base, timeout=120) as http:
             i = 0
             while time.monotonic() < stop:
@@ -150,18 +192,20 @@ def load(base: str, clients: int, seconds: float) -> dict:
 _ENCODERS: dict = {}
 
 
-def encoder_at(model_dir: Path, precision: str, cache_dir: Path, backend: str = "torch"):
+def encoder_at(model_dir: Path, precision: str, cache_dir: Path, backend: str = "torch") -> SentenceTransformerEmbedder:
     from imgsearch.model.sentence_transformer_embedder import SentenceTransformerEmbedder
 
     key = (model_dir, precision, backend)
     if key not in _ENCODERS:
-        _ENCODERS[key] = SentenceTransformerEmbedder(str(model_dir), device="cpu", precision=precision,
-                                                     cache_dir=cache_dir, backend=backend)
+        _ENCODERS[key] = SentenceTransformerEmbedder(
+            str(model_dir), device="cpu", precision=precision, cache_dir=cache_dir, backend=backend
+        )
     return _ENCODERS[key]
 
 
-def text_encoder_by_setting(model_dir: Path, settings: list[tuple[str, str]], cache_dir: Path,
-                            rounds: int = 5, block: int = 10) -> dict:
+def text_encoder_by_setting(
+    model_dir: Path, settings: list[tuple[str, str]], cache_dir: Path, rounds: int = 5, block: int = 10
+) -> dict:
     """Median ms of one text encode for each (backend, precision), keyed by the setting's label ("fp32" is torch
     fp32). The settings take turns in blocks of ``block`` queries, in ``rounds`` rounds (this machine's speed
     drifts), and the first two queries of a block are not counted: right after another runtime ran, its threads
@@ -179,8 +223,10 @@ def text_encoder_by_setting(model_dir: Path, settings: list[tuple[str, str]], ca
                 if i >= 2:
                     samples[label].append((time.perf_counter() - started) * 1000)
     medians = {label: round(statistics.median(v), 2) for label, v in samples.items()}
-    return {label: {"text_encode_ms": ms, "speedup_vs_fp32": round(medians["fp32"] / ms, 2)}
-            for label, ms in medians.items()}
+    return {
+        label: {"text_encode_ms": ms, "speedup_vs_fp32": round(medians["fp32"] / ms, 2)}
+        for label, ms in medians.items()
+    }
 
 
 def bare_costs(model_dir: Path, vectors: np.ndarray, precision: str, cache_dir: Path, repeats: int = 30) -> dict:
@@ -196,20 +242,85 @@ def bare_costs(model_dir: Path, vectors: np.ndarray, precision: str, cache_dir: 
         scores = vectors @ query
         np.argpartition(-scores, 20)[:20]
         numpy_ms.append((time.perf_counter() - started) * 1000)
-    return {"text_encode_ms": round(statistics.median(encode_ms), 2), "numpy_exact_ms": round(statistics.median(numpy_ms), 2)}
+    return {
+        "text_encode_ms": round(statistics.median(encode_ms), 2),
+        "numpy_exact_ms": round(statistics.median(numpy_ms), 2),
+    }
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--requests", type=int, default=100, help="requests per client with the cache on")
     parser.add_argument("--uncached-requests", type=int, default=20, help="requests per client with the cache off")
     parser.add_argument("--load-seconds", type=float, default=60)
-    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "int8"],
-                        help="IMGSEARCH_PRECISION of the server and of the bare encode (default auto)")
+    parser.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "fp32", "bf16", "int8"],
+        help="IMGSEARCH_PRECISION of the server and of the bare encode (default auto)",
+    )
     parser.add_argument("--text-only", action="store_true", help="time the text encoder per setting, nothing else")
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results/query_latency.json")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def print_text_encoders(by_setting: dict) -> None:
+    for label, figures in by_setting.items():
+        print(
+            f"text encode {label:>13}: {figures['text_encode_ms']:6.2f} ms  ({figures['speedup_vs_fp32']:.2f} x "
+            f"torch fp32)",
+            flush=True,
+        )
+
+
+def measure_served(
+    args: argparse.Namespace, base: str, cache: str, per_client: int, rows: int, floor: float, entry: dict
+) -> None:
+    """p50/p95/p99 at 1 and 8 clients against the running server, and the load on the largest size, into ``entry``."""
+    measure(base, 1, 5)  # warm-up
+    for clients in (1, 8):
+        stats, errors = measure(base, clients, max(3, per_client // clients * (2 if clients > 1 else 1)))
+        stats["errors"] = errors
+        stats["p50_over_floor"] = round(stats["p50_ms"] / floor, 2)
+        entry[f"cache_{cache}_clients_{clients}"] = stats
+        print(
+            f"vector cache {cache:3s} {clients} client(s): p50 {stats['p50_ms']:7.1f}  "
+            f"p95 {stats['p95_ms']:7.1f}  p99 {stats['p99_ms']:7.1f} ms  "
+            f"p50/(encode+numpy) {stats['p50_over_floor']:5.2f}  errors {errors}",
+            flush=True,
+        )
+    if cache == "on" and rows == max(args.sizes) and args.load_seconds > 0:
+        entry["load"] = load(base, 8, args.load_seconds)
+        print(f"load: {entry['load']}", flush=True)
+
+
+def measure_size(args: argparse.Namespace, tmp: Path, rows: int, model_dir: Path, cache_dir: Path) -> dict:
+    """One collection size: a server with the vector copy on, then off, each beside its bare costs."""
+    uri = str(tmp / f"rows{rows}" / "milvus.db")
+    print(f"\n== {rows:,} vectors: filling Milvus Lite ...", flush=True)
+    vectors = fill_collection(uri, model_dir, 512, rows)
+    entry = {}
+    for cache, per_client in (("on", args.requests), ("off", args.uncached_requests)):
+        process, base = start_server(uri, model_dir, cache, args.precision, cache_dir)
+        # The bare costs are timed right beside each configuration: this machine's speed drifts.
+        bare = bare_costs(model_dir, vectors, args.precision, cache_dir)
+        floor = bare["text_encode_ms"] + bare["numpy_exact_ms"]
+        entry[f"cache_{cache}_bare"] = {**bare, "encode_plus_numpy_ms": round(floor, 2)}
+        print(
+            f"bare text encode {bare['text_encode_ms']} ms + exact numpy {bare['numpy_exact_ms']} ms = {floor:.1f} ms",
+            flush=True,
+        )
+        try:
+            measure_served(args, base, cache, per_client, rows, floor, entry)
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+    return entry
+
+
+def main() -> int:
+    args = parse_args()
 
     from machine import machine_info, print_machine, write_result
 
@@ -217,8 +328,12 @@ def main() -> int:
     from imgsearch.model.precision import fast_settings
     from tests.support.models import build_local_clip
 
-    results = {"benchmark": "query_latency", "model": "ViT-B/32 architecture, random weights", **machine_info(),
-               "sizes": {}}
+    results = {
+        "benchmark": "query_latency",
+        "model": "ViT-B/32 architecture, random weights",
+        **machine_info(),
+        "sizes": {},
+    }
     print_machine(results)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -227,9 +342,7 @@ def main() -> int:
         cache_dir = tmp / "cache"
         by_setting = text_encoder_by_setting(model_dir, fast_settings(cpu_flags()), cache_dir)
         results["text_encoder_by_setting"] = by_setting
-        for label, figures in by_setting.items():
-            print(f"text encode {label:>13}: {figures['text_encode_ms']:6.2f} ms  ({figures['speedup_vs_fp32']:.2f} x "
-                  f"torch fp32)", flush=True)
+        print_text_encoders(by_setting)
         if args.text_only:
             args.sizes = []
         served = encoder_at(model_dir, args.precision, cache_dir)
@@ -237,35 +350,7 @@ def main() -> int:
         if served.precision_choice:
             print(served.precision_choice.describe(), flush=True)
         for rows in args.sizes:
-            uri = str(tmp / f"rows{rows}" / "milvus.db")
-            print(f"\n== {rows:,} vectors: filling Milvus Lite ...", flush=True)
-            vectors = fill_collection(uri, model_dir, 512, rows)
-            entry = {}
-            for cache, per_client in (("on", args.requests), ("off", args.uncached_requests)):
-                process, base = start_server(uri, model_dir, cache, args.precision, cache_dir)
-                # The bare costs are timed right beside each configuration: this machine's speed drifts.
-                bare = bare_costs(model_dir, vectors, args.precision, cache_dir)
-                floor = bare["text_encode_ms"] + bare["numpy_exact_ms"]
-                entry[f"cache_{cache}_bare"] = {**bare, "encode_plus_numpy_ms": round(floor, 2)}
-                print(f"bare text encode {bare['text_encode_ms']} ms + exact numpy {bare['numpy_exact_ms']} ms "
-                      f"= {floor:.1f} ms", flush=True)
-                try:
-                    measure(base, 1, 5)  # warm-up
-                    for clients in (1, 8):
-                        stats, errors = measure(base, clients, max(3, per_client // clients * (2 if clients > 1 else 1)))
-                        stats["errors"] = errors
-                        stats["p50_over_floor"] = round(stats["p50_ms"] / floor, 2)
-                        entry[f"cache_{cache}_clients_{clients}"] = stats
-                        print(f"vector cache {cache:3s} {clients} client(s): p50 {stats['p50_ms']:7.1f}  "
-                              f"p95 {stats['p95_ms']:7.1f}  p99 {stats['p99_ms']:7.1f} ms  "
-                              f"p50/(encode+numpy) {stats['p50_over_floor']:5.2f}  errors {errors}", flush=True)
-                    if cache == "on" and rows == max(args.sizes) and args.load_seconds > 0:
-                        entry["load"] = load(base, 8, args.load_seconds)
-                        print(f"load: {entry['load']}", flush=True)
-                finally:
-                    process.terminate()
-                    process.wait(timeout=30)
-            results["sizes"][str(rows)] = entry
+            results["sizes"][str(rows)] = measure_size(args, tmp, rows, model_dir, cache_dir)
     write_result(args.out, results)
     return 0
 

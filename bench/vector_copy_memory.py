@@ -17,6 +17,7 @@ import argparse
 import gc
 import sys
 import tracemalloc
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -39,12 +40,29 @@ def rows(n: int, long_path: int) -> list[dict]:
         path = f"/home/anna/Pictures/{2000 + i % 25}/{i % 12 + 1:02d} holiday in the mountains/IMG_{i:06d}.JPG"
         if i == 0 and long_path:
             path = "/" + "x" * (long_path - 1)
-        made.append(make_row(FileFacts(path, 4_000_000 + i, 1_600_000_000 * 10**9 + i, f"{i:032x}", 4000, 3000,
-                                       1_600_000_000 + i, "exif", "JPEG", "FUJIFILM", "X100V", ""), vectors[i]))
+        made.append(
+            make_row(
+                FileFacts(
+                    path,
+                    4_000_000 + i,
+                    1_600_000_000 * 10**9 + i,
+                    f"{i:032x}",
+                    4000,
+                    3000,
+                    1_600_000_000 + i,
+                    "exif",
+                    "JPEG",
+                    "FUJIFILM",
+                    "X100V",
+                    "",
+                ),
+                vectors[i],
+            )
+        )
     return made
 
 
-def held_by(build) -> int:
+def held_by(build: Callable[[], object]) -> int:
     """Bytes still allocated after ``build()`` returns (the result is kept)."""
     gc.collect()
     tracemalloc.start()
@@ -58,10 +76,14 @@ def held_by(build) -> int:
 
 
 def fixed_width(made: list[dict]) -> tuple:
-    return (np.array([r["id"] for r in made]), np.asarray([r["vector"] for r in made], np.float32),
-            np.array([r["path"] for r in made]), np.array([r["width"] for r in made], np.int64),
-            np.array([r["height"] for r in made], np.int64),
-            tuple({k: v for k, v in r.items() if k != "vector"} for r in made))
+    return (
+        np.array([r["id"] for r in made]),
+        np.asarray([r["vector"] for r in made], np.float32),
+        np.array([r["path"] for r in made]),
+        np.array([r["width"] for r in made], np.int64),
+        np.array([r["height"] for r in made], np.int64),
+        tuple({k: v for k, v in r.items() if k != "vector"} for r in made),
+    )
 
 
 def main() -> None:
@@ -75,15 +97,24 @@ def main() -> None:
     ours = held_by(lambda: _snapshot_from_rows(rows(args.rows, args.long_path), DIM))
     theirs = held_by(lambda: fixed_width(rows(args.rows, args.long_path)))
     vectors = args.rows * DIM * 4
-    result = {"rows": args.rows, "dim": DIM, "long_path": args.long_path, "vectors_bytes": vectors,
-              "imgsearch_bytes": ours, "fixed_width_bytes": theirs,
-              "imgsearch_bytes_per_image": round(ours / args.rows), "fixed_width_bytes_per_image": round(theirs / args.rows),
-              **info}
+    result = {
+        "rows": args.rows,
+        "dim": DIM,
+        "long_path": args.long_path,
+        "vectors_bytes": vectors,
+        "imgsearch_bytes": ours,
+        "fixed_width_bytes": theirs,
+        "imgsearch_bytes_per_image": round(ours / args.rows),
+        "fixed_width_bytes_per_image": round(theirs / args.rows),
+        **info,
+    }
     print(f"{args.rows:,} rows, {DIM}-d, one path of {args.long_path} characters")
     print(f"  vectors alone:      {vectors / args.rows:8.0f} B/image")
     print(f"  imgsearch copy:     {ours / args.rows:8.0f} B/image  ({ours / 2**20:.0f} MiB)")
-    print(f"  fixed-width arrays: {theirs / args.rows:8.0f} B/image  ({theirs / 2**20:.0f} MiB), "
-          f"{theirs / ours:.1f}x imgsearch")
+    print(
+        f"  fixed-width arrays: {theirs / args.rows:8.0f} B/image  ({theirs / 2**20:.0f} MiB), "
+        f"{theirs / ours:.1f}x imgsearch"
+    )
     write_result(args.out, result)
 
 
