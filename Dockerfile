@@ -10,6 +10,7 @@ ENV PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     HF_HOME=/models \
     IMGSEARCH_HOST=0.0.0.0 \
+    IMGSEARCH_MILVUS_URI=/data/milvus.db \
     IMGSEARCH_THUMBNAIL_DIR=/cache/thumbnails \
     IMGSEARCH_CACHE_DIR=/cache/model
 
@@ -23,7 +24,7 @@ COPY ui ./ui
 COPY evaluation ./evaluation
 RUN pip install .
 
-RUN useradd --create-home --uid 1000 imgsearch && mkdir -p /models /cache && chown imgsearch /models /cache
+RUN useradd --create-home --uid 1000 imgsearch && mkdir -p /models /cache /data && chown imgsearch /models /cache /data
 USER imgsearch
 EXPOSE 8000 8501
 CMD ["imgsearch", "serve"]

@@ -23,7 +23,7 @@ class Settings(BaseSettings):
 
     # Where vectors live. A path ending in .db is an embedded Milvus Lite data directory;
     # http(s)://host:19530 is a Milvus server (standalone, distributed or Zilliz Cloud).
-    milvus_uri: str = "./data/milvus.db"
+    milvus_uri: str = Field(default_factory=lambda: str(data_home() / "milvus.db"))
     milvus_token: str = ""
     collection: str = Field("images", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
     index_type: VectorIndexType = "HNSW"
@@ -39,7 +39,7 @@ class Settings(BaseSettings):
     # What runs the model: torch, or the [onnx] / [openvino] extras, their graphs exported once into cache_dir
     # (imgsearch/backends.py); auto, with precision auto, measures every installed one (else torch).
     backend: BackendSetting = "auto"
-    cache_dir: Path = Path("./data/cache")
+    cache_dir: Path = Field(default_factory=lambda: cache_home())
     batch_size: int = Field(32, ge=1, le=4096)
     decode_workers: int = Field(2, ge=1, le=64)
     max_image_pixels: int = Field(100_000_000, ge=1)
@@ -54,7 +54,7 @@ class Settings(BaseSettings):
     cors_origins: list[str] = []
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1)
     allowed_roots: list[Path] = []
-    thumbnail_dir: Path = Path("./data/thumbnails")
+    thumbnail_dir: Path = Field(default_factory=lambda: cache_home() / "thumbnails")
     thumbnail_cache_mb: int = Field(512, ge=1)  # least recently used thumbnails go first beyond this
 
     # Streamlit UI.
@@ -66,7 +66,7 @@ class Settings(BaseSettings):
     def _uri_is_lite_dir_or_server(cls, uri: str) -> str:
         if not (uri.endswith(".db") or uri.startswith(("http://", "https://", "tcp://", "unix:"))):
             raise ValueError(
-                "must be a Milvus Lite data directory ending in .db (e.g. ./data/milvus.db) "
+                "must be a Milvus Lite data directory ending in .db (e.g. ~/imgsearch/milvus.db) "
                 "or a server URI such as http://localhost:19530"
             )
         return uri
@@ -110,6 +110,38 @@ class Settings(BaseSettings):
 # fp16 ViT-B/32 on an H100: 18,130 images/s at a batch of 256 (4.4x fp32), 22,417 at 1,024
 # (bench/gpu_throughput.py): 256 keeps most of it with a quarter of the memory held per batch.
 GPU_BATCH_SIZE = 256
+
+
+def data_home() -> Path:
+    """Where the index lives by default: the platform's folder for a user's data ($XDG_DATA_HOME/imgsearch, by
+    default ~/.local/share/imgsearch, on Linux), whatever folder a command is started in."""
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("imgsearch", appauthor=False))
+
+
+def cache_home() -> Path:
+    """Where what can be made again lives by default ($XDG_CACHE_HOME/imgsearch, by default ~/.cache/imgsearch):
+    the model's measured settings and graphs, thumbnails."""
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("imgsearch", appauthor=False))
+
+
+OLD_DATA = Path("data") / "milvus.db"  # where versions before the data home kept the index: ./data under the cwd
+
+
+def old_index_notice(settings: Settings) -> str | None:
+    """One line for a user whose index lies in ./data, as older versions kept it, while this command uses the data
+    home: where it is, and how to keep using it or move it. None when there is nothing to say."""
+    if "milvus_uri" in settings.model_fields_set or not OLD_DATA.exists():
+        return None
+    if OLD_DATA.resolve() == Path(settings.milvus_uri).resolve():
+        return None
+    return (f"imgsearch: an index from an older version is in {OLD_DATA.resolve()}, but the index now lives in "
+            f"{Path(settings.milvus_uri).parent}: to keep using the old one, set "
+            f"IMGSEARCH_MILVUS_URI={OLD_DATA.resolve()}; to move it, stop imgsearch and run "
+            f"mv {OLD_DATA.resolve()} {settings.milvus_uri}")
 
 
 @lru_cache

@@ -35,11 +35,16 @@ pytest_plugins = ["tests.support.mutation", "tests.support.processes"]
 
 @pytest.fixture(scope="session", autouse=True)
 def isolated_working_directory(tmp_path_factory):
-    """Run every test, and every process it starts, in an empty folder: no `.env` of the developer's is read
-    and relative defaults such as ./data never land in the repository."""
+    """Run every test, and every process it starts, in an empty folder, with a data home and a cache of its own: no
+    `.env` of the developer's is read, and nothing lands in the repository or the developer's own index."""
     previous = os.getcwd()
     os.chdir(tmp_path_factory.mktemp("cwd"))
+    homes = tmp_path_factory.mktemp("home")
+    saved = {name: os.environ.get(name) for name in ("XDG_DATA_HOME", "XDG_CACHE_HOME")}
+    os.environ.update(XDG_DATA_HOME=str(homes / "data"), XDG_CACHE_HOME=str(homes / "cache"))
     yield
+    for name, value in saved.items():
+        os.environ.pop(name, None) if value is None else os.environ.update({name: value})
     os.chdir(previous)
 
 

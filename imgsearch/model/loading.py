@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import logging
-
-log = logging.getLogger(__name__)
-
 from imgsearch.errors import ImgsearchError
 from imgsearch.model.embedder import Embedder, ModelSettingError, is_open_clip
+from imgsearch.model.hub import check_available
 from imgsearch.model.open_clip_embedder import OpenClipEmbedder
 from imgsearch.model.sentence_transformer_embedder import SentenceTransformerEmbedder
 from imgsearch.settings import Settings
@@ -16,6 +13,7 @@ from imgsearch.settings import Settings
 def load_embedder(settings: Settings) -> Embedder:
     """The model that ``settings.model`` names, on ``settings``' device, at ``settings.precision``, run by
     ``settings.backend``."""
+    check_available(settings.model)  # seconds, not minutes of retries, when the hub cannot be reached
     device = settings.resolved_device()
     options = dict(device=device, batch_size=settings.for_device(device).batch_size, precision=settings.precision,
                    cache_dir=settings.cache_dir, backend=settings.backend)

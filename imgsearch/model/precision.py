@@ -41,6 +41,7 @@ from imgsearch.media.safe_files import UnsafeFileError, private_dir, read_own_fi
 from imgsearch.model.agreement import AGREEMENT, PROBE_TEXTS, agreement, probe_pictures
 from imgsearch.model.cpu import BF16_INSTRUCTIONS, INT8_DOT_PRODUCTS, SPEED_FLAGS, cpu_flags, cpu_model
 from imgsearch.model.runtimes import Precision, installed
+from imgsearch.settings import cache_home
 
 log = logging.getLogger(__name__)
 
@@ -335,7 +336,7 @@ def choose(model: Probed, cache_dir: Path | None, backend: str) -> Choice:
     with cache.measuring() if cache else contextlib.nullcontext():
         if cache and (known := cache.get(key)):
             return known  # measured by the process this one waited for
-        return _probe(model, options, backend, cache, key, Path(cache_dir) if cache_dir else Path("./data/cache"))
+        return _probe(model, options, backend, cache, key, Path(cache_dir) if cache_dir else cache_home())
 
 
 def _probe(model: Probed, options: list[Option], backend: str, cache: ChoiceCache | None, key: str,

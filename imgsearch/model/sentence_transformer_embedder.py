@@ -23,7 +23,7 @@ from imgsearch.model.embedder import (
 )
 from imgsearch.model.precision import BASELINE, Choice, Option, check_backend, check_supported, choose
 from imgsearch.model.runtimes import CompiledModel, autocast, compiles, graph_folder, quantized
-from imgsearch.settings import BackendSetting, PrecisionSetting
+from imgsearch.settings import BackendSetting, PrecisionSetting, cache_home
 
 # Text towers trained on texts padded to one fixed length. SigLIP's text vector is its last position's, which is
 # a pad token for all but the longest text of a batch padded to its longest: a text would get another vector in
@@ -58,7 +58,7 @@ class SentenceTransformerEmbedder:
         self.name = model_identity(model)
         self.device = device
         self.batch_size = batch_size
-        self._cache_dir = Path(cache_dir) if cache_dir else Path("./data/cache")
+        self._cache_dir = Path(cache_dir) if cache_dir else cache_home()
         if (cache_dir and precision == "auto") or backend != "torch":
             _check_cache_dir(self._cache_dir)  # before the model loads
         self._model = SentenceTransformer(_one_identity(image_model), device=device)
