@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
@@ -44,6 +45,12 @@ class IndexReport:
             del report["profile"]
         return report
 
+
+log = logging.getLogger(__name__)
+
+# Building and timing the exported graphs costs about 2 minutes once (ViT-B/32, 2 cores) and then embeds 1.5-3x
+# faster than torch: it pays for itself from about 2,000 images (docs/models.md, "When auto measures").
+TUNE_FROM = 2000
 
 ProgressCallback = Callable[[int, int], None]  # (files processed, files to process)
 
@@ -91,11 +98,20 @@ def run_index(
     started = time.monotonic()
     settings = settings.for_device(getattr(encoder, "device", "cpu"))  # a GPU's batch and decode threads
     job = prepare(roots, settings, encoder, store, prune)
+    tune_if_it_pays(len(job.plan.to_process), encoder)
     embed_and_write(job, settings, encoder, store, Progress(len(job.plan.to_process), show_progress, on_progress),
                     profile)
     sweep(job, store)
     job.report.elapsed_s = round(time.monotonic() - started, 3)
     return job.report
+
+
+def tune_if_it_pays(pending: int, encoder: Embedder) -> None:
+    """A job of at least TUNE_FROM images first measures the exported runtimes (onnx, openvino), once per model
+    and machine; a smaller one runs with the torch setting auto chose in seconds."""
+    if pending >= TUNE_FROM and getattr(encoder, "needs_tuning", False):
+        log.warning("imgsearch: %d images to embed: measuring the exported runtimes first pays for itself", pending)
+        encoder.tune()
 
 
 @dataclass

@@ -15,13 +15,13 @@ TRANSPORT: httpx.BaseTransport | None = None
 
 
 class ApiUnreachable(Exception):
-    def __init__(self, url: str, reason: str):
+    def __init__(self, url: str, reason: str) -> None:
         super().__init__(f"Cannot reach the search API at {url} ({reason}). Is `imgsearch serve` running?")
         self.url = url
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, detail: str):
+    def __init__(self, status: int, detail: str) -> None:
         super().__init__(f"The search API answered {status}: {detail}")
         self.status = status
         self.detail = detail
@@ -33,12 +33,17 @@ class ApiClient:
     api_key: str = ""
     timeout_s: float = 60.0
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         headers = {"X-API-Key": self.api_key} if self.api_key else {}
-        self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=self.timeout_s,
-                                  transport=TRANSPORT, limits=httpx.Limits(max_connections=16))
+        self._http = httpx.Client(
+            base_url=self.base_url,
+            headers=headers,
+            timeout=self.timeout_s,
+            transport=TRANSPORT,
+            limits=httpx.Limits(max_connections=16),
+        )
 
-    def _request(self, method: str, path: str, **kwargs) -> httpx.Response:
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
@@ -54,10 +59,10 @@ class ApiClient:
     def health(self) -> dict[str, Any]:
         return self._request("GET", "/health").json()
 
-    def search(self, **query) -> dict[str, Any]:
+    def search(self, **query: Any) -> dict[str, Any]:
         return self._request("POST", "/search", json=_present(query)).json()
 
-    def search_image(self, files: list[tuple[str, bytes]], **query) -> dict[str, Any]:
+    def search_image(self, files: list[tuple[str, bytes]], **query: Any) -> dict[str, Any]:
         """Search with uploaded images, as (file name, bytes), and any /search fields (text, terms, filter ...).
 
         A term names an upload by its position here (``upload_ref: "1"``); one no term names is the example image.
@@ -73,7 +78,7 @@ class ApiClient:
     def label_sets(self) -> list[dict[str, Any]]:
         return self._request("GET", "/labels").json()
 
-    def put_label_set(self, **label_set) -> dict[str, Any]:
+    def put_label_set(self, **label_set: Any) -> dict[str, Any]:
         """Store a label set and start tagging every image from it; returns the job."""
         return self._request("POST", "/labels", json=_present(label_set)).json()
 
@@ -88,7 +93,8 @@ class ApiClient:
 
     def images(self, urls: list[str]) -> list[bytes | None]:
         """Fetch many thumbnails at once; a failed one is None rather than failing the page."""
-        def fetch(url):
+
+        def fetch(url: str) -> bytes | None:
             try:
                 return self.image(url)
             except (ApiError, ApiUnreachable):

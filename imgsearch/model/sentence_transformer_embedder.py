@@ -79,15 +79,38 @@ class SentenceTransformerEmbedder:
         self.dim = int(self.embed_texts(["warm-up"]).vectors.shape[1])
         self.fingerprint = fingerprint(self)
         self.precision_choice: Choice | None = None
+        self._auto = (cache_dir, backend)  # what tune() measures with
         chosen: Option = (backend, precision)
         if precision == "auto":
             self.precision_choice = choose(self, cache_dir, backend)
             log.info("%s", self.precision_choice.describe())
             chosen = (self.precision_choice.backend, self.precision_choice.precision)
+        self._use(chosen)
+
+    @property
+    def needs_tuning(self) -> bool:
+        """Whether auto chose among torch's settings only, so far: the exported graphs (onnx, openvino) are measured
+        by ``tune()``, when a job is large enough to pay for building them, or by ``imgsearch tune``."""
+        return self.precision_choice is not None and not self.precision_choice.complete
+
+    def tune(self) -> Choice:
+        """Measure every setting, exported graphs included (minutes: each is built once), and switch to the
+        fastest that agrees with fp32. Remembered in the cache directory, as auto's other choices."""
+        cache_dir, backend = self._auto
+        if self.backend != "torch":
+            raise RuntimeError("tune() measures against torch's weights, which a model running elsewhere has freed")
+        self.precision_choice = choose(self, cache_dir, backend, complete=True)
+        log.info("%s", self.precision_choice.describe())
+        self._use((self.precision_choice.backend, self.precision_choice.precision))
+        return self.precision_choice
+
+    def _use(self, chosen: Option) -> None:
+        """Run both towers as ``chosen`` from now on, and free the runners of every other setting."""
         for texts in (False, True):
             self._runner(chosen, texts)
-        self._runners = {key: runner for key, runner in self._runners.items() if key[0] == chosen}  # the rest freed
-        self.backend, self.precision = chosen
+        with self._lock:
+            self._runners = {key: runner for key, runner in self._runners.items() if key[0] == chosen}
+            self.backend, self.precision = chosen
         if self.backend != "torch":
             # The towers run in another runtime now: torch's copy of the weights is freed (490 MB of resident memory
             # for ViT-B/32); the processor and tokenizer, all the runtime needs of it, stay.

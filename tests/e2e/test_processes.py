@@ -60,8 +60,8 @@ def test_the_developers_imgsearch_variables_and_env_file_do_not_change_the_tests
                "IMGSEARCH_MODEL": "/nonexistent/model", "IMGSEARCH_MAX_UPLOAD_BYTES": "10"}
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir", str(REPO),
-         str(REPO / "tests" / "test_api.py") + "::test_health_reports_model_dimension_and_count",
-         str(REPO / "tests" / "test_api.py") + "::test_uploading_an_indexed_image_finds_it_first_with_score_near_one"],
+         str(REPO / "tests" / "search_api" / "test_api.py") + "::test_health_reports_model_dimension_and_count",
+         str(REPO / "tests" / "search_api" / "test_api.py") + "::test_uploading_an_indexed_image_finds_it_first_with_score_near_one"],
         cwd=tmp_path, env=hostile, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     assert "4 passed" in result.stdout

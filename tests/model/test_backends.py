@@ -144,8 +144,8 @@ def test_what_a_process_killed_while_building_left_is_removed_at_the_next_start(
     model, for good; so did a removal killed midway."""
     cache = tmp_path / "cache"
     killed_mid_build = ("import os, signal, sys\n"
-                        "from imgsearch import backends\n"
-                        "from imgsearch.model.embedder import SentenceTransformerEmbedder\n"
+                        "from imgsearch.model import runtimes as backends\n"
+                        "from imgsearch.model.sentence_transformer_embedder import SentenceTransformerEmbedder\n"
                         "real_export = backends.CompiledModel._export\n"
                         "def die(self, *args):\n"
                         "    real_export(self, *args)\n"
@@ -235,10 +235,14 @@ def test_backend_auto_measures_every_installed_backend_and_keeps_only_the_chosen
 
     def onnx_fp32(trials):  # whatever the probe measured: what it picks is what runs, and what is kept
         picked.extend(t for t in trials if (t.backend, t.precision) == ("onnx", "fp32"))
-        return picked[0]
+        return picked[0] if picked else trials[0]
 
     monkeypatch.setattr("imgsearch.model.precision.pick", onnx_fp32)
     auto = SentenceTransformerEmbedder(str(tiny_model_dir), precision="auto", backend="auto", cache_dir=tmp_path)
+    # The first choice is torch's own settings, timed in seconds: no graph is built before a job asks for it
+    assert auto.needs_tuning and {t.backend for t in auto.precision_choice.trials} == {"torch"}
+    assert {p.name for p in (tmp_path / "graphs").iterdir()} == built_by_hand
+    auto.tune()
     measured = [(t.backend, t.precision) for t in auto.precision_choice.trials]
     assert measured == decision.fast_settings(precision_module.cpu_flags())  # torch fp32 first, then every setting
     assert {"torch", "onnx"} <= {backend for backend, _ in measured}

@@ -8,15 +8,16 @@ import stat
 import threading
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from imgsearch.media.safe_files import UnsafeFileError
 from imgsearch.model import precision as precision_module
-from imgsearch.model.agreement import agreement, top_k_overlap
-from imgsearch.model.precision import Choice, ChoiceCache, Trial, candidates, pick
-from imgsearch.model.runtimes import autocast, installed
+from imgsearch.model.agreement import agreement, min_cosine, top_k_overlap
+from imgsearch.model.precision import Choice, ChoiceCache, Trial, candidates, fast_settings, pick
+from imgsearch.model.runtimes import autocast
 from imgsearch.model.sentence_transformer_embedder import SentenceTransformerEmbedder
 from imgsearch.settings import Settings
 from tests.support.photos import write_photo_set
@@ -223,11 +224,37 @@ def test_auto_is_measured_through_imgsearch_index(tmp_path, imgsearch_bin, cli_e
     first = run_cli(imgsearch_bin, env, "index", str(photos))
     assert first.returncode == 0, first.stderr
     assert "precision auto -> " in first.stderr and "(cached)" not in first.stderr and "fp32 1.00x" in first.stderr
-    # IMGSEARCH_BACKEND's default, auto, measures the installed backends' settings too
+    # A small first job waits for no export: auto times torch's own settings; the exported runtimes come later
     for backend in ("onnx", "openvino"):
-        assert (f"; {backend} fp32 " in first.stderr) == installed(backend), first.stderr
+        assert f"; {backend} " not in first.stderr, first.stderr
+    assert not list((Path(env["IMGSEARCH_CACHE_DIR"]) / "graphs").glob("*"))
     again = run_cli(imgsearch_bin, env, "index", str(photos))
     assert "(cached)" in again.stderr
+
+
+def test_a_large_job_measures_the_exported_runtimes_first_and_a_small_one_does_not(settings, store, tiny_model_dir,
+                                                                                     tmp_path, monkeypatch):
+    import imgsearch.indexer.runner as runner
+
+    encoder = SentenceTransformerEmbedder(str(tiny_model_dir), precision="auto", backend="auto",
+                                          cache_dir=tmp_path / "cache")
+    exported = [option for option in fast_settings(precision_module.cpu_flags()) if option[0] != "torch"]
+    assert encoder.needs_tuning == bool(exported)
+    monkeypatch.setattr(runner, "TUNE_FROM", 8)
+    runner.run_index([str(write_photo_set(tmp_path / "small"))], settings, encoder, store)  # 10 files
+    small = [(t.backend, t.precision) for t in encoder.precision_choice.trials]
+    if not exported:
+        return
+    assert encoder.precision_choice.complete and all(option in small for option in exported)
+
+    again = SentenceTransformerEmbedder(str(tiny_model_dir), precision="auto", backend="auto",
+                                        cache_dir=tmp_path / "cache")
+    assert again.precision_choice.cached and not again.needs_tuning  # remembered: measured once per machine
+    fresh = SentenceTransformerEmbedder(str(tiny_model_dir), precision="auto", backend="auto",
+                                        cache_dir=tmp_path / "other-cache")
+    monkeypatch.setattr(runner, "TUNE_FROM", 1000)
+    runner.run_index([str(write_photo_set(tmp_path / "more"))], settings, fresh, store)
+    assert fresh.needs_tuning  # 10 images do not pay for building graphs
 
 
 @pytest.mark.parametrize(("setting", "device", "says"), [
@@ -321,7 +348,7 @@ def test_fast_settings_index_photos_with_the_same_neighbours_as_fp32(vit_b_32_di
     for label in sorted(stored.keys() - {"fp32"}):
         images = top_k_overlap(stored["fp32"], stored["fp32"], stored[label], stored[label], 10, same_set=True)
         text = top_k_overlap(texts["fp32"], stored["fp32"], texts[label], stored[label], 10)
-        measured[label] = (images, text, precision_module.min_cosine(stored["fp32"], stored[label]))
+        measured[label] = (images, text, min_cosine(stored["fp32"], stored[label]))
     autos = [SentenceTransformerEmbedder(str(vit_b_32_dir), precision="auto", backend=backend,  # the graphs above
                                          cache_dir=tmp_path / "cache").precision_choice
              for backend in [*dict.fromkeys(backend for backend, _ in gate_settings()), "auto"]]

@@ -14,15 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import (
-    cli_environment,
-    http_ready,
-    start_api,
-    start_server,
-    stop_process,
-    write_exif_photo,
-    write_photo,
-)
+from tests.support.photos import write_exif_photo, write_photo
+from tests.support.processes import cli_environment, http_ready, start_api, start_server, stop_process
 
 CHROMIUM = os.environ.get("TEST_CHROMIUM", "/usr/bin/chromium")
 
@@ -182,7 +175,7 @@ def test_the_date_range_and_newest_first_narrow_and_order_the_results(dated_ui_u
 @pytest.fixture
 def own_ui_url(tmp_path, imgsearch_bin, tiny_model_dir):
     """Its own API and UI over ten photos, so the label sets it adds reach no other test."""
-    from tests.conftest import write_photo_set
+    from tests.support.photos import write_photo_set
 
     photos = write_photo_set(tmp_path / "photos")
     with indexed_api_and_ui(imgsearch_bin, photos, tmp_path / "data", tiny_model_dir) as url:
@@ -231,8 +224,8 @@ def test_a_pasted_label_set_tags_the_images_and_its_tags_filter_the_search(own_u
 def relevance_ui_url(tmp_path_factory, imgsearch_bin):
     """Its own API and UI over the relevance library (a real photo, its copies and other pictures), indexed by
     the small random-weight model, whose scores do set a photo and its copies apart from the rest."""
-    from bench.local_clip import build_local_clip
-    from tests.test_relevance_api import write_library
+    from tests.support.library import write_library
+    from tests.support.models import build_local_clip
 
     folder = tmp_path_factory.mktemp("relevance-ui")
     model_dir = build_local_clip(folder / "small-clip", "small", seed=0)
@@ -258,7 +251,7 @@ def test_an_example_photo_shows_its_copies_folded_and_the_query_builder_combines
                                                                                        artefacts):
     from playwright.sync_api import expect
 
-    from tests.test_relevance_api import COPIES, ORIGINAL
+    from tests.support.library import COPIES, ORIGINAL
 
     url, photos = relevance_ui_url
     page.goto(url)

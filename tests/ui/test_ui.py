@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 from datetime import date
-from pathlib import Path
 
 import httpx
 import pytest
@@ -16,8 +15,10 @@ from streamlit.testing.v1 import AppTest
 from imgsearch.search.requests import SearchRequest, SearchResponse
 from imgsearch.search_api.schemas import HealthResponse, IndexJob, LabelSetInfo, LabelSetRequest, TagCountsResponse
 from imgsearch.ui import api_client
+from imgsearch.ui.search_request import SearchState, result_limit, search_body, upload_files
+from tests.support import REPO
 
-APP = str(Path(__file__).resolve().parent.parent / "ui" / "app.py")
+APP = str(REPO / "ui" / "app.py")
 
 
 def jpeg() -> bytes:
@@ -485,9 +486,99 @@ def test_the_label_sets_page_tags_shows_counts_and_opens_a_labels_top_images(fak
     assert api.deleted == ["old"]
 
 
+def test_the_view_switch_goes_to_label_sets_and_back_and_the_relevance_switches_outlive_it(fake):
+    api = fake(FakeApi())
+    app = run("cats")
+    app.toggle(key="names").set_value(True).run()
+    app.radio(key="view").set_value("Label sets").run()
+    assert not app.exception and "Label sets" in [h.value for h in app.header]
+    assert not app.toggle and app.radio(key="view").value == "Label sets"
+    app.radio(key="view").set_value("Search").run()
+    assert not app.exception and not app.header and app.toggle(key="names").value is True
+    app.text_input(key="query_text").input("dogs").run()
+    assert api.searches[-1]["text"] == "dogs" and api.searches[-1]["lexical_weight"] == 0.5
+
 def test_file_names_are_shown_as_they_are_never_as_markup(fake):
     api = fake(FakeApi(results=1))
     api.name = "[click](evil.html)_*x*"
     app = run("cats")
     caption = next(c.value for c in app.caption if "click" in c.value)
     assert caption.startswith("**0.900** · \\[click\\](evil.html)\\_\\*x\\*0.jpg ·")  # escaped, so no link and no italics
+
+
+# The search request, built by a pure function from what the Search page shows (imgsearch.ui.search_request) ------
+
+DEFAULTS = {"limit": 20, "cutoff": "auto", "collapse": True, "explain": True}  # what a fresh page adds to any query
+
+
+def test_a_typed_query_alone_is_sent_with_the_pages_defaults():
+    body = search_body(SearchState(text="  a red bicycle "))
+    assert body == {"text": "a red bicycle", **DEFAULTS}
+    request = SearchRequest.model_validate(body)  # what the API accepts
+    assert request.text == "a red bicycle" and request.explain and request.limit == 20
+    assert upload_files(SearchState(text="a red bicycle")) == []  # no files: POST /search
+
+
+def test_negative_text_and_the_options_go_in_the_body():
+    body = search_body(SearchState(text="a dog on a beach", negative=" people ", top_k=35, min_score=0.25,
+                                   newest=True, only_matches=False, fold=False, names=True, variety=0.3))
+    assert body == {"text": "a dog on a beach", "negative_text": "people", "limit": 35, "min_score": 0.25,
+                    "sort": "newest", "lexical_weight": 0.5, "diversity": 0.3, "explain": True}
+    SearchRequest.model_validate(body)
+    blank = search_body(SearchState(text="x", negative="   ", min_score=-1.0))  # the slider at its lowest
+    assert "negative_text" not in blank and "min_score" not in blank
+
+
+def test_the_sidebar_filters_become_the_requests_filter():
+    state = SearchState(text="beach", path_prefix="/photos/2024/", taken_after=date(2019, 6, 1),
+                        taken_before=date(2019, 7, 1), formats=["JPEG", "HEIF"], camera=" X100V ", tags=["dog"])
+    body = search_body(state)
+    assert body["filter"] == {"path_prefix": "/photos/2024/", "taken_after": "2019-06-01",
+                              "taken_before": "2019-07-01", "formats": ["JPEG", "HEIF"], "cameras": ["X100V"],
+                              "tags_any": ["dog"]}
+    assert SearchRequest.model_validate(body).filter is not None
+    every_tag = search_body(SearchState(text="beach", tags=["dog", "beach"], all_tags=True))
+    assert every_tag["filter"] == {"tags_all": ["dog", "beach"]}
+    assert "filter" not in search_body(SearchState(text="beach", camera="  ", all_tags=True))
+
+
+def test_more_like_this_sends_the_image_id_and_replaces_the_example_image():
+    assert search_body(SearchState(more_like_id="id2")) == {"image_id": "id2", **DEFAULTS}
+    SearchRequest.model_validate(search_body(SearchState(more_like_id="id2")))
+    state = SearchState(more_like_id="id2", example=("query.jpg", b"jpeg"))
+    assert upload_files(state) == [] and search_body(state)["image_id"] == "id2"
+
+
+def test_an_example_image_is_sent_as_a_file_with_the_query():
+    state = SearchState(text="at night", example=("query.jpg", b"jpeg"))
+    assert upload_files(state) == [("query.jpg", b"jpeg")]
+    body = search_body(state)
+    assert body == {"text": "at night", **DEFAULTS}
+    SearchRequest.model_validate(body, context={"has_upload": True})
+
+
+def test_query_builder_terms_carry_their_signed_weights_and_uploads_their_position():
+    terms = [{"kind": "text", "value": "sunset", "data": None, "weight": -1.0},
+             {"kind": "image", "value": "id2", "data": b"thumb", "weight": 2.5},
+             {"kind": "upload", "value": "pool.jpg", "data": b"pool", "weight": 0.5}]
+    body = search_body(SearchState(text="a beach", terms=terms))
+    assert body["terms"] == [{"text": "sunset", "weight": -1.0}, {"image_id": "id2", "weight": 2.5},
+                             {"upload_ref": "0", "weight": 0.5}]  # the only file sent
+    assert upload_files(SearchState(terms=terms)) == [("pool.jpg", b"pool")]
+    SearchRequest.model_validate(body, context={"has_upload": True})
+    with_example = SearchState(example=("example.jpg", b"ex"), terms=terms[2:])
+    assert upload_files(with_example) == [("example.jpg", b"ex"), ("pool.jpg", b"pool")]
+    assert search_body(with_example)["terms"] == [{"upload_ref": "1", "weight": 0.5}]  # the example comes first
+    assert "terms" not in search_body(SearchState(text="a beach"))
+
+
+def test_load_more_asks_for_every_page_shown_within_the_apis_limit():
+    assert search_body(SearchState(text="cats", pages=2))["limit"] == 40
+    assert search_body(SearchState(text="cats", top_k=100, pages=3))["limit"] == 200
+    assert result_limit(35, 1) == 35
+
+
+def test_the_page_sends_what_search_body_builds(fake):
+    api = fake(FakeApi())
+    run("cats on a sofa")
+    assert api.searches[-1] == search_body(SearchState(text="cats on a sofa"))
