@@ -36,8 +36,9 @@ serve: ## start the search API on 127.0.0.1:8000
 ui: ## start the web UI on 127.0.0.1:8501
 	$(VENV)/bin/imgsearch ui
 
-lint: ## ruff
+lint: ## ruff: the rules in pyproject.toml, and the code formatted as ruff format leaves it
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 mutants: ## mutation testing of the core logic with mutmut (see docs/mutation-testing.md; not part of CI)
 	$(PIP) install -q 'mutmut==3.8.1'

@@ -47,15 +47,21 @@ def read_class_folder(root: str | Path) -> ClassFolder:
     for entry in sorted(root.iterdir()):
         if not entry.is_dir() or entry.name.startswith("."):
             continue
-        found = sorted(str(Path(folder) / name) for folder, dirs, files in os.walk(entry)
-                       for name in files if is_image_path(name) and not name.startswith("."))
+        found = sorted(
+            str(Path(folder) / name)
+            for folder, dirs, files in os.walk(entry)
+            for name in files
+            if is_image_path(name) and not name.startswith(".")
+        )
         if found:
             labels += [len(names)] * len(found)
             paths += found
             names.append(class_name(entry.name))
     if len(names) < 2:
-        raise EvaluationDataError(f"{root}: found {len(names)} class folder(s) with images; zero-shot "
-                                  "classification needs at least 2 (one subfolder of images per class)")
+        raise EvaluationDataError(
+            f"{root}: found {len(names)} class folder(s) with images; zero-shot "
+            "classification needs at least 2 (one subfolder of images per class)"
+        )
     return ClassFolder(paths, labels, names)
 
 

@@ -15,8 +15,11 @@ def metric_names(results: list[ModelResult]) -> list[str]:
 
 def column(metric: str) -> str:
     """A metric's name in the table: text_to_image_R@5 -> t2i_R@5, mean_per_class_recall -> class_recall."""
-    return (metric.replace("text_to_image_", "t2i_").replace("image_to_text_", "i2t_")
-            .replace("mean_per_class_recall", "class_recall"))
+    return (
+        metric.replace("text_to_image_", "t2i_")
+        .replace("image_to_text_", "i2t_")
+        .replace("mean_per_class_recall", "class_recall")
+    )
 
 
 def short_name(model: str) -> str:
@@ -36,12 +39,17 @@ def table(results: list[ModelResult]) -> str:
             value = result.metrics.get(name)
             mark = "*" if value is not None and len(results) > 1 and value == best[name] else " "
             cells.append("-" if value is None else f"{value:.3f}{mark}")
-        cells.append(f"{result.embedded + result.cached}" + (f" ({len(result.skipped)} unreadable)"
-                                                              if result.skipped else ""))
+        cells.append(
+            f"{result.embedded + result.cached}" + (f" ({len(result.skipped)} unreadable)" if result.skipped else "")
+        )
         rows.append(cells)
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(width) if i == 0 else cell.rjust(width)
-                       for i, (cell, width) in enumerate(zip(row, widths))) for row in [header, *rows]]
+    lines = [
+        "  ".join(
+            cell.ljust(width) if i == 0 else cell.rjust(width) for i, (cell, width) in enumerate(zip(row, widths))
+        )
+        for row in [header, *rows]
+    ]
     return "\n".join([lines[0], "  ".join("-" * width for width in widths), *lines[1:]])
 
 

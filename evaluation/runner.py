@@ -47,8 +47,15 @@ class VectorCache:
     with other weights, never reads these vectors."""
 
     def __init__(self, cache_dir: Path, embedder: Embedder):
-        key = json.dumps([CACHE_FORMAT, embedder.name, [round(v, 5) for v in embedder.fingerprint],
-                          embedder.precision, embedder.backend])
+        key = json.dumps(
+            [
+                CACHE_FORMAT,
+                embedder.name,
+                [round(v, 5) for v in embedder.fingerprint],
+                embedder.precision,
+                embedder.backend,
+            ]
+        )
         self.file = Path(cache_dir) / "evaluation" / hashlib.sha256(key.encode()).hexdigest()[:20] / "vectors.npz"
         self.vectors: dict[str, np.ndarray] = {}
         try:
@@ -78,8 +85,11 @@ class VectorCache:
         fd, temporary = tempfile.mkstemp(suffix=".tmp.npz", dir=self.file.parent)  # O_EXCL: never through a link
         try:
             with os.fdopen(fd, "wb") as handle:
-                np.savez(handle, keys=np.array(keys, dtype=str),
-                         vectors=np.stack([self.vectors[k] for k in keys]) if keys else np.zeros((0, 0), np.float32))
+                np.savez(
+                    handle,
+                    keys=np.array(keys, dtype=str),
+                    vectors=np.stack([self.vectors[k] for k in keys]) if keys else np.zeros((0, 0), np.float32),
+                )
             os.replace(temporary, self.file)
         except BaseException:
             Path(temporary).unlink(missing_ok=True)
@@ -91,8 +101,14 @@ def image_paths(folder: ClassFolder | None, captions: Captions | None) -> list[s
     return list(dict.fromkeys((folder.paths if folder else []) + (captions.paths if captions else [])))
 
 
-def embed_images(embedder: Embedder, paths: list[str], cache: VectorCache, result: ModelResult, settings: Settings,
-                 progress: Callable[[int], None] = lambda n: None) -> dict[str, np.ndarray]:
+def embed_images(
+    embedder: Embedder,
+    paths: list[str],
+    cache: VectorCache,
+    result: ModelResult,
+    settings: Settings,
+    progress: Callable[[int], None] = lambda n: None,
+) -> dict[str, np.ndarray]:
     """Vectors of ``paths`` that could be read, by path: from the cache, else read and decoded as the indexer
     reads and decodes them (regular files up to IMGSEARCH_MAX_FILE_BYTES; the labelled files may lie anywhere)
     and embedded ``settings.batch_size`` at a time. Unreadable files are listed in ``result.skipped``."""
@@ -114,11 +130,14 @@ def embed_images(embedder: Embedder, paths: list[str], cache: VectorCache, resul
             pending.append((path, key))
     for start in range(0, len(pending), batch_size):
         batch, images = [], []
-        for path, key in pending[start:start + batch_size]:
+        for path, key in pending[start : start + batch_size]:
             try:
                 data = read_regular(path, [os.sep], settings.max_file_bytes)
-                images.append(decode_image(data, path, embedder.image_size, settings.max_image_pixels,
-                                           settings.max_decoded_bytes).image)
+                images.append(
+                    decode_image(
+                        data, path, embedder.image_size, settings.max_image_pixels, settings.max_decoded_bytes
+                    ).image
+                )
                 batch.append((path, key))
             except (OSError, UnsafeFileError, ImageDecodeError) as exc:
                 result.skipped[path] = str(exc)
@@ -126,15 +145,21 @@ def embed_images(embedder: Embedder, paths: list[str], cache: VectorCache, resul
         for (path, key), vector in zip(batch, vectors):
             found[path] = cache.vectors[key] = vector.astype(np.float32)
         result.embedded += len(batch)
-        progress(len(pending[start:start + batch_size]))
+        progress(len(pending[start : start + batch_size]))
     if pending:
         cache.save()
     return found
 
 
-def evaluate_model(embedder: Embedder, folder: ClassFolder | None, captions: Captions | None, settings: Settings,
-                   templates: Iterable[str] = DEFAULT_TEMPLATES, knn_k: int = 1,
-                   progress: Callable[[int], None] = lambda n: None) -> ModelResult:
+def evaluate_model(
+    embedder: Embedder,
+    folder: ClassFolder | None,
+    captions: Captions | None,
+    settings: Settings,
+    templates: Iterable[str] = DEFAULT_TEMPLATES,
+    knn_k: int = 1,
+    progress: Callable[[int], None] = lambda n: None,
+) -> ModelResult:
     """Every metric the data allows, for one loaded model; image vectors cached in ``settings.cache_dir``."""
     started = time.perf_counter()
     result = ModelResult(embedder.name, embedder.dim, embedder.precision)
@@ -160,7 +185,9 @@ def evaluate_model(embedder: Embedder, folder: ClassFolder | None, captions: Cap
         rows = [j for j, image in enumerate(captions.images) if image in readable]
         images = np.stack([vectors[captions.paths[i]] for i in order])
         texts = embedder.embed_texts([captions.captions[j] for j in rows]).vectors
-        result.metrics.update(metrics.retrieval(images, texts, np.asarray([renumber[captions.images[j]] for j in rows])))
+        result.metrics.update(
+            metrics.retrieval(images, texts, np.asarray([renumber[captions.images[j]] for j in rows]))
+        )
     result.seconds = round(time.perf_counter() - started, 2)
     return result
 

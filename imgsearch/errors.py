@@ -44,8 +44,10 @@ class ImageTooLargeError(ImageDecodeError):
 
     def __init__(self, source: str, pixels: int, limit: int, decoded_bytes: int = 0, max_decoded_bytes: int = 0):
         if decoded_bytes:
-            reason = (f"decoding would take {decoded_bytes / 2**20:,.0f} MB, over the limit of "
-                      f"{max_decoded_bytes / 2**20:,.0f} MB (IMGSEARCH_MAX_DECODED_MB)")
+            reason = (
+                f"decoding would take {decoded_bytes / 2**20:,.0f} MB, over the limit of "
+                f"{max_decoded_bytes / 2**20:,.0f} MB (IMGSEARCH_MAX_DECODED_MB)"
+            )
         else:
             reason = f"{pixels:,} pixels is over the limit of {limit:,} (IMGSEARCH_MAX_IMAGE_PIXELS)"
         super().__init__(source, f"{reason}; refusing to decode a possible decompression bomb")
@@ -94,7 +96,8 @@ class SchemaOutdatedError(ImgsearchError):
             f"Collection '{collection}' has schema version {version}; this imgsearch uses version {current} "
             f"(it adds when each photo was taken, its format and camera). Run `imgsearch upgrade` once: it copies "
             f"every row and vector into the new schema without embedding anything again, and the old collection "
-            f"keeps serving until the copy is complete.")
+            f"keeps serving until the copy is complete."
+        )
         self.collection = collection
         self.version = version
 
@@ -103,7 +106,8 @@ class SchemaTooNewError(ImgsearchError):
     def __init__(self, collection: str, version: int, current: int):
         super().__init__(
             f"Collection '{collection}' has schema version {version}, written by a newer imgsearch than this one "
-            f"(version {current}). Update imgsearch.")
+            f"(version {current}). Update imgsearch."
+        )
         self.collection = collection
         self.version = version
 

@@ -78,7 +78,8 @@ class Settings(BaseSettings):
         if self.vector_cache == "on" and not self.is_embedded:
             raise ValueError(
                 "IMGSEARCH_VECTOR_CACHE=on needs the embedded Milvus Lite store: on a Milvus server the API cannot "
-                "tell when its in-memory copy falls behind. Use auto (the default) or off.")
+                "tell when its in-memory copy falls behind. Use auto (the default) or off."
+            )
         return self
 
     @property
@@ -97,7 +98,9 @@ class Settings(BaseSettings):
         if not device.startswith("cuda"):
             return self
         tuned = {"batch_size": GPU_BATCH_SIZE, "decode_workers": min(64, len(os.sched_getaffinity(0)))}
-        return self.model_copy(update={name: value for name, value in tuned.items() if name not in self.model_fields_set})
+        return self.model_copy(
+            update={name: value for name, value in tuned.items() if name not in self.model_fields_set}
+        )
 
     def resolved_device(self) -> str:
         if self.device != "auto":
@@ -138,10 +141,12 @@ def old_index_notice(settings: Settings) -> str | None:
         return None
     if OLD_DATA.resolve() == Path(settings.milvus_uri).resolve():
         return None
-    return (f"imgsearch: an index from an older version is in {OLD_DATA.resolve()}, but the index now lives in "
-            f"{Path(settings.milvus_uri).parent}: to keep using the old one, set "
-            f"IMGSEARCH_MILVUS_URI={OLD_DATA.resolve()}; to move it, stop imgsearch and run "
-            f"mv {OLD_DATA.resolve()} {settings.milvus_uri}")
+    return (
+        f"imgsearch: an index from an older version is in {OLD_DATA.resolve()}, but the index now lives in "
+        f"{Path(settings.milvus_uri).parent}: to keep using the old one, set "
+        f"IMGSEARCH_MILVUS_URI={OLD_DATA.resolve()}; to move it, stop imgsearch and run "
+        f"mv {OLD_DATA.resolve()} {settings.milvus_uri}"
+    )
 
 
 @lru_cache

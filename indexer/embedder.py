@@ -34,8 +34,14 @@ class EmbeddedBatch:
 
 
 def load_file(
-    entry: FileEntry, known_hashes: Callable[[str], bool], min_side: int, max_pixels: int,
-    roots: list[str], max_bytes: int, max_decoded_bytes: int, clock: StageClock = NO_CLOCK,
+    entry: FileEntry,
+    known_hashes: Callable[[str], bool],
+    min_side: int,
+    max_pixels: int,
+    roots: list[str],
+    max_bytes: int,
+    max_decoded_bytes: int,
+    clock: StageClock = NO_CLOCK,
 ) -> LoadedFile:
     """Read ``entry`` once (a regular file inside ``roots``, at most ``max_bytes``): hash it, and decode it
     unless its content is already in the index. ``clock`` times each stage (indexer/profile.py)."""
@@ -62,7 +68,11 @@ def load_file(
 
 
 def load_in_parallel(
-    entries: Iterable[FileEntry], workers: int, window: int, load: Callable[[FileEntry], LoadedFile], clock: StageClock = NO_CLOCK,
+    entries: Iterable[FileEntry],
+    workers: int,
+    window: int,
+    load: Callable[[FileEntry], LoadedFile],
+    clock: StageClock = NO_CLOCK,
 ) -> Iterator[LoadedFile]:
     """``load`` each entry on ``workers`` threads, at most ``window`` ahead; yields in input order."""
 
@@ -80,8 +90,9 @@ def load_in_parallel(
             yield next_done(pending)
 
 
-def embed_in_batches(loaded: Iterable[LoadedFile], encoder: Embedder, batch_size: int,
-                     clock: StageClock = NO_CLOCK) -> Iterator[LoadedFile | EmbeddedBatch]:
+def embed_in_batches(
+    loaded: Iterable[LoadedFile], encoder: Embedder, batch_size: int, clock: StageClock = NO_CLOCK
+) -> Iterator[LoadedFile | EmbeddedBatch]:
     """Pass through files that need no embedding; group the decoded ones into embedded batches."""
     batch: list[LoadedFile] = []
     for item in loaded:

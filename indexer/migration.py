@@ -53,8 +53,13 @@ def new_collection_name(store: MilvusStore, model: str) -> str:
     return f"{store.physical_name(SCHEMA_VERSION)}_{hashlib.sha1(model.encode()).hexdigest()[:8]}"
 
 
-def build(settings: Settings, encoder: Embedder, store: MilvusStore, show_progress: bool = False,
-          on_progress: ProgressCallback | None = None) -> MigrationReport:
+def build(
+    settings: Settings,
+    encoder: Embedder,
+    store: MilvusStore,
+    show_progress: bool = False,
+    on_progress: ProgressCallback | None = None,
+) -> MigrationReport:
     """Fill the collection for ``encoder``'s model from the files under the current collection's roots."""
     old = store.target()
     if old is None:
@@ -69,34 +74,46 @@ def build(settings: Settings, encoder: Embedder, store: MilvusStore, show_progre
     if not roots:
         raise MigrationError(f"collection '{store.collection}' records no indexed folders to read again")
     # The name's earlier collection for this model, if it has one (a migration back): bring it up to date.
-    new = next((name for name in store.others() if store.properties_of(name).get("imgsearch.model") == encoder.name),
-               new_collection_name(store, encoder.name))
+    new = next(
+        (name for name in store.others() if store.properties_of(name).get("imgsearch.model") == encoder.name),
+        new_collection_name(store, encoder.name),
+    )
     report = MigrationReport(old, new, old_model, encoder.name, rows_before=store.count())
     target = store.pinned(new, own_token=True)
     if target.exists():
         report.resumed = target.count() > 0
         target.check_model(encoder.name, encoder.dim, encoder.fingerprint)  # other weights under the same name
     else:
-        store.create_physical(new, encoder.dim, _label_sets(properties) | {
-            "imgsearch.model": encoder.name, "imgsearch.dim": str(encoder.dim),
-            "imgsearch.fingerprint": json.dumps([round(float(v), 5) for v in encoder.fingerprint]),
-            CUTOFF_PROPERTY: family_cutoff(encoder.name).to_json(), MIGRATION_PROPERTY: "building"})
+        store.create_physical(new, encoder.dim, _label_sets(properties) | _new_properties(encoder))
     try:
-        report.build = run_index(roots, settings, encoder, target, show_progress=show_progress,
-                                 on_progress=on_progress)
+        report.build = run_index(roots, settings, encoder, target, show_progress=show_progress, on_progress=on_progress)
         # Folders indexed into the old collection while the build ran are read too.
         report.catch_up = run_index(store.indexed_roots(), settings, encoder, target)
         report.rows_after = target.count()
         indexed_now = {row["path"] for row in target.iter_rows(fields=["path"])}
-        report.not_carried = sorted(row["path"] for row in store.iter_rows(fields=["path"])
-                                    if row["path"] not in indexed_now)
+        report.not_carried = sorted(
+            row["path"] for row in store.iter_rows(fields=["path"]) if row["path"] not in indexed_now
+        )
     finally:
         target.close()
     if report.build.refused or report.catch_up.refused:
-        raise MigrationError("; ".join(report.build.refused + report.catch_up.refused)
-                             + f". The name still points to {old}; nothing was switched.")
+        raise MigrationError(
+            "; ".join(report.build.refused + report.catch_up.refused)
+            + f". The name still points to {old}; nothing was switched."
+        )
     store.set_properties(new, {MIGRATION_PROPERTY: "complete"})
     return report
+
+
+def _new_properties(encoder: Embedder) -> dict[str, str]:
+    """What the collection a migration builds records from the start: its model, and that it is being built."""
+    return {
+        "imgsearch.model": encoder.name,
+        "imgsearch.dim": str(encoder.dim),
+        "imgsearch.fingerprint": json.dumps([round(float(v), 5) for v in encoder.fingerprint]),
+        CUTOFF_PROPERTY: family_cutoff(encoder.name).to_json(),
+        MIGRATION_PROPERTY: "building",
+    }
 
 
 def switch(store: MilvusStore, report: MigrationReport, allow_missing: bool = False) -> None:
@@ -105,13 +122,16 @@ def switch(store: MilvusStore, report: MigrationReport, allow_missing: bool = Fa
     ``allow_missing``. Label sets saved or removed while the new collection was built are carried again."""
     current = store.target()
     if current != report.old:  # another migrate or a rollback moved the name since this build began
-        raise MigrationError(f"'{store.collection}' points to {current} now, not to {report.old} as when this "
-                             f"build began; nothing was switched. Run the command again")
+        raise MigrationError(
+            f"'{store.collection}' points to {current} now, not to {report.old} as when this "
+            f"build began; nothing was switched. Run the command again"
+        )
     if report.not_carried and not allow_missing:
         raise MigrationError(
             f"{len(report.not_carried)} images of {report.old} are not in {report.new} (their files are gone or "
             f"unreadable now), e.g. {report.not_carried[0]}; nothing was switched. Mount or restore them and run "
-            f"the same command again (it resumes), or pass --allow-missing to switch without them")
+            f"the same command again (it resumes), or pass --allow-missing to switch without them"
+        )
     store.set_properties(report.new, _label_sets(store.properties_of(report.old)) | {PREVIOUS_PROPERTY: report.old})
     store.point_to(report.new)
     report.switched = True
@@ -130,8 +150,10 @@ def rollback(store: MilvusStore) -> tuple[str, str]:
         raise CollectionNotFoundError(store.collection)
     previous = store.properties_of(current).get(PREVIOUS_PROPERTY, "")
     if not previous or previous not in store.others():
-        raise MigrationError(f"collection '{store.collection}' has no earlier collection to go back to"
-                             + (f" ({previous} was dropped)" if previous else ""))
+        raise MigrationError(
+            f"collection '{store.collection}' has no earlier collection to go back to"
+            + (f" ({previous} was dropped)" if previous else "")
+        )
     if store.properties_of(previous).get(MIGRATION_PROPERTY, "complete") != "complete":
         raise MigrationError(f"{previous} was never completely built")
     store.set_properties(previous, _label_sets(store.properties_of(current)) | {PREVIOUS_PROPERTY: current})
@@ -159,8 +181,13 @@ def other_collections(store: MilvusStore) -> list[OtherCollection]:
             rows = pinned.count()
         finally:
             pinned.close()
-        state = ("previous" if name == previous else
-                 "building" if properties.get(MIGRATION_PROPERTY) == "building" else "old")
+        state = (
+            "previous"
+            if name == previous
+            else "building"
+            if properties.get(MIGRATION_PROPERTY) == "building"
+            else "old"
+        )
         found.append(OtherCollection(name, properties.get("imgsearch.model", "?"), rows, state))
     return found
 

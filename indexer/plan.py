@@ -39,6 +39,9 @@ def make_plan(
             plan.unchanged.append(entry)
         else:
             plan.to_process.append(entry)
-    plan.stale = [row for path, row in stored_by_path.items()
-                  if path not in on_disk and within(path, roots) and not within(path, keep)]
+    plan.stale = [
+        row
+        for path, row in stored_by_path.items()
+        if path not in on_disk and within(path, roots) and not within(path, keep)
+    ]
     return plan

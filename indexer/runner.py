@@ -67,7 +67,9 @@ class Progress:
             from tqdm import tqdm
 
             # pragma below: the bar's looks are tested, but not under `make mutants` (see docs/mutation-testing.md)
-            self._bar = tqdm(total=total, unit="img", desc="indexing", file=sys.stderr, smoothing=0.1)  # pragma: no mutate
+            self._bar = tqdm(
+                total=total, unit="img", desc="indexing", file=sys.stderr, smoothing=0.1
+            )  # pragma: no mutate
         if callback:
             callback(0, total)
 
@@ -86,8 +88,14 @@ class Progress:
 
 
 def run_index(
-    roots: list[str], settings: Settings, encoder: Embedder, store: MilvusStore, show_progress: bool = False,
-    on_progress: ProgressCallback | None = None, prune: bool = False, profile: bool = False,
+    roots: list[str],
+    settings: Settings,
+    encoder: Embedder,
+    store: MilvusStore,
+    show_progress: bool = False,
+    on_progress: ProgressCallback | None = None,
+    prune: bool = False,
+    profile: bool = False,
 ) -> IndexReport:
     """Bring the collection in line with the image files under ``roots``: prepare -> embed and write -> sweep.
 
@@ -99,8 +107,9 @@ def run_index(
     settings = settings.for_device(getattr(encoder, "device", "cpu"))  # a GPU's batch and decode threads
     job = prepare(roots, settings, encoder, store, prune)
     tune_if_it_pays(len(job.plan.to_process), encoder)
-    embed_and_write(job, settings, encoder, store, Progress(len(job.plan.to_process), show_progress, on_progress),
-                    profile)
+    embed_and_write(
+        job, settings, encoder, store, Progress(len(job.plan.to_process), show_progress, on_progress), profile
+    )
     sweep(job, store)
     job.report.elapsed_s = round(time.monotonic() - started, 3)
     return job.report
@@ -143,14 +152,16 @@ def prepare(roots: list[str], settings: Settings, encoder: Embedder, store: Milv
         for folder, count in _emptied_folders(plan.stale, files, present).items():
             report.refused.append(
                 f"{folder} has no image files now, but {count} are indexed under it (an unmounted share looks "
-                f"like this); they are kept. If they were removed on purpose, run again with --prune")
+                f"like this); they are kept. If they were removed on purpose, run again with --prune"
+            )
             plan.stale = [row for row in plan.stale if not within(row["path"], [folder])]
     report.unchanged = len(plan.unchanged)
     return Job(present, plan, report)
 
 
-def embed_and_write(job: Job, settings: Settings, encoder: Embedder, store: MilvusStore, progress: Progress,
-                    profile: bool) -> None:
+def embed_and_write(
+    job: Job, settings: Settings, encoder: Embedder, store: MilvusStore, progress: Progress, profile: bool
+) -> None:
     """Decode and embed the new and changed files, copy the vectors of content already indexed, write rows."""
     plan, report, present = job.plan, job.report, job.present
     stale_paths = {row["path"] for row in plan.stale}
@@ -159,18 +170,35 @@ def embed_and_write(job: Job, settings: Settings, encoder: Embedder, store: Milv
     reused: list[LoadedFile] = []
 
     def load(entry: FileEntry) -> LoadedFile:
-        return load_file(entry, plan.rows_by_hash.__contains__, encoder.image_size, settings.max_image_pixels,
-                         present, settings.max_file_bytes, settings.max_decoded_bytes, clock)
+        return load_file(
+            entry,
+            plan.rows_by_hash.__contains__,
+            encoder.image_size,
+            settings.max_image_pixels,
+            present,
+            settings.max_file_bytes,
+            settings.max_decoded_bytes,
+            clock,
+        )
 
-    loaded = load_in_parallel(plan.to_process, settings.decode_workers, 2 * settings.batch_size + settings.decode_workers,
-                              load, clock)
+    loaded = load_in_parallel(
+        plan.to_process, settings.decode_workers, 2 * settings.batch_size + settings.decode_workers, load, clock
+    )
     embedding_started = time.monotonic()
     try:
         for item in embed_in_batches(loaded, encoder, settings.batch_size, clock):
             if isinstance(item, EmbeddedBatch):
-                writer.add([make_row(decoded_facts(f.entry.path, f.entry.size, f.entry.mtime_ns, f.content_hash,
-                                                   f.decoded, present), vector)
-                            for f, vector in zip(item.files, item.vectors)])
+                writer.add(
+                    [
+                        make_row(
+                            decoded_facts(
+                                f.entry.path, f.entry.size, f.entry.mtime_ns, f.content_hash, f.decoded, present
+                            ),
+                            vector,
+                        )
+                        for f, vector in zip(item.files, item.vectors)
+                    ]
+                )
                 report.embedded += len(item.files)
                 progress.advance(len(item.files))
             elif item.error is not None:
@@ -253,8 +281,11 @@ def _write_reused(items, rows_by_hash, stale_paths, store, writer, report, roots
         if source is None:  # deleted by a concurrent writer since the plan was made: report it, embed next run
             report.failed.append({"path": item.entry.path, "reason": "indexed copy vanished during the run; re-run"})
             continue
-        rows.append(make_row(copied_facts(item.entry.path, item.entry.size, item.entry.mtime_ns, source, roots),
-                             source["vector"]))
+        rows.append(
+            make_row(
+                copied_facts(item.entry.path, item.entry.size, item.entry.mtime_ns, source, roots), source["vector"]
+            )
+        )
         if source["path"] == item.entry.path:  # touched, content the same
             report.unchanged += 1
         elif source["path"] in stale_paths:

@@ -37,8 +37,12 @@ class ScanResult:
 
 class RootNotFoundError(ImgsearchError):
     def __init__(self, root: str, indexed: int = 0):
-        hint = (f"; {indexed} images indexed under it are kept. If it was removed on purpose, run again with "
-                f"--prune to drop them" if indexed else "")
+        hint = (
+            f"; {indexed} images indexed under it are kept. If it was removed on purpose, run again with "
+            f"--prune to drop them"
+            if indexed
+            else ""
+        )
         super().__init__(f"{root}: no such file or directory{hint}")
         self.root = root
 
@@ -77,8 +81,12 @@ def scan(roots: list[str], max_bytes: int) -> ScanResult:
 def _walk(root: str, result: ScanResult) -> list[str]:
     def unlistable(error: OSError) -> None:
         where = error.filename or root
-        result.failed.append({"path": printable(where), "reason": f"cannot list folder: {error.strerror or error}; "
-                                                                   "what is indexed below it is kept"})
+        result.failed.append(
+            {
+                "path": printable(where),
+                "reason": f"cannot list folder: {error.strerror or error}; what is indexed below it is kept",
+            }
+        )
         result.keep.append(where)
 
     paths = []

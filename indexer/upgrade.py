@@ -51,8 +51,12 @@ class UpgradeReport:
     elapsed_s: float = 0.0
 
 
-def upgrade(store: MilvusStore, max_file_bytes: int, batch_size: int = 500,
-            on_progress: Callable[[int, int], None] | None = None) -> UpgradeReport:
+def upgrade(
+    store: MilvusStore,
+    max_file_bytes: int,
+    batch_size: int = 500,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> UpgradeReport:
     """Upgrade ``store``'s collection to SCHEMA_VERSION (see the module docstring)."""
     started = time.monotonic()
     if not store.exists():
@@ -82,16 +86,25 @@ def upgrade(store: MilvusStore, max_file_bytes: int, batch_size: int = 500,
     return report
 
 
-def _copy(store: MilvusStore, version: int, new: str, max_file_bytes: int, batch_size: int,
-          report: UpgradeReport, on_progress: Callable[[int, int], None] | None) -> None:
+def _copy(
+    store: MilvusStore,
+    version: int,
+    new: str,
+    max_file_bytes: int,
+    batch_size: int,
+    report: UpgradeReport,
+    on_progress: Callable[[int, int], None] | None,
+) -> None:
     if store._call(lambda c: c.has_collection(new)):
         store._call(lambda c: c.drop_collection(new))  # a copy cut short: start it again
     properties = store._properties()
-    kept = {key: value for key, value in properties.items()
-            if key in _KEPT_PROPERTIES or key.startswith(LABEL_SET_PROPERTY)}
+    kept = {
+        key: value for key, value in properties.items() if key in _KEPT_PROPERTIES or key.startswith(LABEL_SET_PROPERTY)
+    }
     kept.setdefault(CUTOFF_PROPERTY, family_cutoff(properties.get("imgsearch.model", "")).to_json())
-    store.create_physical(new, store.model_info()[1],
-                          kept | {UPGRADE_PROPERTY: "copying", UPGRADED_FROM_PROPERTY: str(version)})
+    store.create_physical(
+        new, store.model_info()[1], kept | {UPGRADE_PROPERTY: "copying", UPGRADED_FROM_PROPERTY: str(version)}
+    )
     roots = store.indexed_roots()
     total = store.count()
     if on_progress:
@@ -107,8 +120,9 @@ def _copy(store: MilvusStore, version: int, new: str, max_file_bytes: int, batch
     store.set_properties(new, {UPGRADE_PROPERTY: "complete"})
 
 
-def _upgraded_row(row: dict[str, Any], version: int, roots: list[str], max_file_bytes: int,
-                  report: UpgradeReport) -> dict[str, Any]:
+def _upgraded_row(
+    row: dict[str, Any], version: int, roots: list[str], max_file_bytes: int, report: UpgradeReport
+) -> dict[str, Any]:
     """The row with the columns added since ``version`` filled: from the file if it still holds the content
     that was indexed, else from the row itself. From version 2 on, the row knows every fact of its file."""
     if version >= 2:
@@ -127,9 +141,16 @@ def _upgraded_row(row: dict[str, Any], version: int, roots: list[str], max_file_
     if exif.taken_at is not None:
         report.dated_by_exif += 1
     taken_at, source = date_taken(exif.taken_at, row["mtime_ns"])
-    facts = FileFacts(**{name: row[name] for name in _FROM_THE_ROW}, taken_at=taken_at, taken_at_source=source,
-                      format=image_format, camera_make=exif.camera_make, camera_model=exif.camera_model, gps=exif.gps,
-                      text=_searchable_text(row, data, roots))
+    facts = FileFacts(
+        **{name: row[name] for name in _FROM_THE_ROW},
+        taken_at=taken_at,
+        taken_at_source=source,
+        format=image_format,
+        camera_make=exif.camera_make,
+        camera_model=exif.camera_model,
+        gps=exif.gps,
+        text=_searchable_text(row, data, roots),
+    )
     added = {column.name: column.fill(facts) for column in COLUMNS if column.since > version}
     return {**row, **added}
 

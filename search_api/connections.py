@@ -19,6 +19,7 @@ A client past a deadline is disconnected. The server also takes as many file des
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import logging
 import resource
@@ -128,20 +129,17 @@ class DeadlineProtocol(HttpToolsProtocol):
         in_kernel = 0
         sock = self.transport.get_extra_info("socket")
         if sock is not None:
-            try:
+            with contextlib.suppress(OSError, ValueError):
                 in_kernel = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0" * 4))[0]
-            except (OSError, ValueError):
-                pass
         return self.transport.written - self.transport.get_write_buffer_size() - in_kernel
 
     def _give_up(self) -> None:
         self._disarm()
         if self.transport.get_write_buffer_size():
             sock = self.transport.get_extra_info("socket")
-            try:  # a reset: else the kernel keeps the unsent megabytes for a client that does not read them
+            # a reset: else the kernel keeps the unsent megabytes for a client that does not read them
+            with contextlib.suppress(AttributeError, OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            except (AttributeError, OSError):
-                pass
             self.transport.abort()  # close() would wait for that client
         elif not self.transport.is_closing():
             self.transport.close()

@@ -62,5 +62,6 @@ def has_api_key(request: Request, settings: Settings) -> bool:
 def require_api_key(request: Request, settings: SettingsDep) -> None:
     """With IMGSEARCH_API_KEY set, demand it."""
     if not has_api_key(request, settings):
-        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "missing or wrong API key",
-                            headers={"WWW-Authenticate": "Bearer"})
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED, "missing or wrong API key", headers={"WWW-Authenticate": "Bearer"}
+        )

@@ -61,7 +61,9 @@ async def domain_error(_request: Request, exc: Exception) -> JSONResponse:
 
 async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
     """422 with one readable line ("k: Input should be less than or equal to 1000") and pydantic's list."""
-    errors = jsonable_encoder(exc.errors(), custom_encoder={Exception: str, bytes: lambda b: b.decode("utf-8", "replace")})
+    errors = jsonable_encoder(
+        exc.errors(), custom_encoder={Exception: str, bytes: lambda b: b.decode("utf-8", "replace")}
+    )
     return JSONResponse({"detail": validation_message(errors, where="body"), "errors": errors}, status_code=422)
 
 

@@ -27,15 +27,22 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Open everything from ``app.state.settings`` (and ``app.state.given_encoder``, a model tests hand in)."""
     settings: Settings = app.state.settings
     names = await run_in_threadpool(MilvusStore.from_settings, settings)  # the configured name
-    model = app.state.given_encoder or await run_in_threadpool(load_embedder, settings.model_copy(
-        update={"model": await run_in_threadpool(collection_model, settings, names)}))
+    model = app.state.given_encoder or await run_in_threadpool(
+        load_embedder, settings.model_copy(update={"model": await run_in_threadpool(collection_model, settings, names)})
+    )
     _say_what_runs(model)
-    await run_in_threadpool(names.ensure_collection, model.name, model.dim, model.fingerprint)  # fails on a model mismatch
+    await run_in_threadpool(
+        names.ensure_collection, model.name, model.dim, model.fingerprint
+    )  # fails on a model mismatch
     collection = await run_in_threadpool(names.target)
     serving = await run_in_threadpool(open_serving, settings, names, collection, model)
     app.state.upload_slots = asyncio.Semaphore(UPLOADS_DECODED_AT_ONCE)
-    app.state.thumbnails = ThumbnailCache(settings.thumbnail_dir, settings.max_image_pixels,
-                                          settings.max_decoded_bytes, settings.thumbnail_cache_mb * 1024 * 1024)
+    app.state.thumbnails = ThumbnailCache(
+        settings.thumbnail_dir,
+        settings.max_image_pixels,
+        settings.max_decoded_bytes,
+        settings.thumbnail_cache_mb * 1024 * 1024,
+    )
     app.state.jobs = JobManager(settings, model, serving.store)
     install(app, serving)
     switcher = Switcher(settings, names, serving, lambda new: install(app, new))
@@ -65,5 +72,10 @@ def install(app: FastAPI, serving: Serving) -> None:
 def _say_what_runs(model: Embedder) -> None:
     """One line in the server's log: what runs the model, and what auto measured to choose it."""
     choice = getattr(model, "precision_choice", None)
-    logging.getLogger("uvicorn.error").info("imgsearch: %s runs %s %s%s", model.name, model.backend, model.precision,
-                                            f" ({choice.describe()})" if choice else "")
+    logging.getLogger("uvicorn.error").info(
+        "imgsearch: %s runs %s %s%s",
+        model.name,
+        model.backend,
+        model.precision,
+        f" ({choice.describe()})" if choice else "",
+    )

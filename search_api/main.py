@@ -26,7 +26,8 @@ def create_app(settings: Settings | None = None, encoder: Embedder | None = None
         description="Semantic image search: text, example images and combinations, over a Milvus collection.",
         lifespan=lifespan,
         # With a key, the schema and its pages are served below only to callers that present it.
-        docs_url=None if keyed else "/docs", redoc_url=None if keyed else "/redoc",
+        docs_url=None if keyed else "/docs",
+        redoc_url=None if keyed else "/redoc",
         openapi_url=None if keyed else "/openapi.json",
     )
     app.state.settings = settings
@@ -39,8 +40,12 @@ def create_app(settings: Settings | None = None, encoder: Embedder | None = None
         _add_protected_docs(app, protected)
     install_error_handlers(app)
     if settings.cors_origins:
-        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
-                           allow_headers=["Authorization", "X-API-Key", "Content-Type"])
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "X-API-Key", "Content-Type"],
+        )
     app.add_middleware(BodySizeLimit, limit=settings.max_upload_bytes, slack=64 * 1024)
     return app
 
@@ -72,5 +77,6 @@ def serve(settings: Settings) -> None:
         store.close()
 
     raise_open_file_limit()
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info",
-                http=DeadlineProtocol)  # a client that stops moving its request along is let go
+    uvicorn.run(
+        create_app(settings), host=settings.host, port=settings.port, log_level="info", http=DeadlineProtocol
+    )  # a client that stops moving its request along is let go

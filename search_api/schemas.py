@@ -24,11 +24,15 @@ class LabelSetRequest(BaseModel):
 
     name: str = Field(..., min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     labels: list[Annotated[str, Field(max_length=MAX_LABEL_CHARS)] | LabelSpec] = Field(
-        ..., min_length=1, max_length=MAX_LABELS)
+        ..., min_length=1, max_length=MAX_LABELS
+    )
     templates: list[Annotated[str, Field(max_length=300)]] | None = Field(
-        None, min_length=1, max_length=MAX_TEMPLATES, description="default ['a photo of a {}.']; each holds {} once")
+        None, min_length=1, max_length=MAX_TEMPLATES, description="default ['a photo of a {}.']; each holds {} once"
+    )
     top: int = Field(3, ge=1, le=16, description="at most this many labels of the set per image")
-    min_score: float | None = Field(None, ge=-1, le=1, description="cosine: default 0.25; softmax: a probability, default 0.1")
+    min_score: float | None = Field(
+        None, ge=-1, le=1, description="cosine: default 0.25; softmax: a probability, default 0.1"
+    )
     mode: Literal["cosine", "softmax"] = "cosine"
 
 
@@ -57,17 +61,30 @@ class HealthResponse(BaseModel):
     status: Literal["ok"]
     model: str | None = None
     dim: int | None = None
-    runs: str | None = Field(None, description=(
-        "what runs the model for queries: backend and precision, such as 'torch fp32' or 'onnx int8' "
-        "(IMGSEARCH_BACKEND and IMGSEARCH_PRECISION; auto says what it chose)"))
+    runs: str | None = Field(
+        None,
+        description=(
+            "what runs the model for queries: backend and precision, such as 'torch fp32' or 'onnx int8' "
+            "(IMGSEARCH_BACKEND and IMGSEARCH_PRECISION; auto says what it chose)"
+        ),
+    )
     count: int | None = None
     vector_cache: Literal["fresh", "catching-up", "off"] | None = Field(
-        None, description="whether searches are answered from the in-memory copy (fresh) or by Milvus")
-    collection: str | None = Field(None, description=(
-        "the collection searched, by its own name: the configured name points to it (imgsearch migrate moves it)"))
-    switch: str | None = Field(None, description=(
-        "'serving', or 'switching to ...' while the model of the collection the name now points to loads, or why "
-        "that failed (the API then keeps serving the collection it served)"))
+        None, description="whether searches are answered from the in-memory copy (fresh) or by Milvus"
+    )
+    collection: str | None = Field(
+        None,
+        description=(
+            "the collection searched, by its own name: the configured name points to it (imgsearch migrate moves it)"
+        ),
+    )
+    switch: str | None = Field(
+        None,
+        description=(
+            "'serving', or 'switching to ...' while the model of the collection the name now points to loads, or why "
+            "that failed (the API then keeps serving the collection it served)"
+        ),
+    )
 
 
 class IndexRequest(BaseModel):

@@ -122,8 +122,11 @@ def photo_dir(tmp_path) -> Path:
 def server_env(tmp_path_factory, tiny_model_dir) -> dict[str, str]:
     data = tmp_path_factory.mktemp("served")
     photos = write_photo_set(data / "photos")
-    return {**cli_environment(data / "data", tiny_model_dir), "IMGSEARCH_TEST_PHOTOS": str(photos),
-            "IMGSEARCH_ALLOWED_ROOTS": json.dumps([str(photos)])}
+    return {
+        **cli_environment(data / "data", tiny_model_dir),
+        "IMGSEARCH_TEST_PHOTOS": str(photos),
+        "IMGSEARCH_ALLOWED_ROOTS": json.dumps([str(photos)]),
+    }
 
 
 @pytest.fixture(scope="session")

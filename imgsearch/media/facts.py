@@ -26,14 +26,27 @@ def searchable_text(path: str, description: str, roots: list[str], tags: Sequenc
     return compose(name_words(path), description, sidecar_text(path, roots), list(tags))
 
 
-def decoded_facts(path: str, size: int, mtime_ns: int, content_hash: str, decoded: DecodedImage,
-                  roots: list[str]) -> FileFacts:
+def decoded_facts(
+    path: str, size: int, mtime_ns: int, content_hash: str, decoded: DecodedImage, roots: list[str]
+) -> FileFacts:
     """The facts of a file the indexer has just read and decoded."""
     exif = decoded.exif
     taken_at, source = date_taken(exif.taken_at, mtime_ns)
-    return FileFacts(path, size, mtime_ns, content_hash, decoded.width, decoded.height, taken_at, source,
-                     decoded.format, exif.camera_make, exif.camera_model, exif.gps,
-                     searchable_text(path, decoded.description, roots))
+    return FileFacts(
+        path,
+        size,
+        mtime_ns,
+        content_hash,
+        decoded.width,
+        decoded.height,
+        taken_at,
+        source,
+        decoded.format,
+        exif.camera_make,
+        exif.camera_model,
+        exif.gps,
+        searchable_text(path, decoded.description, roots),
+    )
 
 
 def copied_facts(path: str, size: int, mtime_ns: int, source: dict[str, Any], roots: list[str]) -> FileFacts:
@@ -41,6 +54,18 @@ def copied_facts(path: str, size: int, mtime_ns: int, source: dict[str, Any], ro
     embedded description (a date from the file's time is this file's time; names and sidecars are its own)."""
     taken_at = source["taken_at"] if source["taken_at_source"] == "exif" else mtime_wall_clock(mtime_ns)
     description = text_parts(source.get("text", ""))[1]
-    return FileFacts(path, size, mtime_ns, source["content_hash"], source["width"], source["height"], taken_at,
-                     source["taken_at_source"], source["format"], source["camera_make"], source["camera_model"],
-                     source["gps"], searchable_text(path, description, roots))
+    return FileFacts(
+        path,
+        size,
+        mtime_ns,
+        source["content_hash"],
+        source["width"],
+        source["height"],
+        taken_at,
+        source["taken_at_source"],
+        source["format"],
+        source["camera_make"],
+        source["camera_model"],
+        source["gps"],
+        searchable_text(path, description, roots),
+    )

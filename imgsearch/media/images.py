@@ -27,8 +27,22 @@ except ImportError:  # pragma: no cover - optional extra
 
 # Extensions the indexer picks up. AVIF is decoded by Pillow itself (>= 11.3).
 IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".gif", ".bmp", ".dib",
-     ".tif", ".tiff", ".heic", ".heif", ".avif"}
+    {
+        ".jpg",
+        ".jpeg",
+        ".jpe",
+        ".jfif",
+        ".png",
+        ".webp",
+        ".gif",
+        ".bmp",
+        ".dib",
+        ".tif",
+        ".tiff",
+        ".heic",
+        ".heif",
+        ".avif",
+    }
 )
 
 # Pillow's own bomb check would fire at its global limit; ours is per call and configurable.
@@ -39,8 +53,22 @@ _ROTATED_ORIENTATIONS = {5, 6, 7, 8}  # EXIF orientations that swap width and he
 DEFAULT_MAX_DECODED_BYTES = 256 * 1024 * 1024
 
 # Bytes per pixel of Pillow's decoded modes. A one-bit PNG still takes a byte per pixel once decoded.
-_BYTES_PER_PIXEL = {"1": 1, "L": 1, "P": 1, "LA": 2, "La": 2, "PA": 2, "I;16": 2, "I;16B": 2, "I;16L": 2,
-                    "I;16N": 2, "RGB": 3, "YCbCr": 3, "LAB": 3, "HSV": 3}
+_BYTES_PER_PIXEL = {
+    "1": 1,
+    "L": 1,
+    "P": 1,
+    "LA": 2,
+    "La": 2,
+    "PA": 2,
+    "I;16": 2,
+    "I;16B": 2,
+    "I;16L": 2,
+    "I;16N": 2,
+    "RGB": 3,
+    "YCbCr": 3,
+    "LAB": 3,
+    "HSV": 3,
+}
 
 
 _HIGH_DEPTH = ("I", "F", "I;16", "I;16B", "I;16L", "I;16N")
@@ -88,10 +116,14 @@ def photo_exif(exif: Image.Exif) -> PhotoExif:
     """Capture time, camera and position from EXIF. Hostile or broken EXIF gives empty fields, never an error."""
     try:
         details = exif.get_ifd(_EXIF_IFD)
-        taken = (_exif_time(details.get(_DATETIME_ORIGINAL)) or _exif_time(details.get(_DATETIME_DIGITIZED))
-                 or _exif_time(exif.get(_DATETIME)))
-        return PhotoExif(taken, _exif_text(exif.get(_MAKE)), _exif_text(exif.get(_MODEL)),
-                         _exif_gps(exif.get_ifd(_GPS_IFD)))
+        taken = (
+            _exif_time(details.get(_DATETIME_ORIGINAL))
+            or _exif_time(details.get(_DATETIME_DIGITIZED))
+            or _exif_time(exif.get(_DATETIME))
+        )
+        return PhotoExif(
+            taken, _exif_text(exif.get(_MAKE)), _exif_text(exif.get(_MODEL)), _exif_gps(exif.get_ifd(_GPS_IFD))
+        )
     except Exception:  # a malformed IFD in a hostile file
         return PhotoExif()
 
@@ -130,8 +162,24 @@ def _degrees(dms) -> float:
     return degrees + minutes / 60 + seconds / 3600
 
 
-def decode_image(data: bytes, source: str, min_side: int, max_pixels: int,
-                 max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES) -> DecodedImage:
+def _decode_reduced(image: Image.Image, min_side: int) -> int:
+    """Ask the decoder for a smaller picture where the format allows; returns the scale it will be decoded at."""
+    if image.format == "JPEG":
+        # Let libjpeg decode at 1/2, 1/4 or 1/8 scale: a 12 MP photo never exists in full.
+        image.draft(image.mode if image.mode in ("RGB", "L") else None, (min_side, min_side))
+    if image.format != "JPEG2000":
+        return 1
+    # OpenJPEG decodes at 1/2**n resolution directly; n stops while the short side stays >= min_side.
+    factor = 0
+    while min(image.size) >> (factor + 1) >= min_side and factor < 5:
+        factor += 1
+    image.reduce = factor
+    return 2**factor
+
+
+def decode_image(
+    data: bytes, source: str, min_side: int, max_pixels: int, max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES
+) -> DecodedImage:
     """Decode ``data`` into an upright RGB image whose shortest side is ``min_side``.
 
     Raises:
@@ -147,21 +195,15 @@ def decode_image(data: bytes, source: str, min_side: int, max_pixels: int,
         width, height = image.size
         if width * height > max_pixels:
             raise ImageTooLargeError(source, width * height, max_pixels)
-        if image.format == "JPEG":
-            # Let libjpeg decode at 1/2, 1/4 or 1/8 scale: a 12 MP photo never exists in full.
-            image.draft(image.mode if image.mode in ("RGB", "L") else None, (min_side, min_side))
-        scale = 1
-        if image.format == "JPEG2000":
-            # OpenJPEG decodes at 1/2**n resolution directly; n stops while the short side stays >= min_side.
-            factor = 0
-            while min(image.size) >> (factor + 1) >= min_side and factor < 5:
-                factor += 1
-            image.reduce = factor
-            scale = 2**factor
+        scale = _decode_reduced(image, min_side)
         exif_tags = image.getexif() if image.format != "PNG" else None
         orientation = exif_tags.get(0x0112, 1) if exif_tags is not None else None
-        needed = decoded_bytes(image.mode, -(-image.size[0] // scale), -(-image.size[1] // scale),
-                               rotated=orientation in _ROTATED_ORIENTATIONS)
+        needed = decoded_bytes(
+            image.mode,
+            -(-image.size[0] // scale),
+            -(-image.size[1] // scale),
+            rotated=orientation in _ROTATED_ORIENTATIONS,
+        )
         if needed > max_decoded_bytes:
             raise ImageTooLargeError(source, width * height, max_pixels, needed, max_decoded_bytes)
         if exif_tags is None:  # after the memory check: Pillow reads a PNG's EXIF by decoding it all first
@@ -186,8 +228,9 @@ def decode_image(data: bytes, source: str, min_side: int, max_pixels: int,
         raise ImageDecodeError(source, f"cannot decode: {exc}") from None
     except Exception as exc:  # a plugin's own bug on hostile bytes: this file fails, never the run
         raise ImageDecodeError(source, f"cannot decode: {type(exc).__name__}: {exc}") from None
-    return DecodedImage(image=image, width=width, height=height, format=image_format, exif=exif,
-                        description=description)
+    return DecodedImage(
+        image=image, width=width, height=height, format=image_format, exif=exif, description=description
+    )
 
 
 _IMAGE_DESCRIPTION = 0x010E
@@ -215,7 +258,7 @@ def embedded_description(image: Image.Image, exif_tags: Image.Exif | None = None
         if isinstance(xmp, str):
             xmp = xmp.encode("utf-8", "replace")
         if isinstance(xmp, bytes):
-            found.append(xmp_text(xmp[:256 * 1024]))
+            found.append(xmp_text(xmp[: 256 * 1024]))
     except Exception:  # hostile metadata: the picture is still indexed, without a description
         return ""
     return " ".join(dict.fromkeys(text.strip() for text in found if text and text.strip()))[:_MAX_DESCRIPTION]

@@ -48,8 +48,13 @@ def within(path: str, roots: Iterable[str]) -> bool:
 
 
 def kind_of(mode: int) -> str:
-    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
-                       (stat.S_ISBLK, "a block device"), (stat.S_ISDIR, "a directory")):
+    for test, name in (
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISDIR, "a directory"),
+    ):
         if test(mode):
             return name
     return "a special file"
@@ -60,8 +65,9 @@ def check_regular(path: str, info: os.stat_result, max_bytes: int) -> None:
     if not stat.S_ISREG(info.st_mode):
         raise UnsafeFileError(path, f"{kind_of(info.st_mode)}, not a regular file")
     if info.st_size > max_bytes:
-        raise UnsafeFileError(path, f"{info.st_size:,} bytes is over the limit of {max_bytes:,} "
-                                    f"(IMGSEARCH_MAX_FILE_BYTES)")
+        raise UnsafeFileError(
+            path, f"{info.st_size:,} bytes is over the limit of {max_bytes:,} (IMGSEARCH_MAX_FILE_BYTES)"
+        )
 
 
 def _real_path_of(fd: int, path: str) -> str:

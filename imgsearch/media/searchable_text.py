@@ -24,7 +24,8 @@ _PART, _TAGS = "\x1f", "\x1e"
 _CAMEL = re.compile(r"(?<=[a-z])(?=[A-Z])|(?<=[A-Za-z])(?=\d)|(?<=\d)(?=[A-Za-z])")
 _SEPARATORS = re.compile(r"[_\-.+~,()\[\]{}]+")
 _XML_TEXT = re.compile(
-    rb"<(?:dc:description|dc:title|dc:subject|photoshop:Headline|exif:UserComment)\b[^>]*>(.*?)</", re.S)
+    rb"<(?:dc:description|dc:title|dc:subject|photoshop:Headline|exif:UserComment)\b[^>]*>(.*?)</", re.S
+)
 _XML_TAG = re.compile(rb"<[^>]+>")
 _XML_ATTRIBUTE = re.compile(rb'(?:dc:description|dc:title|photoshop:Headline)="([^"]*)"')
 _SPACE = re.compile(r"\s+")
@@ -61,8 +62,13 @@ def xmp_text(xmp: bytes) -> str:
 
 
 def _unescape(text: str) -> str:
-    return (text.replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", '"').replace("&apos;", "'")
-            .replace("&amp;", "&"))
+    return (
+        text.replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", '"')
+        .replace("&apos;", "'")
+        .replace("&amp;", "&")
+    )
 
 
 def sidecar_text(path: str, roots: Sequence[str]) -> str:
@@ -87,7 +93,7 @@ def compose(names: str, description: str = "", sidecar: str = "", tags: Sequence
     body = _PART.join((_clean(names), _clean(description), _clean(sidecar))).lower()
     tag_part = _clean(" ".join(tags)).lower()
     room = MAX_TEXT - len(tag_part) - 1
-    return body[:max(room, 0)] + (_TAGS + tag_part if tag_part else "")
+    return body[: max(room, 0)] + (_TAGS + tag_part if tag_part else "")
 
 
 def parts(text: str) -> tuple[str, str, str, str]:

@@ -10,7 +10,6 @@ from PIL import Image
 log = logging.getLogger(__name__)
 
 
-
 # Where `auto` may use a setting: on the probe, its embeddings agree with fp32's at least this well. The
 # minimum cosine between a picture's (or text's) fp32 and fast embedding; and the mean share of the nearest
 # probe pictures that stay the same, for each picture (image -> image) and each text (text -> image).
@@ -23,12 +22,26 @@ PROBE_IMAGES = 24
 PROBE_NEIGHBOURS = 5
 
 
-PROBE_TEXTS = ["a photo of a dog", "a red bicycle leaning on a wall", "mountains at sunset", "a bowl of fruit",
-               "a crowded street at night", "a baby laughing", "a white cat on a sofa", "a map of the city"]
+PROBE_TEXTS = [
+    "a photo of a dog",
+    "a red bicycle leaning on a wall",
+    "mountains at sunset",
+    "a bowl of fruit",
+    "a crowded street at night",
+    "a baby laughing",
+    "a white cat on a sofa",
+    "a map of the city",
+]
 
 
-def top_k_overlap(queries: np.ndarray, pool: np.ndarray, other_queries: np.ndarray, other_pool: np.ndarray, k: int,
-                  same_set: bool = False) -> float:
+def top_k_overlap(
+    queries: np.ndarray,
+    pool: np.ndarray,
+    other_queries: np.ndarray,
+    other_pool: np.ndarray,
+    k: int,
+    same_set: bool = False,
+) -> float:
     """Mean share of each query's k nearest pool rows (by cosine) that two embeddings of the same queries and
     pool agree on. ``same_set``: the queries are the pool, and a row is not its own neighbour."""
     k = min(k, len(pool) - int(same_set))
@@ -50,13 +63,16 @@ def min_cosine(reference: np.ndarray, other: np.ndarray) -> float:
     return float(np.sum(reference.astype(np.float64) * other.astype(np.float64), axis=1).min())
 
 
-def agreement(images: np.ndarray, texts: np.ndarray, other_images: np.ndarray, other_texts: np.ndarray,
-              k: int = PROBE_NEIGHBOURS) -> tuple[float, float]:
+def agreement(
+    images: np.ndarray, texts: np.ndarray, other_images: np.ndarray, other_texts: np.ndarray, k: int = PROBE_NEIGHBOURS
+) -> tuple[float, float]:
     """(min cosine, neighbour overlap): how well a second embedding of the same pictures and texts agrees
     with the first; the overlap is the lower of image -> image and text -> image."""
     cosine = min(min_cosine(images, other_images), min_cosine(texts, other_texts))
-    overlap = min(top_k_overlap(images, images, other_images, other_images, k, same_set=True),
-                  top_k_overlap(texts, images, other_texts, other_images, k))
+    overlap = min(
+        top_k_overlap(images, images, other_images, other_images, k, same_set=True),
+        top_k_overlap(texts, images, other_texts, other_images, k),
+    )
     return cosine, overlap
 
 

@@ -58,11 +58,19 @@ class Choice:
         parts = []
         for trial in self.trials:
             speed = f"{trial.images_per_s / base.images_per_s:.2f}x" if base and base.images_per_s else "?"
-            agreement = "" if trial is base else (
-                f", min cosine {trial.min_cosine:.4f}, neighbours {trial.neighbour_overlap:.2f}"
-                + ("" if trial.agrees else " (below the agreement gate)"))
+            agreement = (
+                ""
+                if trial is base
+                else (
+                    f", min cosine {trial.min_cosine:.4f}, neighbours {trial.neighbour_overlap:.2f}"
+                    + ("" if trial.agrees else " (below the agreement gate)")
+                )
+            )
             parts.append(f"{trial.label} {speed}{agreement}")
-        return f"precision auto -> {setting_label(self.backend, self.precision)}{' (cached)' if self.cached else ''}: " + "; ".join(parts)
+        return (
+            f"precision auto -> {setting_label(self.backend, self.precision)}{' (cached)' if self.cached else ''}: "
+            + "; ".join(parts)
+        )
 
 
 class ChoiceCache:
@@ -119,15 +127,21 @@ class ChoiceCache:
             entry = self._entries().get(key)
             if not entry:
                 return None
-            choice = Choice(entry["precision"], [Trial(**t) for t in entry["trials"]], cached=True,
-                            backend=entry.get("backend", "torch"), complete=entry.get("complete", True) is True)
+            choice = Choice(
+                entry["precision"],
+                [Trial(**t) for t in entry["trials"]],
+                cached=True,
+                backend=entry.get("backend", "torch"),
+                complete=entry.get("complete", True) is True,
+            )
             if _makes_sense(choice):
                 return choice
             problem = "an entry that makes no sense"
         except (OSError, UnsafeFileError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
             problem = f"{type(exc).__name__}: {exc}"
-        log.warning("imgsearch: ignoring the cached precision choice in %s (%s); measuring again", self.path,
-                    str(problem)[:200])
+        log.warning(
+            "imgsearch: ignoring the cached precision choice in %s (%s); measuring again", self.path, str(problem)[:200]
+        )
         return None
 
     def _entries(self) -> dict:
@@ -147,9 +161,13 @@ class ChoiceCache:
                 entries = self._entries()
             except (OSError, UnsafeFileError, ValueError, RecursionError):
                 entries = {}  # unreadable: replaced by one that is
-            entries[key] = {"precision": choice.precision, "backend": choice.backend, "complete": choice.complete,
-                            "trials": [asdict(t) for t in choice.trials],
-                            "measured": time.strftime("%Y-%m-%d")}
+            entries[key] = {
+                "precision": choice.precision,
+                "backend": choice.backend,
+                "complete": choice.complete,
+                "trials": [asdict(t) for t in choice.trials],
+                "measured": time.strftime("%Y-%m-%d"),
+            }
             fd, temporary = tempfile.mkstemp(prefix=".precision.json.", dir=self.path.parent)  # O_EXCL, 0600
             with os.fdopen(fd, "w") as handle:
                 handle.write(json.dumps(entries, indent=1))
@@ -172,7 +190,16 @@ def _makes_sense(choice: Choice) -> bool:  # noqa: C901
 
     known = ("fp32", "bf16", "int8", "fp16")
     backends = ("torch", "onnx", "openvino")
-    return (choice.precision in known and choice.backend in backends and all(
-        trial.precision in known and trial.backend in backends and number(trial.images_per_s)
-        and trial.images_per_s > 0 and number(trial.min_cosine) and number(trial.neighbour_overlap)
-        for trial in choice.trials))
+    return (
+        choice.precision in known
+        and choice.backend in backends
+        and all(
+            trial.precision in known
+            and trial.backend in backends
+            and number(trial.images_per_s)
+            and trial.images_per_s > 0
+            and number(trial.min_cosine)
+            and number(trial.neighbour_overlap)
+            for trial in choice.trials
+        )
+    )

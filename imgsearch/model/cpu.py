@@ -10,11 +10,20 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 
-
 # The flags that change how fast a CPU runs the model (fp32 SIMD width, int8 and bf16 instructions): what a
 # benchmark figure is printed with, and what `auto`'s cached choice is keyed by.
-SPEED_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile",
-               "amx_bf16", "amx_int8")
+SPEED_FLAGS = (
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512bw",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx_vnni",
+    "amx_tile",
+    "amx_bf16",
+    "amx_int8",
+)
 
 
 # int8 dot products summed in 32 bits in one instruction. Without them (AVX2 alone) int8 kernels multiply uint8 by

@@ -77,9 +77,12 @@ def _check_cache_dir(folder: Path) -> None:
     try:
         private_dir(folder)
     except OSError as exc:
-        log.warning("imgsearch: cannot keep a cache in %s (%s); set IMGSEARCH_CACHE_DIR to a folder this user can "
-                    "write. Until then auto measures again at every start, and no backend can build its graphs",
-                    folder, exc)
+        log.warning(
+            "imgsearch: cannot keep a cache in %s (%s); set IMGSEARCH_CACHE_DIR to a folder this user can "
+            "write. Until then auto measures again at every start, and no backend can build its graphs",
+            folder,
+            exc,
+        )
 
 
 def model_pair(model: str) -> tuple[str, str | None]:
@@ -94,12 +97,16 @@ def model_pair(model: str) -> tuple[str, str | None]:
         return model, None
     sides = model.split("+")
     if len(sides) != 2 or not all(side.strip() for side in sides):
-        raise ModelSettingError(f"model '{model}': name a pair of models as IMAGE_MODEL+TEXT_MODEL, each a hub name "
-                                "or a directory with no + in it")
+        raise ModelSettingError(
+            f"model '{model}': name a pair of models as IMAGE_MODEL+TEXT_MODEL, each a hub name "
+            "or a directory with no + in it"
+        )
     image, text = (side.strip() for side in sides)
     if is_open_clip(image) or is_open_clip(text):
-        raise ModelSettingError(f"model '{model}': a pair is two sentence-transformers models; an open_clip model "
-                                "has a text tower of its own")
+        raise ModelSettingError(
+            f"model '{model}': a pair is two sentence-transformers models; an open_clip model "
+            "has a text tower of its own"
+        )
     return image, text
 
 
@@ -111,8 +118,10 @@ def model_identity(model: str) -> str:
         return _one_identity(image)
     sides = _one_identity(image), _one_identity(text)
     if any("+" in side for side in sides):
-        raise ModelSettingError(f"model '{model}': a pair's models must have no + in their names or absolute paths "
-                                f"({' and '.join(sides)}); move or link the folder elsewhere")
+        raise ModelSettingError(
+            f"model '{model}': a pair's models must have no + in their names or absolute paths "
+            f"({' and '.join(sides)}); move or link the folder elsewhere"
+        )
     return "+".join(sides)
 
 
@@ -126,8 +135,10 @@ def is_open_clip(model: str) -> bool:
     directory that sentence-transformers loads too (many hub repositories hold both layouts) stays with it: it
     needs no extra."""
     folder = Path(model).expanduser()
-    return model.startswith(OPEN_CLIP_HUB) or ((folder / "open_clip_config.json").is_file() and not any(
-        (folder / name).is_file() for name in ("modules.json", "config.json")))
+    return model.startswith(OPEN_CLIP_HUB) or (
+        (folder / "open_clip_config.json").is_file()
+        and not any((folder / name).is_file() for name in ("modules.json", "config.json"))
+    )
 
 
 def fingerprint(embedder: Embedder) -> list[float]:
@@ -135,13 +146,15 @@ def fingerprint(embedder: Embedder) -> list[float]:
     a collection, it tells other weights under the same name apart."""
     size = embedder.image_size
     ramp = np.linspace(0, 255, size, dtype=np.float32)
-    pixels = np.stack([np.add.outer(ramp, ramp) / 2, np.outer(ramp, np.ones_like(ramp)),
-                       np.outer(np.ones_like(ramp), ramp[::-1])], axis=-1).astype(np.uint8)
+    pixels = np.stack(
+        [np.add.outer(ramp, ramp) / 2, np.outer(ramp, np.ones_like(ramp)), np.outer(np.ones_like(ramp), ramp[::-1])],
+        axis=-1,
+    ).astype(np.uint8)
     image = embedder.embed_images([Image.fromarray(pixels, "RGB")])[0]
     text = embedder.embed_texts(["a photo of a red bicycle leaning on a wall"]).vectors[0]
     if image.shape != text.shape:
-        raise ModelSettingError(f"model '{embedder.name}': its images get {image.shape[0]}-dimensional vectors and "
-                                f"its texts {text.shape[0]}-dimensional ones; they cannot be compared")
+        raise ModelSettingError(
+            f"model '{embedder.name}': its images get {image.shape[0]}-dimensional vectors and "
+            f"its texts {text.shape[0]}-dimensional ones; they cannot be compared"
+        )
     return [float(v) for v in np.concatenate([text[:32], image[:32]])]
-
-

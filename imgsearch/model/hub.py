@@ -28,8 +28,10 @@ def is_cached(repo: str) -> bool:
     """Whether the hub cache on this machine holds the model (its configuration, at least)."""
     from huggingface_hub import try_to_load_from_cache
 
-    return any(isinstance(try_to_load_from_cache(repo, name), str)
-               for name in ("modules.json", "config.json", "open_clip_config.json"))
+    return any(
+        isinstance(try_to_load_from_cache(repo, name), str)
+        for name in ("modules.json", "config.json", "open_clip_config.json")
+    )
 
 
 def hub_reachable(timeout_s: float = REACH_TIMEOUT_S) -> bool:
@@ -59,8 +61,10 @@ def check_available(model: str) -> None:
         try:
             validate_repo_id(repo)
         except HFValidationError:
-            raise ModelSettingError(f"model '{model}' cannot be loaded: {repo} is no folder on this machine, nor a "
-                                    "name on the hub; set IMGSEARCH_MODEL to a model folder or a hub name") from None
+            raise ModelSettingError(
+                f"model '{model}' cannot be loaded: {repo} is no folder on this machine, nor a "
+                "name on the hub; set IMGSEARCH_MODEL to a model folder or a hub name"
+            ) from None
     missing = [repo for repo in hub_names(model) if not is_cached(repo)]
     if not missing:
         return
@@ -77,4 +81,5 @@ def check_available(model: str) -> None:
         f"model '{model}' is not on this machine and cannot be downloaded: {why}. Set IMGSEARCH_MODEL to a local "
         f"model folder (a sentence-transformers or Hugging Face CLIP/SigLIP directory), or download "
         f"{', '.join(missing)} on a machine with a network and copy the hub cache (~/.cache/huggingface) here; "
-        f"with HF_HUB_OFFLINE=1 imgsearch never tries the network.")
+        f"with HF_HUB_OFFLINE=1 imgsearch never tries the network."
+    )

@@ -41,8 +41,10 @@ log = logging.getLogger(__name__)
 
 CALIBRATION_SEED = 99
 # How the graph is made, for the graph folder's key: a change here builds the graphs anew.
-RECIPE = ("static QDQ int8 MatMul inputs with weights, outputs not quantised: per-channel int8 weights rounded by "
-          "GPTQ; percentile activations calibrated on fields and shapes, int8 two-sided, uint8 one-sided")
+RECIPE = (
+    "static QDQ int8 MatMul inputs with weights, outputs not quantised: per-channel int8 weights rounded by "
+    "GPTQ; percentile activations calibrated on fields and shapes, int8 two-sided, uint8 one-sided"
+)
 _HESSIAN_BYTES = 256 << 20  # the most memory the calibration inputs' products take at once
 
 
@@ -78,21 +80,8 @@ def quantise(fp32: Path, target: Path, feeds: list[dict[str, np.ndarray]]) -> Pa
     """The graph ``fp32`` quantised as the module says, written to ``target`` as an ONNX QDQ graph. ``feeds``:
     the calibration batches, as the graph's inputs."""
     import onnx
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
+    from onnxruntime.quantization import QuantType
     from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    class Calibration(CalibrationDataReader):
-        def __init__(self):
-            self._feeds = iter(feeds)
-
-        def get_next(self):
-            return next(self._feeds, None)
 
     prepared, rounded = target.with_name("prepared.onnx"), target.with_name("rounded-to-nearest.onnx")
     try:
@@ -100,37 +89,77 @@ def quantise(fp32: Path, target: Path, feeds: list[dict[str, np.ndarray]]) -> Pa
             quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
         graph = onnx.load(str(prepared)).graph
         weights = {initializer.name: initializer for initializer in graph.initializer}
-        products = {node.name: (node.input[0], weights[node.input[1]]) for node in graph.node
-                    if node.op_type == "MatMul" and node.input[1] in weights}
+        products = {
+            node.name: (node.input[0], weights[node.input[1]])
+            for node in graph.node
+            if node.op_type == "MatMul" and node.input[1] in weights
+        }
         inputs, rows, ranges = input_products(prepared, feeds, sorted({tensor for tensor, _ in products.values()}))
         images = sum(len(next(iter(feed.values()))) for feed in feeds)
         # Kept fp32: products of two activations (attention), which a scale fixed in advance fits worst and which
         # are a small share of the work; and products of one vector per image (the final projection), which cost
         # nothing and whose few calibration rows GPTQ would fit, not generalise from.
-        excluded = [node.name for node in graph.node if node.op_type == "MatMul" and (
-            node.name not in products or rows[products[node.name][0]] <= images)]
+        excluded = [
+            node.name
+            for node in graph.node
+            if node.op_type == "MatMul" and (node.name not in products or rows[products[node.name][0]] <= images)
+        ]
         del graph
         # uint8 with a zero point (the default) for inputs that are almost all positive (GELU's output); int8 around
         # zero for those that spread both ways (layer norms', attention's): the same 256 steps, none spent on
         # values that never come.
-        two_sided = {tensor: [{"quant_type": QuantType.QInt8, "symmetric": True}]
-                     for tensor, (low, high) in ranges.items() if -low >= high / 4}
-        with quiet_root_logger("pre-processing before quantization"), contextlib.redirect_stdout(io.StringIO()):
-            # Percentile, not min-max: one extreme activation would stretch a scale that every other value pays for.
-            quantize_static(str(prepared), str(rounded), Calibration(), quant_format=QuantFormat.QDQ,
-                            per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            op_types_to_quantize=["MatMul"], nodes_to_exclude=excluded,
-                            calibrate_method=CalibrationMethod.Percentile,
-                            extra_options={"TensorQuantOverrides": two_sided,
-                                           "OpTypesToExcludeOutputQuantization": ["MatMul"]})
+        two_sided = {
+            tensor: [{"quant_type": QuantType.QInt8, "symmetric": True}]
+            for tensor, (low, high) in ranges.items()
+            if -low >= high / 4
+        }
+        _quantize_static(prepared, rounded, feeds, excluded, two_sided)
         model = onnx.load(str(rounded))
-        _round_weights_by_gptq(model, {name: (inputs[tensor], weight) for name, (tensor, weight) in products.items()
-                                       if name not in excluded})
+        _round_weights_by_gptq(
+            model,
+            {name: (inputs[tensor], weight) for name, (tensor, weight) in products.items() if name not in excluded},
+        )
         onnx.save(model, str(target))
     finally:
         prepared.unlink(missing_ok=True)
         rounded.unlink(missing_ok=True)
     return target
+
+
+def _quantize_static(
+    prepared: Path, rounded: Path, feeds: list[dict[str, np.ndarray]], excluded: list[str], two_sided: dict
+) -> None:
+    """onnxruntime's static QDQ quantisation of the MatMul nodes not ``excluded``, calibrated on ``feeds``."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    class Calibration(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._feeds = iter(feeds)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self._feeds, None)
+
+    with quiet_root_logger("pre-processing before quantization"), contextlib.redirect_stdout(io.StringIO()):
+        # Percentile, not min-max: one extreme activation would stretch a scale that every other value pays for.
+        quantize_static(
+            str(prepared),
+            str(rounded),
+            Calibration(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=["MatMul"],
+            nodes_to_exclude=excluded,
+            calibrate_method=CalibrationMethod.Percentile,
+            extra_options={"TensorQuantOverrides": two_sided, "OpTypesToExcludeOutputQuantization": ["MatMul"]},
+        )
 
 
 def _round_weights_by_gptq(model, products: dict) -> None:
@@ -192,8 +221,14 @@ def input_products(graph: Path, feeds: list[dict[str, np.ndarray]], tensors: lis
     return products, counts, ranges
 
 
-def gptq(weights: np.ndarray, scales: np.ndarray, products: np.ndarray, limit: int = 127, block: int = 128,
-         damping: float = 0.01) -> np.ndarray:
+def gptq(
+    weights: np.ndarray,
+    scales: np.ndarray,
+    products: np.ndarray,
+    limit: int = 127,
+    block: int = 128,
+    damping: float = 0.01,
+) -> np.ndarray:
     """int8 values for the (inputs, outputs) matrix ``weights`` of a product ``x @ weights``, at the given scale
     per output column, chosen so that ``x @ (values * scales)`` stays close to ``x @ weights`` for inputs like the
     calibration's, whose X^T X is ``products``: input rows are rounded in turn, and each one's rounding error is
@@ -212,11 +247,15 @@ def gptq(weights: np.ndarray, scales: np.ndarray, products: np.ndarray, limit: i
     values = torch.zeros_like(remaining)
     for start in range(0, len(remaining), block):
         end = min(start + block, len(remaining))
-        rows, errors, local = remaining[start:end].clone(), torch.zeros_like(remaining[start:end]), inverse[start:end, start:end]
+        rows, errors, local = (
+            remaining[start:end].clone(),
+            torch.zeros_like(remaining[start:end]),
+            inverse[start:end, start:end],
+        )
         for i in range(end - start):
             values[start + i] = torch.clamp(torch.round(rows[i] / scale), -limit, limit)
             errors[i] = (rows[i] - values[start + i] * scale) / local[i, i]
-            rows[i + 1:] -= torch.outer(local[i, i + 1:], errors[i])
+            rows[i + 1 :] -= torch.outer(local[i, i + 1 :], errors[i])
         remaining[end:] -= inverse[start:end, end:].T @ errors
     return values.to(torch.int8).numpy()
 
@@ -231,4 +270,3 @@ def quiet_root_logger(text: str) -> Iterator[None]:
         yield
     finally:
         logging.getLogger().removeFilter(quiet)
-

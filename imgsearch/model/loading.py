@@ -15,13 +15,20 @@ def load_embedder(settings: Settings) -> Embedder:
     ``settings.backend``."""
     check_available(settings.model)  # seconds, not minutes of retries, when the hub cannot be reached
     device = settings.resolved_device()
-    options = dict(device=device, batch_size=settings.for_device(device).batch_size, precision=settings.precision,
-                   cache_dir=settings.cache_dir, backend=settings.backend)
+    options = dict(
+        device=device,
+        batch_size=settings.for_device(device).batch_size,
+        precision=settings.precision,
+        cache_dir=settings.cache_dir,
+        backend=settings.backend,
+    )
     loader = OpenClipEmbedder if is_open_clip(settings.model) else SentenceTransformerEmbedder
     try:
         return loader(settings.model, **options)
     except ImgsearchError:
         raise
     except Exception as exc:  # the libraries' many ways to fail on a name, a folder or a file in it
-        raise ModelSettingError(f"model '{settings.model}' cannot be loaded: {type(exc).__name__}: "
-                                f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}") from exc
+        raise ModelSettingError(
+            f"model '{settings.model}' cannot be loaded: {type(exc).__name__}: "
+            f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+        ) from exc

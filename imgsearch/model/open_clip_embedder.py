@@ -24,16 +24,27 @@ class OpenClipEmbedder:
 
     Runs on torch only, in fp32, bf16, int8 or fp16 as given; ``auto`` runs fp32 without measuring."""
 
-    def __init__(self, model: str, device: str = "cpu", batch_size: int = 32, precision: PrecisionSetting = "fp32",
-                 cache_dir: Path | None = None, backend: BackendSetting = "torch"):
+    def __init__(
+        self,
+        model: str,
+        device: str = "cpu",
+        batch_size: int = 32,
+        precision: PrecisionSetting = "fp32",
+        cache_dir: Path | None = None,
+        backend: BackendSetting = "torch",
+    ):
         try:
             import open_clip
         except ImportError as exc:
-            raise ModelSettingError(f"model '{model}' is an open_clip model: pip install 'imgsearch[openclip]'") from exc
+            raise ModelSettingError(
+                f"model '{model}' is an open_clip model: pip install 'imgsearch[openclip]'"
+            ) from exc
 
         if backend not in ("torch", "auto"):
-            raise BackendNotSupportedError(f"IMGSEARCH_BACKEND={backend} runs sentence-transformers models; "
-                                           f"'{model}' is an open_clip model: use torch")
+            raise BackendNotSupportedError(
+                f"IMGSEARCH_BACKEND={backend} runs sentence-transformers models; "
+                f"'{model}' is an open_clip model: use torch"
+            )
         chosen = "fp32" if precision == "auto" else precision
         check_supported(chosen, device)
         self.name = model_identity(model)
@@ -60,8 +71,12 @@ class OpenClipEmbedder:
         """Embed RGB images; returns (n, dim) float32 rows of unit length."""
         import torch
 
-        return self._encode(images, lambda batch: self._model.encode_image(
-            torch.stack([self._preprocess(image) for image in batch]).to(self.device)))
+        return self._encode(
+            images,
+            lambda batch: self._model.encode_image(
+                torch.stack([self._preprocess(image) for image in batch]).to(self.device)
+            ),
+        )
 
     def embed_texts(self, texts: list[str]) -> TextEmbedding:
         """Embed texts, truncating each to the model's context length (reported per text)."""
@@ -80,7 +95,8 @@ class OpenClipEmbedder:
         if not inputs:
             return np.zeros((0, self.dim), dtype=np.float32)
         with self._lock, torch.inference_mode(), autocast(self.precision, self.device):
-            batches = [run(inputs[start:start + self.batch_size]).float()
-                       for start in range(0, len(inputs), self.batch_size)]
+            batches = [
+                run(inputs[start : start + self.batch_size]).float() for start in range(0, len(inputs), self.batch_size)
+            ]
         vectors = torch.nn.functional.normalize(torch.cat(batches), dim=-1)
         return np.ascontiguousarray(vectors.cpu().numpy(), dtype=np.float32)

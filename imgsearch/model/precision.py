@@ -69,16 +69,21 @@ def check_supported(precision: Precision, device: str) -> None:
         raise PrecisionNotSupportedError("IMGSEARCH_PRECISION=int8 runs on the CPU only; on CUDA use fp16 (or auto)")
     if precision == "fp16" and not on_cuda:
         raise PrecisionNotSupportedError(
-            "IMGSEARCH_PRECISION=fp16 needs a CUDA device; on a CPU use bf16 or int8 (or auto)")
+            "IMGSEARCH_PRECISION=fp16 needs a CUDA device; on a CPU use bf16 or int8 (or auto)"
+        )
 
 
 Option = tuple[str, Precision]  # (backend, precision)
 BASELINE: Option = ("torch", "fp32")
 
 
-def run_probe(embed_images: Callable[[Option], np.ndarray], embed_texts: Callable[[Option], np.ndarray],
-              options: list[Option], repeats: int = 2,
-              finished: Callable[[Option], None] = lambda option: None) -> list[Trial]:
+def run_probe(
+    embed_images: Callable[[Option], np.ndarray],
+    embed_texts: Callable[[Option], np.ndarray],
+    options: list[Option],
+    repeats: int = 2,
+    finished: Callable[[Option], None] = lambda option: None,
+) -> list[Trial]:
     """Time ``embed_images(option)`` (one pass over the probe pictures) for torch fp32 and each option, fastest
     of ``repeats`` after a warm-up, and compare each option's pictures and texts with torch fp32's. ``finished``
     is told when an option has been measured."""
@@ -116,14 +121,25 @@ def pick(trials: list[Trial]) -> Trial:
 
 
 # What each backend runs, and the modules its extra installs.
-PRECISIONS: dict[str, tuple[str, ...]] = {"torch": ("fp32", "bf16", "int8", "fp16"), "onnx": ("fp32", "int8"),
-                                          "openvino": ("fp32", "bf16", "int8")}
+PRECISIONS: dict[str, tuple[str, ...]] = {
+    "torch": ("fp32", "bf16", "int8", "fp16"),
+    "onnx": ("fp32", "int8"),
+    "openvino": ("fp32", "bf16", "int8"),
+}
 
 
 def fast_settings(flags: set[str]) -> list[Option]:
     """torch fp32, then each setting this CPU runs well, in torch and in each installed backend."""
-    return [("torch", "fp32"), *[(backend, precision) for backend in ("torch", "onnx", "openvino") if installed(backend)
-                                 for precision in candidates("cpu", flags, backend) if installed(backend, precision)]]
+    return [
+        ("torch", "fp32"),
+        *[
+            (backend, precision)
+            for backend in ("torch", "onnx", "openvino")
+            if installed(backend)
+            for precision in candidates("cpu", flags, backend)
+            if installed(backend, precision)
+        ],
+    ]
 
 
 def check_backend(backend: str, precision: str, device: str) -> None:
@@ -134,13 +150,16 @@ def check_backend(backend: str, precision: str, device: str) -> None:
         raise BackendNotSupportedError(f"IMGSEARCH_BACKEND={backend} runs on the CPU; on CUDA use torch")
     if not installed(backend):
         raise BackendNotSupportedError(
-            f"IMGSEARCH_BACKEND={backend} needs its extra: pip install 'imgsearch[{backend}]'")
+            f"IMGSEARCH_BACKEND={backend} needs its extra: pip install 'imgsearch[{backend}]'"
+        )
     if precision != "auto" and precision not in PRECISIONS[backend]:
         raise PrecisionNotSupportedError(
-            f"IMGSEARCH_BACKEND={backend} runs {', '.join(PRECISIONS[backend])}, not {precision} (or use auto)")
+            f"IMGSEARCH_BACKEND={backend} runs {', '.join(PRECISIONS[backend])}, not {precision} (or use auto)"
+        )
     if precision != "auto" and not installed(backend, precision):
-        raise BackendNotSupportedError(f"IMGSEARCH_BACKEND={backend} at {precision} quantises with onnxruntime: "
-                                       f"pip install 'imgsearch[{backend}]'")
+        raise BackendNotSupportedError(
+            f"IMGSEARCH_BACKEND={backend} at {precision} quantises with onnxruntime: pip install 'imgsearch[{backend}]'"
+        )
 
 
 class Probed(Protocol):
@@ -170,8 +189,11 @@ def choose(model: Probed, cache_dir: Path | None, backend: str, complete: bool =
     key = ChoiceCache.key(model.name, model.fingerprint, model.device, model.batch_size, backend)
     if cache and (known := cache.get(key)) and (known.complete or not complete):
         return known
-    every = fast_settings(cpu_flags())[1:] if backend == "auto" else [
-        (backend, precision) for precision in candidates(model.device, cpu_flags(), backend)]
+    every = (
+        fast_settings(cpu_flags())[1:]
+        if backend == "auto"
+        else [(backend, precision) for precision in candidates(model.device, cpu_flags(), backend)]
+    )
     options = every if complete or backend != "auto" else [option for option in every if option[0] == "torch"]
     if not options:
         return Choice("fp32", [], complete=options == every)
@@ -191,19 +213,31 @@ def _probe(model: Probed, options: list[Option], backend: str, cache_dir: Path) 
 
     exports = [option for option in options if option[0] != "torch"]
     if exports:
-        log.warning("imgsearch: building and timing %s for this model, to run it as fast as it agrees with fp32 (once "
-                    "per model and machine; about %d s)", ", ".join(setting_label(*o) for o in exports),
-                    EXPORT_SECONDS * len(exports))
+        log.warning(
+            "imgsearch: building and timing %s for this model, to run it as fast as it agrees with fp32 (once "
+            "per model and machine; about %d s)",
+            ", ".join(setting_label(*o) for o in exports),
+            EXPORT_SECONDS * len(exports),
+        )
     else:
-        log.info("imgsearch: timing %s against fp32 for this model (once per model and machine, seconds)",
-                 ", ".join(setting_label(*o) for o in options))
+        log.info(
+            "imgsearch: timing %s against fp32 for this model (once per model and machine, seconds)",
+            ", ".join(setting_label(*o) for o in options),
+        )
     # Graphs this probe exports for settings it then does not choose are removed again: hundreds of MB each.
-    new_graphs = {option: folder for option in options if option[0] != "torch"
-                  if not (folder := graph_folder(cache_dir, model.name, model.fingerprint, *option)).exists()}
+    new_graphs = {
+        option: folder
+        for option in options
+        if option[0] != "torch"
+        if not (folder := graph_folder(cache_dir, model.name, model.fingerprint, *option)).exists()
+    }
     pictures = probe_pictures(model.image_size)
-    trials = run_probe(lambda option: model.encode(pictures, option),
-                       lambda option: model.encode(PROBE_TEXTS, option, texts=True), options,
-                       finished=model.forget)
+    trials = run_probe(
+        lambda option: model.encode(pictures, option),
+        lambda option: model.encode(PROBE_TEXTS, option, texts=True),
+        options,
+        finished=model.forget,
+    )
     best = pick(trials)
     for option, folder in new_graphs.items():
         if option != (best.backend, best.precision):

@@ -56,8 +56,7 @@ _MODULES = {"torch": (), "onnx": ("onnxruntime", "onnx"), "openvino": ("openvino
 _GRAPH_FILE = {"onnx": "tower.onnx", "openvino": "tower.xml"}
 _OUTPUT = "embedding"
 # How a precision's graph is made, in the graph folder's key: a change here builds the graphs anew.
-_RECIPE = {"onnx-int8": "dynamic int8, per-channel weights",
-           "openvino-int8": int8.RECIPE}
+_RECIPE = {"onnx-int8": "dynamic int8, per-channel weights", "openvino-int8": int8.RECIPE}
 _QUANTISER = ("onnxruntime",)  # what quantises openvino's int8 graphs: the openvino extra installs it too
 
 
@@ -77,8 +76,9 @@ def graph_folder(cache_dir: Path, model: str, fingerprint: list[float], backend:
     recipe = _RECIPE.get(f"{backend}-{precision}")
     if (backend, precision) == ("onnx", "int8") and _seven_bit_weights():
         recipe += ", 7-bit weights"
-    key = json.dumps([model, [round(v, 5) for v in fingerprint], backend, precision, versions]
-                     + ([recipe] if recipe else []))
+    key = json.dumps(
+        [model, [round(v, 5) for v in fingerprint], backend, precision, versions] + ([recipe] if recipe else [])
+    )
     return Path(cache_dir) / "graphs" / f"{backend}-{precision}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
 
 
@@ -109,16 +109,23 @@ class CompiledModel:
         self.backend, self.precision = backend, precision
         if (backend, precision) == ("openvino", "bf16") and not cpu_flags() & BF16_INSTRUCTIONS:
             # OpenVINO drops its bf16 hint on such a CPU without a word
-            log.warning("imgsearch: OpenVINO runs bf16 only on CPUs with AVX512_BF16 or AMX; on this one it runs the "
-                        "model in fp32 (IMGSEARCH_PRECISION=auto chooses what this CPU runs well)")
+            log.warning(
+                "imgsearch: OpenVINO runs bf16 only on CPUs with AVX512_BF16 or AMX; on this one it runs the "
+                "model in fp32 (IMGSEARCH_PRECISION=auto chooses what this CPU runs well)"
+            )
         self._inputs: dict[str, list[str]] = {}
         self._runs = {}
         samples = {"image": probe_pictures(image_size, 1), "text": ["a photo of a dog"]}
         for modality, sample in samples.items():
             features = self._transformer.preprocess(sample)
             self._inputs[modality] = self._input_names(modality, features)
-            path = _build_once(folder, modality, backend, precision,
-                               lambda target, m=modality, f=features: self._export(m, f, target, image_size))
+            path = _build_once(
+                folder,
+                modality,
+                backend,
+                precision,
+                lambda target, m=modality, f=features: self._export(m, f, target, image_size),
+            )
             self._runs[modality] = _runner(path, backend, precision, threads)
 
     def encode(self, inputs: list, batch_size: int) -> np.ndarray:
@@ -126,7 +133,7 @@ class CompiledModel:
         run, names = self._runs[modality], self._inputs[modality]
         parts = []
         for start in range(0, len(inputs), batch_size):
-            features = self._transformer.preprocess(inputs[start:start + batch_size])
+            features = self._transformer.preprocess(inputs[start : start + batch_size])
             parts.append(run({name: features[name].numpy() for name in names}))
         return np.concatenate(parts).astype(np.float32, copy=False)
 
@@ -144,24 +151,38 @@ class CompiledModel:
         import torch
 
         config = self._transformer.modality_config[modality]
-        tower = _tower(self._transformer.model, config["method"], config["method_output_name"],
-                       self._inputs[modality]).eval()
+        tower = _tower(
+            self._transformer.model, config["method"], config["method_output_name"], self._inputs[modality]
+        ).eval()
         example = tuple(features[name] for name in self._inputs[modality])
         with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the tracers' notes on Python branches the towers take on every input
-            dynamic = {name: ({0: "batch", 1: "tokens"} if modality == "text" else {0: "batch"})
-                       for name in self._inputs[modality]}
+            dynamic = {
+                name: ({0: "batch", 1: "tokens"} if modality == "text" else {0: "batch"})
+                for name in self._inputs[modality]
+            }
             plain = self.backend == "onnx" and self.precision == "fp32"
             fp32 = target / (_GRAPH_FILE["onnx"] if plain else "tower-fp32.onnx")
-            torch.onnx.export(tower, example, str(fp32), input_names=self._inputs[modality], output_names=[_OUTPUT],
-                              dynamic_axes=dynamic | {_OUTPUT: {0: "batch"}}, opset_version=17, dynamo=False)
+            torch.onnx.export(
+                tower,
+                example,
+                str(fp32),
+                input_names=self._inputs[modality],
+                output_names=[_OUTPUT],
+                dynamic_axes=dynamic | {_OUTPUT: {0: "batch"}},
+                opset_version=17,
+                dynamo=False,
+            )
         if self.backend == "openvino":
             # int8 quantises the image tower only: it does the indexing's work, and one query's text is cheap in
             # fp32 (calibrated on a few probe texts, a long query strayed from fp32 by 0.5%).
-            source = self._quantise(fp32, target, image_size) if (self.precision, modality) == ("int8", "image") else fp32
+            source = (
+                self._quantise(fp32, target, image_size) if (self.precision, modality) == ("int8", "image") else fp32
+            )
             openvino = _openvino()
-            openvino.save_model(openvino.Core().read_model(str(source)), target / _GRAPH_FILE["openvino"],
-                                compress_to_fp16=False)
+            openvino.save_model(
+                openvino.Core().read_model(str(source)), target / _GRAPH_FILE["openvino"], compress_to_fp16=False
+            )
             for path in {fp32, source}:
                 path.unlink()
         elif self.precision == "int8":
@@ -170,17 +191,25 @@ class CompiledModel:
             with quiet_root_logger("pre-processing before quantization"):  # advice for static quantisation
                 # A scale per output channel: closer to fp32 than one per matrix (lowest cosine to fp32 over 64
                 # photos 0.99982 against 0.99974, ViT-B/32) at the same speed.
-                quantize_dynamic(str(fp32), str(target / _GRAPH_FILE["onnx"]), weight_type=QuantType.QInt8,
-                                 per_channel=True, reduce_range=_seven_bit_weights())
+                quantize_dynamic(
+                    str(fp32),
+                    str(target / _GRAPH_FILE["onnx"]),
+                    weight_type=QuantType.QInt8,
+                    per_channel=True,
+                    reduce_range=_seven_bit_weights(),
+                )
             fp32.unlink()
-
 
     def _quantise(self, fp32: Path, target: Path, image_size: int) -> Path:
         """The image tower's ONNX graph ``fp32`` quantised statically (imgsearch/int8.py), as an ONNX QDQ graph."""
         names = self._inputs["image"]
         samples = calibration_pictures(image_size)
-        feeds = [{name: batch[name].numpy() for name in names}
-                 for batch in (self._transformer.preprocess(samples[start:start + 8]) for start in range(0, len(samples), 8))]
+        feeds = [
+            {name: batch[name].numpy() for name in names}
+            for batch in (
+                self._transformer.preprocess(samples[start : start + 8]) for start in range(0, len(samples), 8)
+            )
+        ]
         return int8.quantise(fp32, target / "tower-int8.onnx", feeds)
 
 
@@ -226,8 +255,11 @@ def compiles(st_model: Any) -> bool:
     from sentence_transformers.base.modules import Transformer
 
     modules = list(st_model)
-    return len(modules) == 1 and isinstance(modules[0], Transformer) and {"image", "text"} <= set(
-        modules[0].modality_config)
+    return (
+        len(modules) == 1
+        and isinstance(modules[0], Transformer)
+        and {"image", "text"} <= set(modules[0].modality_config)
+    )
 
 
 def _single_transformer(st_model, backend: str):
@@ -235,7 +267,8 @@ def _single_transformer(st_model, backend: str):
         modules = list(st_model)
         raise BackendNotSupportedError(
             f"IMGSEARCH_BACKEND={backend} runs CLIP-style models that sentence-transformers loads as one Transformer "
-            f"with an image and a text tower; this model is {[type(m).__name__ for m in modules]}: use torch")
+            f"with an image and a text tower; this model is {[type(m).__name__ for m in modules]}: use torch"
+        )
     return list(st_model)[0]
 
 
@@ -252,9 +285,14 @@ def _build_once(folder: Path, modality: str, backend: str, precision: str, expor
     name = _GRAPH_FILE[backend]
     if _own_file(final / name):
         return final / name
-    log.warning("imgsearch: building the %s %s %s graph in %s (once per model and setting; seconds for ViT-B/32, "
-                "2-3 minutes for openvino int8)",
-                backend, precision, modality, final)
+    log.warning(
+        "imgsearch: building the %s %s %s graph in %s (once per model and setting; seconds for ViT-B/32, "
+        "2-3 minutes for openvino int8)",
+        backend,
+        precision,
+        modality,
+        final,
+    )
     building = folder / f".{modality}.{_MARK}.building"
     shutil.rmtree(building, ignore_errors=True)
     building.mkdir(mode=0o700)
@@ -292,8 +330,12 @@ def _remove_leftovers(folder: Path) -> None:
             age = time.time() - entry.stat(follow_symlinks=False).st_mtime
         except OSError:
             continue
-        if (found["kind"] == "removing" or age > _ABANDONED_AFTER_S
-                or found["host"] == socket.gethostname() and not _alive(int(found["pid"]))):
+        if (
+            found["kind"] == "removing"
+            or age > _ABANDONED_AFTER_S
+            or found["host"] == socket.gethostname()
+            and not _alive(int(found["pid"]))
+        ):
             log.info("imgsearch: removing %s, left by a process that stopped while it worked", entry.path)
             remove_graphs(Path(entry.path), aside_first=False)
 
@@ -314,8 +356,12 @@ def _own_file(path: Path) -> bool:
         folder, info = os.lstat(path.parent), os.lstat(path)
     except OSError:
         return False
-    return (stat.S_ISDIR(folder.st_mode) and folder.st_uid == os.getuid() and stat.S_ISREG(info.st_mode)
-            and info.st_uid == os.getuid())
+    return (
+        stat.S_ISDIR(folder.st_mode)
+        and folder.st_uid == os.getuid()
+        and stat.S_ISREG(info.st_mode)
+        and info.st_uid == os.getuid()
+    )
 
 
 def remove_graphs(folder: Path, aside_first: bool = True) -> None:
@@ -342,9 +388,15 @@ def _runner(path: Path, backend: str, precision: str, threads: int):
     if backend == "openvino":
         openvino = _openvino()
         # int8: the quantised matrix products run in int8, the rest in fp32
-        compiled = openvino.Core().compile_model(str(path), "CPU", {
-            "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
-            "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads})
+        compiled = openvino.Core().compile_model(
+            str(path),
+            "CPU",
+            {
+                "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
+                "PERFORMANCE_HINT": "LATENCY",
+                "INFERENCE_NUM_THREADS": threads,
+            },
+        )
         request = compiled.create_infer_request()
 
         def run(feeds):

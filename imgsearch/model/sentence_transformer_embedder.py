@@ -41,8 +41,15 @@ class SentenceTransformerEmbedder:
     torch fp32. ``backend`` auto with precision auto measures every installed backend's; with a precision named
     it runs torch. A pair runs on torch only. ``precision_choice`` says what auto measured."""
 
-    def __init__(self, model: str, device: str = "cpu", batch_size: int = 32, precision: PrecisionSetting = "fp32",
-                 cache_dir: Path | None = None, backend: BackendSetting = "torch"):
+    def __init__(
+        self,
+        model: str,
+        device: str = "cpu",
+        batch_size: int = 32,
+        precision: PrecisionSetting = "fp32",
+        cache_dir: Path | None = None,
+        backend: BackendSetting = "torch",
+    ):
         from sentence_transformers import SentenceTransformer
         from transformers.utils import logging as transformers_logging
 
@@ -51,8 +58,10 @@ class SentenceTransformerEmbedder:
         image_model, text_model = model_pair(model)
         check_backend(backend, precision, device)  # a wrong setting fails before the model loads
         if text_model and backend not in ("torch", "auto"):
-            raise BackendNotSupportedError(f"IMGSEARCH_BACKEND={backend} runs one model with an image and a text "
-                                           f"tower; '{model}' is a pair of models: use torch")
+            raise BackendNotSupportedError(
+                f"IMGSEARCH_BACKEND={backend} runs one model with an image and a text "
+                f"tower; '{model}' is a pair of models: use torch"
+            )
         if precision != "auto" and backend in ("torch", "auto"):
             check_supported(precision, device)
         self.name = model_identity(model)
@@ -70,8 +79,9 @@ class SentenceTransformerEmbedder:
         self.max_text_tokens = self._text_token_limit()
         if self.max_text_tokens:
             self._text_model.max_seq_length = self.max_text_tokens
-        if backend == "auto" and (precision != "auto" or device.startswith("cuda") or text_model
-                                  or not compiles(self._model)):
+        if backend == "auto" and (
+            precision != "auto" or device.startswith("cuda") or text_model or not compiles(self._model)
+        ):
             backend = "torch"  # only torch runs these; auto's choice among backends is auto precision's
         self._pad_as_trained()
         self.image_size = self._image_input_size()
@@ -139,8 +149,13 @@ class SentenceTransformerEmbedder:
                 vectors = torch.from_numpy(runner.encode(inputs, self.batch_size))
             else:
                 with autocast(precision, self.device):
-                    vectors = runner.encode(inputs, batch_size=self.batch_size, convert_to_tensor=True,
-                                            normalize_embeddings=False, show_progress_bar=False)
+                    vectors = runner.encode(
+                        inputs,
+                        batch_size=self.batch_size,
+                        convert_to_tensor=True,
+                        normalize_embeddings=False,
+                        show_progress_bar=False,
+                    )
         vectors = torch.nn.functional.normalize(vectors.float(), dim=-1)
         return np.ascontiguousarray(vectors.cpu().numpy(), dtype=np.float32)
 
@@ -155,8 +170,9 @@ class SentenceTransformerEmbedder:
                 import torch
 
                 folder = graph_folder(self._cache_dir, self.name, self.fingerprint, backend, precision)
-                self._runners[key] = CompiledModel(model, backend, precision, folder, torch.get_num_threads(),
-                                                   self.image_size)
+                self._runners[key] = CompiledModel(
+                    model, backend, precision, folder, torch.get_num_threads(), self.image_size
+                )
             elif precision == "int8":
                 self._runners[key] = quantized(model)
             else:
@@ -187,8 +203,11 @@ class SentenceTransformerEmbedder:
         for clip-ViT-B-32-multilingual-v1, whose DistilBERT has positions for 512)."""
         config = getattr(self._text_model[0], "config", None)
         text_config = getattr(config, "text_config", config)
-        limits = [int(limit) for limit in (getattr(text_config, "max_position_embeddings", None),
-                                           self._text_model.max_seq_length) if limit]
+        limits = [
+            int(limit)
+            for limit in (getattr(text_config, "max_position_embeddings", None), self._text_model.max_seq_length)
+            if limit
+        ]
         return min(limits) if limits else None
 
     def _logit_scale(self) -> float:
@@ -209,8 +228,11 @@ class SentenceTransformerEmbedder:
             size = getattr(image_processor, attribute, None)
             if size is None:
                 continue
-            values = [v for k in ("shortest_edge", "height", "width")
-                      if (v := (size.get(k) if isinstance(size, dict) else getattr(size, k, None)))]
+            values = [
+                v
+                for k in ("shortest_edge", "height", "width")
+                if (v := (size.get(k) if isinstance(size, dict) else getattr(size, k, None)))
+            ]
             if values:
                 return int(max(values))
         patches, patch_size = (getattr(image_processor, name, None) for name in ("max_num_patches", "patch_size"))

@@ -45,13 +45,16 @@ class TextBatcher:
         try:
             self._queue.put_nowait(request)
         except queue.Full:
-            raise QueryQueueFullError(f"{self._queue.maxsize} text queries are waiting for the model; "
-                                      "try again shortly") from None
+            raise QueryQueueFullError(
+                f"{self._queue.maxsize} text queries are waiting for the model; try again shortly"
+            ) from None
         try:
             return await asyncio.wait_for(asyncio.wrap_future(request.future), self._timeout_s)
         except TimeoutError:
-            raise QueryQueueFullError(f"the model did not embed the query within {self._timeout_s:.0f} s; "
-                                      "the server is overloaded, try again shortly") from None
+            raise QueryQueueFullError(
+                f"the model did not embed the query within {self._timeout_s:.0f} s; "
+                "the server is overloaded, try again shortly"
+            ) from None
 
     def close(self) -> None:
         self._queue.put(None)
@@ -89,5 +92,7 @@ class TextBatcher:
         start = 0
         for request in batch:
             end = start + len(request.texts)
-            request.future.set_result(TextEmbedding(np.array(embedded.vectors[start:end]), embedded.truncated[start:end]))
+            request.future.set_result(
+                TextEmbedding(np.array(embedded.vectors[start:end]), embedded.truncated[start:end])
+            )
             start = end

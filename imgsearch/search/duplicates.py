@@ -42,8 +42,12 @@ class DuplicatesReport:
     groups: list[DuplicateGroup] = field(default_factory=list)
 
 
-def find_duplicates(store: MilvusStore, threshold: float = 0.95, neighbours: int = 16,
-                    on_progress: Callable[[int, int], None] | None = None) -> DuplicatesReport:
+def find_duplicates(
+    store: MilvusStore,
+    threshold: float = 0.95,
+    neighbours: int = 16,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> DuplicatesReport:
     """Groups of images whose vectors are within cosine ``threshold`` of each other, largest first."""
     report = DuplicatesReport(threshold)
     total = store.count()
@@ -81,16 +85,20 @@ def find_duplicates(store: MilvusStore, threshold: float = 0.95, neighbours: int
     for item in rows:
         members.setdefault(root(item), []).append(item)
     for ids in members.values():
-        ids.sort(key=lambda i: (rows[i]["path"]))
+        ids.sort(key=lambda i: rows[i]["path"])
         first = rows[ids[0]]
         first_vector = vectors.get(ids[0])
         group = DuplicateGroup()
         for i in ids:
             vector = vectors.get(i)
-            similarity = 1.0 if i == ids[0] else (
-                float(first_vector @ vector) if first_vector is not None and vector is not None else threshold)
-            group.images.append(Member(i, rows[i]["path"], round(similarity, 4),
-                                       "" if i == ids[0] else why_alike(first, rows[i])))
+            similarity = (
+                1.0
+                if i == ids[0]
+                else (float(first_vector @ vector) if first_vector is not None and vector is not None else threshold)
+            )
+            group.images.append(
+                Member(i, rows[i]["path"], round(similarity, 4), "" if i == ids[0] else why_alike(first, rows[i]))
+            )
         report.groups.append(group)
     report.groups.sort(key=lambda g: (-len(g.images), g.images[0].path))
     return report

@@ -31,7 +31,9 @@ class ExpressionTerm:
     weight: float  # signed
 
 
-def parse_expression(arguments: list[str], is_file: Callable[[str], bool] = lambda value: Path(value).is_file()) -> list[ExpressionTerm]:
+def parse_expression(
+    arguments: list[str], is_file: Callable[[str], bool] = lambda value: Path(value).is_file()
+) -> list[ExpressionTerm]:
     """The terms of a query given as command-line arguments; raises QueryExpressionError on a dangling or
     doubled operator, an empty term or a zero weight."""
     terms: list[ExpressionTerm] = []
@@ -47,7 +49,7 @@ def parse_expression(arguments: list[str], is_file: Callable[[str], bool] = lamb
         weight, body = 1.0, text
         match = _WEIGHT.match(text)
         if match:
-            weight, body = float(match.group(1)), text[match.end():]
+            weight, body = float(match.group(1)), text[match.end() :]
         if weight == 0:
             raise QueryExpressionError(f"the term '{text}' has weight 0: leave it out instead")
         kind = "image" if is_file(body) else "text"

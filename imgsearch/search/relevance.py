@@ -97,8 +97,9 @@ def centre(vectors: np.ndarray, mean: np.ndarray) -> np.ndarray:
     return centred / np.maximum(norms, 1e-12)
 
 
-def auto_cutoff(candidates: np.ndarray, background: np.ndarray, collection_size: int,
-                params: CutoffParams = CutoffParams()) -> tuple[np.ndarray, Cutoff]:
+def auto_cutoff(
+    candidates: np.ndarray, background: np.ndarray, collection_size: int, params: CutoffParams = CutoffParams()
+) -> tuple[np.ndarray, Cutoff]:
     """Which candidates are relevant, from their centred scores and the centred scores of a background sample.
 
     ``candidates``: the centred scores of the best results, best first (by raw score); ``background``: those
@@ -120,12 +121,16 @@ def auto_cutoff(candidates: np.ndarray, background: np.ndarray, collection_size:
         gaps = kept[:-1] - kept[1:]
         j = int(np.argmax(gaps))
         usual = float(np.median(gaps)) if gaps.size >= 2 else 0.0
-        if (gaps[j] >= params.knee_gap * std and gaps[j] >= KNEE_OVER_USUAL * usual
-                and kept[j + 1] <= threshold + params.knee_band * std):
+        if (
+            gaps[j] >= params.knee_gap * std
+            and gaps[j] >= KNEE_OVER_USUAL * usual
+            and kept[j + 1] <= threshold + params.knee_band * std
+        ):
             threshold, knee = float(kept[j]), True
             keep = candidates >= threshold
-    cutoff = Cutoff("auto", round(threshold, 6), round(z, 3), round(mean, 6), round(std, 6), knee,
-                    int(keep.sum()), asdict(params))
+    cutoff = Cutoff(
+        "auto", round(threshold, 6), round(z, 3), round(mean, 6), round(std, 6), knee, int(keep.sum()), asdict(params)
+    )
     return keep, cutoff
 
 
@@ -192,7 +197,9 @@ def fuse(rankings: Sequence[Sequence[str]], weights: Sequence[float], k: int = R
     return sorted(scores.items(), key=lambda pair: (-pair[1], order[pair[0]]))
 
 
-def contributions(term_vectors: np.ndarray, weights: Sequence[float], vector: np.ndarray) -> tuple[list[float], list[float]]:
+def contributions(
+    term_vectors: np.ndarray, weights: Sequence[float], vector: np.ndarray
+) -> tuple[list[float], list[float]]:
     """Each term's cosine to ``vector`` and its share of the blended query's cosine.
 
     The query is ``sum(w_i * t_i) / |sum(w_i * t_i)|`` over unit term vectors ``t_i``, so its cosine to a unit
@@ -206,4 +213,3 @@ def contributions(term_vectors: np.ndarray, weights: Sequence[float], vector: np
     cosines = terms @ v
     shares = w * cosines / max(norm, 1e-12)
     return [round(float(c), 6) for c in cosines], [round(float(s), 6) for s in shares]
-

@@ -21,11 +21,18 @@ class QueryTerm(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    text: str | None = Field(None, max_length=10_000, description=(
-        'words; a part in double quotes ("IMG_2041") is matched against file and folder names only'))
+    text: str | None = Field(
+        None,
+        max_length=10_000,
+        description=('words; a part in double quotes ("IMG_2041") is matched against file and folder names only'),
+    )
     image_id: str | None = Field(None, min_length=1, max_length=64, description="an indexed image")
-    upload_ref: str | None = Field(None, min_length=1, max_length=255, description=(
-        "an image uploaded with POST /search/image: its field position ('0', '1' ...) or its file name"))
+    upload_ref: str | None = Field(
+        None,
+        min_length=1,
+        max_length=255,
+        description=("an image uploaded with POST /search/image: its field position ('0', '1' ...) or its file name"),
+    )
     weight: float = Field(1.0, ge=-10, le=10, description="how much it counts; negative pulls away")
 
     @model_validator(mode="after")
@@ -63,7 +70,9 @@ class SearchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     text: str | None = Field(None, max_length=10_000, description="what to look for, in words")
-    image_id: str | None = Field(None, min_length=1, max_length=64, description="id of an indexed image: more like this")
+    image_id: str | None = Field(
+        None, min_length=1, max_length=64, description="id of an indexed image: more like this"
+    )
     negative_text: str | None = Field(None, max_length=10_000, description="what results should not look like")
     text_weight: float = Field(1.0, ge=0, le=10)
     image_weight: float = Field(1.0, ge=0, le=10)
@@ -73,20 +82,38 @@ class SearchRequest(BaseModel):
     min_score: float | None = Field(None, ge=-1, le=1)
     filter: SearchFilter | None = None
     sort: Literal["relevance", "newest"] = Field(
-        "relevance", description=f"newest: the {SORT_POOL:,} best matches (above min_score), newest photo first")
+        "relevance", description=f"newest: the {SORT_POOL:,} best matches (above min_score), newest photo first"
+    )
     facets: bool = Field(False, description="also count the tags of the results returned (response 'facets')")
-    terms: list[QueryTerm] = Field(default_factory=list, max_length=MAX_TERMS, description=(
-        "a composite query; text, image_id and negative_text are shorthands for terms and add to these"))
+    terms: list[QueryTerm] = Field(
+        default_factory=list,
+        max_length=MAX_TERMS,
+        description=("a composite query; text, image_id and negative_text are shorthands for terms and add to these"),
+    )
     explain: bool = Field(False, description="each result carries each term's cosine and share of the score")
-    cutoff: Literal["auto", "none"] = Field("none", description=(
-        "auto: stop where this query's relevant results end, judged from its scores against the collection"))
+    cutoff: Literal["auto", "none"] = Field(
+        "none",
+        description=(
+            "auto: stop where this query's relevant results end, judged from its scores against the collection"
+        ),
+    )
     collapse: bool = Field(False, description="fold near-identical results into one, listed in 'duplicates'")
-    collapse_threshold: float = Field(0.95, ge=0.5, le=1.0, description=(
-        "cosine, with the collection's mean vector taken off, at which two images count as one"))
+    collapse_threshold: float = Field(
+        0.95,
+        ge=0.5,
+        le=1.0,
+        description=("cosine, with the collection's mean vector taken off, at which two images count as one"),
+    )
     diversity: float = Field(0.0, ge=0, le=1, description="0: by relevance; towards 1: fewer look-alikes (MMR)")
-    lexical_weight: float = Field(0.0, ge=0, le=1, description=(
-        "hybrid search: how much file, folder and sidecar text matches (BM25) count against the picture, "
-        "fused by rank; 0 is off. Quoted text is always matched this way."))
+    lexical_weight: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description=(
+            "hybrid search: how much file, folder and sidecar text matches (BM25) count against the picture, "
+            "fused by rank; 0 is off. Quoted text is always matched this way."
+        ),
+    )
 
     @field_validator("text", "negative_text")
     @classmethod
@@ -131,7 +158,9 @@ class SearchHit(BaseModel):
     gps: str = Field("", description="'lat,lon' in decimal degrees, from EXIF")
     tags: list[str] = Field(default_factory=list, description="zero-shot tags from the label sets, best first")
     tag_scores: list[float] = Field(default_factory=list, description="the score that gave each tag")
-    duplicates: list[str] = Field(default_factory=list, description="with collapse: ids of near-identical images folded in")
+    duplicates: list[str] = Field(
+        default_factory=list, description="with collapse: ids of near-identical images folded in"
+    )
     folded: list[FoldedImage] = Field(default_factory=list, description="with collapse: those images, best first")
     name_match: bool = Field(False, description="found (also) by its file, folder or sidecar text")
     explanation: list[TermContribution] | None = Field(None, description="with explain: what each term contributed")

@@ -68,8 +68,12 @@ class Background:
     def of(cls, store: MilvusStore | VectorCopy) -> Background:
         sample = store.sample_vectors(BACKGROUND_SAMPLE)
         mean = sample.mean(axis=0) if len(sample) else 0.0
-        return cls(mean, centre(sample, mean) if len(sample) else sample, max(store.count(), len(sample)),
-                   CutoffParams.from_json(store.cutoff_params()))
+        return cls(
+            mean,
+            centre(sample, mean) if len(sample) else sample,
+            max(store.count(), len(sample)),
+            CutoffParams.from_json(store.cutoff_params()),
+        )
 
 
 @dataclass
@@ -112,8 +116,10 @@ class Query:
         explained = []
         if self.vectors and vector is not None:
             cosines, shares = contributions(np.stack(self.vectors), self.weights, vector)
-            explained = [TermContribution(term=label, weight=weight, cosine=cosine, contribution=share)
-                         for label, weight, cosine, share in zip(self.labels, self.weights, cosines, shares)]
+            explained = [
+                TermContribution(term=label, weight=weight, cosine=cosine, contribution=share)
+                for label, weight, cosine, share in zip(self.labels, self.weights, cosines, shares)
+            ]
         for text in self.names_only + self.words:
             explained.append(TermContribution(term=f'"{text}"', weight=1.0, name_rank=name_rank))
         return explained
@@ -173,8 +179,10 @@ def upload_position(ref: str | None, uploads: Sequence[tuple[str, DecodedImage]]
 
 class UploadNotFoundError(LookupError):
     def __init__(self, ref: str, names: list[str]):
-        super().__init__(f"no upload '{ref}' in this request (upload positions count from 0"
-                         + (f"; file names: {', '.join(names)})" if names else ")"))
+        super().__init__(
+            f"no upload '{ref}' in this request (upload positions count from 0"
+            + (f"; file names: {', '.join(names)})" if names else ")")
+        )
 
 
 class ImageNotFoundError(LookupError):
@@ -204,8 +212,7 @@ class SearchService:
             self._checked_token = token
         self._checked_at = time.monotonic()
 
-    async def search(self, request: SearchRequest,
-                     uploads: Sequence[tuple[str, DecodedImage]] = ()) -> SearchResponse:
+    async def search(self, request: SearchRequest, uploads: Sequence[tuple[str, DecodedImage]] = ()) -> SearchResponse:
         """Run ``request``; ``uploads`` are the (file name, image) pairs of POST /search/image."""
         started = time.perf_counter()
         if time.monotonic() - self._checked_at >= self.recheck_s:  # no thread hop on the searches in between
@@ -217,19 +224,32 @@ class SearchService:
         results = []
         for entry in found.page:
             hit = to_hit(entry.hit, entry.score)
-            hit.folded = [FoldedImage(id=folded.hit.id, path=folded.hit.row["path"], score=round(folded.score, 6),
-                                      **image_urls(folded.hit.id)) for folded in entry.duplicates]
+            hit.folded = [
+                FoldedImage(
+                    id=folded.hit.id,
+                    path=folded.hit.row["path"],
+                    score=round(folded.score, 6),
+                    **image_urls(folded.hit.id),
+                )
+                for folded in entry.duplicates
+            ]
             hit.duplicates = [folded.id for folded in hit.folded]
             hit.name_match = entry.name_rank is not None
             if request.explain:
                 hit.explanation = query.explain(entry.hit.vector, entry.name_rank)
             results.append(hit)
         facets = count_tags(hit.tags for hit in results) if request.facets else None
-        return SearchResponse(results=results, took_ms=round((time.perf_counter() - started) * 1000, 2),
-                              notes=notes + found.notes, facets=facets, cutoff=found.cutoff)
+        return SearchResponse(
+            results=results,
+            took_ms=round((time.perf_counter() - started) * 1000, 2),
+            notes=notes + found.notes,
+            facets=facets,
+            cutoff=found.cutoff,
+        )
 
-    async def _resolve(self, request: SearchRequest, uploads: Sequence[tuple[str, DecodedImage]],
-                       notes: list[str]) -> Query:
+    async def _resolve(
+        self, request: SearchRequest, uploads: Sequence[tuple[str, DecodedImage]], notes: list[str]
+    ) -> Query:
         """The request's terms as vectors (texts embedded together, uploads together) and words to match."""
         terms = request_terms(request, uploads)
         split = {i: split_quoted(term.text) for i, term in enumerate(terms) if term.text is not None}
@@ -273,18 +293,28 @@ class SearchService:
         vector = query.blended()
         words = query.lexical_text()
         page_end = request.offset + request.limit
-        pooled = (request.cutoff == "auto" or request.collapse or request.diversity > 0 or words is not None
-                  or request.sort == "newest")
+        pooled = (
+            request.cutoff == "auto"
+            or request.collapse
+            or request.diversity > 0
+            or words is not None
+            or request.sort == "newest"
+        )
         ranked = Ranked()
         if not pooled:  # the plain search: Milvus (or the copy) pages
-            hits = self.store.search(vector[None, :], request.limit, request.offset, image_filter,
-                                     with_vectors=request.explain)[0]
-            ranked.page = [Entry(hit, hit.score) for hit in hits
-                           if request.min_score is None or hit.score >= request.min_score]
+            hits = self.store.search(
+                vector[None, :], request.limit, request.offset, image_filter, with_vectors=request.explain
+            )[0]
+            ranked.page = [
+                Entry(hit, hit.score) for hit in hits if request.min_score is None or hit.score >= request.min_score
+            ]
             return ranked
         pool = max(SORT_POOL, page_end) if request.sort == "newest" else min(MAX_POOL, max(MIN_POOL, 5 * page_end))
-        by_vector = self.store.search(vector[None, :], pool, 0, image_filter, with_vectors=True)[0] \
-            if vector is not None else []
+        by_vector = (
+            self.store.search(vector[None, :], pool, 0, image_filter, with_vectors=True)[0]
+            if vector is not None
+            else []
+        )
         if request.cutoff == "auto" and vector is not None and by_vector:
             keep, cutoff = self._cut(by_vector, vector, query.image_only)
             by_vector = [hit for hit, kept in zip(by_vector, keep) if kept]
@@ -300,19 +330,23 @@ class SearchService:
                 entries[group[0]].duplicates = [entries[i] for i in group[1:]]
             entries = [entries[group[0]] for group in groups]
         if request.diversity > 0 and entries:
-            order = diversify(np.asarray([entry.rank_score for entry in entries]),
-                              np.stack([entry.hit.vector for entry in entries]), request.diversity,
-                              min(len(entries), page_end))
+            order = diversify(
+                np.asarray([entry.rank_score for entry in entries]),
+                np.stack([entry.hit.vector for entry in entries]),
+                request.diversity,
+                min(len(entries), page_end),
+            )
             entries = [entries[i] for i in order]
         if request.sort == "newest":
             entries.sort(key=lambda entry: (-entry.hit.row["taken_at"], -entry.score))
         if words and not by_words:
             ranked.notes.append("no file, folder or description matched the words")
-        ranked.page = entries[request.offset:page_end]
+        ranked.page = entries[request.offset : page_end]
         return ranked
 
-    def _fuse(self, by_vector: list[Hit], by_words: list[Hit], vector: np.ndarray | None, query: Query,
-              lexical_weight: float) -> list[Entry]:
+    def _fuse(
+        self, by_vector: list[Hit], by_words: list[Hit], vector: np.ndarray | None, query: Query, lexical_weight: float
+    ) -> list[Entry]:
         """One ranking from the vector hits and the word hits: reciprocal rank fusion when there are both."""
         name_rank = {hit.id: rank for rank, hit in enumerate(by_words, start=1)}
         if vector is None:  # names only: the BM25 order and score
@@ -328,8 +362,12 @@ class SearchService:
         background = self.background()
         probe = centre(vector, background.mean) if image_only else vector
         candidates = centre(np.stack([hit.vector for hit in hits]), background.mean) @ probe
-        return auto_cutoff(candidates, background.centred @ probe if background.centred.size else np.zeros(0),
-                           background.size, background.params)
+        return auto_cutoff(
+            candidates,
+            background.centred @ probe if background.centred.size else np.zeros(0),
+            background.size,
+            background.params,
+        )
 
     def background(self) -> Background:
         """The collection's fixed sample, read again after writes (embedded) or each minute (server)."""
@@ -342,10 +380,20 @@ class SearchService:
 def to_hit(hit: Hit, score: float | None = None) -> SearchHit:
     row = hit.row
     return SearchHit(
-        id=hit.id, path=row["path"], score=round(hit.score if score is None else score, 6), width=row["width"], height=row["height"],
-        **image_urls(hit.id), taken_at=wall_clock_datetime(row["taken_at"]), taken_at_source=row["taken_at_source"],
-        format=row["format"], camera_make=row["camera_make"], camera_model=row["camera_model"], gps=row["gps"],
-        tags=list(row.get("tags") or []), tag_scores=[round(float(v), 4) for v in row.get("tag_scores") or []],
+        id=hit.id,
+        path=row["path"],
+        score=round(hit.score if score is None else score, 6),
+        width=row["width"],
+        height=row["height"],
+        **image_urls(hit.id),
+        taken_at=wall_clock_datetime(row["taken_at"]),
+        taken_at_source=row["taken_at_source"],
+        format=row["format"],
+        camera_make=row["camera_make"],
+        camera_model=row["camera_model"],
+        gps=row["gps"],
+        tags=list(row.get("tags") or []),
+        tag_scores=[round(float(v), 4) for v in row.get("tag_scores") or []],
     )
 
 

@@ -60,8 +60,9 @@ class Catalogue:
     def exists(self) -> bool:
         return self._call(lambda c: c.has_collection(self.collection))
 
-    def ensure_collection(self, model: str, dim: int, fingerprint: Sequence[float] | None = None,
-                          record_fingerprint: bool = False) -> None:
+    def ensure_collection(
+        self, model: str, dim: int, fingerprint: Sequence[float] | None = None, record_fingerprint: bool = False
+    ) -> None:
         """Create the collection for ``model``, or check that an existing one was made by it (and, given a
         fingerprint, by the same weights). ``record_fingerprint``: a writer (the indexer) records its
         fingerprint on a collection made before fingerprints were kept; readers never do."""
@@ -87,22 +88,34 @@ class Catalogue:
         model = properties.get("imgsearch.model", "")  # pragma: no mutate (server only: the description)
         for bm25 in (True, False):
             # Milvus before 2.5 has no BM25 function (nor analyzers): there, words are matched with LIKE.
-            schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)  # pragma: no mutate (defaults)
+            schema = MilvusClient.create_schema(
+                auto_id=False, enable_dynamic_field=False
+            )  # pragma: no mutate (defaults)
             add_columns(schema, dim, bm25=bm25)
             index_params = MilvusClient.prepare_index_params()
             index_params.add_index(
-                "vector", index_type=self.index_type, metric_type="COSINE", params=_INDEX_PARAMS[self.index_type]  # pragma: no mutate (server only)
+                "vector",
+                index_type=self.index_type,
+                metric_type="COSINE",
+                params=_INDEX_PARAMS[self.index_type],  # pragma: no mutate (server only)
             )
             if bm25:
                 index_params.add_index(TEXT_SPARSE, index_type="SPARSE_INVERTED_INDEX", metric_type="BM25")
             try:
-                self._call(lambda c, schema=schema, bm25=bm25: c.create_collection(
-                    physical, schema=schema, properties={**properties, TEXT_MATCH_PROPERTY: "bm25" if bm25 else "like"},
-                    description=f"imgsearch images embedded by {model}", consistency_level="Strong",  # pragma: no mutate (server only)
-                ))
+                self._call(
+                    lambda c, schema=schema, bm25=bm25: c.create_collection(
+                        physical,
+                        schema=schema,
+                        properties={**properties, TEXT_MATCH_PROPERTY: "bm25" if bm25 else "like"},
+                        description=f"imgsearch images embedded by {model}",
+                        consistency_level="Strong",  # pragma: no mutate (server only)
+                    )
+                )
                 # sync=False: pymilvus would otherwise poll the index state with a fixed half-second sleep, and
                 # an index on an empty collection is built by the time load_collection runs.
-                self._call(lambda c, index_params=index_params: c.create_index(physical, index_params, sync=False))  # pragma: no mutate (speed only)
+                self._call(
+                    lambda c, index_params=index_params: c.create_index(physical, index_params, sync=False)
+                )  # pragma: no mutate (speed only)
                 break
             except MilvusException as exc:
                 if not bm25:
@@ -189,8 +202,13 @@ class Catalogue:
             raise CollectionNotFoundError(self.collection)
         return self._properties().get(_CREATED_PROPERTY, "")
 
-    def check_model(self, model: str, dim: int | None = None, fingerprint: Sequence[float] | None = None,
-                    record_missing: bool = False) -> None:
+    def check_model(
+        self,
+        model: str,
+        dim: int | None = None,
+        fingerprint: Sequence[float] | None = None,
+        record_missing: bool = False,
+    ) -> None:
         """Raise ModelMismatchError unless the collection was made by ``model`` (and ``dim``, if given), and
         WeightsMismatchError if a ``fingerprint`` is given and differs from the recorded one. A collection made
         before fingerprints were recorded gets this one if ``record_missing``."""
@@ -205,7 +223,9 @@ class Catalogue:
         if recorded is None:
             if not record_missing:
                 return
-            self.set_properties(self.collection, {_FINGERPRINT_PROPERTY: json.dumps([round(float(v), 5) for v in fingerprint])})
+            self.set_properties(
+                self.collection, {_FINGERPRINT_PROPERTY: json.dumps([round(float(v), 5) for v in fingerprint])}
+            )
             return
         if not fingerprints_match(json.loads(recorded), fingerprint):
             raise WeightsMismatchError(self.collection, model)
@@ -214,8 +234,11 @@ class Catalogue:
         """The stored label sets by name, each as ``labels.encode`` wrote it."""
         if not self.exists():
             return {}
-        return {key[len(LABEL_SET_PROPERTY):]: value for key, value in sorted(self._properties().items())
-                if key.startswith(LABEL_SET_PROPERTY) and value}
+        return {
+            key[len(LABEL_SET_PROPERTY) :]: value
+            for key, value in sorted(self._properties().items())
+            if key.startswith(LABEL_SET_PROPERTY) and value
+        }
 
     def put_label_set(self, name: str, encoded: str) -> None:
         """Store (or, with ``encoded`` = "", remove) the label set ``name``."""
@@ -237,8 +260,9 @@ class Catalogue:
         upgrade's copy."""
         own = re.compile(rf"{re.escape(self.collection)}_v\d+(_[0-9a-f]{{8}})?")
         target = self.target()
-        return sorted(name for name in self._call(lambda c: c.list_collections())
-                      if own.fullmatch(name) and name != target)
+        return sorted(
+            name for name in self._call(lambda c: c.list_collections()) if own.fullmatch(name) and name != target
+        )
 
     def drop_other(self, physical: str) -> None:
         """Drop one of ``others()``; never the collection the name points to."""
@@ -262,8 +286,9 @@ class Catalogue:
             except MilvusException as exc:
                 if attempt == attempts or not _is_lite_schema_race(exc):
                     raise
-                log.warning("Milvus Lite failed to save collection %s's properties (%s); trying again", physical,
-                            exc.message)
+                log.warning(
+                    "Milvus Lite failed to save collection %s's properties (%s); trying again", physical, exc.message
+                )
                 time.sleep(random.uniform(0.01, 0.05) * attempt)  # apart from the other writer
 
     def point_to(self, physical: str) -> None:

@@ -30,8 +30,14 @@ class Rows:
     def upsert(self, rows: Sequence[dict[str, Any]]) -> None:
         """Write whole rows. A row without ``text`` gets its file and folder names as its searchable text."""
         if rows:
-            payload = [{"text": compose(name_words(row["path"])) if "text" not in row else row["text"], **row,
-                        "vector": np.asarray(row["vector"], dtype=np.float32).tolist()} for row in rows]
+            payload = [
+                {
+                    "text": compose(name_words(row["path"])) if "text" not in row else row["text"],
+                    **row,
+                    "vector": np.asarray(row["vector"], dtype=np.float32).tolist(),
+                }
+                for row in rows
+            ]
             self._call(lambda c: c.upsert(self.collection, payload))
             self._wrote()
 
@@ -43,8 +49,10 @@ class Rows:
         A server without partial updates (before Milvus 2.6) gets whole rows, read again just before."""
         if not tags:
             return 0
-        payload = [{"id": i, "tags": names, "tag_scores": scores, "text": with_tags(text, names)}
-                   for i, (names, scores, text) in tags.items()]
+        payload = [
+            {"id": i, "tags": names, "tag_scores": scores, "text": with_tags(text, names)}
+            for i, (names, scores, text) in tags.items()
+        ]
         if self._partial_updates is not False:
             try:
                 return self._upsert_partial(payload)
@@ -58,8 +66,10 @@ class Rows:
                     raise
                 log.info("this Milvus has no partial updates: tags are written with whole rows")
                 self._partial_updates = False
-        whole = [{**row, "tags": tags[i][0], "tag_scores": tags[i][1], "text": with_tags(row["text"], tags[i][0])}
-                 for i, row in self.get(list(tags), with_vectors=True).items()]
+        whole = [
+            {**row, "tags": tags[i][0], "tag_scores": tags[i][1], "text": with_tags(row["text"], tags[i][0])}
+            for i, row in self.get(list(tags), with_vectors=True).items()
+        ]
         self.upsert(whole)
         return len(whole)
 
@@ -71,7 +81,7 @@ class Rows:
 
     def delete(self, ids: Sequence[str], batch: int = 1000) -> None:
         for start in range(0, len(ids), batch):
-            chunk = list(ids[start:start + batch])
+            chunk = list(ids[start : start + batch])
             self._call(lambda c, chunk=chunk: c.delete(self.collection, ids=chunk))
             self._wrote()
 
@@ -105,8 +115,9 @@ class Rows:
         """Every row's metadata (no vectors)."""
         return self.iter_rows()
 
-    def iter_rows(self, fields: list[str] | None = None, with_vectors: bool = False, filter_expr: str = "",
-                  batch_size: int = 5000) -> Iterator[dict[str, Any]]:
+    def iter_rows(
+        self, fields: list[str] | None = None, with_vectors: bool = False, filter_expr: str = "", batch_size: int = 5000
+    ) -> Iterator[dict[str, Any]]:
         """Rows matching ``filter_expr`` (all by default), with ``fields`` (all metadata by default).
 
         With vectors, the ids are listed first and the rows then got by id: Milvus Lite's query iterator sorts
@@ -118,14 +129,17 @@ class Rows:
             return
         ids = [row["id"] for row in self._iterate(["id"], filter_expr, _MAX_PAGE)]
         for start in range(0, len(ids), _GET_BATCH):
-            chunk = ids[start:start + _GET_BATCH]
-            yield from self._call(lambda c, chunk=chunk: c.get(self.collection, ids=chunk,
-                                                               output_fields=output_fields + ["vector"]))
+            chunk = ids[start : start + _GET_BATCH]
+            yield from self._call(
+                lambda c, chunk=chunk: c.get(self.collection, ids=chunk, output_fields=output_fields + ["vector"])
+            )
 
     def _iterate(self, output_fields: list[str], filter_expr: str, batch_size: int) -> Iterator[dict[str, Any]]:
-        iterator = self._call(lambda c: c.query_iterator(
-            self.collection, batch_size=batch_size, filter=filter_expr, output_fields=output_fields
-        ))
+        iterator = self._call(
+            lambda c: c.query_iterator(
+                self.collection, batch_size=batch_size, filter=filter_expr, output_fields=output_fields
+            )
+        )
         try:
             while True:
                 try:
@@ -139,20 +153,32 @@ class Rows:
             iterator.close()
 
     def search(
-        self, vectors: np.ndarray, limit: int, offset: int = 0, image_filter: ImageFilter = ImageFilter(),
+        self,
+        vectors: np.ndarray,
+        limit: int,
+        offset: int = 0,
+        image_filter: ImageFilter = ImageFilter(),
         with_vectors: bool = False,
     ) -> list[list[Hit]]:
         """Nearest rows by cosine similarity, best first, one list per query vector."""
         fields = METADATA_FIELDS + (["vector"] if with_vectors else [])
-        results = self._call(lambda c: c.search(
-            self.collection, data=np.asarray(vectors).tolist(), anns_field="vector", limit=limit, offset=offset,
-            filter=image_filter.expr(), output_fields=fields,
-            search_params={"metric_type": "COSINE", "params": search_params(self.index_type, limit + offset)},
-        ))
+        results = self._call(
+            lambda c: c.search(
+                self.collection,
+                data=np.asarray(vectors).tolist(),
+                anns_field="vector",
+                limit=limit,
+                offset=offset,
+                filter=image_filter.expr(),
+                output_fields=fields,
+                search_params={"metric_type": "COSINE", "params": search_params(self.index_type, limit + offset)},
+            )
+        )
         return [[_hit(hit["id"], float(hit["distance"]), dict(hit["entity"])) for hit in hits] for hits in results]
 
-    def search_text(self, text: str, limit: int, image_filter: ImageFilter = ImageFilter(),
-                    with_vectors: bool = False) -> list[Hit]:
+    def search_text(
+        self, text: str, limit: int, image_filter: ImageFilter = ImageFilter(), with_vectors: bool = False
+    ) -> list[Hit]:
         """Rows whose searchable text (names, descriptions, tags) matches the words of ``text``, best BM25
         match first; ``Hit.score`` is the BM25 score (larger is better)."""
         fields = METADATA_FIELDS + (["vector"] if with_vectors else [])
@@ -160,10 +186,17 @@ class Rows:
             self._text_match = self._properties().get(TEXT_MATCH_PROPERTY, "bm25")
         if self._text_match == "like":
             return self._search_text_like(text, limit, image_filter, fields)
-        results = self._call(lambda c: c.search(
-            self.collection, data=[text], anns_field=TEXT_SPARSE, limit=limit, filter=image_filter.expr(),
-            output_fields=fields, search_params={"metric_type": "BM25"},
-        ))
+        results = self._call(
+            lambda c: c.search(
+                self.collection,
+                data=[text],
+                anns_field=TEXT_SPARSE,
+                limit=limit,
+                filter=image_filter.expr(),
+                output_fields=fields,
+                search_params={"metric_type": "BM25"},
+            )
+        )
         # Milvus Lite reports BM25 scores negated (best most negative); a server reports them positive.
         return [_hit(hit["id"], abs(float(hit["distance"])), dict(hit["entity"])) for hit in results[0]]
 
@@ -189,7 +222,7 @@ class Rows:
         bound = id_sample_bound(size, total)
         expr = f'id < "{bound}"' if bound else ""
         rows = list(self.iter_rows(fields=["id"], with_vectors=True, filter_expr=expr))
-        return np.asarray([row["vector"] for row in rows[:2 * size]], dtype=np.float32)
+        return np.asarray([row["vector"] for row in rows[: 2 * size]], dtype=np.float32)
 
 
 @dataclass(frozen=True)
@@ -209,8 +242,9 @@ def id_sample_bound(size: int, total: int) -> str:
 
 def _hit(row_id: str, score: float, entity: dict[str, Any]) -> Hit:
     vector = entity.pop("vector", None)
-    return Hit(id=row_id, score=score, row=entity,
-               vector=None if vector is None else np.asarray(vector, dtype=np.float32))
+    return Hit(
+        id=row_id, score=score, row=entity, vector=None if vector is None else np.asarray(vector, dtype=np.float32)
+    )
 
 
 def search_params(index_type: str, depth: int) -> dict[str, int]:

@@ -112,8 +112,10 @@ class Range:
     upper: int = 1_000_000
 
     def fields(self, column: Column) -> dict[str, Any]:  # pragma: no mutate block (runs at import, see below)
-        return {self.low: (int | None, Field(None, ge=0, le=self.upper, description=f"{column.name} at least this")),
-                self.high: (int | None, Field(None, ge=0, le=self.upper, description=f"{column.name} at most this"))}
+        return {
+            self.low: (int | None, Field(None, ge=0, le=self.upper, description=f"{column.name} at least this")),
+            self.high: (int | None, Field(None, ge=0, le=self.upper, description=f"{column.name} at most this")),
+        }
 
     def clauses(self, column: Column, given: dict[str, Any]) -> list[Clause]:
         bounds = ((self.low, ">="), (self.high, "<="))
@@ -126,13 +128,18 @@ class Period:
     before: str
 
     def fields(self, column: Column) -> dict[str, Any]:  # pragma: no mutate block (runs at import, see below)
-        return {self.after: (datetime | None, Field(None, description="taken at or after this (ISO date or time)")),
-                self.before: (datetime | None, Field(None, description="taken before this (ISO date or time)"))}
+        return {
+            self.after: (datetime | None, Field(None, description="taken at or after this (ISO date or time)")),
+            self.before: (datetime | None, Field(None, description="taken before this (ISO date or time)")),
+        }
 
     def clauses(self, column: Column, given: dict[str, Any]) -> list[Clause]:
         bounds = ((self.after, ">="), (self.before, "<"))
-        return [Clause(column.name, op, wall_clock_seconds(given[param]))
-                for param, op in bounds if given.get(param) is not None]
+        return [
+            Clause(column.name, op, wall_clock_seconds(given[param]))
+            for param, op in bounds
+            if given.get(param) is not None
+        ]
 
 
 @dataclass(frozen=True)
@@ -158,14 +165,30 @@ class AnyAll:
 
     def fields(self, column: Column) -> dict[str, Any]:  # pragma: no mutate block (runs at import, see below)
         item = Annotated[str, Field(min_length=1, max_length=column.max_length)]
-        return {self.any_param: (list[item] | None, Field(None, min_length=1, max_length=100,
-                                                          description=f"only images with at least one of these {column.name}")),
-                self.all_param: (list[item] | None, Field(None, min_length=1, max_length=100,
-                                                          description=f"only images with every one of these {column.name}"))}
+        return {
+            self.any_param: (
+                list[item] | None,
+                Field(
+                    None,
+                    min_length=1,
+                    max_length=100,
+                    description=f"only images with at least one of these {column.name}",
+                ),
+            ),
+            self.all_param: (
+                list[item] | None,
+                Field(
+                    None, min_length=1, max_length=100, description=f"only images with every one of these {column.name}"
+                ),
+            ),
+        }
 
     def clauses(self, column: Column, given: dict[str, Any]) -> list[Clause]:
-        return [Clause(column.name, op, tuple(given[param]))
-                for param, op in ((self.any_param, "any"), (self.all_param, "all")) if given.get(param)]
+        return [
+            Clause(column.name, op, tuple(given[param]))
+            for param, op in ((self.any_param, "any"), (self.all_param, "all"))
+            if given.get(param)
+        ]
 
 
 @dataclass(frozen=True)
@@ -183,27 +206,53 @@ class Column:
 
 COLUMNS: tuple[Column, ...] = (
     Column("id", DataType.VARCHAR, lambda f: image_id(f.path), max_length=64),
-    Column("path", DataType.VARCHAR, lambda f: f.path, max_length=MAX_PATH,
-           filter=Prefix("path_prefix", "only images whose path starts with this")),
+    Column(
+        "path",
+        DataType.VARCHAR,
+        lambda f: f.path,
+        max_length=MAX_PATH,
+        filter=Prefix("path_prefix", "only images whose path starts with this"),
+    ),
     Column("size", DataType.INT64, lambda f: int(f.size)),
     Column("mtime_ns", DataType.INT64, lambda f: int(f.mtime_ns)),
     Column("content_hash", DataType.VARCHAR, lambda f: f.content_hash, max_length=64),
     Column("width", DataType.INT64, lambda f: int(f.width), filter=Range("min_width", "max_width")),
     Column("height", DataType.INT64, lambda f: int(f.height), filter=Range("min_height", "max_height")),
     Column("indexed_at", DataType.INT64, lambda f: int(time.time())),
-    Column("taken_at", DataType.INT64, lambda f: int(f.taken_at), since=2,
-           filter=Period("taken_after", "taken_before")),
+    Column(
+        "taken_at", DataType.INT64, lambda f: int(f.taken_at), since=2, filter=Period("taken_after", "taken_before")
+    ),
     Column("taken_at_source", DataType.VARCHAR, lambda f: f.taken_at_source, max_length=8, since=2),
-    Column("format", DataType.VARCHAR, lambda f: f.format, max_length=16, since=2,
-           filter=OneOf("formats", "only these file formats, as Pillow names them: JPEG, PNG, WEBP ...")),
+    Column(
+        "format",
+        DataType.VARCHAR,
+        lambda f: f.format,
+        max_length=16,
+        since=2,
+        filter=OneOf("formats", "only these file formats, as Pillow names them: JPEG, PNG, WEBP ..."),
+    ),
     Column("camera_make", DataType.VARCHAR, lambda f: f.camera_make, max_length=64, since=2),
-    Column("camera_model", DataType.VARCHAR, lambda f: f.camera_model, max_length=64, since=2,
-           filter=OneOf("cameras", "only photos from these camera models (EXIF Model), exactly as stored")),
+    Column(
+        "camera_model",
+        DataType.VARCHAR,
+        lambda f: f.camera_model,
+        max_length=64,
+        since=2,
+        filter=OneOf("cameras", "only photos from these camera models (EXIF Model), exactly as stored"),
+    ),
     Column("gps", DataType.VARCHAR, lambda f: f.gps, max_length=32, since=2),
     # Zero-shot tags, best first, and the score that decided each (imgsearch/labels.py). The indexer
     # fills them from the collection's label sets; `imgsearch tag` rewrites only these two.
-    Column("tags", DataType.ARRAY, lambda f: [], max_length=MAX_TAG_CHARS, since=3, element_type=DataType.VARCHAR,
-           max_capacity=MAX_TAGS, filter=AnyAll("tags_any", "tags_all")),
+    Column(
+        "tags",
+        DataType.ARRAY,
+        lambda f: [],
+        max_length=MAX_TAG_CHARS,
+        since=3,
+        element_type=DataType.VARCHAR,
+        max_capacity=MAX_TAGS,
+        filter=AnyAll("tags_any", "tags_all"),
+    ),
     Column("tag_scores", DataType.ARRAY, lambda f: [], since=3, element_type=DataType.FLOAT, max_capacity=MAX_TAGS),
     # File and folder names, embedded and sidecar descriptions, tags: what hybrid search matches by word.
     Column("text", DataType.VARCHAR, lambda f: f.text, max_length=MAX_TEXT, since=4, analyzed=True),
@@ -239,8 +288,14 @@ def add_columns(schema: Any, dim: int, bm25: bool = True) -> None:
     if not bm25 or not analyzed:
         return
     schema.add_field(TEXT_SPARSE, DataType.SPARSE_FLOAT_VECTOR)
-    schema.add_function(Function(name="text_bm25", function_type=FunctionType.BM25,
-                                 input_field_names=analyzed, output_field_names=[TEXT_SPARSE]))
+    schema.add_function(
+        Function(
+            name="text_bm25",
+            function_type=FunctionType.BM25,
+            input_field_names=analyzed,
+            output_field_names=[TEXT_SPARSE],
+        )
+    )
 
 
 # Runs once, at import, before `make mutants` forks a process per mutant: a mutant here could never be active.
@@ -252,6 +307,8 @@ def _filter_fields() -> dict[str, Any]:  # pragma: no mutate block
 
 
 SearchFilter: type[BaseModel] = create_model(
-    "SearchFilter", __config__=ConfigDict(extra="forbid"), __doc__="Only images that match every bound given.",
+    "SearchFilter",
+    __config__=ConfigDict(extra="forbid"),
+    __doc__="Only images that match every bound given.",
     **_filter_fields(),
 )

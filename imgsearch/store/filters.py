@@ -64,7 +64,9 @@ class ImageFilter:
             elif clause.op == "in":
                 parts.append(f"{clause.column} in [{', '.join(quote(v) for v in clause.value)}]")
             elif clause.op in ("any", "all"):
-                parts.append(f"array_contains_{clause.op}({clause.column}, [{', '.join(quote(v) for v in clause.value)}])")
+                parts.append(
+                    f"array_contains_{clause.op}({clause.column}, [{', '.join(quote(v) for v in clause.value)}])"
+                )
             else:
                 parts.append(f"{clause.column} {clause.op} {int(clause.value)}")
         return " and ".join(parts)

@@ -36,8 +36,14 @@ T = TypeVar("T")
 class MilvusStore(Catalogue, Rows):
     """One image collection. Thread-safe; create once per process and share."""
 
-    def __init__(self, milvus_uri: str, collection: str, token: str = "", index_type: str = "HNSW",
-                 generation_name: str | None = None):
+    def __init__(
+        self,
+        milvus_uri: str,
+        collection: str,
+        token: str = "",
+        index_type: str = "HNSW",
+        generation_name: str | None = None,
+    ):
         self.milvus_uri = milvus_uri
         self.collection = collection
         self.index_type = index_type
@@ -59,8 +65,13 @@ class MilvusStore(Catalogue, Rows):
         the API searches, so that a query embedded by one model never meets another model's collection while
         ``imgsearch migrate`` moves the name. Its writes bump the name's generation token, or with ``own_token``
         one of its own (a collection being built, which nobody reads yet)."""
-        return MilvusStore(self.milvus_uri, physical, self._token, self.index_type,
-                           generation_name=None if own_token else self.collection)
+        return MilvusStore(
+            self.milvus_uri,
+            physical,
+            self._token,
+            self.index_type,
+            generation_name=None if own_token else self.collection,
+        )
 
     @property
     def is_embedded(self) -> bool:

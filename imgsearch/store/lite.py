@@ -104,8 +104,11 @@ def _runtime_dir() -> Path:
                 continue
     if not _fallback_runtime:
         _fallback_runtime.append(Path(tempfile.mkdtemp(prefix=f"imgsearch-{os.getuid()}-")))  # 0700, unguessable
-        log.warning("imgsearch: %s is taken by another user; sockets go to %s",
-                    Path(tempfile.gettempdir()) / f"imgsearch-{os.getuid()}", _fallback_runtime[0])
+        log.warning(
+            "imgsearch: %s is taken by another user; sockets go to %s",
+            Path(tempfile.gettempdir()) / f"imgsearch-{os.getuid()}",
+            _fallback_runtime[0],
+        )
     return _fallback_runtime[0]
 
 
@@ -142,8 +145,11 @@ def _live_endpoint(data_dir: Path) -> str | None:
         return None
     # Only a socket named as this folder's would be, in a folder no other user can write to (where it is depends on
     # XDG_RUNTIME_DIR and on who took the runtime folder's name, which differ between processes).
-    if (not _pid_alive(pid) or Path(path).name != _socket_path(data_dir, pid).name
-            or not _private_folder_of_ours(Path(path).parent)):
+    if (
+        not _pid_alive(pid)
+        or Path(path).name != _socket_path(data_dir, pid).name
+        or not _private_folder_of_ours(Path(path).parent)
+    ):
         return None
     try:
         with socket.socket(socket.AF_UNIX) as probe:
@@ -175,15 +181,18 @@ def _grpc_server(db):
     from milvus_lite.adapter.grpc.servicer import MilvusServicer
     from pymilvus.grpc_gen import milvus_pb2_grpc
 
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8), options=[
-        ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
-        ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
-        # pymilvus pings its server every 10 s, also between calls. A gRPC server's defaults allow such a ping once
-        # in 5 minutes and hang up after a few more ("too_many_pings": an error in the log of a process idle for a
-        # minute, such as an indexer while auto measures the model). The socket is the owner's alone.
-        ("grpc.keepalive_permit_without_calls", 1),
-        ("grpc.http2.max_ping_strikes", 0),  # never hang up on a client's pings
-    ])
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=8),
+        options=[
+            ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
+            # pymilvus pings its server every 10 s, also between calls. A gRPC server's defaults allow such a ping once
+            # in 5 minutes and hang up after a few more ("too_many_pings": an error in the log of a process idle for a
+            # minute, such as an indexer while auto measures the model). The socket is the owner's alone.
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.max_ping_strikes", 0),  # never hang up on a client's pings
+        ],
+    )
     milvus_pb2_grpc.add_MilvusServiceServicer_to_server(MilvusServicer(db), server)
     return server
 

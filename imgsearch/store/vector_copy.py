@@ -55,16 +55,28 @@ class _Snapshot:
 
     def take(self, keep: list[int]) -> _Snapshot:
         rows = np.asarray(keep, dtype=np.int64)
-        return _Snapshot([self.ids[i] for i in keep], self.vectors[rows],
-                         {name: [values[i] for i in keep] if isinstance(values, list) else values[rows]
-                          for name, values in self.columns.items()},
-                         tuple(self.extra[i] for i in keep))
+        return _Snapshot(
+            [self.ids[i] for i in keep],
+            self.vectors[rows],
+            {
+                name: [values[i] for i in keep] if isinstance(values, list) else values[rows]
+                for name, values in self.columns.items()
+            },
+            tuple(self.extra[i] for i in keep),
+        )
 
     def __add__(self, other: _Snapshot) -> _Snapshot:
-        return _Snapshot(self.ids + other.ids, np.concatenate([self.vectors, other.vectors]),
-                         {name: values + other.columns[name] if isinstance(values, list)
-                          else np.concatenate([values, other.columns[name]]) for name, values in self.columns.items()},
-                         self.extra + other.extra)
+        return _Snapshot(
+            self.ids + other.ids,
+            np.concatenate([self.vectors, other.vectors]),
+            {
+                name: values + other.columns[name]
+                if isinstance(values, list)
+                else np.concatenate([values, other.columns[name]])
+                for name, values in self.columns.items()
+            },
+            self.extra + other.extra,
+        )
 
 
 def _snapshot_from_rows(rows: list[dict], dim: int) -> _Snapshot:
@@ -160,11 +172,18 @@ class VectorCopy:
     Only an embedded collection has the generation token the copy needs to know it is fresh.
     """
 
-    def __init__(self, store: MilvusStore, dim: int, poll_s: float = 0.5, reconcile_s: float = 30.0,  # pragma: no mutate
-                 full_reconcile_s: float = 900.0):  # pragma: no mutate (the defaults set how soon, not whether)
+    def __init__(
+        self,
+        store: MilvusStore,
+        dim: int,
+        poll_s: float = 0.5,
+        reconcile_s: float = 30.0,  # pragma: no mutate
+        full_reconcile_s: float = 900.0,
+    ):  # pragma: no mutate (the defaults set how soon, not whether)
         if store.generation_token is None:
-            raise ValueError("the vector copy needs an embedded (Milvus Lite) collection: a server keeps no "
-                             "generation token")
+            raise ValueError(
+                "the vector copy needs an embedded (Milvus Lite) collection: a server keeps no generation token"
+            )
         self._store = store
         self._dim = dim
         self._poll_s = poll_s
@@ -218,7 +237,11 @@ class VectorCopy:
         return snapshot.columns[name] if snapshot is not None and self.fresh else None
 
     def search(
-        self, vectors: np.ndarray, limit: int, offset: int = 0, image_filter: ImageFilter = ImageFilter(),
+        self,
+        vectors: np.ndarray,
+        limit: int,
+        offset: int = 0,
+        image_filter: ImageFilter = ImageFilter(),
         with_vectors: bool = False,
     ) -> list[list[Hit]]:
         """The gateway's search: nearest rows by cosine similarity, best first, one list per query vector."""
@@ -233,7 +256,7 @@ class VectorCopy:
         if snapshot is None or not self.fresh:
             return self._store.sample_vectors(size)
         bound = id_sample_bound(size, snapshot.size)
-        rows = [i for i, row_id in enumerate(snapshot.ids) if not bound or row_id < bound][:2 * size]
+        rows = [i for i, row_id in enumerate(snapshot.ids) if not bound or row_id < bound][: 2 * size]
         return snapshot.vectors[np.asarray(rows, dtype=np.int64)]
 
     def wait_until_fresh(self, timeout_s: float) -> bool:
@@ -244,8 +267,14 @@ class VectorCopy:
             time.sleep(0.05)
         return self.fresh
 
-    def search_copy(self, query: np.ndarray, limit: int, offset: int,
-                    image_filter: ImageFilter = ImageFilter(), with_vectors: bool = False) -> list[Hit] | None:
+    def search_copy(
+        self,
+        query: np.ndarray,
+        limit: int,
+        offset: int,
+        image_filter: ImageFilter = ImageFilter(),
+        with_vectors: bool = False,
+    ) -> list[Hit] | None:
         """Exact top ``offset..offset+limit`` by cosine similarity, or None when the copy is behind Milvus."""
         snapshot = self._snapshot
         if snapshot is None or not self.fresh:
@@ -262,8 +291,15 @@ class VectorCopy:
         top = np.argpartition(-scores, wanted - 1)[:wanted] if wanted < len(scores) else np.arange(len(scores))
         top = top[np.lexsort((top, -scores[top]))][offset:]
         rows = top if candidates is None else candidates[top]
-        return [Hit(id=str(snapshot.ids[i]), score=float(scores[j]), row=snapshot.extra[i],
-                    vector=snapshot.vectors[i] if with_vectors else None) for i, j in zip(rows, top)]
+        return [
+            Hit(
+                id=str(snapshot.ids[i]),
+                score=float(scores[j]),
+                row=snapshot.extra[i],
+                vector=snapshot.vectors[i] if with_vectors else None,
+            )
+            for i, j in zip(rows, top)
+        ]
 
     # Background synchronisation
 
@@ -323,5 +359,5 @@ class VectorCopy:
         wanted = [row_id for row_id in current if row_id not in kept]
         changed: list[dict] = []
         for start in range(0, len(wanted), _FETCH_BATCH):
-            changed.extend(self._store.get(wanted[start:start + _FETCH_BATCH], with_vectors=True).values())
+            changed.extend(self._store.get(wanted[start : start + _FETCH_BATCH], with_vectors=True).values())
         return old.take(keep) + _snapshot_from_rows(changed, self._dim)

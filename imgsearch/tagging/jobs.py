@@ -66,9 +66,15 @@ def remove_label_set(store: MilvusStore, name: str) -> bool:
     return True
 
 
-def run_tagging(store: MilvusStore, encoder: Embedder, focus: LabelSet | None = None, export: Export | None = None,
-                dry_run: bool = False, show_progress: bool = False,
-                on_progress: Callable[[int, int], None] | None = None) -> TagReport:
+def run_tagging(
+    store: MilvusStore,
+    encoder: Embedder,
+    focus: LabelSet | None = None,
+    export: Export | None = None,
+    dry_run: bool = False,
+    show_progress: bool = False,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> TagReport:
     """Give every image the tags of the collection's label sets (``focus`` in place of a stored set of its
     name, when given; with ``dry_run`` nothing is written). ``export``: the top images of each of ``focus``'s
     labels."""
@@ -90,8 +96,9 @@ def run_tagging(store: MilvusStore, encoder: Embedder, focus: LabelSet | None = 
         on_progress(0, total)
     try:
         batch: list[dict[str, Any]] = []
-        rows = store.iter_rows(fields=["id", "path", "tags", "tag_scores", "text"], with_vectors=True,
-                               batch_size=READ_BATCH)
+        rows = store.iter_rows(
+            fields=["id", "path", "tags", "tag_scores", "text"], with_vectors=True, batch_size=READ_BATCH
+        )
         for row in rows:
             batch.append(row)
             if len(batch) >= READ_BATCH:
@@ -176,17 +183,19 @@ def write_export(export: Export, label_set: LabelSet, top: TopImages, paths: lis
     check_export_folder(folder)
     folder.mkdir(parents=True, exist_ok=True)
     names = file_names(label_set.names)
-    index = {"label_set": label_set.name, "k": export.k, "score": "cosine similarity of image and label",
-             "labels": {}}
+    index = {"label_set": label_set.name, "k": export.k, "score": "cosine similarity of image and label", "labels": {}}
     for label, name, ranked in zip(label_set.names, names, top.ranked()):
-        images = [{"rank": rank, "score": round(score, 6), "id": top.ids[row], "path": paths[row]}
-                  for rank, (row, score) in enumerate(ranked, start=1)]
+        images = [
+            {"rank": rank, "score": round(score, 6), "id": top.ids[row], "path": paths[row]}
+            for rank, (row, score) in enumerate(ranked, start=1)
+        ]
         with open(folder / f"{name}.csv", "w", newline="", encoding="utf-8") as handle:
             writer = csv.DictWriter(handle, fieldnames=["rank", "score", "id", "path"])
             writer.writeheader()
             writer.writerows(images)
-        (folder / f"{name}.json").write_text(json.dumps({"label": label, "images": images}, indent=1,
-                                                        ensure_ascii=False), encoding="utf-8")
+        (folder / f"{name}.json").write_text(
+            json.dumps({"label": label, "images": images}, indent=1, ensure_ascii=False), encoding="utf-8"
+        )
         if export.links:
             _link_folder(folder / name, images)
         index["labels"][label] = name

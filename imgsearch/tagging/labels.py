@@ -75,28 +75,42 @@ class LabelSet:
 
     def prompts(self) -> list[list[str]]:
         """Per label, the texts whose embeddings are averaged into the label's embedding."""
-        return [[template.replace("{}", label.name) for template in (label.templates or self.templates)]
-                for label in self.labels]
+        return [
+            [template.replace("{}", label.name) for template in (label.templates or self.templates)]
+            for label in self.labels
+        ]
 
     def thresholds(self) -> np.ndarray:
-        return np.array([self.cut if label.threshold is None else label.threshold for label in self.labels],
-                        dtype=np.float32)
+        return np.array(
+            [self.cut if label.threshold is None else label.threshold for label in self.labels], dtype=np.float32
+        )
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> LabelSet:
-        return make_label_set(data.get("name", ""), data.get("labels", []), where="stored label set",
-                              **{key: data[key] for key in ("templates", "top", "min_score", "mode") if key in data})
+        return make_label_set(
+            data.get("name", ""),
+            data.get("labels", []),
+            where="stored label set",
+            **{key: data[key] for key in ("templates", "top", "min_score", "mode") if key in data},
+        )
 
 
 # ── Checking ──────────────────────────────────────────────────────────────────────────────────────────────
 
 
-def make_label_set(name: str, labels: Sequence[str | Mapping[str, Any] | Label], where: str = "",
-                   templates: Sequence[str] | None = None, top: int = 3, min_score: float | None = None,
-                   mode: str = "cosine", lines: Sequence[int] | None = None) -> LabelSet:
+def make_label_set(
+    name: str,
+    labels: Sequence[str | Mapping[str, Any] | Label],
+    where: str = "",
+    templates: Sequence[str] | None = None,
+    top: int = 3,
+    min_score: float | None = None,
+    mode: str = "cosine",
+    lines: Sequence[int] | None = None,
+) -> LabelSet:
     """A checked LabelSet. Raises LabelSetError naming ``where`` (and the label's line, given ``lines``)."""
     if not isinstance(name, str) or not VALID_SET_NAME.fullmatch(name):
         raise LabelSetError(where, f"set name {str(name)[:80]!r}: use 1-64 letters, digits, '_', '-' or '.'")
@@ -132,8 +146,9 @@ def _check_templates(templates: Sequence[str], where: str) -> tuple[str, ...]:
         raise LabelSetError(where, f"{len(templates)} templates; at most {MAX_TEMPLATES}")
     for template in templates:
         if not isinstance(template, str) or template.count("{}") != 1:
-            raise LabelSetError(where, f"template {str(template)[:80]!r} must hold '{{}}' exactly once, where "
-                                       "the label goes")
+            raise LabelSetError(
+                where, f"template {str(template)[:80]!r} must hold '{{}}' exactly once, where the label goes"
+            )
         if len(template) > MAX_TEMPLATE_CHARS:
             raise LabelSetError(where, f"template longer than {MAX_TEMPLATE_CHARS} characters")
     return tuple(templates)
@@ -158,7 +173,9 @@ def _label(raw: str | Mapping[str, Any] | Label, low: float, where: str) -> Labe
         raise LabelSetError(where, f"label is {len(name)} characters long; at most {MAX_LABEL_CHARS}")
     if any(ord(char) < 32 or 0x7F <= ord(char) < 0xA0 for char in name):
         raise LabelSetError(where, "label holds a control character")
-    return Label(name, _score(threshold, low, where, "threshold"), _check_templates(templates, where) if templates else ())
+    return Label(
+        name, _score(threshold, low, where, "threshold"), _check_templates(templates, where) if templates else ()
+    )
 
 
 def _score(value: Any, low: float, where: str, what: str) -> float | None:
@@ -262,16 +279,23 @@ def decide(similarities: np.ndarray, label_set: LabelSet, logit_scale: float = 1
         values = np.exp(logits)
         values /= values.sum(axis=1, keepdims=True)
     top = min(label_set.top, values.shape[1])
-    best = np.argpartition(-values, top - 1, axis=1)[:, :top] if top < values.shape[1] else \
-        np.broadcast_to(np.arange(values.shape[1]), values.shape).copy()
+    best = (
+        np.argpartition(-values, top - 1, axis=1)[:, :top]
+        if top < values.shape[1]
+        else np.broadcast_to(np.arange(values.shape[1]), values.shape).copy()
+    )
     best_values = np.take_along_axis(values, best, axis=1)
     order = np.argsort(-best_values, axis=1, kind="stable")
     best, best_values = np.take_along_axis(best, order, axis=1), np.take_along_axis(best_values, order, axis=1)
     kept = best_values >= label_set.thresholds()[best]
     names = label_set.names
-    return [Tags([names[j] for j, keep in zip(row, keeps) if keep],
-                 [round(float(v), 4) for v, keep in zip(row_values, keeps) if keep])
-            for row, row_values, keeps in zip(best, best_values, kept)]
+    return [
+        Tags(
+            [names[j] for j, keep in zip(row, keeps) if keep],
+            [round(float(v), 4) for v, keep in zip(row_values, keeps) if keep],
+        )
+        for row, row_values, keeps in zip(best, best_values, kept)
+    ]
 
 
 def merge(per_set: Sequence[Tags]) -> Tags:
@@ -299,21 +323,28 @@ class TopImages:
         first = len(self.ids)
         self.ids.extend(ids)
         scores = np.concatenate([self._scores, np.asarray(similarities, dtype=np.float32).T], axis=1)
-        rows = np.concatenate([self._rows, np.broadcast_to(np.arange(first, len(self.ids)), (scores.shape[0], len(ids)))],
-                              axis=1)
+        rows = np.concatenate(
+            [self._rows, np.broadcast_to(np.arange(first, len(self.ids)), (scores.shape[0], len(ids)))], axis=1
+        )
         if scores.shape[1] > self.k:
-            best = np.argpartition(-scores, self.k - 1, axis=1)[:, :self.k]
+            best = np.argpartition(-scores, self.k - 1, axis=1)[:, : self.k]
             kth = np.take_along_axis(scores, best, axis=1).min(axis=1)
             tied = np.flatnonzero((scores >= kth[:, None]).sum(axis=1) > self.k)  # which k is a matter of ids
             for label in tied:
-                order = sorted(np.flatnonzero(scores[label] >= kth[label]),
-                               key=lambda j, label=label: (-scores[label, j], self.ids[rows[label, j]]))
-                best[label] = order[:self.k]
+                order = sorted(
+                    np.flatnonzero(scores[label] >= kth[label]),
+                    key=lambda j, label=label: (-scores[label, j], self.ids[rows[label, j]]),
+                )
+                best[label] = order[: self.k]
             scores, rows = np.take_along_axis(scores, best, axis=1), np.take_along_axis(rows, best, axis=1)
         self._scores, self._rows = scores, rows
 
     def ranked(self) -> list[list[tuple[int, float]]]:
         """Per label, (row, score) best first: ``row`` indexes ``self.ids`` in the order they were added."""
-        return [sorted(((int(row), float(score)) for row, score in zip(rows, scores)),
-                       key=lambda pair: (-pair[1], self.ids[pair[0]]))
-                for rows, scores in zip(self._rows, self._scores)]
+        return [
+            sorted(
+                ((int(row), float(score)) for row, score in zip(rows, scores)),
+                key=lambda pair: (-pair[1], self.ids[pair[0]]),
+            )
+            for rows, scores in zip(self._rows, self._scores)
+        ]

@@ -32,8 +32,12 @@ def embed_label_set(encoder: Embedder, label_set: LabelSet) -> EmbeddedSet:
     """Each label's text embedding: its prompts (one per template) embedded and averaged, then normalised."""
     prompts = label_set.prompts()
     flat = [prompt for label_prompts in prompts for prompt in label_prompts]
-    vectors = np.concatenate([encoder.embed_texts(flat[start:start + _PROMPTS_PER_CALL]).vectors
-                              for start in range(0, len(flat), _PROMPTS_PER_CALL)])
+    vectors = np.concatenate(
+        [
+            encoder.embed_texts(flat[start : start + _PROMPTS_PER_CALL]).vectors
+            for start in range(0, len(flat), _PROMPTS_PER_CALL)
+        ]
+    )
     starts = np.cumsum([0] + [len(label_prompts) for label_prompts in prompts[:-1]])
     means = np.add.reduceat(vectors.astype(np.float64), starts, axis=0)
     means /= np.linalg.norm(means, axis=1, keepdims=True) + 1e-12
@@ -79,8 +83,10 @@ class Tagger:
     def tags(self, vectors: np.ndarray, similarities: list[np.ndarray] | None = None) -> list[Tags]:
         """Each image's tags over every set."""
         similarities = self.similarities(vectors) if similarities is None else similarities
-        per_set = [decide(scores, embedded.label_set, self._encoder.logit_scale)
-                   for scores, embedded in zip(similarities, self.embedded)]
+        per_set = [
+            decide(scores, embedded.label_set, self._encoder.logit_scale)
+            for scores, embedded in zip(similarities, self.embedded)
+        ]
         if not per_set:  # no label sets (the last was removed): no tags
             return [Tags() for _ in range(len(vectors))]
         return [merge(image_tags) for image_tags in zip(*per_set)]

@@ -19,7 +19,8 @@ _one_at_a_time = asyncio.Lock()
 
 @router.get("/duplicates", response_model=DuplicatesResponse)
 async def duplicates(
-    request: Request, store: StoreDep,
+    request: Request,
+    store: StoreDep,
     threshold: Annotated[float, Query(ge=0.5, le=1.0, description="cosine at which two images count as one")] = 0.95,
 ) -> DuplicatesResponse:
     """Groups of near-identical images (copies, re-encodes, format changes, resizes), each member with its cosine

@@ -19,6 +19,13 @@ async def health(request: Request, store: StoreDep, settings: SettingsDep) -> He
     vector_copy = request.app.state.vector_copy
     count = await run_in_threadpool((vector_copy or store).count)
     cache = "off" if vector_copy is None else ("fresh" if vector_copy.fresh else "catching-up")
-    return HealthResponse(status="ok", model=model.name, dim=model.dim, runs=f"{model.backend} {model.precision}",
-                          count=count, vector_cache=cache, collection=request.app.state.serving.collection,
-                          switch=request.app.state.switcher.state)
+    return HealthResponse(
+        status="ok",
+        model=model.name,
+        dim=model.dim,
+        runs=f"{model.backend} {model.precision}",
+        count=count,
+        vector_cache=cache,
+        collection=request.app.state.serving.collection,
+        switch=request.app.state.switcher.state,
+    )

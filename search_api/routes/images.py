@@ -35,8 +35,9 @@ def _not_served(image_id: str, exc: OSError | UnsafeFileError) -> HTTPException:
     return HTTPException(404, f"image '{image_id}' cannot be read: {exc.strerror or exc}")
 
 
-@router.get("/{image_id}", responses={200: {"content": {"image/*": {}}}, 404: {"model": ErrorResponse}},
-            response_class=Response)
+@router.get(
+    "/{image_id}", responses={200: {"content": {"image/*": {}}}, 404: {"model": ErrorResponse}}, response_class=Response
+)
 async def original(image_id: ImageId, store: StoreDep, files: FilesDep) -> StreamingResponse:
     """The original file, by id (never by a client-supplied path)."""
     row = await _row(store, image_id)
@@ -46,19 +47,31 @@ async def original(image_id: ImageId, store: StoreDep, files: FilesDep) -> Strea
         raise _not_served(image_id, exc) from None
     media_type = mimetypes.guess_type(row["path"])[0] or "application/octet-stream"
     # Streamed from the descriptor that was checked, so a link re-pointed meanwhile changes nothing.
-    return StreamingResponse(iter_chunks(handle, size), media_type=media_type,
-                             headers={"Content-Length": str(size), "X-Content-Type-Options": "nosniff"})
+    return StreamingResponse(
+        iter_chunks(handle, size),
+        media_type=media_type,
+        headers={"Content-Length": str(size), "X-Content-Type-Options": "nosniff"},
+    )
 
 
-@router.get("/{image_id}/thumbnail", responses={200: {"content": {"image/jpeg": {}}}, 404: {"model": ErrorResponse}},
-            response_class=Response)
-async def thumbnail(image_id: ImageId, store: StoreDep, thumbnails: ThumbnailsDep, files: FilesDep,
-                    size: Annotated[int, Query(ge=16, le=1024)] = 256) -> Response:
+@router.get(
+    "/{image_id}/thumbnail",
+    responses={200: {"content": {"image/jpeg": {}}}, 404: {"model": ErrorResponse}},
+    response_class=Response,
+)
+async def thumbnail(
+    image_id: ImageId,
+    store: StoreDep,
+    thumbnails: ThumbnailsDep,
+    files: FilesDep,
+    size: Annotated[int, Query(ge=16, le=1024)] = 256,
+) -> Response:
     """A JPEG whose longest side is `size` rounded up to 64, 128, 256, 512 or 1024; made once and cached."""
     row = await _row(store, image_id)
     try:
-        data = await run_in_threadpool(thumbnails.get, image_id, row["content_hash"], size,
-                                       lambda: files.read(row["path"]))
+        data = await run_in_threadpool(
+            thumbnails.get, image_id, row["content_hash"], size, lambda: files.read(row["path"])
+        )
     except (OSError, UnsafeFileError) as exc:
         raise _not_served(image_id, exc) from None
     except ImageDecodeError as exc:

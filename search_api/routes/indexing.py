@@ -12,14 +12,24 @@ from imgsearch.search_api.services.jobs import allowed_paths
 router = APIRouter(prefix="/index", tags=["indexing"])
 
 
-@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=IndexJob,
-             responses={403: {"model": ErrorResponse}, 404: {"model": ErrorResponse}, 422: {"model": ErrorResponse},
-                        429: {"model": ErrorResponse}})
+@router.post(
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=IndexJob,
+    responses={
+        403: {"model": ErrorResponse},
+        404: {"model": ErrorResponse},
+        422: {"model": ErrorResponse},
+        429: {"model": ErrorResponse},
+    },
+)
 async def start_index(request: IndexRequest, jobs: JobsDep) -> IndexJob:
     """Index absolute paths on the server. 403 outside the allowed roots (whether or not the path exists),
     404 for a missing one inside them, 429 when the job queue is full."""
     if not jobs.allowed_roots:
-        raise HTTPException(403, "indexing through the API is off: set IMGSEARCH_ALLOWED_ROOTS to the folders it may read")
+        raise HTTPException(
+            403, "indexing through the API is off: set IMGSEARCH_ALLOWED_ROOTS to the folders it may read"
+        )
     paths = await run_in_threadpool(allowed_paths, request.paths, jobs.allowed_roots)  # touches the disk
     return jobs.submit(paths)
 

@@ -18,24 +18,37 @@ router = APIRouter(tags=["search"])
 MAX_UPLOADS = 8
 
 
-@router.post("/search", response_model=SearchResponse,
-             responses={404: {"model": ErrorResponse}, 422: {"model": ErrorResponse}})
+@router.post(
+    "/search", response_model=SearchResponse, responses={404: {"model": ErrorResponse}, 422: {"model": ErrorResponse}}
+)
 async def search(request: SearchRequest, service: SearchServiceDep) -> SearchResponse:
     """Search by text, by an indexed image ("more like this"), or both; `negative_text` pulls away."""
     return await service.search(request)
 
 
-@router.post("/search/image", response_model=SearchResponse,
-             responses={413: {"model": ErrorResponse}, 415: {"model": ErrorResponse}, 422: {"model": ErrorResponse}})
+@router.post(
+    "/search/image",
+    response_model=SearchResponse,
+    responses={413: {"model": ErrorResponse}, 415: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},
+)
 async def search_by_image(
     http_request: Request,
     service: SearchServiceDep,
     settings: SettingsDep,
-    file: Annotated[list[UploadFile], File(description=(
-        f"an example image; up to {MAX_UPLOADS} (repeat the field), which terms name by upload_ref"))],
-    query: Annotated[str | None, Form(max_length=50_000, description=(
-        'any fields of a /search body as JSON, e.g. {"negative_text": "people", "min_score": 0.2, '
-        '"filter": {"path_prefix": "/photos/2024"}}'))] = None,
+    file: Annotated[
+        list[UploadFile],
+        File(description=(f"an example image; up to {MAX_UPLOADS} (repeat the field), which terms name by upload_ref")),
+    ],
+    query: Annotated[
+        str | None,
+        Form(
+            max_length=50_000,
+            description=(
+                'any fields of a /search body as JSON, e.g. {"negative_text": "people", "min_score": 0.2, '
+                '"filter": {"path_prefix": "/photos/2024"}}'
+            ),
+        ),
+    ] = None,
     limit: Annotated[int | None, Form(ge=1, le=MAX_LIMIT)] = None,
     text: Annotated[str | None, Form(max_length=10_000)] = None,
 ) -> SearchResponse:
@@ -62,12 +75,17 @@ async def search_by_image(
         async with http_request.app.state.upload_slots:  # a few decodes at once: memory stays bounded
             try:
                 decoded = await run_in_threadpool(
-                    decode_image, data, name, service.encoder.image_size, settings.max_image_pixels,
+                    decode_image,
+                    data,
+                    name,
+                    service.encoder.image_size,
+                    settings.max_image_pixels,
                     settings.max_decoded_bytes,
                 )
             except UnknownImageFormatError as exc:
-                raise HTTPException(status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
-                                    f"cannot use the upload {name}: {exc.reason}") from None
+                raise HTTPException(
+                    status.HTTP_415_UNSUPPORTED_MEDIA_TYPE, f"cannot use the upload {name}: {exc.reason}"
+                ) from None
             except ImageDecodeError as exc:
                 raise HTTPException(422, f"cannot use the upload {name} as an image: {exc.reason}") from None
         uploads.append((name, decoded))

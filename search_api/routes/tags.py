@@ -38,19 +38,28 @@ async def label_set(name: str, store: StoreDep) -> LabelSetDetail:
     return LabelSetDetail(**_info(found).model_dump(), label_names=found.names)
 
 
-@router.post("/labels", status_code=status.HTTP_202_ACCEPTED, response_model=IndexJob,
-             responses={422: {"model": ErrorResponse}, 429: {"model": ErrorResponse}})
+@router.post(
+    "/labels",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=IndexJob,
+    responses={422: {"model": ErrorResponse}, 429: {"model": ErrorResponse}},
+)
 async def put_label_set(body: LabelSetRequest, jobs: JobsDep) -> IndexJob:
     """Store a label set (replacing one of the same name) and start a job that tags every image again from the
     stored vectors; follow it at `GET /index/{job_id}`. 422 for duplicated labels or a template without `{}`."""
     labels = [label if isinstance(label, str) else label.model_dump(exclude_none=True) for label in body.labels]
-    checked = make_label_set(body.name, labels, "", templates=body.templates, top=body.top,
-                             min_score=body.min_score, mode=body.mode)
+    checked = make_label_set(
+        body.name, labels, "", templates=body.templates, top=body.top, min_score=body.min_score, mode=body.mode
+    )
     return jobs.submit_tagging(checked)
 
 
-@router.delete("/labels/{name}", status_code=status.HTTP_202_ACCEPTED, response_model=IndexJob,
-               responses={404: {"model": ErrorResponse}, 429: {"model": ErrorResponse}})
+@router.delete(
+    "/labels/{name}",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=IndexJob,
+    responses={404: {"model": ErrorResponse}, 429: {"model": ErrorResponse}},
+)
 async def delete_label_set(name: str, store: StoreDep, jobs: JobsDep) -> IndexJob:
     """Forget a label set and start a job that takes its tags off every image."""
     await _find(store, name)
@@ -65,5 +74,11 @@ async def _find(store, name: str) -> LabelSet:
 
 
 def _info(label_set: LabelSet) -> LabelSetInfo:
-    return LabelSetInfo(name=label_set.name, labels=len(label_set.labels), mode=label_set.mode, top=label_set.top,
-                        min_score=label_set.cut, templates=list(label_set.templates))
+    return LabelSetInfo(
+        name=label_set.name,
+        labels=len(label_set.labels),
+        mode=label_set.mode,
+        top=label_set.top,
+        min_score=label_set.cut,
+        templates=list(label_set.templates),
+    )

@@ -61,7 +61,9 @@ def allowed_paths(raw_paths: list[str], allowed_roots: list[str]) -> list[str]:
             raise UnusablePathError(f"{shown!r} is not an absolute path ('~' and relative paths are not expanded)")
         parts = Path(raw).parts
         if len(parts) > MAX_PATH_PARTS or any(len(p.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES for p in parts):
-            raise UnusablePathError(f"{shown!r} has more than {MAX_PATH_PARTS} parts or a part over {MAX_NAME_BYTES} bytes")
+            raise UnusablePathError(
+                f"{shown!r} has more than {MAX_PATH_PARTS} parts or a part over {MAX_NAME_BYTES} bytes"
+            )
         try:
             path = os.path.realpath(raw)  # resolves '..' and links before the check
         except (OSError, ValueError) as exc:
@@ -143,13 +145,17 @@ class JobManager:
     def _index(self, paths: list[str], progress: ProgressCallback) -> dict[str, Any]:
         # Checked again: a link under an allowed root may have been re-pointed while the job waited.
         encoder, store = self._model_and_store()
-        report = run_index(allowed_paths(paths, self.allowed_roots), self._settings, encoder, store,
-                           on_progress=progress)
+        report = run_index(
+            allowed_paths(paths, self.allowed_roots), self._settings, encoder, store, on_progress=progress
+        )
         summary = report.to_dict()
         summary["failed_not_listed"] = max(0, len(summary["failed"]) - MAX_REPORTED_FAILURES)
         summary["failed"] = summary["failed"][:MAX_REPORTED_FAILURES]
-        return {"state": "failed" if report.refused else "done", "report": summary,
-                "error": "; ".join(report.refused) or None}
+        return {
+            "state": "failed" if report.refused else "done",
+            "report": summary,
+            "error": "; ".join(report.refused) or None,
+        }
 
     def _tag(self, label_set: LabelSet | None, remove: str | None, progress: ProgressCallback) -> dict[str, Any]:
         encoder, store = self._model_and_store()

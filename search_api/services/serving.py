@@ -56,8 +56,12 @@ def collection_model(settings: Settings, names: MilvusStore) -> str:
     if recorded == NOT_IMGSEARCH:
         return settings.model  # ensure_collection says what is wrong with it
     if recorded != settings.model:
-        log.warning("collection %s is embedded by %s: serving that model (IMGSEARCH_MODEL is %s)",
-                    settings.collection, recorded, settings.model)
+        log.warning(
+            "collection %s is embedded by %s: serving that model (IMGSEARCH_MODEL is %s)",
+            settings.collection,
+            recorded,
+            settings.model,
+        )
     return recorded
 
 
@@ -76,8 +80,16 @@ def open_serving(settings: Settings, names: MilvusStore, collection: str, encode
         vector_copy.start()
     batcher = TextBatcher(encoder)
     searched = vector_copy or store
-    return Serving(collection, encoder, store, vector_copy, batcher, SearchService(encoder, searched, batcher),
-                   ServedFiles(store, settings.allowed_roots, settings.max_file_bytes), TagCounter(searched))
+    return Serving(
+        collection,
+        encoder,
+        store,
+        vector_copy,
+        batcher,
+        SearchService(encoder, searched, batcher),
+        ServedFiles(store, settings.allowed_roots, settings.max_file_bytes),
+        TagCounter(searched),
+    )
 
 
 def warm_up(encoder: Embedder) -> None:

@@ -37,5 +37,6 @@ class TagCounter:
 
 
 def _summary(tag_lists) -> TagCountsResponse:
-    return TagCountsResponse(images=len(tag_lists), tagged=sum(1 for tags in tag_lists if len(tags)),
-                             tags=count_tags(tag_lists))
+    return TagCountsResponse(
+        images=len(tag_lists), tagged=sum(1 for tags in tag_lists if len(tags)), tags=count_tags(tag_lists)
+    )

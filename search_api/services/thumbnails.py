@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import threading
@@ -101,7 +102,5 @@ class ThumbnailCache:
 def _touch(path: Path) -> None:
     """Mark ``path`` used now, to the nanosecond (file systems stamp new files with a coarser clock)."""
     now = time.time_ns()
-    try:
+    with contextlib.suppress(FileNotFoundError):  # evicted by a concurrent request meanwhile
         os.utime(path, ns=(now, now))
-    except FileNotFoundError:  # evicted by a concurrent request meanwhile
-        pass

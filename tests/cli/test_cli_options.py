@@ -26,9 +26,15 @@ from imgsearch.tagging.labels import Mode
 from tests.support import REPO
 
 # What users type today: these spellings must not change when the columns behind them do.
-TODAYS_FILTER_FLAGS = {"--after": "taken_after", "--before": "taken_before", "--format": "formats",
-                       "--camera": "cameras", "--path-prefix": "path_prefix", "--tag": "tags_any",
-                       "--all-tags": "tags_all"}
+TODAYS_FILTER_FLAGS = {
+    "--after": "taken_after",
+    "--before": "taken_before",
+    "--format": "formats",
+    "--camera": "cameras",
+    "--path-prefix": "path_prefix",
+    "--tag": "tags_any",
+    "--all-tags": "tags_all",
+}
 
 
 def _parse(*argv: str) -> argparse.Namespace:
@@ -72,23 +78,61 @@ def test_a_filter_flag_ends_up_in_the_request_filter(flag):
     given = request.filter.model_dump(exclude_none=True)
     assert list(given) == [flag.dest] and images == []
     expected = SearchRequest.model_validate(
-        {"text": "x", "filter": {flag.dest: [_sample(flag.dest)] if flag.repeated else _sample(flag.dest)}})
+        {"text": "x", "filter": {flag.dest: [_sample(flag.dest)] if flag.repeated else _sample(flag.dest)}}
+    )
     assert request.filter == expected.filter
 
 
 def test_filter_flags_together_and_repeated():
-    args = _parse("search", "beach", "--after", "2019-06-01", "--before", "2019-07-01T18:00", "--format", "JPEG",
-                  "--format", "PNG", "--camera", "X100V", "--path-prefix", "/photos/", "--tag", "sea", "--tag", "sun",
-                  "--all-tags", "family")
+    args = _parse(
+        "search",
+        "beach",
+        "--after",
+        "2019-06-01",
+        "--before",
+        "2019-07-01T18:00",
+        "--format",
+        "JPEG",
+        "--format",
+        "PNG",
+        "--camera",
+        "X100V",
+        "--path-prefix",
+        "/photos/",
+        "--tag",
+        "sea",
+        "--tag",
+        "sun",
+        "--all-tags",
+        "family",
+    )
     request, _ = search_request(args)
     assert request.filter.model_dump(exclude_none=True) == {
-        "taken_after": datetime(2019, 6, 1), "taken_before": datetime(2019, 7, 1, 18), "formats": ["JPEG", "PNG"],
-        "cameras": ["X100V"], "path_prefix": "/photos/", "tags_any": ["sea", "sun"], "tags_all": ["family"]}
+        "taken_after": datetime(2019, 6, 1),
+        "taken_before": datetime(2019, 7, 1, 18),
+        "formats": ["JPEG", "PNG"],
+        "cameras": ["X100V"],
+        "path_prefix": "/photos/",
+        "tags_any": ["sea", "sun"],
+        "tags_all": ["family"],
+    }
 
 
 def test_no_filter_flag_no_bound_and_the_other_options_reach_the_request():
-    args = _parse("search", "2:red car", "+", "boat", "-k", "7", "--newest", "--collapse", "--hybrid",
-                  "--cutoff", "auto", "--explain")
+    args = _parse(
+        "search",
+        "2:red car",
+        "+",
+        "boat",
+        "-k",
+        "7",
+        "--newest",
+        "--collapse",
+        "--hybrid",
+        "--cutoff",
+        "auto",
+        "--explain",
+    )
     request, _ = search_request(args)
     assert request.filter.model_dump(exclude_none=True) == {}
     assert [(term.text, term.weight) for term in request.terms] == [("red car", 2.0), ("boat", 1.0)]
@@ -102,8 +146,10 @@ def test_image_terms_become_uploads_in_order(tmp_path):
     args = _parse("search", str(first), "-", "fruit", "--image", str(second))
     request, images = search_request(args)
     assert images == [str(first), str(second)]
-    assert [(term.upload_ref, term.text, term.weight) for term in request.terms] == [("0", None, 1.0),
-                                                                                     (None, "fruit", -1.0)]
+    assert [(term.upload_ref, term.text, term.weight) for term in request.terms] == [
+        ("0", None, 1.0),
+        (None, "fruit", -1.0),
+    ]
 
 
 def test_a_bad_filter_value_is_refused_before_any_model_loads(capsys):
@@ -126,13 +172,21 @@ def test_a_new_filterable_column_gets_flags_without_a_cli_change():
     flags = {flag.flag: flag for flag in filter_flags([depth, lens])}
     assert set(flags) == {"--min-depth", "--max-depth", "--lenses"}
     assert (flags["--min-depth"].dest, flags["--min-depth"].type, flags["--min-depth"].repeated) == (
-        "min_depth", int, False)
+        "min_depth",
+        int,
+        False,
+    )
     assert flags["--lenses"].repeated and flags["--lenses"].help.startswith("only these lenses")
 
 
-CHOICES = [("index", "--precision", PrecisionSetting), ("search", "--backend", BackendSetting),
-           ("migrate", "--precision", PrecisionSetting), ("evaluate", "--backend", BackendSetting),
-           ("search", "--cutoff", SearchRequest.model_fields["cutoff"].annotation), ("tag", "--mode", Mode)]
+CHOICES = [
+    ("index", "--precision", PrecisionSetting),
+    ("search", "--backend", BackendSetting),
+    ("migrate", "--precision", PrecisionSetting),
+    ("evaluate", "--backend", BackendSetting),
+    ("search", "--cutoff", SearchRequest.model_fields["cutoff"].annotation),
+    ("tag", "--mode", Mode),
+]
 
 
 @pytest.mark.parametrize("command, flag, literal", CHOICES)
@@ -145,8 +199,15 @@ def test_every_value_of_the_literal_is_taken(value):
     assert _parse("index", "photos", "--precision", value).precision == value
 
 
-@pytest.mark.parametrize("argv", [["index", "photos", "--precision", "fp64"], ["search", "x", "--backend", "tvm"],
-                                  ["search", "x", "--cutoff", "some"], ["tag", "--mode", "sigmoid"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["index", "photos", "--precision", "fp64"],
+        ["search", "x", "--backend", "tvm"],
+        ["search", "x", "--cutoff", "some"],
+        ["tag", "--mode", "sigmoid"],
+    ],
+)
 def test_a_choice_outside_the_literal_is_refused_by_argparse(argv, capsys):
     with pytest.raises(SystemExit) as refused:
         main(argv)
@@ -175,10 +236,23 @@ def test_only_serve_imports_the_search_api():
 
 
 def test_help_lists_every_command_and_imports_nothing_heavy():
-    code = ("import sys\nfrom imgsearch.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
-            "print('LOADED', sorted(m for m in ('numpy', 'pymilvus', 'torch', 'imgsearch.store') if m in sys.modules))")
+    code = (
+        "import sys\nfrom imgsearch.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "print('LOADED', sorted(m for m in ('numpy', 'pymilvus', 'torch', 'imgsearch.store') if m in sys.modules))"
+    )
     shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True).stdout
     assert shown.rstrip().endswith("LOADED []")
     listed = shown.split("{", 1)[1].split("}", 1)[0].split(",")
-    assert listed == ["index", "search", "serve", "ui", "upgrade", "tag", "duplicates", "evaluate", "models",
-                      "migrate", "drop"]
+    assert listed == [
+        "index",
+        "search",
+        "serve",
+        "ui",
+        "upgrade",
+        "tag",
+        "duplicates",
+        "evaluate",
+        "models",
+        "migrate",
+        "drop",
+    ]

@@ -36,9 +36,12 @@ def test_stop_process_also_stops_the_children_of_the_process():
 
 
 def test_imgsearch_ui_listens_on_loopback_and_stops_whole_on_sigterm(imgsearch_bin, cli_env):
-    process, port = start_server(lambda port: [imgsearch_bin, "ui", "--port", str(port), "--api-url",
-                                               "http://127.0.0.1:9"], cli_env, http_ready("/_stcore/health"),
-                                 timeout_s=60)
+    process, port = start_server(
+        lambda port: [imgsearch_bin, "ui", "--port", str(port), "--api-url", "http://127.0.0.1:9"],
+        cli_env,
+        http_ready("/_stcore/health"),
+        timeout_s=60,
+    )
     try:
         assert listening_addresses(port) == {"127.0.0.1"}
         os.kill(process.pid, signal.SIGTERM)  # as a terminal's Ctrl-C or a service manager would: the process only
@@ -54,14 +57,35 @@ def test_imgsearch_ui_listens_on_loopback_and_stops_whole_on_sigterm(imgsearch_b
 @pytest.mark.slow
 def test_the_developers_imgsearch_variables_and_env_file_do_not_change_the_tests(tmp_path):
     """A shell with an API key, a server URI and a `.env` of its own still runs the tests as CI does."""
-    (tmp_path / ".env").write_text("IMGSEARCH_COLLECTION=from_dotenv\nIMGSEARCH_VECTOR_CACHE=off\n"
-                                   "IMGSEARCH_API_KEY=from-dotenv\n")
-    hostile = {**os.environ, "IMGSEARCH_API_KEY": "developers-key", "IMGSEARCH_MILVUS_URI": "http://127.0.0.1:9",
-               "IMGSEARCH_MODEL": "/nonexistent/model", "IMGSEARCH_MAX_UPLOAD_BYTES": "10"}
+    (tmp_path / ".env").write_text(
+        "IMGSEARCH_COLLECTION=from_dotenv\nIMGSEARCH_VECTOR_CACHE=off\nIMGSEARCH_API_KEY=from-dotenv\n"
+    )
+    hostile = {
+        **os.environ,
+        "IMGSEARCH_API_KEY": "developers-key",
+        "IMGSEARCH_MILVUS_URI": "http://127.0.0.1:9",
+        "IMGSEARCH_MODEL": "/nonexistent/model",
+        "IMGSEARCH_MAX_UPLOAD_BYTES": "10",
+    }
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir", str(REPO),
-         str(REPO / "tests" / "search_api" / "test_api.py") + "::test_health_reports_model_dimension_and_count",
-         str(REPO / "tests" / "search_api" / "test_api.py") + "::test_uploading_an_indexed_image_finds_it_first_with_score_near_one"],
-        cwd=tmp_path, env=hostile, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--rootdir",
+            str(REPO),
+            str(REPO / "tests" / "search_api" / "test_api.py") + "::test_health_reports_model_dimension_and_count",
+            str(REPO / "tests" / "search_api" / "test_api.py")
+            + "::test_uploading_an_indexed_image_finds_it_first_with_score_near_one",
+        ],
+        cwd=tmp_path,
+        env=hostile,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     assert "4 passed" in result.stdout

@@ -38,8 +38,9 @@ def test_cli_indexing_while_the_server_runs_is_seen_by_the_next_search(server, i
     for thread in searchers:
         thread.start()
     try:
-        result = subprocess.run([imgsearch_bin, "index", str(more), "--json"], env=server_env,
-                                capture_output=True, text=True, timeout=180)
+        result = subprocess.run(
+            [imgsearch_bin, "index", str(more), "--json"], env=server_env, capture_output=True, text=True, timeout=180
+        )
     finally:
         stop.set()
         for thread in searchers:
@@ -58,7 +59,10 @@ def test_curl_style_requests_against_the_real_server(server):
     ok = httpx.post(f"{server}/search", json={"text": "a red bicycle", "limit": 3})
     assert ok.status_code == 200 and len(ok.json()["results"]) == 3
     assert httpx.post(f"{server}/search", json={"text": " "}).status_code == 422
-    assert httpx.post(f"{server}/search", content=b"{not json", headers={"content-type": "application/json"}).status_code == 422
+    assert (
+        httpx.post(f"{server}/search", content=b"{not json", headers={"content-type": "application/json"}).status_code
+        == 422
+    )
     image = ok.json()["results"][0]
     assert httpx.get(f"{server}{image['thumbnail_url']}").headers["content-type"] == "image/jpeg"
 
@@ -93,8 +97,14 @@ def test_clients_that_never_finish_a_request_are_let_go_while_others_are_answere
                 break
         closed_after[name] = time.monotonic() - started
 
-    watchers = [threading.Thread(target=watch, args=args) for args in
-                (("silent", silent, False), ("dribbler", dribbler, True), ("after a response", after_a_response, False))]
+    watchers = [
+        threading.Thread(target=watch, args=args)
+        for args in (
+            ("silent", silent, False),
+            ("dribbler", dribbler, True),
+            ("after a response", after_a_response, False),
+        )
+    ]
     for watcher in watchers:
         watcher.start()
     assert httpx.get(f"{server}/health").status_code == 200  # everyone else is answered meanwhile
@@ -107,11 +117,13 @@ def test_clients_that_never_finish_a_request_are_let_go_while_others_are_answere
 
 def test_the_server_raises_its_open_file_limit_to_what_the_system_allows():
     """Each connection takes a file descriptor; a soft limit of 1024 let 1,100 idle connections shut everyone out."""
-    code = ("import resource\n"
-            "from search_api.connections import raise_open_file_limit\n"
-            "hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]\n"
-            "resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))\n"
-            "raise_open_file_limit()\n"
-            "print(*resource.getrlimit(resource.RLIMIT_NOFILE))\n")
+    code = (
+        "import resource\n"
+        "from search_api.connections import raise_open_file_limit\n"
+        "hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))\n"
+        "raise_open_file_limit()\n"
+        "print(*resource.getrlimit(resource.RLIMIT_NOFILE))\n"
+    )
     soft, hard = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert int(soft) == (int(hard) if int(hard) != resource.RLIM_INFINITY else 1 << 20) > 256

@@ -31,8 +31,11 @@ def artefacts(tmp_path) -> Path:
 @pytest.fixture
 def ui_url(server, imgsearch_bin, server_env):
     process, port = start_server(
-        lambda port: [imgsearch_bin, "ui", "--port", str(port), "--api-url", server], server_env,
-        http_ready("/_stcore/health"), timeout_s=60)
+        lambda port: [imgsearch_bin, "ui", "--port", str(port), "--api-url", server],
+        server_env,
+        http_ready("/_stcore/health"),
+        timeout_s=60,
+    )
     yield f"http://127.0.0.1:{port}"
     stop_process(process)
 
@@ -46,9 +49,17 @@ def page():
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync", "--no-first-run", "--disable-quic"],
+            executable_path=CHROMIUM,
+            headless=True,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+                "--disable-quic",
+            ],
         )
         try:
             yield browser.new_page(viewport={"width": 1400, "height": 1400})
@@ -97,6 +108,7 @@ def test_typing_a_query_shows_result_images_and_more_like_this_works(ui_url, pag
     expect(results.first).to_be_visible(timeout=30_000)
     page.screenshot(path=str(artefacts / "ui-more-like-this.png"), full_page=True)
 
+
 @contextlib.contextmanager
 def indexed_api_and_ui(imgsearch_bin: str, photos: Path, data: Path, model_dir: Path):
     """``photos`` indexed into ``data``, then a real API and UI over them: the UI's URL. Both stopped after."""
@@ -104,8 +116,12 @@ def indexed_api_and_ui(imgsearch_bin: str, photos: Path, data: Path, model_dir: 
     subprocess.run([imgsearch_bin, "index", str(photos)], env=env, check=True, capture_output=True, timeout=120)
     api, base = start_api(imgsearch_bin, env)
     try:
-        ui, port = start_server(lambda port: [imgsearch_bin, "ui", "--port", str(port), "--api-url", base], env,
-                                http_ready("/_stcore/health"), timeout_s=60)
+        ui, port = start_server(
+            lambda port: [imgsearch_bin, "ui", "--port", str(port), "--api-url", base],
+            env,
+            http_ready("/_stcore/health"),
+            timeout_s=60,
+        )
         try:
             yield f"http://127.0.0.1:{port}"
         finally:
@@ -144,6 +160,7 @@ def type_date(page, label: str, year: str, month: str, day: str) -> None:
 
 def wait_for_names(page, expected: list[str], in_order: bool = True, timeout_s: float = 30) -> None:
     """Wait until the grid shows ``expected`` (in that order, or in any), then assert it."""
+
     def shown():
         names = shown_names(page)
         return names if in_order else sorted(names)
@@ -247,8 +264,9 @@ def grid_column(page, name: str):
 
 @pytest.mark.slow
 @pytest.mark.browser
-def test_an_example_photo_shows_its_copies_folded_and_the_query_builder_combines_terms(relevance_ui_url, page,
-                                                                                       artefacts):
+def test_an_example_photo_shows_its_copies_folded_and_the_query_builder_combines_terms(
+    relevance_ui_url, page, artefacts
+):
     from playwright.sync_api import expect
 
     from tests.support.library import COPIES, ORIGINAL
@@ -271,8 +289,9 @@ def test_an_example_photo_shows_its_copies_folded_and_the_query_builder_combines
 
     # Hovering the score explains it: the upload's cosine and share.
     page.mouse.move(0, 0)  # away from the button's own tooltip
-    page.locator("[data-testid='stCaptionContainer']", has_text="IMG_2041.jpg").first \
-        .locator("[data-testid='stTooltipIcon'], [data-testid='stTooltipHoverTarget']").first.hover()
+    page.locator("[data-testid='stCaptionContainer']", has_text="IMG_2041.jpg").first.locator(
+        "[data-testid='stTooltipIcon'], [data-testid='stTooltipHoverTarget']"
+    ).first.hover()
     expect(page.get_by_text(re.compile(r"upload IMG_2041\.jpg: cosine \+1\.000"))).to_be_visible(timeout=10_000)
 
     # Every image, best first; then a crop of the other photo, added to the query, pulls itself up.

@@ -39,7 +39,7 @@ def test_zero_shot_accuracy_and_mean_per_class_recall():
 def test_class_vectors_average_the_prompts_and_are_unit_length():
     prompts = np.array([[[1.0, 0.0], [0.0, 1.0]], [[1.0, 0.0], [1.0, 0.0]]])  # (classes, templates, dim)
     rows = metrics.class_vectors(prompts)
-    np.testing.assert_allclose(rows, [[2 ** -0.5, 2 ** -0.5], [1.0, 0.0]])
+    np.testing.assert_allclose(rows, [[2**-0.5, 2**-0.5], [1.0, 0.0]])
 
 
 def test_retrieval_recall_both_ways():
@@ -85,8 +85,10 @@ def test_a_class_folder_is_read_by_subfolder_and_captions_relative_to_the_csv(tm
     assert folder.class_names == ["golden retriever", "tabby cat"]
     assert [os.path.basename(p) for p in folder.paths] == ["a.jpg", "b.png", "c.jpg"] and folder.labels == [0, 0, 1]
 
-    (tmp_path / "caps.csv").write_text('image,caption\nset/tabby-cat/c.jpg,"a cat, asleep"\n'
-                                       "set/golden_retriever/a.jpg,a dog\nset/tabby-cat/c.jpg,a tabby\n")
+    (tmp_path / "caps.csv").write_text(
+        'image,caption\nset/tabby-cat/c.jpg,"a cat, asleep"\n'
+        "set/golden_retriever/a.jpg,a dog\nset/tabby-cat/c.jpg,a tabby\n"
+    )
     captions = read_captions(tmp_path / "caps.csv")
     assert captions.captions == ["a cat, asleep", "a dog", "a tabby"] and captions.images == [0, 1, 0]
     assert captions.paths[0] == str((tmp_path / "set/tabby-cat/c.jpg").resolve())
@@ -108,15 +110,26 @@ def labelled(tmp_path_factory):
         picture = Image.open(original)
         picture.save(root / "set" / name / "2.jpg", quality=80)
         picture.resize((96, 64)).save(root / "set" / name / "3.webp")
-    (root / "captions.csv").write_text("image,caption\nset/red_apple/1.png,a red apple\n"
-                                       "set/blue_sky/1.png,a blue sky\nset/blue_sky/2.jpg,clouds\n")
+    (root / "captions.csv").write_text(
+        "image,caption\nset/red_apple/1.png,a red apple\nset/blue_sky/1.png,a blue sky\nset/blue_sky/2.jpg,clouds\n"
+    )
     models = [build_local_clip(root / f"model{seed}", "tiny", seed=seed) for seed in (0, 1, 2)]
     return root, models
 
 
 def evaluate(imgsearch_bin, env, root, *args):
-    done = run_cli(imgsearch_bin, env, "evaluate", "--folder", str(root / "set"), "--captions",
-                   str(root / "captions.csv"), "--knn", "2", *args)
+    done = run_cli(
+        imgsearch_bin,
+        env,
+        "evaluate",
+        "--folder",
+        str(root / "set"),
+        "--captions",
+        str(root / "captions.csv"),
+        "--knn",
+        "2",
+        *args,
+    )
     assert done.returncode == 0, done.stderr
     return done
 
@@ -126,15 +139,25 @@ def test_evaluate_scores_two_models_and_a_third_embeds_only_its_own(labelled, im
     root, (first, second, third) = labelled
     env = cli_environment(tmp_path / "data", first)
     chart = tmp_path / "out" / "compare.png"
-    done = evaluate(imgsearch_bin, env, root, "--model", str(first), "--model", str(second), "--json",
-                    "--chart", str(chart))
+    done = evaluate(
+        imgsearch_bin, env, root, "--model", str(first), "--model", str(second), "--json", "--chart", str(chart)
+    )
     results = json.loads(done.stdout)
     assert [r["model"] for r in results] == [str(first), str(second)]
     for result in results:
         assert result["embedded"] == 6 and result["cached"] == 0 and not result["skipped"]
-        assert set(result["metrics"]) == {"top1", "top5", "mean_per_class_recall", "knn@2",
-                                          "text_to_image_R@1", "text_to_image_R@5", "text_to_image_R@10",
-                                          "image_to_text_R@1", "image_to_text_R@5", "image_to_text_R@10"}
+        assert set(result["metrics"]) == {
+            "top1",
+            "top5",
+            "mean_per_class_recall",
+            "knn@2",
+            "text_to_image_R@1",
+            "text_to_image_R@5",
+            "text_to_image_R@10",
+            "image_to_text_R@1",
+            "image_to_text_R@5",
+            "image_to_text_R@10",
+        }
         assert result["metrics"]["knn@2"] == 1.0  # each image's copies are its nearest, whatever the weights
         assert result["metrics"]["top5"] == 1.0  # two classes
         assert all(0.0 <= value <= 1.0 for value in result["metrics"].values())
@@ -143,12 +166,20 @@ def test_evaluate_scores_two_models_and_a_third_embeds_only_its_own(labelled, im
         assert picture.format == "PNG" and picture.width >= 600
     assert "img/s" not in done.stderr  # no progress bar in a log; in a terminal there is one:
     command = shlex.join([imgsearch_bin, "evaluate", "--folder", str(root / "set"), "--model", str(first)])
-    terminal = subprocess.run(["script", "-qec", f"stty cols 120 rows 40; {command}", "/dev/null"],
-                              env=env, capture_output=True, text=True, timeout=180)
+    terminal = subprocess.run(
+        ["script", "-qec", f"stty cols 120 rows 40; {command}", "/dev/null"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert re.search(r"model0: 100%\|.*\| 6/6", terminal.stdout), terminal.stdout
 
-    again = json.loads(evaluate(imgsearch_bin, env, root, "--model", str(first), "--model", str(second),
-                                "--model", str(third), "--json").stdout)
+    again = json.loads(
+        evaluate(
+            imgsearch_bin, env, root, "--model", str(first), "--model", str(second), "--model", str(third), "--json"
+        ).stdout
+    )
     assert [(r["embedded"], r["cached"]) for r in again] == [(0, 6), (0, 6), (6, 0)]
     assert again[0]["metrics"] == results[0]["metrics"]  # the cached vectors give the same scores
 
@@ -157,9 +188,18 @@ def test_evaluate_scores_two_models_and_a_third_embeds_only_its_own(labelled, im
     changed = json.loads(evaluate(imgsearch_bin, env, root, "--model", str(first), "--json").stdout)
     assert (changed[0]["embedded"], changed[0]["cached"]) == (1, 5)
     # An image both in a class folder and in the captions is one image, embedded once.
-    relative = run_cli(imgsearch_bin, {**env, "IMGSEARCH_CACHE_DIR": str(tmp_path / "fresh")}, "evaluate",
-                       "--folder", os.path.relpath(root / "set"), "--captions", str(root / "captions.csv"),
-                       "--model", str(first), "--json")
+    relative = run_cli(
+        imgsearch_bin,
+        {**env, "IMGSEARCH_CACHE_DIR": str(tmp_path / "fresh")},
+        "evaluate",
+        "--folder",
+        os.path.relpath(root / "set"),
+        "--captions",
+        str(root / "captions.csv"),
+        "--model",
+        str(first),
+        "--json",
+    )
     assert json.loads(relative.stdout)[0]["embedded"] == 6, relative.stderr
 
 
@@ -172,15 +212,38 @@ def test_evaluate_prints_a_table_skips_unreadable_images_and_refuses_bad_input(l
     fifo = root / "set" / "red_apple" / "pipe.jpg"  # reading it would wait for a writer forever
     os.mkfifo(fifo)
     try:
-        done = evaluate(imgsearch_bin, env, root, "--model", str(first), "--model", str(second),
-                        "--template", "a photo of {}.", "--template", "a picture of a {}")
+        done = evaluate(
+            imgsearch_bin,
+            env,
+            root,
+            "--model",
+            str(first),
+            "--model",
+            str(second),
+            "--template",
+            "a photo of {}.",
+            "--template",
+            "a picture of a {}",
+        )
     finally:
         broken.unlink()
         fifo.unlink()
     assert f"skipped {fifo}: {fifo}: a FIFO, not a regular file" in done.stderr
     header, rule, *rows = done.stdout.strip().splitlines()
-    assert header.split() == ["model", "top1", "top5", "class_recall", "knn@2", "t2i_R@1", "t2i_R@5", "t2i_R@10",
-                              "i2t_R@1", "i2t_R@5", "i2t_R@10", "images"]
+    assert header.split() == [
+        "model",
+        "top1",
+        "top5",
+        "class_recall",
+        "knn@2",
+        "t2i_R@1",
+        "t2i_R@5",
+        "t2i_R@10",
+        "i2t_R@1",
+        "i2t_R@5",
+        "i2t_R@10",
+        "images",
+    ]
     assert [row.split()[0] for row in rows] == ["model0", "model1"]
     assert "(2 unreadable)" in rows[0] and f"skipped {broken}" in done.stderr
     columns = list(zip(*(row.split()[1:5] for row in rows)))

@@ -41,8 +41,9 @@ def index(photo_dir, settings, encoder, store):
 def any_store(request, settings, milvus_servers):
     """(settings, store) on embedded Milvus Lite, or in a fresh collection on a real Milvus server."""
     if request.param != "embedded":
-        settings = settings.model_copy(update={"milvus_uri": milvus_servers(request.param),
-                                               "collection": unique_collection()})
+        settings = settings.model_copy(
+            update={"milvus_uri": milvus_servers(request.param), "collection": unique_collection()}
+        )
     store = MilvusStore.from_settings(settings)
     yield settings, store
     if request.param != "embedded" and store.exists():
@@ -83,17 +84,33 @@ def test_first_run_embeds_every_image_and_stores_its_metadata(photo_dir, setting
     report = index(photo_dir, settings, encoder, store)
     assert (report.scanned, report.embedded, report.failed) == (10, 10, [])
     assert capfd.readouterr().err == ""  # called as a library, it draws no progress bar
-    assert report.to_dict() == {"scanned": 10, "embedded": 10, "unchanged": 0, "moved": 0, "copied": 0, "removed": 0,
-                                "failed": [], "refused": [], "elapsed_s": report.elapsed_s}  # what --json prints
+    assert report.to_dict() == {
+        "scanned": 10,
+        "embedded": 10,
+        "unchanged": 0,
+        "moved": 0,
+        "copied": 0,
+        "removed": 0,
+        "failed": [],
+        "refused": [],
+        "elapsed_s": report.elapsed_s,
+    }  # what --json prints
     rows = rows_by_path(store)
     assert len(rows) == 10
     photo = rows[str(photo_dir / "photo0.png")]
     stat = (photo_dir / "photo0.png").stat()
-    assert (photo["size"], photo["mtime_ns"], photo["width"], photo["height"]) == (stat.st_size, stat.st_mtime_ns, 96, 64)
+    assert (photo["size"], photo["mtime_ns"], photo["width"], photo["height"]) == (
+        stat.st_size,
+        stat.st_mtime_ns,
+        96,
+        64,
+    )
     assert len(photo["content_hash"]) == 32 and photo["indexed_at"] > 0
 
 
-def test_files_that_cannot_be_decoded_are_skipped_with_reasons_and_the_rest_indexed(photo_dir, settings, encoder, store):
+def test_files_that_cannot_be_decoded_are_skipped_with_reasons_and_the_rest_indexed(
+    photo_dir, settings, encoder, store
+):
     (photo_dir / "empty.jpg").write_bytes(b"")
     (photo_dir / "notes.png").write_text("not a picture")
     good = (photo_dir / "photo0.png").read_bytes()
@@ -115,13 +132,18 @@ def test_a_second_run_on_an_unchanged_tree_embeds_nothing(photo_dir, settings, e
     before = rows_by_path(store)
     report = index(photo_dir, settings, encoder, store)
     assert (report.embedded, report.unchanged, report.removed) == (0, 10, 0)
-    assert {p: r["indexed_at"] for p, r in rows_by_path(store).items()} == {p: r["indexed_at"] for p, r in before.items()}
+    assert {p: r["indexed_at"] for p, r in rows_by_path(store).items()} == {
+        p: r["indexed_at"] for p, r in before.items()
+    }
 
 
 def test_moved_changed_and_deleted_files(photo_dir, any_store, encoder):
     settings, store = any_store
     index(photo_dir, settings, encoder, store)
-    old_vectors = {r["path"]: r["vector"] for r in store.get([r["id"] for r in rows_by_path(store).values()], with_vectors=True).values()}
+    old_vectors = {
+        r["path"]: r["vector"]
+        for r in store.get([r["id"] for r in rows_by_path(store).values()], with_vectors=True).values()
+    }
     (photo_dir / "photo1.png").rename(photo_dir / "trip" / "renamed.png")
     (photo_dir / "photo2.png").unlink()
     write_photo(photo_dir / "photo3.png", seed=1234)  # new content, same path
@@ -167,8 +189,9 @@ def test_more_copies_than_a_batch_are_all_written_with_their_vectors(photo_dir, 
     assert (report.copied, report.embedded, report.unchanged) == (5, 0, 10)
     rows = rows_by_path(store)
     for i in range(5):
-        pair = store.get([rows[str(copies / f"copy{i}.png")]["id"], rows[str(photo_dir / f"photo{i}.png")]["id"]],
-                         with_vectors=True)
+        pair = store.get(
+            [rows[str(copies / f"copy{i}.png")]["id"], rows[str(photo_dir / f"photo{i}.png")]["id"]], with_vectors=True
+        )
         copied, original = (np.asarray(v["vector"]) for v in pair.values())
         assert np.allclose(copied, original)
 
@@ -217,7 +240,9 @@ def test_an_indexed_image_queried_by_itself_comes_back_first_with_score_one(phot
     assert hits[1].score < hits[0].score
 
 
-def test_opening_a_collection_with_another_model_fails_with_a_clear_message(photo_dir, settings, encoder, store, tmp_path):
+def test_opening_a_collection_with_another_model_fails_with_a_clear_message(
+    photo_dir, settings, encoder, store, tmp_path
+):
     index(photo_dir, settings, encoder, store)
     other = SentenceTransformerEmbedder(str(build_local_clip(tmp_path / "other-model", "tiny", seed=1)), device="cpu")
     with pytest.raises(ModelMismatchError) as caught:
@@ -227,14 +252,18 @@ def test_opening_a_collection_with_another_model_fails_with_a_clear_message(phot
     assert store.count() == 10  # nothing mixed in, nothing lost
 
 
-
 def test_cli_prints_a_json_summary_and_exits_zero_despite_broken_files(photo_dir, imgsearch_bin, cli_env):
     (photo_dir / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
     result = run_cli(imgsearch_bin, cli_env, "index", str(photo_dir), "--json")
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert {k: summary[k] for k in ("scanned", "embedded", "unchanged", "moved", "removed")} == {
-        "scanned": 11, "embedded": 10, "unchanged": 0, "moved": 0, "removed": 0}
+        "scanned": 11,
+        "embedded": 10,
+        "unchanged": 0,
+        "moved": 0,
+        "removed": 0,
+    }
     assert [f["path"] for f in summary["failed"]] == [str(photo_dir / "broken.jpg")]
     assert summary["failed"][0]["reason"] == "not a recognised image format"
     search = run_cli(imgsearch_bin, cli_env, "search", "--image", str(photo_dir / "photo4.png"), "-k", "2", "--json")
@@ -254,8 +283,9 @@ def test_kill_9_mid_run_then_resume_equals_one_clean_run(tmp_path, settings, img
     for i in range(400):
         write_photo(photos / f"{i // 100}" / f"p{i}.png", seed=i, size=(192, 128))
     env = {**cli_env, "IMGSEARCH_BATCH_SIZE": "4"}
-    process = spawn([imgsearch_bin, "index", str(photos), "--json"], env=env,
-                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = spawn(
+        [imgsearch_bin, "index", str(photos), "--json"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     observer = None
     try:
         deadline = time.monotonic() + 120
@@ -294,8 +324,9 @@ def test_kill_9_mid_run_then_resume_equals_one_clean_run(tmp_path, settings, img
         try:
             rows = list(store.iter_metadata())
             vectors = store.get([r["id"] for r in rows], with_vectors=True)
-            return len(rows), {r["path"]: (r["id"], r["content_hash"], np.round(vectors[r["id"]]["vector"], 4).tolist())
-                               for r in rows}
+            return len(rows), {
+                r["path"]: (r["id"], r["content_hash"], np.round(vectors[r["id"]]["vector"], 4).tolist()) for r in rows
+            }
         finally:
             store.close()
             release_hosted(uri)
@@ -310,15 +341,26 @@ def test_kill_9_mid_run_then_resume_equals_one_clean_run(tmp_path, settings, img
 
 
 @pytest.mark.parametrize("ending", ["killed", "exits"])
-def test_when_the_process_serving_the_data_directory_exits_another_takes_over(settings, store, encoder, tmp_path,
-                                                                             ending):
+def test_when_the_process_serving_the_data_directory_exits_another_takes_over(
+    settings, store, encoder, tmp_path, ending
+):
     store.ensure_collection(encoder.name, encoder.dim)
     store.close()
     release_hosted(settings.milvus_uri)  # this process stops serving; a child process becomes the host
-    host = spawn([sys.executable, "-c", (
-        "import sys, time; from imgsearch.store import MilvusStore;"
-        f"MilvusStore({settings.milvus_uri!r}, 'images'); print('ready', flush=True); sys.stdin.readline()")],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO)
+    host = spawn(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import sys, time; from imgsearch.store import MilvusStore;"
+                f"MilvusStore({settings.milvus_uri!r}, 'images'); print('ready', flush=True); sys.stdin.readline()"
+            ),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
     try:
         assert host.stdout.readline().strip() == "ready"
         endpoint = Path(settings.milvus_uri) / "imgsearch-endpoint.json"
@@ -355,7 +397,9 @@ def test_the_report_counts_touched_and_moved_files_and_the_time_taken(tmp_path, 
         write_photo(root / f"p{i}.png", seed=i)
     heard = []
     started = time.monotonic()
-    first = run_index([str(root)], settings, encoder, store, on_progress=lambda done, total: heard.append((done, total)))
+    first = run_index(
+        [str(root)], settings, encoder, store, on_progress=lambda done, total: heard.append((done, total))
+    )
     assert 0 < first.elapsed_s <= time.monotonic() - started + 0.0005  # rounded to the millisecond
     assert heard[0] == (0, 6) and heard[-1] == (6, 6)
     for name in ("p0.png", "p1.png", "p2.png"):  # touched: same content, new mtime
@@ -415,8 +459,10 @@ def test_a_root_left_empty_is_named_with_its_count_and_other_roots_are_swept(tmp
         photo.unlink()
     (local / "l1.png").unlink()
     report = run_index([str(share), str(local)], settings, encoder, store)
-    assert report.refused == [f"{share} has no image files now, but 2 are indexed under it (an unmounted share looks "
-                              f"like this); they are kept. If they were removed on purpose, run again with --prune"]
+    assert report.refused == [
+        f"{share} has no image files now, but 2 are indexed under it (an unmounted share looks "
+        f"like this); they are kept. If they were removed on purpose, run again with --prune"
+    ]
     assert report.removed == 1 and len(rows_by_path(store)) == 3  # the share's two are kept
 
 
@@ -436,8 +482,14 @@ def test_a_missing_root_is_named_with_how_many_images_it_holds(tmp_path, setting
 
 def test_a_copy_keeps_the_photos_exif_date_and_a_plain_file_gets_its_own_time(tmp_path, settings, encoder, store):
     root = tmp_path / "photos"
-    write_exif_photo(root / "camera.jpg", seed=1, taken="2019:06:01 09:30:00", make="FUJIFILM", model="X100V",
-                     gps=("N", (1.0, 0.0, 0.0), "E", (2.0, 0.0, 0.0)))
+    write_exif_photo(
+        root / "camera.jpg",
+        seed=1,
+        taken="2019:06:01 09:30:00",
+        make="FUJIFILM",
+        model="X100V",
+        gps=("N", (1.0, 0.0, 0.0), "E", (2.0, 0.0, 0.0)),
+    )
     write_photo(root / "plain.png", seed=2)
     index(root, settings, encoder, store)
     shutil.copy(root / "camera.jpg", root / "camera copy.jpg")
@@ -451,13 +503,15 @@ def test_a_copy_keeps_the_photos_exif_date_and_a_plain_file_gets_its_own_time(tm
     assert {k: copy[k] for k in photo_facts} == {k: camera[k] for k in photo_facts}
     assert (camera["taken_at_source"], camera["format"], camera["gps"]) == ("exif", "JPEG", "1.000000,2.000000")
     plain_copy = rows[str(root / "plain copy.png")]
-    assert plain_copy["taken_at_source"] == "mtime" and plain_copy["taken_at"] == mtime_wall_clock(1_500_000_000 * 10**9)
+    assert plain_copy["taken_at_source"] == "mtime" and plain_copy["taken_at"] == mtime_wall_clock(
+        1_500_000_000 * 10**9
+    )
 
 
 def test_settings_name_the_model_that_is_loaded(settings, encoder, tiny_model_dir):
     from imgsearch.model.loading import load_embedder
 
-    loaded = load_embedder(settings.model_copy(update={"model": str(tiny_model_dir / "." )}))
+    loaded = load_embedder(settings.model_copy(update={"model": str(tiny_model_dir / ".")}))
     assert loaded.name == str(tiny_model_dir.resolve()) == encoder.name  # a directory is recorded by its real path
     assert (loaded.dim, loaded.image_size) == (encoder.dim, encoder.image_size)
     assert np.allclose(loaded.fingerprint, encoder.fingerprint, atol=1e-5)
@@ -485,8 +539,9 @@ class OnCuda:
         return self._encoder.embed_images(images)
 
 
-def test_on_a_gpu_the_indexer_takes_big_batches_and_a_decode_thread_per_core(tmp_path, encoder, tiny_model_dir,
-                                                                             monkeypatch):
+def test_on_a_gpu_the_indexer_takes_big_batches_and_a_decode_thread_per_core(
+    tmp_path, encoder, tiny_model_dir, monkeypatch
+):
     """The CUDA path, run on the CPU: the batch and the decode threads are sized for a GPU unless set."""
     import imgsearch.indexer.runner as runner
     from imgsearch.settings import GPU_BATCH_SIZE, Settings
@@ -502,8 +557,14 @@ def test_on_a_gpu_the_indexer_takes_big_batches_and_a_decode_thread_per_core(tmp
         return real_load_in_parallel(entries, workers, window, load, clock)
 
     monkeypatch.setattr(runner, "load_in_parallel", recorded)
-    settings = Settings(_env_file=None, milvus_uri=str(tmp_path / "data" / "milvus.db"), model=str(tiny_model_dir),
-                        device="cpu", precision="fp32", cache_dir=tmp_path / "cache")
+    settings = Settings(
+        _env_file=None,
+        milvus_uri=str(tmp_path / "data" / "milvus.db"),
+        model=str(tiny_model_dir),
+        device="cpu",
+        precision="fp32",
+        cache_dir=tmp_path / "cache",
+    )
     on_cuda = OnCuda(encoder)
     store = MilvusStore.from_settings(settings)
     assert run_index([str(photos)], settings, on_cuda, store).embedded == 300
@@ -513,7 +574,8 @@ def test_on_a_gpu_the_indexer_takes_big_batches_and_a_decode_thread_per_core(tmp
 
     # What the user set stays; on the CPU nothing changes.
     assert Settings(_env_file=None, batch_size=16, decode_workers=3).for_device("cuda:1").model_dump(
-        include={"batch_size", "decode_workers"}) == {"batch_size": 16, "decode_workers": 3}
+        include={"batch_size", "decode_workers"}
+    ) == {"batch_size": 16, "decode_workers": 3}
     monkeypatch.setenv("IMGSEARCH_BATCH_SIZE", "64")
     assert Settings(_env_file=None).for_device("cuda").batch_size == 64
     monkeypatch.delenv("IMGSEARCH_BATCH_SIZE")

@@ -67,9 +67,17 @@ class Load:
     def _run(self) -> None:
         with httpx.Client(base_url=self.base, timeout=30) as http:
             while not self._stop.is_set():
-                for name, call in (("text", lambda: http.post("/search", json={"text": "a photo", "limit": 5})),
-                                   ("image", lambda: http.post("/search/image", data={"limit": "5"}, files={
-                                       "file": ("q.png", self.image.read_bytes(), "image/png")}))):
+                for name, call in (
+                    ("text", lambda: http.post("/search", json={"text": "a photo", "limit": 5})),
+                    (
+                        "image",
+                        lambda: http.post(
+                            "/search/image",
+                            data={"limit": "5"},
+                            files={"file": ("q.png", self.image.read_bytes(), "image/png")},
+                        ),
+                    ),
+                ):
                     try:
                         response = call()
                     except httpx.HTTPError as exc:
@@ -92,8 +100,9 @@ def wait_for_health(base: str, timeout_s: float = 120, **wanted) -> dict:
 
 
 @pytest.mark.slow
-def test_migrate_and_roll_back_under_load_without_a_failed_request(tmp_path, imgsearch_bin, tiny_model_dir,
-                                                                     small_model_dir):
+def test_migrate_and_roll_back_under_load_without_a_failed_request(
+    tmp_path, imgsearch_bin, tiny_model_dir, small_model_dir
+):
     photos = write_photos(tmp_path / "photos", 30)
     env = cli_environment(tmp_path / "data", tiny_model_dir)
     assert run_cli(imgsearch_bin, env, "index", str(photos)).returncode == 0
@@ -116,8 +125,12 @@ def test_migrate_and_roll_back_under_load_without_a_failed_request(tmp_path, img
         assert answered_before_switch > 0
         assert (after["model"], after["dim"], after["count"]) == (str(small_model_dir), 512, 30)
         # Searches now use the new model: the query image itself comes back first.
-        hits = httpx.post(f"{base}/search/image", data={"limit": "3"}, timeout=30,
-                          files={"file": ("q.png", (photos / "0" / "p7.png").read_bytes(), "image/png")}).json()
+        hits = httpx.post(
+            f"{base}/search/image",
+            data={"limit": "3"},
+            timeout=30,
+            files={"file": ("q.png", (photos / "0" / "p7.png").read_bytes(), "image/png")},
+        ).json()
         assert hits["results"][0]["path"] == str(photos / "0" / "p7.png")
 
         with Load(base, photos / "0" / "p7.png") as load:
@@ -140,8 +153,9 @@ def test_migrate_and_roll_back_under_load_without_a_failed_request(tmp_path, img
 
 
 @pytest.mark.slow
-def test_a_killed_migration_resumes_and_the_old_collection_serves_meanwhile(tmp_path, imgsearch_bin, tiny_model_dir,
-                                                                            small_model_dir):
+def test_a_killed_migration_resumes_and_the_old_collection_serves_meanwhile(
+    tmp_path, imgsearch_bin, tiny_model_dir, small_model_dir
+):
     photos = write_photos(tmp_path / "photos", 150)
     env = cli_environment(tmp_path / "data", tiny_model_dir)
     assert run_cli(imgsearch_bin, env, "index", str(photos), timeout=300).returncode == 0
@@ -150,8 +164,12 @@ def test_a_killed_migration_resumes_and_the_old_collection_serves_meanwhile(tmp_
     old = names.target()
     new = migration.new_collection_name(names, str(small_model_dir))
     slow_env = {**env, "IMGSEARCH_BATCH_SIZE": "2"}
-    process = spawn([imgsearch_bin, "migrate", "--model", str(small_model_dir)], env=slow_env,
-                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = spawn(
+        [imgsearch_bin, "migrate", "--model", str(small_model_dir)],
+        env=slow_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     written = 0
     try:
         deadline = time.monotonic() + 180
@@ -188,8 +206,7 @@ def test_a_killed_migration_resumes_and_the_old_collection_serves_meanwhile(tmp_
     assert json.loads(searched.stdout)[0]["path"] == str(photos / "1" / "p60.png")
 
 
-def test_the_api_keeps_serving_when_the_new_collections_model_cannot_load(settings, encoder, small_encoder,
-                                                                          photo_dir):
+def test_the_api_keeps_serving_when_the_new_collections_model_cannot_load(settings, encoder, small_encoder, photo_dir):
     names = MilvusStore.from_settings(settings)
     run_index([str(photo_dir)], settings, encoder, names)
     with TestClient(create_app(settings, encoder=encoder)) as client:
@@ -219,8 +236,7 @@ def test_migrate_refuses_the_model_it_already_has_and_a_rollback_with_nowhere_to
     names.close()
 
 
-def test_drop_old_keeps_what_the_name_points_to_and_drop_takes_everything(settings, encoder, small_encoder,
-                                                                          photo_dir):
+def test_drop_old_keeps_what_the_name_points_to_and_drop_takes_everything(settings, encoder, small_encoder, photo_dir):
     names = MilvusStore.from_settings(settings)
     run_index([str(photo_dir)], settings, encoder, names)
     old = names.target()
@@ -243,9 +259,9 @@ def test_drop_old_keeps_what_the_name_points_to_and_drop_takes_everything(settin
     names.close()
 
 
-def test_a_migration_that_would_leave_images_behind_does_not_switch_unless_allowed(settings, encoder, small_encoder,
-                                                                                   tmp_path, imgsearch_bin,
-                                                                                   small_model_dir):
+def test_a_migration_that_would_leave_images_behind_does_not_switch_unless_allowed(
+    settings, encoder, small_encoder, tmp_path, imgsearch_bin, small_model_dir
+):
     """An unmounted share reads as an empty folder: switching then would leave its images only in the old
     collection, which `drop --old` deletes."""
     photos = write_photos(tmp_path / "share", 6)
@@ -257,7 +273,9 @@ def test_a_migration_that_would_leave_images_behind_does_not_switch_unless_allow
         path.unlink()
     report = migration.build(settings, small_encoder, names)
     assert report.not_carried == [str(path) for path in gone]
-    with pytest.raises(migration.MigrationError, match="2 images of .* are not in .*nothing was switched.*--allow-missing"):
+    with pytest.raises(
+        migration.MigrationError, match="2 images of .* are not in .*nothing was switched.*--allow-missing"
+    ):
         migration.switch(names, report)
     assert names.target() == old and names.count() == 6
     names.close()
@@ -274,8 +292,9 @@ def test_a_migration_that_would_leave_images_behind_does_not_switch_unless_allow
     names.close()
 
 
-def test_label_sets_saved_or_removed_during_a_migration_follow_the_switch_and_the_rollback(settings, encoder,
-                                                                                           small_encoder, photo_dir):
+def test_label_sets_saved_or_removed_during_a_migration_follow_the_switch_and_the_rollback(
+    settings, encoder, small_encoder, photo_dir
+):
     names = MilvusStore.from_settings(settings)
     run_index([str(photo_dir)], settings, encoder, names)
     names.put_label_set("kept", "kept-set")

@@ -10,8 +10,12 @@ def row(path, size=10, mtime_ns=1, content_hash="h"):
 
 
 def test_same_size_and_mtime_is_unchanged_and_anything_else_is_read_again():
-    files = [FileEntry("/r/a.jpg", 10, 1), FileEntry("/r/b.jpg", 11, 1), FileEntry("/r/c.jpg", 10, 2),
-             FileEntry("/r/new.jpg", 5, 5)]
+    files = [
+        FileEntry("/r/a.jpg", 10, 1),
+        FileEntry("/r/b.jpg", 11, 1),
+        FileEntry("/r/c.jpg", 10, 2),
+        FileEntry("/r/new.jpg", 5, 5),
+    ]
     plan = make_plan(files, [row("/r/a.jpg"), row("/r/b.jpg"), row("/r/c.jpg")], ["/r"])
     assert [f.path for f in plan.unchanged] == ["/r/a.jpg"]
     assert [f.path for f in plan.to_process] == ["/r/b.jpg", "/r/c.jpg", "/r/new.jpg"]

@@ -33,8 +33,14 @@ def write_old_library(tmp_path, store, encoder):
     whose content changed since (its new EXIF is not what was indexed, so it is not read)."""
     root = tmp_path / "photos"
     paths = [
-        write_exif_photo(root / "beach.jpg", seed=1, taken="2019:06:01 09:30:00", make="FUJIFILM", model="X100V",
-                         gps=("S", (33.0, 51.0, 36.0), "E", (151.0, 12.0, 36.0))),
+        write_exif_photo(
+            root / "beach.jpg",
+            seed=1,
+            taken="2019:06:01 09:30:00",
+            make="FUJIFILM",
+            model="X100V",
+            gps=("S", (33.0, 51.0, 36.0), "E", (151.0, 12.0, 36.0)),
+        ),
         write_exif_photo(root / "city.jpg", seed=2, taken="2021:12:24 18:00:00", make="Apple", model="iPhone 12"),
         write_photo(root / "scan.png", seed=3),
         write_photo(root / "gone.png", seed=4),
@@ -77,8 +83,9 @@ def test_upgrade_keeps_every_vector_and_fills_the_new_columns_from_the_files(old
 
 
 @pytest.mark.parametrize("kind", MILVUS_SERVERS)
-def test_upgrade_on_a_milvus_server_keeps_every_vector_and_switches_the_name(kind, milvus_servers, settings,
-                                                                              tmp_path, encoder):
+def test_upgrade_on_a_milvus_server_keeps_every_vector_and_switches_the_name(
+    kind, milvus_servers, settings, tmp_path, encoder
+):
     settings = settings.model_copy(update={"milvus_uri": milvus_servers(kind), "collection": unique_collection()})
     store = MilvusStore.from_settings(settings)
     try:
@@ -109,7 +116,11 @@ def upgrades_and_keeps_everything(old_library, settings, store):
         assert {k: new[k] for k in old if k != "vector"} == {k: v for k, v in old.items() if k != "vector"}
     beach = after[str(root / "beach.jpg")]
     assert (beach["taken_at_source"], beach["format"], beach["camera_make"], beach["camera_model"]) == (
-        "exif", "JPEG", "FUJIFILM", "X100V")
+        "exif",
+        "JPEG",
+        "FUJIFILM",
+        "X100V",
+    )
     assert beach["taken_at"] == wall_clock_seconds(datetime(2019, 6, 1, 9, 30))
     assert beach["gps"] == "-33.860000,151.210000"
     scan = after[str(root / "scan.png")]
@@ -118,10 +129,14 @@ def upgrades_and_keeps_everything(old_library, settings, store):
     assert (gone["taken_at_source"], gone["format"]) == ("mtime", "")  # dated by the time it had when indexed
     edited = after[str(root / "edited.jpg")]
     assert (edited["taken_at_source"], edited["camera_model"], edited["taken_at"]) == (
-        "mtime", "", mtime_wall_clock(before[str(root / "edited.jpg")]["mtime_ns"]))
+        "mtime",
+        "",
+        mtime_wall_clock(before[str(root / "edited.jpg")]["mtime_ns"]),
+    )
     # The old collection is gone; the configured name finds the new one, and its filters work.
     assert [name for name in store._call(lambda c: c.list_collections()) if name.startswith(store.collection)] == [
-        f"{store.collection}_v{SCHEMA_VERSION}"]
+        f"{store.collection}_v{SCHEMA_VERSION}"
+    ]
     query = np.asarray(before[str(root / "city.jpg")]["vector"], np.float32)[None, :]
     before_2020 = ImageFilter.from_request(SearchFilter(taken_before="2020-01-01"))
     assert [hit.row["path"] for hit in store.search(query, 10, 0, before_2020)[0]] == [str(root / "beach.jpg")]
@@ -136,8 +151,9 @@ def test_upgrade_is_a_no_op_on_a_current_collection(store, settings, encoder, ph
     assert store.count() == 10
 
 
-def test_a_crash_mid_copy_leaves_the_old_collection_serving_and_a_rerun_completes(old_library, settings, store,
-                                                                                  monkeypatch):
+def test_a_crash_mid_copy_leaves_the_old_collection_serving_and_a_rerun_completes(
+    old_library, settings, store, monkeypatch
+):
     _root, before = old_library
     dies_at(store, monkeypatch, "upsert", nth=2)  # the second batch
     with pytest.raises(KeyboardInterrupt):
@@ -152,7 +168,8 @@ def test_a_crash_mid_copy_leaves_the_old_collection_serving_and_a_rerun_complete
 
 
 def test_a_crash_between_dropping_the_old_and_naming_the_new_is_finished_by_the_next_command(
-        old_library, settings, encoder, store, monkeypatch):
+    old_library, settings, encoder, store, monkeypatch
+):
     root, _before = old_library
     dies_at(store, monkeypatch, "create_alias")
     with pytest.raises(KeyboardInterrupt):
@@ -177,9 +194,9 @@ def test_a_copy_cut_short_is_not_mistaken_for_a_finished_one(old_library, settin
 # ── As a user runs it ─────────────────────────────────────────────────────────────────────────────────
 
 
-
-def test_the_cli_refuses_an_old_schema_then_upgrades_it_without_the_model(old_library, settings, store,
-                                                                        imgsearch_bin, cli_env):
+def test_the_cli_refuses_an_old_schema_then_upgrades_it_without_the_model(
+    old_library, settings, store, imgsearch_bin, cli_env
+):
     root, _before = old_library
     release_hosted(settings.milvus_uri)  # let the commands below host the data directory
     for command in (["index", str(root)], ["serve", "--port", "1"]):
@@ -189,26 +206,38 @@ def test_the_cli_refuses_an_old_schema_then_upgrades_it_without_the_model(old_li
     no_model = {**cli_env, "IMGSEARCH_MODEL": "/nonexistent/model"}  # nothing is embedded: no model is loaded
     upgraded = run_cli(imgsearch_bin, no_model, "upgrade")
     assert upgraded.returncode == 0, upgraded.stderr
-    assert upgraded.stdout.startswith(f"upgraded collection '{settings.collection}' from schema version 1 to "
-                                      f"{SCHEMA_VERSION}: 5 rows copied, none embedded again; 2 dated by EXIF, "
-                                      f"2 files gone or changed")
+    assert upgraded.stdout.startswith(
+        f"upgraded collection '{settings.collection}' from schema version 1 to "
+        f"{SCHEMA_VERSION}: 5 rows copied, none embedded again; 2 dated by EXIF, "
+        f"2 files gone or changed"
+    )
     again = run_cli(imgsearch_bin, no_model, "upgrade", "--json")
-    assert json.loads(again.stdout) == {"from_version": SCHEMA_VERSION, "to_version": SCHEMA_VERSION, "rows": 0,
-                                        "dated_by_exif": 0, "files_unreadable": 0, "elapsed_s": 0.0}
+    assert json.loads(again.stdout) == {
+        "from_version": SCHEMA_VERSION,
+        "to_version": SCHEMA_VERSION,
+        "rows": 0,
+        "dated_by_exif": 0,
+        "files_unreadable": 0,
+        "elapsed_s": 0.0,
+    }
     found = run_cli(imgsearch_bin, cli_env, "search", "x", "--after", "2019-01-01", "--before", "2020-01-01", "--json")
     assert found.returncode == 0, found.stderr
     assert [(hit["path"], hit["taken_at"], hit["camera_model"]) for hit in json.loads(found.stdout)] == [
-        (str(root / "beach.jpg"), "2019-06-01T09:30:00", "X100V")]
-    by_camera = run_cli(imgsearch_bin, cli_env, "search", "x", "--camera", "iPhone 12", "--camera", "X100V",
-                        "--newest", "--json")
+        (str(root / "beach.jpg"), "2019-06-01T09:30:00", "X100V")
+    ]
+    by_camera = run_cli(
+        imgsearch_bin, cli_env, "search", "x", "--camera", "iPhone 12", "--camera", "X100V", "--newest", "--json"
+    )
     assert [hit["path"] for hit in json.loads(by_camera.stdout)] == [str(root / "city.jpg"), str(root / "beach.jpg")]
     bad = run_cli(imgsearch_bin, cli_env, "search", "x", "--after", "last tuesday")
     assert bad.returncode == 1 and "Traceback" not in bad.stderr
-    assert bad.stderr.strip() == ("imgsearch search: error: taken_after: Input should be a valid datetime or date, "
-                                  "invalid character in year")  # one line, not pydantic's block with a link
+    assert bad.stderr.strip() == (
+        "imgsearch search: error: taken_after: Input should be a valid datetime or date, invalid character in year"
+    )  # one line, not pydantic's block with a link
     empty = run_cli(imgsearch_bin, cli_env, "search", "x", "--after", "2030-01-01")
     assert empty.returncode == 0 and empty.stdout.strip() == (
-        "no results match the filters (--after, --before, --format, --camera, --path-prefix, --tag, --all-tags)")
+        "no results match the filters (--after, --before, --format, --camera, --path-prefix, --tag, --all-tags)"
+    )
 
 
 def test_a_rerun_after_the_copy_finished_does_not_copy_again(old_library, settings, store, monkeypatch):
@@ -223,8 +252,9 @@ def test_a_rerun_after_the_copy_finished_does_not_copy_again(old_library, settin
     assert store.schema_version() == SCHEMA_VERSION and len(by_path(store)) == 5
 
 
-def test_the_next_upgrade_switches_the_alias_and_drops_the_version_before(store, settings, encoder, photo_dir,
-                                                                          monkeypatch):
+def test_the_next_upgrade_switches_the_alias_and_drops_the_version_before(
+    store, settings, encoder, photo_dir, monkeypatch
+):
     """Every upgrade after this one starts from an aliased collection; pretend the next schema is here."""
     run_index([str(photo_dir)], settings, encoder, store)
     before = by_path(store)
@@ -239,7 +269,8 @@ def test_the_next_upgrade_switches_the_alias_and_drops_the_version_before(store,
     assert store._call(lambda c: c.list_collections()) == [f"{store.collection}_v{SCHEMA_VERSION + 1}"]
     after = by_path(store)
     assert {p: np.asarray(r["vector"], np.float32).tobytes() for p, r in after.items()} == {
-        p: np.asarray(r["vector"], np.float32).tobytes() for p, r in before.items()}
+        p: np.asarray(r["vector"], np.float32).tobytes() for p, r in before.items()
+    }
 
 
 def test_an_upgrade_needs_a_collection_and_refuses_a_newer_one(store, settings):
@@ -247,8 +278,11 @@ def test_an_upgrade_needs_a_collection_and_refuses_a_newer_one(store, settings):
         upgrade(store, settings.max_file_bytes)
     store.ensure_collection("model-a", 8)
     store._call(lambda c: c.alter_collection_properties(store.collection, properties={"imgsearch.schema": "9"}))
-    with pytest.raises(SchemaTooNewError, match=f"Collection '{store.collection}' has schema version 9, written by a "
-                                                f"newer imgsearch than this one \\(version {SCHEMA_VERSION}\\)"):
+    with pytest.raises(
+        SchemaTooNewError,
+        match=f"Collection '{store.collection}' has schema version 9, written by a "
+        f"newer imgsearch than this one \\(version {SCHEMA_VERSION}\\)",
+    ):
         upgrade(store, settings.max_file_bytes)
 
 

@@ -196,8 +196,19 @@ def test_the_capture_time_prefers_the_original_then_digitized_then_file_date():
     assert photo_exif(exif_of()).taken_at is None
 
 
-@pytest.mark.parametrize("value", ["0000:00:00 00:00:00", "    :  :     :  :  ", "2019-06-01", "1700:01:01 00:00:00",
-                                   "2999:01:01 00:00:00", "2019:13:45 99:99:99", b"\xff\xfe", 12345])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "0000:00:00 00:00:00",
+        "    :  :     :  :  ",
+        "2019-06-01",
+        "1700:01:01 00:00:00",
+        "2999:01:01 00:00:00",
+        "2019:13:45 99:99:99",
+        b"\xff\xfe",
+        12345,
+    ],
+)
 def test_nonsense_dates_are_no_date(value):
     from imgsearch.media.images import photo_exif
 
@@ -207,13 +218,20 @@ def test_nonsense_dates_are_no_date(value):
 def test_camera_names_are_cleaned_and_bounded_and_bad_gps_is_dropped():
     from imgsearch.media.images import photo_exif
 
-    exif = photo_exif(exif_of(x010F="  Canon\x00\x00", x0110="EOS\n5D" + "x" * 500,
-                              gps={1: "N", 2: (1.0, 0.0, 0.0), 3: "W", 4: (0.0, 0.0, 0.0)}))
+    exif = photo_exif(
+        exif_of(
+            x010F="  Canon\x00\x00",
+            x0110="EOS\n5D" + "x" * 500,
+            gps={1: "N", 2: (1.0, 0.0, 0.0), 3: "W", 4: (0.0, 0.0, 0.0)},
+        )
+    )
     assert exif.camera_make == "Canon" and exif.camera_model.startswith("EOS5D") and len(exif.camera_model) == 64
     assert exif.gps == "1.000000,0.000000"
-    for gps in ({1: "N", 2: (95.0, 0.0, 0.0), 3: "E", 4: (1.0, 0.0, 0.0)},  # beyond the pole
-                {1: "N", 2: (1.0, 0.0), 3: "E", 4: (1.0, 0.0, 0.0)},  # two parts
-                {2: "north"}):
+    for gps in (
+        {1: "N", 2: (95.0, 0.0, 0.0), 3: "E", 4: (1.0, 0.0, 0.0)},  # beyond the pole
+        {1: "N", 2: (1.0, 0.0), 3: "E", 4: (1.0, 0.0, 0.0)},  # two parts
+        {2: "north"},
+    ):
         assert photo_exif(exif_of(gps=gps)).gps == ""
 
 
@@ -222,5 +240,8 @@ def test_a_decoded_photo_carries_its_format_and_exif(tmp_path):
 
     photo = write_exif_photo(tmp_path / "a.jpg", seed=1, taken="2019:06:01 09:30:00", model="X100V")
     decoded = decode_image(photo.read_bytes(), str(photo), 32, 10**8)
-    assert (decoded.format, decoded.exif.taken_at, decoded.exif.camera_model) == ("JPEG", datetime(2019, 6, 1, 9, 30),
-                                                                                  "X100V")
+    assert (decoded.format, decoded.exif.taken_at, decoded.exif.camera_model) == (
+        "JPEG",
+        datetime(2019, 6, 1, 9, 30),
+        "X100V",
+    )

@@ -26,8 +26,10 @@ SETTINGS = [(backend, precision) for backend in ("onnx", "openvino") for precisi
 
 
 def needs(backend: str):
-    return pytest.mark.skipif(not backends.installed(backend),
-                              reason=f"the [{backend}] extra is not installed (pip install 'imgsearch[{backend}]')")
+    return pytest.mark.skipif(
+        not backends.installed(backend),
+        reason=f"the [{backend}] extra is not installed (pip install 'imgsearch[{backend}]')",
+    )
 
 
 def installed_settings():
@@ -35,8 +37,11 @@ def installed_settings():
 
 
 def test_auto_weighs_another_backend_against_torch_fp32():
-    trials = [Trial("fp32", 10.0), Trial("fp32", 9.0, 1.0, 1.0, backend="onnx"),
-              Trial("int8", 20.0, 0.999, 0.97, backend="onnx")]
+    trials = [
+        Trial("fp32", 10.0),
+        Trial("fp32", 9.0, 1.0, 1.0, backend="onnx"),
+        Trial("int8", 20.0, 0.999, 0.97, backend="onnx"),
+    ]
     assert (pick(trials).backend, pick(trials).precision) == ("onnx", "int8")
     described = Choice("int8", trials, backend="onnx").describe()
     assert described.startswith("precision auto -> onnx int8: fp32 1.00x; onnx fp32 0.90x")
@@ -44,14 +49,17 @@ def test_auto_weighs_another_backend_against_torch_fp32():
     assert (pick(trials).backend, pick(trials).precision) == ("torch", "fp32")
 
 
-@pytest.mark.parametrize(("backend", "flags", "expected"), [
-    ("openvino", {"avx512_bf16", "avx512_vnni", "avx2"}, ["int8", "bf16", "fp32"]),
-    ("openvino", {"avx2"}, ["fp32"]),  # bf16 would be emulated; int8 without VNNI is slower than fp32
-    ("openvino", {"avx2", "avx_vnni"}, ["int8", "fp32"]),
-    ("openvino", {"sse4_2"}, ["fp32"]),
-    ("onnx", {"avx512_vnni"}, ["int8", "fp32"]),
-    ("onnx", {"sse4_2"}, ["fp32"]),
-])
+@pytest.mark.parametrize(
+    ("backend", "flags", "expected"),
+    [
+        ("openvino", {"avx512_bf16", "avx512_vnni", "avx2"}, ["int8", "bf16", "fp32"]),
+        ("openvino", {"avx2"}, ["fp32"]),  # bf16 would be emulated; int8 without VNNI is slower than fp32
+        ("openvino", {"avx2", "avx_vnni"}, ["int8", "fp32"]),
+        ("openvino", {"sse4_2"}, ["fp32"]),
+        ("onnx", {"avx512_vnni"}, ["int8", "fp32"]),
+        ("onnx", {"sse4_2"}, ["fp32"]),
+    ],
+)
 def test_auto_probes_a_backends_own_settings(backend, flags, expected):
     assert candidates("cpu", flags, backend) == expected
     assert candidates("cuda", flags, backend) == []
@@ -67,21 +75,23 @@ def test_a_backend_that_cannot_run_says_what_to_do(monkeypatch):
     with pytest.raises(ValueError, match="IMGSEARCH_BACKEND=openvino runs fp32, bf16, int8, not fp16"):
         decision.check_backend("openvino", "fp16", "cpu")
     monkeypatch.setattr(decision, "installed", lambda backend, precision="": precision != "int8")
-    with pytest.raises(ValueError, match=r"openvino at int8 quantises with onnxruntime: pip install 'imgsearch\[openvino\]'"):
+    with pytest.raises(
+        ValueError, match=r"openvino at int8 quantises with onnxruntime: pip install 'imgsearch\[openvino\]'"
+    ):
         decision.check_backend("openvino", "int8", "cpu")
     decision.check_backend("openvino", "bf16", "cpu")  # no error
     decision.check_backend("torch", "int8", "cuda")  # torch's own check says that one (check_supported)
 
 
 @pytest.mark.parametrize(("backend", "precision"), installed_settings())
-def test_a_backend_embeds_like_torch_and_builds_its_graphs_once(tiny_model_dir, tmp_path, caplog, backend,
-                                                                 precision):
+def test_a_backend_embeds_like_torch_and_builds_its_graphs_once(tiny_model_dir, tmp_path, caplog, backend, precision):
     pictures = precision_module.probe_pictures(32, 5)
     texts = ["a dog", "a red bicycle leaning on a wall " * 20, "x"]  # one truncated; the batch padded
     torch_fp32 = SentenceTransformerEmbedder(str(tiny_model_dir), precision="fp32")
     with caplog.at_level(logging.WARNING, logger="imgsearch.model.runtimes"):
-        ours = SentenceTransformerEmbedder(str(tiny_model_dir), precision=precision, backend=backend,
-                                           cache_dir=tmp_path / "cache")
+        ours = SentenceTransformerEmbedder(
+            str(tiny_model_dir), precision=precision, backend=backend, cache_dir=tmp_path / "cache"
+        )
         built = [r.getMessage() for r in caplog.records if "building the" in r.getMessage()]
     bf16_cpu = bool(precision_module.cpu_flags() & precision_module.BF16_INSTRUCTIONS)
     said_fp32 = any("on this one it runs the model in fp32" in r.getMessage() for r in caplog.records)
@@ -91,16 +101,22 @@ def test_a_backend_embeds_like_torch_and_builds_its_graphs_once(tiny_model_dir, 
     assert ours.fingerprint == torch_fp32.fingerprint  # taken in torch fp32, so a collection accepts either
     assert {p.device.type for p in ours._model.parameters()} == {"meta"}  # torch's copy of the weights is freed
 
-    for theirs, mine in ((torch_fp32.embed_images(pictures), ours.embed_images(pictures)),
-                         (torch_fp32.embed_texts(texts).vectors, ours.embed_texts(texts).vectors)):
+    for theirs, mine in (
+        (torch_fp32.embed_images(pictures), ours.embed_images(pictures)),
+        (torch_fp32.embed_texts(texts).vectors, ours.embed_texts(texts).vectors),
+    ):
         assert mine.dtype == np.float32 and mine.shape == theirs.shape
         np.testing.assert_allclose(np.linalg.norm(mine, axis=1), 1.0, atol=1e-5)
         assert np.min(np.sum(mine * theirs, axis=1)) > 0.995
         differs = np.abs(mine - theirs).max()
         # fp32 is torch's arithmetic to rounding; bf16 and int8 really ran in their precision, but for openvino
         # int8's texts, which run in fp32, and openvino bf16 on a CPU without bf16 instructions, which says so
-        exact = (precision == "fp32" or (backend, precision, mine.shape[0]) == ("openvino", "int8", len(texts))
-                 or (backend, precision) == ("openvino", "bf16") and not bf16_cpu)
+        exact = (
+            precision == "fp32"
+            or (backend, precision, mine.shape[0]) == ("openvino", "int8", len(texts))
+            or (backend, precision) == ("openvino", "bf16")
+            and not bf16_cpu
+        )
         assert differs < 1e-4 if exact else differs > 1e-4, differs
     # Padding a short text to the batch's longest changes nothing (int8 quantises each batch's activations with
     # that batch's own scale, so there only nearly nothing).
@@ -113,8 +129,9 @@ def test_a_backend_embeds_like_torch_and_builds_its_graphs_once(tiny_model_dir, 
     assert len(graphs) == 1 and graphs[0].name.startswith(f"{backend}-{precision}-")
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="imgsearch.model.runtimes"):
-        again = SentenceTransformerEmbedder(str(tiny_model_dir), precision=precision, backend=backend,
-                                            cache_dir=tmp_path / "cache")
+        again = SentenceTransformerEmbedder(
+            str(tiny_model_dir), precision=precision, backend=backend, cache_dir=tmp_path / "cache"
+        )
     assert not [r for r in caplog.records if "building the" in r.getMessage()]  # loaded, not built again
     np.testing.assert_allclose(again.embed_images(pictures), ours.embed_images(pictures), atol=1e-6)
 
@@ -143,15 +160,17 @@ def test_what_a_process_killed_while_building_left_is_removed_at_the_next_start(
     """A build killed with the process (Ctrl-C, OOM, a reboot) left its hidden folder, hundreds of MB for a real
     model, for good; so did a removal killed midway."""
     cache = tmp_path / "cache"
-    killed_mid_build = ("import os, signal, sys\n"
-                        "from imgsearch.model import runtimes as backends\n"
-                        "from imgsearch.model.sentence_transformer_embedder import SentenceTransformerEmbedder\n"
-                        "real_export = backends.CompiledModel._export\n"
-                        "def die(self, *args):\n"
-                        "    real_export(self, *args)\n"
-                        "    os.kill(os.getpid(), signal.SIGKILL)\n"
-                        "backends.CompiledModel._export = die\n"
-                        "SentenceTransformerEmbedder(sys.argv[1], precision='fp32', backend='onnx', cache_dir=sys.argv[2])\n")
+    killed_mid_build = (
+        "import os, signal, sys\n"
+        "from imgsearch.model import runtimes as backends\n"
+        "from imgsearch.model.sentence_transformer_embedder import SentenceTransformerEmbedder\n"
+        "real_export = backends.CompiledModel._export\n"
+        "def die(self, *args):\n"
+        "    real_export(self, *args)\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        "backends.CompiledModel._export = die\n"
+        "SentenceTransformerEmbedder(sys.argv[1], precision='fp32', backend='onnx', cache_dir=sys.argv[2])\n"
+    )
     died = subprocess.run([sys.executable, "-c", killed_mid_build, str(tiny_model_dir), str(cache)])
     assert died.returncode == -9
     (folder,) = (cache / "graphs").iterdir()
@@ -216,7 +235,8 @@ def test_auto_with_a_backend_measures_it_against_torch_and_remembers(tiny_model_
     trials = first.precision_choice.trials
     assert [(t.backend, t.precision) for t in trials][0] == ("torch", "fp32")
     assert {(t.backend, t.precision) for t in trials[1:]} == {
-        ("onnx", p) for p in candidates("cpu", precision_module.cpu_flags(), "onnx")}
+        ("onnx", p) for p in candidates("cpu", precision_module.cpu_flags(), "onnx")
+    }
     chosen = pick(trials)
     assert (first.backend, first.precision) == (chosen.backend, chosen.precision)
 
@@ -227,8 +247,9 @@ def test_auto_with_a_backend_measures_it_against_torch_and_remembers(tiny_model_
 
 
 @needs("onnx")
-def test_backend_auto_measures_every_installed_backend_and_keeps_only_the_chosen_graph(tiny_model_dir, tmp_path,
-                                                                                       monkeypatch, caplog):
+def test_backend_auto_measures_every_installed_backend_and_keeps_only_the_chosen_graph(
+    tiny_model_dir, tmp_path, monkeypatch, caplog
+):
     SentenceTransformerEmbedder(str(tiny_model_dir), precision="int8", backend="onnx", cache_dir=tmp_path)
     built_by_hand = {p.name for p in (tmp_path / "graphs").iterdir()}
     picked = []
@@ -285,10 +306,15 @@ def test_imgsearch_refuses_a_precision_the_backend_does_not_run_in_one_line(tmp_
     photos = write_photo_set(tmp_path / "photos")
     refused = run_cli(imgsearch_bin, cli_env, "index", str(photos), "--backend", "openvino", "--precision", "fp16")
     assert refused.returncode == 1
-    expected = ("runs fp32, bf16, int8, not fp16" if backends.installed("openvino")
-                else "needs its extra: pip install 'imgsearch[openvino]'")
-    assert refused.stderr.strip().splitlines() == [f"imgsearch index: error: IMGSEARCH_BACKEND=openvino {expected}"
-                                                   + (" (or use auto)" if backends.installed("openvino") else "")]
+    expected = (
+        "runs fp32, bf16, int8, not fp16"
+        if backends.installed("openvino")
+        else "needs its extra: pip install 'imgsearch[openvino]'"
+    )
+    assert refused.stderr.strip().splitlines() == [
+        f"imgsearch index: error: IMGSEARCH_BACKEND=openvino {expected}"
+        + (" (or use auto)" if backends.installed("openvino") else "")
+    ]
 
 
 def test_the_openvino_backend_sends_nothing_anywhere(tiny_model_dir, tmp_path):
@@ -305,7 +331,13 @@ SentenceTransformerEmbedder({str(tiny_model_dir)!r}, precision="fp32", backend="
 import time; time.sleep(1)
 print("EVENTS", sorted(set(events)))
 """
-    ran = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
-                         cwd=REPO, env={**os.environ, "CI": "", "HF_HUB_OFFLINE": "1"})
+    ran = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+        env={**os.environ, "CI": "", "HF_HUB_OFFLINE": "1"},
+    )
     assert ran.returncode == 0, ran.stderr
     assert "EVENTS []" in ran.stdout, ran.stdout

@@ -42,8 +42,22 @@ QUERY_PHOTO = Path("trip") / "photo7.jpg"
 
 def search(encoder, store, settings, request: dict, image: Path | None = None) -> list:
     """The hits of ``request`` (an image query names upload "0", which is ``image``), as `imgsearch search` runs it."""
-    uploads = [(str(image), decode_image(image.read_bytes(), str(image), encoder.image_size, settings.max_image_pixels,
-                                         settings.max_decoded_bytes))] if image else []
+    uploads = (
+        [
+            (
+                str(image),
+                decode_image(
+                    image.read_bytes(),
+                    str(image),
+                    encoder.image_size,
+                    settings.max_image_pixels,
+                    settings.max_decoded_bytes,
+                ),
+            )
+        ]
+        if image
+        else []
+    )
     batcher = TextBatcher(encoder)
     try:
         parsed = SearchRequest.model_validate(request, context={"has_upload": bool(uploads)})
@@ -87,13 +101,15 @@ def unit(vectors) -> np.ndarray:
 
 # ── Hugging Face CLIP checkpoints (FashionCLIP, PLIP, StreetCLIP ...): no modules.json ─────────────────────────
 
+
 @pytest.fixture(scope="module")
 def hf_clip_dir(tmp_path_factory) -> Path:
     return build_local_hf_clip(tmp_path_factory.mktemp("models") / "hf-clip", "tiny", seed=0)
 
 
 def test_a_hugging_face_clip_checkpoint_indexes_and_answers_text_and_image_queries(
-        hf_clip_dir, encoder, settings, store, photo_dir):
+    hf_clip_dir, encoder, settings, store, photo_dir
+):
     loaded = index_and_search(str(hf_clip_dir), settings, store, photo_dir)
     assert not (hf_clip_dir / "modules.json").exists()
     # The same weights as the tiny sentence-transformers CLIP: the same model, whichever way it was saved.
@@ -104,10 +120,12 @@ def test_a_hugging_face_clip_checkpoint_indexes_and_answers_text_and_image_queri
 
 # ── SigLIP and SigLIP 2 ──────────────────────────────────────────────────────────────────────────────────────
 
+
 @pytest.fixture(scope="module", params=[1, 2], ids=["siglip", "siglip2-naflex"])
 def siglip_dir(request, tmp_path_factory) -> Path:
-    return build_local_siglip(tmp_path_factory.mktemp("models") / f"siglip{request.param}", seed=0,
-                              version=request.param)
+    return build_local_siglip(
+        tmp_path_factory.mktemp("models") / f"siglip{request.param}", seed=0, version=request.param
+    )
 
 
 @pytest.fixture(scope="module")
@@ -128,6 +146,7 @@ def siglip_reference(model_dir: Path):
         with torch.no_grad():
             features = model.get_text_features(**inputs)
         return unit(getattr(features, "pooler_output", features).numpy())
+
     return embed
 
 
@@ -157,6 +176,7 @@ def test_siglip_indexes_and_answers_text_and_image_queries(siglip_dir, settings,
 
 # ── A multilingual text model paired with a CLIP image tower ─────────────────────────────────────────────────
 
+
 @pytest.fixture(scope="module")
 def text_tower_dir(tmp_path_factory) -> Path:
     return build_local_text_tower(tmp_path_factory.mktemp("models") / "multilingual-text", dim=16, seed=0)
@@ -172,7 +192,8 @@ def text_tower(text_tower_dir):
 
 
 def test_a_pair_embeds_images_with_the_image_model_and_texts_with_the_text_model(
-        tiny_model_dir, text_tower_dir, text_tower, encoder, settings, store, photo_dir):
+    tiny_model_dir, text_tower_dir, text_tower, encoder, settings, store, photo_dir
+):
     pair = f"{tiny_model_dir}+{text_tower_dir}"
     loaded = index_and_search(pair, settings, store, photo_dir, text_vector=text_tower)
     assert loaded.name == f"{tiny_model_dir.resolve()}+{text_tower_dir.resolve()}" == store.model_info()[0]
@@ -189,12 +210,17 @@ def test_a_pair_embeds_images_with_the_image_model_and_texts_with_the_text_model
 def test_a_pair_is_named_by_both_models_and_a_known_text_model_alone_means_its_pair(tmp_path):
     known = "clip-ViT-B-32+sentence-transformers/clip-ViT-B-32-multilingual-v1"
     assert {model_identity(name) for name in KNOWN_PAIRS} == {known}
-    assert model_pair("clip-ViT-B-32-multilingual-v1") == ("clip-ViT-B-32",
-                                                            "sentence-transformers/clip-ViT-B-32-multilingual-v1")
+    assert model_pair("clip-ViT-B-32-multilingual-v1") == (
+        "clip-ViT-B-32",
+        "sentence-transformers/clip-ViT-B-32-multilingual-v1",
+    )
     assert model_identity(known) == known and model_pair("clip-ViT-B-32") == ("clip-ViT-B-32", None)
     for side in ("image", "text"):
         (tmp_path / side).mkdir()
-    assert model_identity(f"{os.path.relpath(tmp_path / 'image')}+org/text") == f"{(tmp_path / 'image').resolve()}+org/text"
+    assert (
+        model_identity(f"{os.path.relpath(tmp_path / 'image')}+org/text")
+        == f"{(tmp_path / 'image').resolve()}+org/text"
+    )
     identity = model_identity(f"org/image+{os.path.relpath(tmp_path / 'text')}")
     assert identity == f"org/image+{(tmp_path / 'text').resolve()}"
     assert model_identity(identity) == identity  # what the collection recorded names the same pair again
@@ -215,14 +241,16 @@ def test_a_pair_on_another_backend_is_refused_before_loading(tiny_model_dir, tex
 
 
 def test_backend_auto_measures_a_pair_in_torch_only(tiny_model_dir, text_tower_dir, tmp_path):
-    pair = SentenceTransformerEmbedder(f"{tiny_model_dir}+{text_tower_dir}", precision="auto", backend="auto",
-                                       cache_dir=tmp_path)
+    pair = SentenceTransformerEmbedder(
+        f"{tiny_model_dir}+{text_tower_dir}", precision="auto", backend="auto", cache_dir=tmp_path
+    )
     assert {t.backend for t in pair.precision_choice.trials} == {"torch"} and pair.backend == "torch"
     assert not (tmp_path / "graphs").exists()
 
 
-def test_the_imgsearch_command_indexes_and_searches_with_a_pair(imgsearch_bin, tiny_model_dir, text_tower_dir,
-                                                                 photo_dir, tmp_path):
+def test_the_imgsearch_command_indexes_and_searches_with_a_pair(
+    imgsearch_bin, tiny_model_dir, text_tower_dir, photo_dir, tmp_path
+):
     env = cli_environment(tmp_path / "data", tiny_model_dir)
     env["IMGSEARCH_MODEL"] = f"{tiny_model_dir}+{text_tower_dir}"
     indexed = run_cli(imgsearch_bin, env, "index", str(photo_dir), "--json")
@@ -234,6 +262,7 @@ def test_the_imgsearch_command_indexes_and_searches_with_a_pair(imgsearch_bin, t
 
 
 # ── open_clip (the [openclip] extra) ─────────────────────────────────────────────────────────────────────────
+
 
 @pytest.mark.openclip
 def test_hub_names_and_open_clip_directories_go_to_open_clip(tmp_path, tiny_model_dir):
@@ -254,15 +283,17 @@ def test_without_the_extra_an_open_clip_model_says_what_to_install(monkeypatch):
 
 @pytest.fixture(scope="module")
 def open_clip_dir(tmp_path_factory) -> Path:
-    pytest.importorskip("open_clip", reason="open_clip models need the [openclip] extra (open_clip_torch, which "
-                                            "needs torchvision): make install-openclip makes .venv-openclip, where "
-                                            "make test runs this test")
+    pytest.importorskip(
+        "open_clip",
+        reason="open_clip models need the [openclip] extra (open_clip_torch, which "
+        "needs torchvision): make install-openclip makes .venv-openclip, where "
+        "make test runs this test",
+    )
     return build_local_open_clip(tmp_path_factory.mktemp("models") / "open-clip", seed=0)
 
 
 @pytest.mark.openclip
-def test_an_open_clip_directory_indexes_and_answers_text_and_image_queries(open_clip_dir, settings, store,
-                                                                           photo_dir):
+def test_an_open_clip_directory_indexes_and_answers_text_and_image_queries(open_clip_dir, settings, store, photo_dir):
     import open_clip
     import torch
 
@@ -275,7 +306,11 @@ def test_an_open_clip_directory_indexes_and_answers_text_and_image_queries(open_
 
     loaded = index_and_search(str(open_clip_dir), settings, store, photo_dir, text_vector=text_vector)
     assert (loaded.name, loaded.dim, loaded.image_size, loaded.max_text_tokens) == (
-        str(open_clip_dir.resolve()), 16, 32, 77)
+        str(open_clip_dir.resolve()),
+        16,
+        32,
+        77,
+    )
     assert loaded.embed_texts(["y " * 75, "y " * 76]).truncated == [False, True]  # 77 with start and end
     assert loaded.logit_scale == pytest.approx(float(network.logit_scale.detach().exp()))
 

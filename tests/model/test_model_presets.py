@@ -11,8 +11,10 @@ from tests.support.processes import run_cli
 
 
 def test_the_table_shows_each_presets_measured_speed_by_its_architecture(tmp_path):
-    speeds = {"measured": "2026-11-25", "architectures": {"vit-b-32": {"img_s": 21.456, "text_ms": 9.4},
-                                                          "vit-l-14": {"img_s": 1.25, "text_ms": 30.2}}}
+    speeds = {
+        "measured": "2026-11-25",
+        "architectures": {"vit-b-32": {"img_s": 21.456, "text_ms": 9.4}, "vit-l-14": {"img_s": 1.25, "text_ms": 30.2}},
+    }
     path = tmp_path / "speeds.json"
     path.write_text(json.dumps(speeds))
     lines = table(PRESETS, measured_speeds(path)).splitlines()
@@ -37,7 +39,9 @@ def test_the_measured_models_have_the_sizes_the_presets_state():
     for preset in PRESETS:
         if preset.architecture in measured:
             assert (measured[preset.architecture]["dim"], measured[preset.architecture]["input_size"]) == (
-                preset.dim, preset.input_size), preset.name
+                preset.dim,
+                preset.input_size,
+            ), preset.name
 
 
 def test_imgsearch_models_lists_every_preset(imgsearch_bin, cli_env):

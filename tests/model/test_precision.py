@@ -39,14 +39,17 @@ def test_auto_stays_fp32_unless_a_setting_is_clearly_faster(speed):
     assert pick([Trial("fp32", 10.0)]).precision == "fp32"
 
 
-@pytest.mark.parametrize(("device", "flags", "expected"), [
-    ("cuda", set(), ["fp16"]),
-    ("cuda:1", {"avx512_bf16"}, ["fp16"]),
-    ("cpu", {"avx2", "avx512f", "avx512_vnni", "avx512_bf16"}, ["bf16", "int8"]),
-    ("cpu", {"amx_bf16", "amx_int8"}, ["bf16", "int8"]),
-    ("cpu", {"avx2", "fma"}, ["int8"]),  # no bf16 instructions: emulated bf16 is slower than fp32
-    ("cpu", {"sse4_2"}, []),
-])
+@pytest.mark.parametrize(
+    ("device", "flags", "expected"),
+    [
+        ("cuda", set(), ["fp16"]),
+        ("cuda:1", {"avx512_bf16"}, ["fp16"]),
+        ("cpu", {"avx2", "avx512f", "avx512_vnni", "avx512_bf16"}, ["bf16", "int8"]),
+        ("cpu", {"amx_bf16", "amx_int8"}, ["bf16", "int8"]),
+        ("cpu", {"avx2", "fma"}, ["int8"]),  # no bf16 instructions: emulated bf16 is slower than fp32
+        ("cpu", {"sse4_2"}, []),
+    ],
+)
 def test_auto_probes_only_what_the_device_runs_well(device, flags, expected):
     assert candidates(device, flags) == expected
 
@@ -70,8 +73,10 @@ def test_each_precision_gives_unit_vectors_close_to_fp32(tiny_model_dir, tmp_pat
     for setting in ("bf16", "int8"):
         fast = SentenceTransformerEmbedder(str(tiny_model_dir), precision=setting)
         assert fast.precision == setting and fast.fingerprint == fp32.fingerprint  # fingerprints are fp32
-        for ours, theirs in ((fast.embed_images(pictures), fp32.embed_images(pictures)),
-                             (fast.embed_texts(texts).vectors, fp32.embed_texts(texts).vectors)):
+        for ours, theirs in (
+            (fast.embed_images(pictures), fp32.embed_images(pictures)),
+            (fast.embed_texts(texts).vectors, fp32.embed_texts(texts).vectors),
+        ):
             assert ours.dtype == np.float32
             np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
             assert np.min(np.sum(ours * theirs, axis=1)) > 0.99
@@ -112,8 +117,11 @@ def test_a_process_waits_for_anothers_probe_and_takes_its_choice(tiny_model_dir,
 
     loaded = []
     with ChoiceCache(cache_dir).measuring():  # the other process's probe
-        waiter = threading.Thread(target=lambda: loaded.append(SentenceTransformerEmbedder(
-            str(tiny_model_dir), precision="auto", backend="torch", cache_dir=cache_dir)))
+        waiter = threading.Thread(
+            target=lambda: loaded.append(
+                SentenceTransformerEmbedder(str(tiny_model_dir), precision="auto", backend="torch", cache_dir=cache_dir)
+            )
+        )
         waiter.start()
         deadline = time.monotonic() + 60
         while "waiting for another imgsearch process" not in caplog.text and time.monotonic() < deadline:
@@ -232,12 +240,14 @@ def test_auto_is_measured_through_imgsearch_index(tmp_path, imgsearch_bin, cli_e
     assert "(cached)" in again.stderr
 
 
-def test_a_large_job_measures_the_exported_runtimes_first_and_a_small_one_does_not(settings, store, tiny_model_dir,
-                                                                                     tmp_path, monkeypatch):
+def test_a_large_job_measures_the_exported_runtimes_first_and_a_small_one_does_not(
+    settings, store, tiny_model_dir, tmp_path, monkeypatch
+):
     import imgsearch.indexer.runner as runner
 
-    encoder = SentenceTransformerEmbedder(str(tiny_model_dir), precision="auto", backend="auto",
-                                          cache_dir=tmp_path / "cache")
+    encoder = SentenceTransformerEmbedder(
+        str(tiny_model_dir), precision="auto", backend="auto", cache_dir=tmp_path / "cache"
+    )
     exported = [option for option in fast_settings(precision_module.cpu_flags()) if option[0] != "torch"]
     assert encoder.needs_tuning == bool(exported)
     monkeypatch.setattr(runner, "TUNE_FROM", 8)
@@ -247,20 +257,25 @@ def test_a_large_job_measures_the_exported_runtimes_first_and_a_small_one_does_n
         return
     assert encoder.precision_choice.complete and all(option in small for option in exported)
 
-    again = SentenceTransformerEmbedder(str(tiny_model_dir), precision="auto", backend="auto",
-                                        cache_dir=tmp_path / "cache")
+    again = SentenceTransformerEmbedder(
+        str(tiny_model_dir), precision="auto", backend="auto", cache_dir=tmp_path / "cache"
+    )
     assert again.precision_choice.cached and not again.needs_tuning  # remembered: measured once per machine
-    fresh = SentenceTransformerEmbedder(str(tiny_model_dir), precision="auto", backend="auto",
-                                        cache_dir=tmp_path / "other-cache")
+    fresh = SentenceTransformerEmbedder(
+        str(tiny_model_dir), precision="auto", backend="auto", cache_dir=tmp_path / "other-cache"
+    )
     monkeypatch.setattr(runner, "TUNE_FROM", 1000)
     runner.run_index([str(write_photo_set(tmp_path / "more"))], settings, fresh, store)
     assert fresh.needs_tuning  # 10 images do not pay for building graphs
 
 
-@pytest.mark.parametrize(("setting", "device", "says"), [
-    ("fp16", "cpu", "needs a CUDA device; on a CPU use bf16 or int8"),
-    ("int8", "cuda", "runs on the CPU only; on CUDA use fp16"),
-])
+@pytest.mark.parametrize(
+    ("setting", "device", "says"),
+    [
+        ("fp16", "cpu", "needs a CUDA device; on a CPU use bf16 or int8"),
+        ("int8", "cuda", "runs on the CPU only; on CUDA use fp16"),
+    ],
+)
 def test_a_precision_the_device_cannot_run_is_refused_with_what_to_use(tiny_model_dir, setting, device, says):
     with pytest.raises(ValueError, match=says):
         precision_module.check_supported(setting, device)
@@ -272,8 +287,9 @@ def test_a_precision_the_device_cannot_run_is_refused_with_what_to_use(tiny_mode
 def test_the_cli_says_in_one_line_which_precision_to_use_instead(photo_dir, imgsearch_bin, cli_env):
     result = run_cli(imgsearch_bin, cli_env, "index", str(photo_dir), "--precision", "fp16")
     assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert result.stderr.strip() == ("imgsearch index: error: IMGSEARCH_PRECISION=fp16 needs a CUDA device; "
-                                     "on a CPU use bf16 or int8 (or auto)")
+    assert result.stderr.strip() == (
+        "imgsearch index: error: IMGSEARCH_PRECISION=fp16 needs a CUDA device; on a CPU use bf16 or int8 (or auto)"
+    )
 
 
 def test_an_unknown_precision_is_a_settings_error():
@@ -296,6 +312,7 @@ def test_on_cuda_the_model_runs_under_fp16_autocast():
 
 
 # ── The agreement gate: each fast setting indexes photos into Milvus Lite as fp32 does ──────────────────
+
 
 @pytest.fixture(scope="module")
 def vit_b_32_dir(tmp_path_factory):
@@ -329,9 +346,16 @@ def test_fast_settings_index_photos_with_the_same_neighbours_as_fp32(vit_b_32_di
     for backend, setting in gate_settings():
         label = Trial(setting, 0, backend=backend).label
         settings = Settings(
-            _env_file=None, milvus_uri=str(tmp_path / label.replace(" ", "-") / "milvus.db"), model=str(vit_b_32_dir),
-            device="cpu", batch_size=16, precision=setting, backend=backend, cache_dir=tmp_path / "cache",
-            thumbnail_dir=tmp_path / "thumbs")
+            _env_file=None,
+            milvus_uri=str(tmp_path / label.replace(" ", "-") / "milvus.db"),
+            model=str(vit_b_32_dir),
+            device="cpu",
+            batch_size=16,
+            precision=setting,
+            backend=backend,
+            cache_dir=tmp_path / "cache",
+            thumbnail_dir=tmp_path / "thumbs",
+        )
         encoder = load_embedder(settings)
         store = MilvusStore.from_settings(settings)
         try:
@@ -343,19 +367,29 @@ def test_fast_settings_index_photos_with_the_same_neighbours_as_fp32(vit_b_32_di
             store.close()
             release_hosted(settings.milvus_uri)
     if len(stored) == 1:
-        pytest.skip("this CPU runs no setting faster than fp32 well (no bf16, VNNI or AVX2) and no backend is installed")
+        pytest.skip(
+            "this CPU runs no setting faster than fp32 well (no bf16, VNNI or AVX2) and no backend is installed"
+        )
     measured = {}
     for label in sorted(stored.keys() - {"fp32"}):
         images = top_k_overlap(stored["fp32"], stored["fp32"], stored[label], stored[label], 10, same_set=True)
         text = top_k_overlap(texts["fp32"], stored["fp32"], texts[label], stored[label], 10)
         measured[label] = (images, text, min_cosine(stored["fp32"], stored[label]))
-    autos = [SentenceTransformerEmbedder(str(vit_b_32_dir), precision="auto", backend=backend,  # the graphs above
-                                         cache_dir=tmp_path / "cache").precision_choice
-             for backend in [*dict.fromkeys(backend for backend, _ in gate_settings()), "auto"]]
+    autos = [
+        SentenceTransformerEmbedder(
+            str(vit_b_32_dir),
+            precision="auto",
+            backend=backend,  # the graphs above
+            cache_dir=tmp_path / "cache",
+        ).precision_choice
+        for backend in [*dict.fromkeys(backend for backend, _ in gate_settings()), "auto"]
+    ]
     with capsys.disabled():
         for label, (images, text, cosine) in measured.items():
-            print(f"\n{label}: image->image top-10 overlap {images:.3f}, text->image {text:.3f}, "
-                  f"min cosine to fp32 {cosine:.4f}")
+            print(
+                f"\n{label}: image->image top-10 overlap {images:.3f}, text->image {text:.3f}, "
+                f"min cosine to fp32 {cosine:.4f}"
+            )
         for auto in autos:
             print(auto.describe())
     passing = {label for label, (images, text, _) in measured.items() if images >= 0.95 and text >= 0.95}

@@ -45,8 +45,9 @@ def public_functions(tree: ast.Module) -> list[ast.FunctionDef | ast.AsyncFuncti
     found = []
     for node in tree.body:
         members = node.body if isinstance(node, ast.ClassDef) and not node.name.startswith("_") else [node]
-        found += [m for m in members if isinstance(m, (ast.FunctionDef, ast.AsyncFunctionDef))
-                  and not m.name.startswith("_")]
+        found += [
+            m for m in members if isinstance(m, (ast.FunctionDef, ast.AsyncFunctionDef)) and not m.name.startswith("_")
+        ]
     return found
 
 
@@ -66,24 +67,55 @@ def test_public_functions_have_type_hints():
 def test_the_wheel_installs_only_imgsearch_and_runs_outside_the_repository(tmp_path):
     """`pip wheel .` gives a wheel whose only import name is imgsearch; installed into a folder of its own and run
     from elsewhere, `imgsearch models` lists the presets with their measured speeds (package data)."""
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                    str(tmp_path / "dist"), str(REPO)], check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path / "dist"),
+            str(REPO),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     wheel = next((tmp_path / "dist").glob("imgsearch-*.whl"))
     names = {name.split("/", 1)[0] for name in zipfile.ZipFile(wheel).namelist()}
     assert {name for name in names if not name.endswith((".dist-info", ".data"))} == {"imgsearch"}
-    entry_points = zipfile.ZipFile(wheel).read(next(n for n in zipfile.ZipFile(wheel).namelist()
-                                                    if n.endswith("entry_points.txt"))).decode()
+    entry_points = (
+        zipfile.ZipFile(wheel)
+        .read(next(n for n in zipfile.ZipFile(wheel).namelist() if n.endswith("entry_points.txt")))
+        .decode()
+    )
     assert "imgsearch = imgsearch.cli:main" in entry_points
 
     target = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
-                   check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     run = subprocess.run(
-        [sys.executable, "-c", "import sys, imgsearch; from imgsearch.cli import main; print(imgsearch.__file__); "
-                               "sys.argv = ['imgsearch', 'models']; sys.exit(main())"],
-        cwd=elsewhere, env={**os.environ, "PYTHONPATH": str(target)}, capture_output=True, text=True, timeout=120)
+        [
+            sys.executable,
+            "-c",
+            "import sys, imgsearch; from imgsearch.cli import main; print(imgsearch.__file__); "
+            "sys.argv = ['imgsearch', 'models']; sys.exit(main())",
+        ],
+        cwd=elsewhere,
+        env={**os.environ, "PYTHONPATH": str(target)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == 0, run.stderr
     assert run.stdout.splitlines()[0].startswith(str(target))  # the installed copy ran, not the repository's
     assert "clip-ViT-B-32" in run.stdout

@@ -22,14 +22,24 @@ def ten_thousand(store, encoder):
     rows = [make_row(FileFacts(f"/lib/img{i}.jpg", 1, 1, f"{i:032x}", 64, 64), vectors[i]) for i in range(N)]
     ids = [row["id"] for row in rows]
     for start in range(0, N, 2000):
-        store.upsert(rows[start:start + 2000])
+        store.upsert(rows[start : start + 2000])
     store.flush()
     return ids, vectors
 
 
 def recall_at_10(client, ids, vectors, encoder) -> float:
-    texts = ["a red bicycle", "snow on mountains", "a cat asleep", "microscope slide", "blue car", "two dogs",
-             "a bowl of fruit", "city at night", "an old map", "a yellow flower"]
+    texts = [
+        "a red bicycle",
+        "snow on mountains",
+        "a cat asleep",
+        "microscope slide",
+        "blue car",
+        "two dogs",
+        "a bowl of fruit",
+        "city at night",
+        "an old map",
+        "a yellow flower",
+    ]
     requests = [{"text": t, "limit": 10} for t in texts]
     queries = list(encoder.embed_texts(texts).vectors)
     for i in range(0, N, N // 10):

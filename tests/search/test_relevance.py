@@ -105,8 +105,11 @@ def test_diversity_zero_keeps_the_order_and_more_diversity_skips_look_alikes():
 
 def test_rank_fusion_weighs_each_list_by_rank():
     assert fuse([["a", "b", "c"], ["c", "d"]], [0.5, 0.5]) == [
-        ("c", pytest.approx(0.5 / 63 + 0.5 / 61)), ("a", pytest.approx(0.5 / 61)), ("b", pytest.approx(0.5 / 62)),
-        ("d", pytest.approx(0.5 / 62))]
+        ("c", pytest.approx(0.5 / 63 + 0.5 / 61)),
+        ("a", pytest.approx(0.5 / 61)),
+        ("b", pytest.approx(0.5 / 62)),
+        ("d", pytest.approx(0.5 / 62)),
+    ]
     assert [item for item, _ in fuse([["a", "b"], ["b"]], [1.0, 0.0])] == ["a", "b"]
 
 
@@ -126,14 +129,22 @@ def test_query_expressions_follow_rclip():
     files = {"./pool.jpg"}
     parse = lambda *arguments: parse_expression(list(arguments), is_file=files.__contains__)  # noqa: E731
     assert parse("2:golden retriever", "+", "./pool.jpg", "-", "fruit") == [
-        ExpressionTerm("text", "golden retriever", 2.0), ExpressionTerm("image", "./pool.jpg", 1.0),
-        ExpressionTerm("text", "fruit", -1.0)]
-    assert parse("red", "bicycle", "-", "0.5:people") == [ExpressionTerm("text", "red bicycle", 1.0),
-                                                          ExpressionTerm("text", "people", -0.5)]
+        ExpressionTerm("text", "golden retriever", 2.0),
+        ExpressionTerm("image", "./pool.jpg", 1.0),
+        ExpressionTerm("text", "fruit", -1.0),
+    ]
+    assert parse("red", "bicycle", "-", "0.5:people") == [
+        ExpressionTerm("text", "red bicycle", 1.0),
+        ExpressionTerm("text", "people", -0.5),
+    ]
     assert parse("-", "people") == [ExpressionTerm("text", "people", -1.0)]
     assert parse('"IMG_2041"') == [ExpressionTerm("text", '"IMG_2041"', 1.0)]
     assert parse() == []
-    for bad, message in ((("cat", "+"), "ends with"), (("cat", "+", "+", "dog"), "between two terms"),
-                         (("+", "cat"), "between two terms"), (("0:cat",), "weight 0")):
+    for bad, message in (
+        (("cat", "+"), "ends with"),
+        (("cat", "+", "+", "dog"), "between two terms"),
+        (("+", "cat"), "between two terms"),
+        (("0:cat",), "weight 0"),
+    ):
         with pytest.raises(QueryExpressionError, match=message):
             parse(*bad)

@@ -109,14 +109,17 @@ def test_negative_text_pulls_results_away_from_it(client, encoder):
     vectors = stored_vectors(client)
     nearest_to_negative = max(vectors, key=lambda i: float(vectors[i] @ negative))
     plain = client.post("/search", json={"text": "red", "limit": 10}).json()["results"]
-    pulled = client.post("/search", json={"text": "red", "negative_text": "blue squares", "negative_weight": 2.0,
-                                          "limit": 10}).json()["results"]
+    pulled = client.post(
+        "/search", json={"text": "red", "negative_text": "blue squares", "negative_weight": 2.0, "limit": 10}
+    ).json()["results"]
     expected = positive - 2.0 * negative
     expected /= np.linalg.norm(expected)
     for result in pulled:  # each score is the cosine to text minus twice the negative, renormalised
         assert result["score"] == pytest.approx(float(vectors[result["id"]] @ expected), abs=1e-4)
-    rank = {name: [r["id"] for r in results].index(nearest_to_negative) for name, results in
-            (("plain", plain), ("pulled", pulled))}
+    rank = {
+        name: [r["id"] for r in results].index(nearest_to_negative)
+        for name, results in (("plain", plain), ("pulled", pulled))
+    }
     assert rank["pulled"] > rank["plain"]  # the image most like "blue squares" falls down the list
 
 
@@ -154,7 +157,9 @@ def test_min_score_drops_weaker_results(client):
 
 
 def test_filters_by_path_prefix_and_size(client, indexed, settings, encoder):
-    trip = client.post("/search", json={"text": "x", "limit": 50, "filter": {"path_prefix": str(indexed / "trip") + "/"}})
+    trip = client.post(
+        "/search", json={"text": "x", "limit": 50, "filter": {"path_prefix": str(indexed / "trip") + "/"}}
+    )
     assert {r["path"].rsplit("/", 1)[1] for r in trip.json()["results"]} == {f"photo{i}.jpg" for i in range(6, 10)}
     wide = client.post("/search", json={"text": "x", "limit": 50, "filter": {"min_width": 97}})
     assert wide.json()["results"] == []
@@ -165,7 +170,7 @@ def test_filters_by_path_prefix_and_size(client, indexed, settings, encoder):
 
 
 def test_path_prefix_with_underscore_and_quotes_is_literal(client, tmp_path, settings, encoder):
-    odd = tmp_path / 'photos' / 'a_b "q"\nline\\2\t'
+    odd = tmp_path / "photos" / 'a_b "q"\nline\\2\t'
     write_photo(odd / "x.png", seed=77)
     write_photo(tmp_path / "photos" / "aXb" / "y.png", seed=78)
     store = client.app.state.store
@@ -178,8 +183,14 @@ def test_path_prefix_with_underscore_and_quotes_is_literal(client, tmp_path, set
 def holiday(client, tmp_path, settings, encoder):
     """Three camera JPEGs beside the ten plain photos (dated by their file times, which are now)."""
     trip = tmp_path / "photos" / "holiday"
-    write_exif_photo(trip / "beach.jpg", seed=50, taken="2019:06:01 09:30:00", make="FUJIFILM", model="X100V",
-                     gps=("N", (48.0, 51.0, 29.0), "E", (2.0, 17.0, 40.0)))
+    write_exif_photo(
+        trip / "beach.jpg",
+        seed=50,
+        taken="2019:06:01 09:30:00",
+        make="FUJIFILM",
+        model="X100V",
+        gps=("N", (48.0, 51.0, 29.0), "E", (2.0, 17.0, 40.0)),
+    )
     write_exif_photo(trip / "dinner.jpg", seed=51, taken="2019:06:01 21:00:00", make="FUJIFILM", model="X100V")
     write_exif_photo(trip / "train.jpg", seed=52, taken="2018:12:24 08:00:00", make="Apple", model="iPhone 12")
     run_index([str(tmp_path / "photos")], settings, encoder, client.app.state.store)
@@ -202,12 +213,24 @@ def test_photos_are_found_by_when_they_were_taken_their_format_and_camera(client
     assert search(formats=["PNG"]) == {f"photo{i}.png" for i in range(6)}
     assert search(formats=["JPEG"], cameras=["X100V", "iPhone 12"]) == {"beach.jpg", "dinner.jpg", "train.jpg"}
     assert search(formats=["GIF"]) == set()
-    beach = next(r for r in client.post("/search", json={"text": "x", "limit": 50}).json()["results"]
-                 if r["path"].endswith("beach.jpg"))
-    assert (beach["taken_at"], beach["taken_at_source"], beach["format"], beach["camera_make"], beach["camera_model"],
-            beach["gps"]) == ("2019-06-01T09:30:00", "exif", "JPEG", "FUJIFILM", "X100V", "48.858056,2.294444")
-    plain = next(r for r in client.post("/search", json={"text": "x", "limit": 50}).json()["results"]
-                 if r["path"].endswith("photo0.png"))
+    beach = next(
+        r
+        for r in client.post("/search", json={"text": "x", "limit": 50}).json()["results"]
+        if r["path"].endswith("beach.jpg")
+    )
+    assert (
+        beach["taken_at"],
+        beach["taken_at_source"],
+        beach["format"],
+        beach["camera_make"],
+        beach["camera_model"],
+        beach["gps"],
+    ) == ("2019-06-01T09:30:00", "exif", "JPEG", "FUJIFILM", "X100V", "48.858056,2.294444")
+    plain = next(
+        r
+        for r in client.post("/search", json={"text": "x", "limit": 50}).json()["results"]
+        if r["path"].endswith("photo0.png")
+    )
     assert plain["taken_at_source"] == "mtime" and plain["camera_model"] == "" and plain["format"] == "PNG"
 
 
@@ -232,7 +255,10 @@ def test_original_and_thumbnail_by_id(client, indexed, settings):
     # Sizes snap up to a few buckets, so a client cannot make the cache hold one file per pixel size.
     assert client.get(f"/images/{image_id}/thumbnail?size=33").content == thumb.content
     assert client.get(f"/images/{image_id}/thumbnail?size=100").status_code == 200
-    assert sorted(p.name.rsplit("-", 1)[1] for p in settings.thumbnail_dir.glob(f"{image_id}-*.jpg")) == ["128.jpg", "64.jpg"]
+    assert sorted(p.name.rsplit("-", 1)[1] for p in settings.thumbnail_dir.glob(f"{image_id}-*.jpg")) == [
+        "128.jpg",
+        "64.jpg",
+    ]
 
 
 def test_image_whose_file_was_deleted_gives_404_not_500(client, indexed):
@@ -242,8 +268,19 @@ def test_image_whose_file_was_deleted_gives_404_not_500(client, indexed):
     assert client.get(f"/images/{image_id}/thumbnail").status_code == 404
 
 
-@pytest.mark.parametrize("body", [{"text": ""}, {"text": "   "}, {}, {"negative_text": "x"}, {"text": "x", "limit": 0},
-                                  {"text": "x", "limit": 201}, {"text": "x", "offset": -1}, {"text": "x", "bogus": 1}])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"text": ""},
+        {"text": "   "},
+        {},
+        {"negative_text": "x"},
+        {"text": "x", "limit": 0},
+        {"text": "x", "limit": 201},
+        {"text": "x", "offset": -1},
+        {"text": "x", "bogus": 1},
+    ],
+)
 def test_bad_search_requests_get_422_with_a_message(client, body):
     response = client.post("/search", json=body)
     assert response.status_code == 422

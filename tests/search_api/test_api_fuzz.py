@@ -14,9 +14,25 @@ import pytest
 def test_schemathesis_finds_no_server_errors(server, tmp_path):
     binary = Path(sys.executable).parent / "schemathesis"
     result = subprocess.run(
-        [str(binary), "run", f"{server}/openapi.json", "--checks", "not_a_server_error",
-         "--max-examples", "40", "--workers", "1", "--seed", "1", "--phases", "examples,coverage,fuzzing"],
-        capture_output=True, text=True, timeout=900, cwd=tmp_path,
+        [
+            str(binary),
+            "run",
+            f"{server}/openapi.json",
+            "--checks",
+            "not_a_server_error",
+            "--max-examples",
+            "40",
+            "--workers",
+            "1",
+            "--seed",
+            "1",
+            "--phases",
+            "examples,coverage,fuzzing",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=tmp_path,
     )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-6000:]

@@ -29,8 +29,7 @@ async def app(scope, receive, send):
         await send({"type": "http.response.body", "body": b"s" * size})
         return
     if scope["path"] == "/big":
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-length", str(BIG).encode())]})
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", str(BIG).encode())]})
         chunk = b"x" * (1 << 20)
         for _ in range(BIG // len(chunk)):
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
@@ -47,13 +46,18 @@ async def app(scope, receive, send):
         if not message.get("more_body"):
             break
     body = str(received).encode()
-    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", str(len(body)).encode())]})
+    await send(
+        {"type": "http.response.start", "status": 200, "headers": [(b"content-length", str(len(body)).encode())]}
+    )
     await send({"type": "http.response.body", "body": body})
 
 
 def serve(listener: socket.socket):
-    server = uvicorn.Server(uvicorn.Config(app, http=connections.DeadlineProtocol, log_level="warning", lifespan="off",
-                                           timeout_graceful_shutdown=2))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app, http=connections.DeadlineProtocol, log_level="warning", lifespan="off", timeout_graceful_shutdown=2
+        )
+    )
     thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
     thread.start()
     try:
@@ -117,7 +121,9 @@ def read_response(sock: socket.socket) -> bytes:
         data += (chunk := sock.recv(65536))
         assert chunk, "the server closed the connection"
     head, _, body = data.partition(b"\r\n\r\n")
-    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+    length = int(
+        next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))
+    )
     while len(body) < length:
         body += (chunk := sock.recv(65536))
         assert chunk, "the server closed the connection"
@@ -155,12 +161,16 @@ def test_time_the_server_keeps_a_client_waiting_does_not_count_against_its_body(
         assert read_response(client) == b"1000000"
 
 
-def test_blank_lines_between_requests_do_not_keep_a_connection_while_a_keep_alive_client_is_answered(address, monkeypatch):
+def test_blank_lines_between_requests_do_not_keep_a_connection_while_a_keep_alive_client_is_answered(
+    address, monkeypatch
+):
     monkeypatch.setattr(connections, "HEAD_TIMEOUT_S", 1.0)
     idler = socket.create_connection(address)
     idler.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
     assert read_response(idler) == b"0"
-    closed_after = seconds_until_closed(idler, lambda sock: sock.send(b"\r\n"))  # uvicorn's keep-alive timer stops at each
+    closed_after = seconds_until_closed(
+        idler, lambda sock: sock.send(b"\r\n")
+    )  # uvicorn's keep-alive timer stops at each
     assert closed_after is not None and closed_after < 3, closed_after
     with socket.create_connection(address) as client:  # one request every 0.5 s, for three times the deadline
         for _ in range(6):

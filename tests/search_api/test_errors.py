@@ -7,12 +7,15 @@ from imgsearch.search.service import ImageNotFoundError
 from imgsearch.search_api.http_errors import status_for
 
 
-@pytest.mark.parametrize(("error", "status"), [
-    (ImageNotFoundError("abc"), 404),
-    (ModelMismatchError("images", "a", 16, "b", 16), 409),
-    (ValueError("the query parts cancel each other out"), 422),
-    (CollectionNotFoundError("images"), 503),
-])
+@pytest.mark.parametrize(
+    ("error", "status"),
+    [
+        (ImageNotFoundError("abc"), 404),
+        (ModelMismatchError("images", "a", 16, "b", 16), 409),
+        (ValueError("the query parts cancel each other out"), 422),
+        (CollectionNotFoundError("images"), 503),
+    ],
+)
 def test_each_domain_error_has_its_status(error, status):
     assert status_for(error) == status
 
@@ -53,17 +56,25 @@ def edge():
         yield client
 
 
-@pytest.mark.parametrize(("body", "detail"), [
-    ({"text": "x", "limit": 0}, "limit: Input should be greater than or equal to 1"),
-    ({"text": "x", "filter": {"min_width": -1}}, "filter.min_width: Input should be greater than or equal to 0"),
-    ({}, "body: Value error, give at least one of 'text', 'image_id' or 'terms'"),
-    ({"text": "x", "bogus": 1}, "bogus: Extra inputs are not permitted"),
-    ({"limit": 0, "bogus": 1}, "limit: Input should be greater than or equal to 1; bogus: Extra inputs are not permitted"),
-])
+@pytest.mark.parametrize(
+    ("body", "detail"),
+    [
+        ({"text": "x", "limit": 0}, "limit: Input should be greater than or equal to 1"),
+        ({"text": "x", "filter": {"min_width": -1}}, "filter.min_width: Input should be greater than or equal to 0"),
+        ({}, "body: Value error, give at least one of 'text', 'image_id' or 'terms'"),
+        ({"text": "x", "bogus": 1}, "bogus: Extra inputs are not permitted"),
+        (
+            {"limit": 0, "bogus": 1},
+            "limit: Input should be greater than or equal to 1; bogus: Extra inputs are not permitted",
+        ),
+    ],
+)
 def test_a_422_says_which_field_and_why_in_one_line(edge, body, detail):
     response = edge.post("/search", json=body)
     assert response.status_code == 422 and response.json()["detail"] == detail
-    assert [error["msg"] for error in response.json()["errors"]] == [part.split(": ", 1)[1] for part in detail.split("; ")]
+    assert [error["msg"] for error in response.json()["errors"]] == [
+        part.split(": ", 1)[1] for part in detail.split("; ")
+    ]
 
 
 def test_undecodable_bytes_in_a_body_are_reported_not_a_500(edge):
@@ -102,6 +113,8 @@ def test_the_body_limit_counts_the_slack_and_names_the_setting(edge, declared):
         yield over[:50]
         yield over[50:]
 
-    response = edge.post("/search", content=over if declared else chunks(), headers={"content-type": "application/json"})
+    response = edge.post(
+        "/search", content=over if declared else chunks(), headers={"content-type": "application/json"}
+    )
     assert response.status_code == 413
     assert response.json()["detail"] == "upload is over the limit of 100 bytes (IMGSEARCH_MAX_UPLOAD_BYTES)"

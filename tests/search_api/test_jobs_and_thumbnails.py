@@ -39,8 +39,9 @@ def test_the_job_queue_is_bounded_and_a_queued_duplicate_is_the_same_job(setting
 
 def test_nested_and_repeated_paths_are_merged(tmp_path):
     (tmp_path / "a" / "b").mkdir(parents=True)
-    paths = allowed_paths([str(tmp_path / "a" / "b"), str(tmp_path / "a"), str(tmp_path / "a" / ".." / "a")],
-                          [str(tmp_path)])
+    paths = allowed_paths(
+        [str(tmp_path / "a" / "b"), str(tmp_path / "a"), str(tmp_path / "a" / ".." / "a")], [str(tmp_path)]
+    )
     assert paths == [str(tmp_path / "a")]
 
 

@@ -27,9 +27,17 @@ def library(tmp_path_factory):
     model_dir = build_local_clip(folder / "small-clip", "small", seed=0)
     encoder = SentenceTransformerEmbedder(str(model_dir), device="cpu", batch_size=16)
     photos = write_library(folder / "library")
-    settings = Settings(_env_file=None, milvus_uri=str(folder / "data" / "milvus.db"), model=str(model_dir),
-                        device="cpu", batch_size=16, precision="fp32", cache_dir=folder / "data" / "cache",
-                        thumbnail_dir=folder / "data" / "thumbnails", allowed_roots=[folder])
+    settings = Settings(
+        _env_file=None,
+        milvus_uri=str(folder / "data" / "milvus.db"),
+        model=str(model_dir),
+        device="cpu",
+        batch_size=16,
+        precision="fp32",
+        cache_dir=folder / "data" / "cache",
+        thumbnail_dir=folder / "data" / "thumbnails",
+        allowed_roots=[folder],
+    )
     store = MilvusStore.from_settings(settings)
     report = run_index([str(photos)], settings, encoder, store)
     assert report.embedded == 50 and not report.failed
@@ -75,12 +83,15 @@ def test_collapse_folds_the_copies_into_one_result(library, client):
     first = response["results"][0]
     assert {first["id"], *first["duplicates"]} == {ids[str(photos / p)] for p in [ORIGINAL, *COPIES]}
     assert [folded["id"] for folded in first["folded"]] == first["duplicates"]  # what the UI shows as "+4 similar"
-    assert {first["path"], *(folded["path"] for folded in first["folded"])} == {str(photos / p) for p in [ORIGINAL, *COPIES]}
+    assert {first["path"], *(folded["path"] for folded in first["folded"])} == {
+        str(photos / p) for p in [ORIGINAL, *COPIES]
+    }
     assert all(folded["thumbnail_url"] == f"/images/{folded['id']}/thumbnail" for folded in first["folded"])
     rest = {hit["id"] for hit in response["results"][1:]}
     assert not rest & set(first["duplicates"]) and len(response["results"]) == 10
-    strict = client.post("/search", json={"image_id": original, "limit": 10, "collapse": True,
-                                          "collapse_threshold": 1.0}).json()
+    strict = client.post(
+        "/search", json={"image_id": original, "limit": 10, "collapse": True, "collapse_threshold": 1.0}
+    ).json()
     assert sum(len(hit["duplicates"]) for hit in strict["results"]) < len(COPIES)
 
 
@@ -117,8 +128,9 @@ def test_hybrid_search_ranks_a_file_first_by_its_name(library, client):
         vector_only = client.post("/search", json={"text": name, "limit": 5}).json()["results"]
         hybrid = client.post("/search", json={"text": name, "limit": 5, "lexical_weight": 0.5}).json()["results"]
         assert os.path.splitext(os.path.basename(hybrid[0]["path"]))[0] == name and hybrid[0]["name_match"]
-        assert hybrid[0]["score"] == pytest.approx(next(
-            (h["score"] for h in vector_only if h["id"] == hybrid[0]["id"]), hybrid[0]["score"]), abs=1e-4)
+        assert hybrid[0]["score"] == pytest.approx(
+            next((h["score"] for h in vector_only if h["id"] == hybrid[0]["id"]), hybrid[0]["score"]), abs=1e-4
+        )
     folder = client.post("/search", json={"text": "paris", "limit": 3, "lexical_weight": 0.5}).json()["results"]
     assert relative(photos, folder)[0] == ORIGINAL  # folder names count too
 
@@ -134,10 +146,20 @@ def test_composite_terms_with_uploads_and_an_explanation_that_adds_up(library, c
     _, photos, _, _ = library
     flower = (photos / "misc/flower.jpg").read_bytes()
     china = (photos / ORIGINAL).read_bytes()
-    query = {"terms": [{"upload_ref": "china.jpg", "weight": 2}, {"upload_ref": "1", "weight": 1},
-                       {"text": "a garden", "weight": -0.5}], "explain": True, "limit": 5}
-    response = client.post("/search/image", files=[("file", ("china.jpg", china)), ("file", ("f.jpg", flower))],
-                           data={"query": json.dumps(query)})
+    query = {
+        "terms": [
+            {"upload_ref": "china.jpg", "weight": 2},
+            {"upload_ref": "1", "weight": 1},
+            {"text": "a garden", "weight": -0.5},
+        ],
+        "explain": True,
+        "limit": 5,
+    }
+    response = client.post(
+        "/search/image",
+        files=[("file", ("china.jpg", china)), ("file", ("f.jpg", flower))],
+        data={"query": json.dumps(query)},
+    )
     assert response.status_code == 200, response.text
     for hit in response.json()["results"]:
         parts = hit["explanation"]
@@ -145,8 +167,11 @@ def test_composite_terms_with_uploads_and_an_explanation_that_adds_up(library, c
         assert sum(p["contribution"] for p in parts) == pytest.approx(hit["score"], abs=1e-4)
     scores = [hit["score"] for hit in response.json()["results"]]
     assert scores == sorted(scores, reverse=True) and len(scores) == 5
-    missing = client.post("/search/image", files=[("file", ("a.jpg", china))],
-                          data={"query": json.dumps({"terms": [{"upload_ref": "b.jpg"}]})})
+    missing = client.post(
+        "/search/image",
+        files=[("file", ("a.jpg", china))],
+        data={"query": json.dumps({"terms": [{"upload_ref": "b.jpg"}]})},
+    )
     assert missing.status_code == 422 and "no upload 'b.jpg'" in missing.json()["detail"]
     both = client.post("/search", json={"terms": [{"text": "x", "image_id": "y"}]})
     assert both.status_code == 422 and "exactly one of" in both.json()["detail"]
@@ -157,6 +182,7 @@ def test_diversity_moves_look_alikes_down(library, client):
     original = ids_by_path(client)[str(photos / ORIGINAL)]
     copies = {ORIGINAL, *COPIES}
     plain = relative(photos, client.post("/search", json={"image_id": original, "limit": 5}).json()["results"])
-    varied = relative(photos, client.post("/search", json={"image_id": original, "limit": 5,
-                                                            "diversity": 0.8}).json()["results"])
+    varied = relative(
+        photos, client.post("/search", json={"image_id": original, "limit": 5, "diversity": 0.8}).json()["results"]
+    )
     assert set(plain) == copies and varied[0] in copies and len(set(varied) & copies) == 1

@@ -42,8 +42,9 @@ def paths_in(store) -> set[str]:
 
 def index_cli(imgsearch_bin, env, *args) -> subprocess.CompletedProcess:
     """`imgsearch index ARGS` as a user runs it."""
-    return subprocess.run([imgsearch_bin, "index", *map(str, args)], env=env, capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run(
+        [imgsearch_bin, "index", *map(str, args)], env=env, capture_output=True, text=True, timeout=120
+    )
 
 
 def indexed_share(tmp_path, imgsearch_bin, env, photos: int) -> Path:
@@ -84,8 +85,9 @@ def test_fifo_socket_and_oversized_files_are_skipped_with_reasons_and_never_bloc
     big = write_photo(root / "big.png", seed=2, size=(600, 400))
     env = {**cli_env, "IMGSEARCH_MAX_FILE_BYTES": str(big.stat().st_size - 1)}
 
-    result = subprocess.run([imgsearch_bin, "index", str(root), "--json"], env=env, capture_output=True, text=True,
-                            timeout=120)
+    result = subprocess.run(
+        [imgsearch_bin, "index", str(root), "--json"], env=env, capture_output=True, text=True, timeout=120
+    )
 
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
@@ -101,8 +103,9 @@ def test_a_file_name_that_is_not_utf8_is_skipped_and_the_rest_indexed(tmp_path, 
     with open(os.path.join(os.fsencode(root), b"caf\xe9.png"), "wb") as handle:
         handle.write(data)
 
-    result = subprocess.run([imgsearch_bin, "index", str(root)], env=cli_env, capture_output=True, text=True,
-                            timeout=120, errors="replace")
+    result = subprocess.run(
+        [imgsearch_bin, "index", str(root)], env=cli_env, capture_output=True, text=True, timeout=120, errors="replace"
+    )
 
     assert result.returncode == 0, result.stderr
     assert "embedded 1," in result.stdout and "failed 1 " in result.stdout
@@ -319,8 +322,9 @@ def test_concurrent_requests_for_one_new_thumbnail_all_get_a_whole_jpeg(served):
     assert len({r.content for r in responses}) == 1
 
 
-@pytest.mark.parametrize("path", ["~nosuchuser/photos", "/" + "x" * 300 + "/photos", "relative/photos",
-                                  "/a" * 300, "/tmp/\x00x"])
+@pytest.mark.parametrize(
+    "path", ["~nosuchuser/photos", "/" + "x" * 300 + "/photos", "relative/photos", "/a" * 300, "/tmp/\x00x"]
+)
 def test_unusable_index_paths_get_422_with_a_message(server, path):
     response = httpx.post(f"{server}/index", json={"paths": [path]}, timeout=20)
     assert response.status_code == 422 and response.json()["detail"]
@@ -379,8 +383,11 @@ def test_milvus_going_away_gives_503_and_the_api_recovers(tmp_path, tiny_model_d
     port = free_port()
     command = milvus_command("milvus-lite-server", tmp_path / "milvus")
     milvus, _ = start_server(lambda _p: command(port), None, lambda _p: milvus_ready(port))
-    env = {**cli_environment(tmp_path / "data", tiny_model_dir), "IMGSEARCH_MILVUS_URI": f"http://127.0.0.1:{port}",
-           "IMGSEARCH_COLLECTION": unique_collection()}
+    env = {
+        **cli_environment(tmp_path / "data", tiny_model_dir),
+        "IMGSEARCH_MILVUS_URI": f"http://127.0.0.1:{port}",
+        "IMGSEARCH_COLLECTION": unique_collection(),
+    }
     root = tmp_path / "root"
     for i in range(3):
         write_photo(root / f"p{i}.png", seed=i)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 import pytest
@@ -22,25 +22,55 @@ FORMATS = ["JPEG", "PNG", "WEBP", ""]
 CAMERAS = ["X100V", "iPhone 12", 'odd "model"\\', ""]
 TAGS = ["dog", "beach", 'a "quoted" tag\\', "日"]
 tag_lists = st.lists(st.sampled_from(TAGS), max_size=3, unique=True)
-rows_strategy = st.lists(st.tuples(paths, st.integers(0, 40), st.integers(0, 40),
-                                   st.integers(0, 10).map(lambda d: 1_500_000_000 + d * DAY),
-                                   st.sampled_from(FORMATS), st.sampled_from(CAMERAS), tag_lists),
-                         min_size=1, max_size=12, unique_by=lambda row: row[0])
+rows_strategy = st.lists(
+    st.tuples(
+        paths,
+        st.integers(0, 40),
+        st.integers(0, 40),
+        st.integers(0, 10).map(lambda d: 1_500_000_000 + d * DAY),
+        st.sampled_from(FORMATS),
+        st.sampled_from(CAMERAS),
+        tag_lists,
+    ),
+    min_size=1,
+    max_size=12,
+    unique_by=lambda row: row[0],
+)
 
 
 def filters_over(rows):
     known_prefixes = st.sampled_from([row[0][:cut] for row in rows for cut in range(len(row[0]) + 1)])
     bound = st.none() | st.integers(0, 41)
-    day = st.none() | st.integers(0, 11).map(lambda d: datetime.fromtimestamp(1_500_000_000 + d * DAY, timezone.utc))
+    day = st.none() | st.integers(0, 11).map(lambda d: datetime.fromtimestamp(1_500_000_000 + d * DAY, UTC))
     some = st.none() | st.lists(st.sampled_from(FORMATS[:-1] + ["GIF"]), max_size=3)
     cameras = st.none() | st.lists(st.sampled_from(CAMERAS[:-1]), max_size=2)
     tags = st.none() | st.lists(st.sampled_from(TAGS + ["cat"]), min_size=1, max_size=2)
     return st.builds(
         lambda prefix, min_w, max_w, min_h, max_h, after, before, formats, models, tags_any, tags_all: SearchFilter(
-            path_prefix=prefix, min_width=min_w, max_width=max_w, min_height=min_h, max_height=max_h,
-            taken_after=after, taken_before=before, formats=formats, cameras=models, tags_any=tags_any,
-            tags_all=tags_all),
-        st.none() | known_prefixes | paths, bound, bound, bound, bound, day, day, some, cameras, tags, tags)
+            path_prefix=prefix,
+            min_width=min_w,
+            max_width=max_w,
+            min_height=min_h,
+            max_height=max_h,
+            taken_after=after,
+            taken_before=before,
+            formats=formats,
+            cameras=models,
+            tags_any=tags_any,
+            tags_all=tags_all,
+        ),
+        st.none() | known_prefixes | paths,
+        bound,
+        bound,
+        bound,
+        bound,
+        day,
+        day,
+        some,
+        cameras,
+        tags,
+        tags,
+    )
 
 
 @pytest.fixture
@@ -53,11 +83,29 @@ def collection(store):
 @given(data=st.data(), rows=rows_strategy)
 def test_milvus_and_the_mask_keep_the_same_rows(collection, data, rows):
     store = collection
-    stored = [{"id": f"{i:016d}", "path": path, "size": 1, "mtime_ns": 1, "content_hash": "h", "width": width,
-               "height": height, "indexed_at": 1, "taken_at": taken_at, "taken_at_source": "exif",
-               "format": image_format, "camera_make": "", "camera_model": camera, "gps": "",
-               "tags": tags, "tag_scores": [0.3] * len(tags), "text": "", "vector": np.ones(DIM, np.float32)}
-              for i, (path, width, height, taken_at, image_format, camera, tags) in enumerate(rows)]
+    stored = [
+        {
+            "id": f"{i:016d}",
+            "path": path,
+            "size": 1,
+            "mtime_ns": 1,
+            "content_hash": "h",
+            "width": width,
+            "height": height,
+            "indexed_at": 1,
+            "taken_at": taken_at,
+            "taken_at_source": "exif",
+            "format": image_format,
+            "camera_make": "",
+            "camera_model": camera,
+            "gps": "",
+            "tags": tags,
+            "tag_scores": [0.3] * len(tags),
+            "text": "",
+            "vector": np.ones(DIM, np.float32),
+        }
+        for i, (path, width, height, taken_at, image_format, camera, tags) in enumerate(rows)
+    ]
     store.delete([row["id"] for row in store.iter_rows(fields=["id"])])
     store.upsert(stored)
     for _ in range(5):

@@ -38,8 +38,9 @@ def near(vector, cosine: float, seed: int = 0) -> np.ndarray:
     return cosine * v + np.sqrt(1 - cosine**2) * other
 
 
-@pytest.mark.parametrize(("cosine", "same"), [(1.0, True), (0.99, True), (0.981, True), (0.979, False), (0.5, False),
-                                              (-1.0, False)])
+@pytest.mark.parametrize(
+    ("cosine", "same"), [(1.0, True), (0.99, True), (0.981, True), (0.979, False), (0.5, False), (-1.0, False)]
+)
 def test_fingerprints_match_only_when_nearly_the_same(cosine, same):
     probe = np.random.default_rng(1).standard_normal(64)
     assert fingerprints_match(probe, near(probe, cosine)) is same
@@ -69,7 +70,8 @@ def test_a_collection_accepts_its_own_model_and_weights_only(store):
     with pytest.raises(WeightsMismatchError) as wrong_weights:
         store.check_model("model-a", DIM, near(probe, 0.9))
     assert f"Collection '{store.collection}' was indexed with other weights than those now at 'model-a'" in str(
-        wrong_weights.value)
+        wrong_weights.value
+    )
     with pytest.raises(WeightsMismatchError):
         store.ensure_collection("model-a", DIM, near(probe, 0.9), record_fingerprint=True)  # never overwritten
     assert store.model_info() == ("model-a", DIM)
@@ -122,8 +124,11 @@ def test_roots_are_recorded_when_milvus_lite_loses_a_race_between_two_writers(st
     def loses_the_race_twice(*args, **kwargs):
         if len(failures) < 2:
             failures.append(1)
-            raise MilvusException(code=1, message="[Errno 2] No such file or directory: '/d/collections/c/schema.json.tmp'"
-                                                  " -> '/d/collections/c/schema.json'")
+            raise MilvusException(
+                code=1,
+                message="[Errno 2] No such file or directory: '/d/collections/c/schema.json.tmp'"
+                " -> '/d/collections/c/schema.json'",
+            )
         return real(*args, **kwargs)
 
     monkeypatch.setattr(client, "alter_collection_properties", loses_the_race_twice)
@@ -141,9 +146,17 @@ def test_roots_are_recorded_when_milvus_lite_loses_a_race_between_two_writers(st
 
 
 # Messages as gRPC and Milvus word them when the server is gone or the collection is.
-@pytest.mark.parametrize("message", [
-    "<_InactiveRpcError: StatusCode.UNAVAILABLE>", "failed to connect to all addresses", "Deadline Exceeded",
-    "Channel closed!", "Socket closed", "recvmsg: socket reset by peer"])
+@pytest.mark.parametrize(
+    "message",
+    [
+        "<_InactiveRpcError: StatusCode.UNAVAILABLE>",
+        "failed to connect to all addresses",
+        "Deadline Exceeded",
+        "Channel closed!",
+        "Socket closed",
+        "recvmsg: socket reset by peer",
+    ],
+)
 def test_an_unreachable_milvus_becomes_store_unavailable(store, message):
     store.ensure_collection("model-a", DIM)
     calls = []
@@ -252,8 +265,12 @@ def test_a_search_asks_milvus_for_cosine_over_the_page_with_the_metadata_but_not
     client = RecordingClient()
     monkeypatch.setattr(store, "index_type", "HNSW")
     monkeypatch.setattr(store, "_client", client)
-    store.search(np.ones((1, DIM), np.float16), limit=30, offset=90,
-                 image_filter=ImageFilter.from_request(SearchFilter(min_width=10)))
+    store.search(
+        np.ones((1, DIM), np.float16),
+        limit=30,
+        offset=90,
+        image_filter=ImageFilter.from_request(SearchFilter(min_width=10)),
+    )
     ((collection, sent),) = client.calls
     assert collection == store.collection
     assert sent["search_params"] == {"metric_type": "COSINE", "params": {"ef": 120}}
@@ -308,26 +325,46 @@ def test_the_collection_is_made_as_its_columns_declare(store):
 
     store.ensure_collection("model-a", DIM)
     info = store._call(lambda c: c.describe_collection(store.collection))
-    made = {f["name"]: (f["type"], f["params"].get("max_length") or f["params"].get("max_capacity"),
-                        f.get("element_type"), f.get("is_primary", False)) for f in info["fields"]}
-    declared = {c.name: (c.dtype, c.max_capacity or c.max_length or None, c.element_type, c.name == "id")
-                for c in COLUMNS}
-    assert made == declared | {"vector": (DataType.FLOAT_VECTOR, None, None, False),
-                               "text_sparse": (DataType.SPARSE_FLOAT_VECTOR, None, None, False)}
+    made = {
+        f["name"]: (
+            f["type"],
+            f["params"].get("max_length") or f["params"].get("max_capacity"),
+            f.get("element_type"),
+            f.get("is_primary", False),
+        )
+        for f in info["fields"]
+    }
+    declared = {
+        c.name: (c.dtype, c.max_capacity or c.max_length or None, c.element_type, c.name == "id") for c in COLUMNS
+    }
+    assert made == declared | {
+        "vector": (DataType.FLOAT_VECTOR, None, None, False),
+        "text_sparse": (DataType.SPARSE_FLOAT_VECTOR, None, None, False),
+    }
     assert next(f for f in info["fields"] if f["name"] == "vector")["params"]["dim"] == DIM
     # No dynamic fields: a typo in a column name fails instead of storing a new key. Strong: a search sees
     # every write that came before it, also on a Milvus server.
     assert not info["enable_dynamic_field"] and info["consistency_level_name"] == "Strong"
     properties = info["properties"]
     assert (properties["imgsearch.schema"], properties["imgsearch.model"], properties["imgsearch.dim"]) == (
-        str(SCHEMA_VERSION), "model-a", str(DIM))
+        str(SCHEMA_VERSION),
+        "model-a",
+        str(DIM),
+    )
     assert store.target() == f"{store.collection}_v{SCHEMA_VERSION}"  # the configured name is an alias
     index = store._call(lambda c: c.describe_index(store.collection, "vector"))
     assert (index["index_type"], index["metric_type"]) == (store.index_type, "COSINE")
 
 
-@pytest.mark.parametrize("moment", [datetime(2019, 6, 1, 9, 30), datetime(1969, 12, 31, 23, 59, 59),
-                                    datetime(1826, 1, 1), datetime(2200, 12, 31, 23, 59, 59)])
+@pytest.mark.parametrize(
+    "moment",
+    [
+        datetime(2019, 6, 1, 9, 30),
+        datetime(1969, 12, 31, 23, 59, 59),
+        datetime(1826, 1, 1),
+        datetime(2200, 12, 31, 23, 59, 59),
+    ],
+)
 def test_a_stored_capture_time_reads_back_as_the_wall_clock_it_was(moment):
     """taken_at is kept as seconds and shown as a date: a photo taken at 09:30 reads 09:30, with no zone."""
     stored = wall_clock_seconds(moment)
@@ -367,9 +404,14 @@ def test_a_served_data_directory_takes_the_keepalive_pings_of_an_idle_client(tmp
     from imgsearch.store import lite
 
     uri = str(tmp_path / "milvus.db")
-    channel = grpc.insecure_channel(lite.resolve_uri(uri), options=[
-        ("grpc.keepalive_time_ms", 1000), ("grpc.keepalive_permit_without_calls", 1),
-        ("grpc.http2.max_pings_without_data", 0)])
+    channel = grpc.insecure_channel(
+        lite.resolve_uri(uri),
+        options=[
+            ("grpc.keepalive_time_ms", 1000),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.max_pings_without_data", 0),
+        ],
+    )
     states = []
     try:
         channel.subscribe(states.append, try_to_connect=True)
@@ -403,9 +445,13 @@ def test_the_endpoint_another_process_wrote_is_used_only_while_it_is_live_and_it
         listener.listen()
         endpoint.write_text(json.dumps({"pid": host.pid, "socket": str(path)}))
         assert _live_endpoint(data_dir) == f"unix:{path}"
-        for written in ("not json", json.dumps({"pid": host.pid}), json.dumps({"socket": str(path)}),
-                        json.dumps({"pid": host.pid, "socket": str(tmp_path / "elsewhere.sock")}),
-                        json.dumps({"pid": os.getpid(), "socket": str(path)})):
+        for written in (
+            "not json",
+            json.dumps({"pid": host.pid}),
+            json.dumps({"socket": str(path)}),
+            json.dumps({"pid": host.pid, "socket": str(tmp_path / "elsewhere.sock")}),
+            json.dumps({"pid": os.getpid(), "socket": str(path)}),
+        ):
             endpoint.write_text(written)
             assert _live_endpoint(data_dir) is None, written
         endpoint.write_text(json.dumps({"pid": host.pid, "socket": str(path)}))
@@ -446,11 +492,19 @@ def test_a_socket_folder_another_user_took_first_does_not_stop_the_store(tmp_pat
         assert not store.exists()
         served = json.loads((data_dir / lite.ENDPOINT_FILE).read_text())["socket"]
         assert os.path.dirname(served).startswith(str(fake_tmp / f"imgsearch-{os.getuid()}-"))
-        code = ("import sys; from pathlib import Path; from imgsearch.store.lite import _live_endpoint; "
-                "print(_live_endpoint(Path(sys.argv[1])))")
+        code = (
+            "import sys; from pathlib import Path; from imgsearch.store.lite import _live_endpoint; "
+            "print(_live_endpoint(Path(sys.argv[1])))"
+        )
         elsewhere = {**os.environ, "XDG_RUNTIME_DIR": str(tmp_path / "other-runtime")}
-        found = subprocess.run([sys.executable, "-c", code, str(data_dir)], env=elsewhere, capture_output=True,
-                               text=True, timeout=60, cwd=str(REPO))
+        found = subprocess.run(
+            [sys.executable, "-c", code, str(data_dir)],
+            env=elsewhere,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=str(REPO),
+        )
         assert found.stdout.strip() == f"unix:{served}", found.stderr
     finally:
         store.close()

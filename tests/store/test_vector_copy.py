@@ -27,7 +27,7 @@ def filled(store, encoder):
     store.ensure_collection("test-model", DIM)
     rows = unit_rows(500, seed=1)
     for start in range(0, 500, 100):
-        store.upsert(rows[start:start + 100])
+        store.upsert(rows[start : start + 100])
     return rows
 
 
@@ -95,14 +95,15 @@ def test_every_depth_of_results_is_exact_up_to_the_whole_collection(vector_copy,
     query = unit_rows(1, seed=11)[0]["vector"]
     assert [h.id for h in vector_copy.search_copy(query, limit=depth, offset=0)] == brute_force(filled, query, depth)
     last = vector_copy.search_copy(query, limit=10, offset=depth - 1)
-    assert [h.id for h in last] == brute_force(filled, query, depth + 9)[depth - 1:]
+    assert [h.id for h in last] == brute_force(filled, query, depth + 9)[depth - 1 :]
 
 
 def test_the_copy_filters_match_the_same_filter_done_by_hand(vector_copy, filled):
     query = unit_rows(1, seed=10)[0]["vector"]
     hits = vector_copy.search_copy(query, 20, 0, where(path_prefix="/lib/3/", min_width=120, max_height=100))
-    expected = brute_force(filled, query, 20, lambda r: r["path"].startswith("/lib/3/") and r["width"] >= 120
-                           and r["height"] <= 100)
+    expected = brute_force(
+        filled, query, 20, lambda r: r["path"].startswith("/lib/3/") and r["width"] >= 120 and r["height"] <= 100
+    )
     assert [h.id for h in hits] == expected and hits
 
 
@@ -131,7 +132,8 @@ def test_the_copy_searches_like_the_gateway_and_asks_milvus_while_behind(vector_
     queries = np.stack([filled[3]["vector"], filled[9]["vector"]])
     from_milvus = store.search(queries, 5, 0, where(min_width=110))
     assert [[h.id for h in hits] for hits in vector_copy.search(queries, 5, 0, where(min_width=110))] == [
-        [h.id for h in hits] for hits in from_milvus]
+        [h.id for h in hits] for hits in from_milvus
+    ]
     monkeypatch.setattr(store, "search", lambda *a, **k: pytest.fail("Milvus searched although the copy was fresh"))
     assert vector_copy.search(queries[:1], 1, 0)[0][0].id == filled[3]["id"]
     monkeypatch.undo()
@@ -150,8 +152,11 @@ def test_a_copy_of_a_collection_on_a_server_is_refused():
     class ServerStore:
         generation_token = None
 
-    with pytest.raises(ValueError, match=r"^the vector copy needs an embedded \(Milvus Lite\) collection: a server "
-                                         r"keeps no generation token$"):
+    with pytest.raises(
+        ValueError,
+        match=r"^the vector copy needs an embedded \(Milvus Lite\) collection: a server "
+        r"keeps no generation token$",
+    ):
         VectorCopy(ServerStore(), DIM)
 
 
@@ -162,7 +167,9 @@ def test_reconcile_catches_a_write_whose_token_bump_never_happened(vector_copy, 
     row["indexed_at"] = int(time.time())
     store.upsert([row])
     token_file.write_text(before)  # as if the writer died right after its write
-    assert vector_copy.fresh and row["id"] not in {h.id for h in vector_copy.search_copy(row["vector"], limit=1, offset=0)}
+    assert vector_copy.fresh and row["id"] not in {
+        h.id for h in vector_copy.search_copy(row["vector"], limit=1, offset=0)
+    }
     vector_copy.reconcile()
     assert vector_copy.search_copy(row["vector"], limit=1, offset=0)[0].id == row["id"]
 
@@ -227,14 +234,17 @@ def test_an_empty_collection_gives_an_empty_copy_that_answers_and_then_fills(sto
     query = unit_rows(1, seed=9)[0]["vector"]
     assert vector_copy.search_copy(query, 10, 0) == []
     assert vector_copy.search_copy(query, 10, 0, where(path_prefix="/lib/", min_width=1)) == []
-    rows = [{**row, "indexed_at": int(time.time())} for row in unit_rows(20, seed=3)]  # written now, as the indexer does
+    rows = [
+        {**row, "indexed_at": int(time.time())} for row in unit_rows(20, seed=3)
+    ]  # written now, as the indexer does
     store.upsert(rows)
     vector_copy.sync_now()
     hits = vector_copy.search_copy(rows[4]["vector"], 3, 0)
     assert vector_copy.count() == 20 and hits[0].id == rows[4]["id"] and hits[0].row["path"] == rows[4]["path"]
     filtered = vector_copy.search_copy(rows[4]["vector"], 20, 0, where(min_width=110, max_height=95))
-    assert [h.id for h in filtered] == brute_force(rows, rows[4]["vector"], 20,
-                                                   lambda r: r["width"] >= 110 and r["height"] <= 95)
+    assert [h.id for h in filtered] == brute_force(
+        rows, rows[4]["vector"], 20, lambda r: r["width"] >= 110 and r["height"] <= 95
+    )
 
 
 WRITER = """
@@ -277,8 +287,11 @@ def test_random_writes_from_another_process_are_all_caught_up(store, filled, tmp
 
     vector_copy = VectorCopy(store, DIM, poll_s=0.02)
     vector_copy.start()
-    writer = spawn([sys.executable, "-c", WRITER % {"dim": DIM}, store.milvus_uri, store.collection, str(seed),
-                    writer_kind], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    writer = spawn(
+        [sys.executable, "-c", WRITER % {"dim": DIM}, store.milvus_uri, store.collection, str(seed), writer_kind],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         assert writer.wait(timeout=120) == 0, writer.stderr.read().decode()
         if writer_kind == "plain":
@@ -292,14 +305,16 @@ def test_random_writes_from_another_process_are_all_caught_up(store, filled, tmp
             assert snapshot.extra[i] == {k: v for k, v in in_milvus[row_id].items() if k != "vector"}
         query = unit_rows(1, seed=40 + seed)[0]["vector"]
         assert [h.id for h in vector_copy.search_copy(query, 20, 0, where(min_width=250))] == brute_force(
-            list(in_milvus.values()), query, 20, lambda r: r["width"] >= 250)
+            list(in_milvus.values()), query, 20, lambda r: r["width"] >= 250
+        )
     finally:
         vector_copy.stop()
         stop_process(writer)
 
 
-def test_the_cheap_reconcile_catches_a_changed_row_count_and_leaves_rewrites_to_the_full_one(vector_copy, store,
-                                                                                             filled):
+def test_the_cheap_reconcile_catches_a_changed_row_count_and_leaves_rewrites_to_the_full_one(
+    vector_copy, store, filled
+):
     token_file = store.generation_token.path
     before = token_file.read_text()
     new_vector = unit_rows(1, seed=78)[0]["vector"]
@@ -348,8 +363,9 @@ def hold_the_first_pass(monkeypatch, scan, queries: int) -> list[int]:
 
 
 @pytest.mark.parametrize("blas_threads_sleep", [True, False], ids=["numpy", "torch"])
-def test_queries_that_arrive_during_a_pass_share_the_next_one_and_each_gets_its_own_scores(monkeypatch,
-                                                                                          blas_threads_sleep):
+def test_queries_that_arrive_during_a_pass_share_the_next_one_and_each_gets_its_own_scores(
+    monkeypatch, blas_threads_sleep
+):
     """Eight concurrent searches read the vectors twice, not eight times, and none gets another's scores."""
     monkeypatch.setattr(vector_copy_module, "BLAS_THREADS_SLEEP", blas_threads_sleep)
     rng = np.random.default_rng(3)
@@ -399,9 +415,12 @@ def test_a_failed_pass_fails_every_query_in_it(monkeypatch):
 def test_the_imgsearch_command_makes_numpy_threads_sleep_after_a_search(first, sleeps):
     """OpenBLAS reads OPENBLAS_THREAD_TIMEOUT once, when numpy loads: the command must set it before. Where numpy
     came first the copy scores with torch (spinning BLAS threads made the next text encode up to 3x slower)."""
-    code = (f"import {first}, os, imgsearch, numpy; "
-            "print(imgsearch.BLAS_THREADS_SLEEP, os.environ.get('OPENBLAS_THREAD_TIMEOUT'))")
+    code = (
+        f"import {first}, os, imgsearch, numpy; "
+        "print(imgsearch.BLAS_THREADS_SLEEP, os.environ.get('OPENBLAS_THREAD_TIMEOUT'))"
+    )
     env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
-    shown = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60,
-                           check=True).stdout.split()
+    shown = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60, check=True
+    ).stdout.split()
     assert shown == [str(sleeps), "4"]

@@ -39,13 +39,23 @@ def create_v1_collection(store: MilvusStore, model: str, dim: int, fingerprint=N
     schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
     index_params = MilvusClient.prepare_index_params()
     index_params.add_index("vector", index_type="HNSW", metric_type="COSINE", params={"M": 16, "efConstruction": 200})
-    identity = {"imgsearch.schema": "1", "imgsearch.model": model, "imgsearch.dim": str(dim),
-                "imgsearch.created": uuid.uuid4().hex}
+    identity = {
+        "imgsearch.schema": "1",
+        "imgsearch.model": model,
+        "imgsearch.dim": str(dim),
+        "imgsearch.created": uuid.uuid4().hex,
+    }
     if fingerprint is not None:
         identity["imgsearch.fingerprint"] = json.dumps([round(float(v), 5) for v in fingerprint])
-    store._call(lambda c: c.create_collection(store.collection, schema=schema, properties=identity,
-                                              description=f"imgsearch images embedded by {model}",
-                                              consistency_level="Strong"))
+    store._call(
+        lambda c: c.create_collection(
+            store.collection,
+            schema=schema,
+            properties=identity,
+            description=f"imgsearch images embedded by {model}",
+            consistency_level="Strong",
+        )
+    )
     store._call(lambda c: c.create_index(store.collection, index_params, sync=False))
     store._call(lambda c: c.load_collection(store.collection))
 
@@ -58,10 +68,23 @@ def index_v1(store: MilvusStore, encoder: Embedder, paths: list[Path], roots: li
         data = path.read_bytes()
         decoded = decode_image(data, str(path), encoder.image_size, 10**8)
         stat = path.stat()
-        rows.append({"id": v1_image_id(str(path)), "path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
-                     "content_hash": content_hash(data), "width": decoded.width, "height": decoded.height,
-                     "indexed_at": int(time.time()), "vector": encoder.embed_images([decoded.image])[0]})
+        rows.append(
+            {
+                "id": v1_image_id(str(path)),
+                "path": str(path),
+                "size": stat.st_size,
+                "mtime_ns": stat.st_mtime_ns,
+                "content_hash": content_hash(data),
+                "width": decoded.width,
+                "height": decoded.height,
+                "indexed_at": int(time.time()),
+                "vector": encoder.embed_images([decoded.image])[0],
+            }
+        )
     store._call(lambda c: c.upsert(store.collection, rows))
-    store._call(lambda c: c.alter_collection_properties(
-        store.collection, properties={"imgsearch.roots": json.dumps(sorted(roots))}))
+    store._call(
+        lambda c: c.alter_collection_properties(
+            store.collection, properties={"imgsearch.roots": json.dumps(sorted(roots))}
+        )
+    )
     return rows

@@ -25,49 +25,111 @@ from pathlib import Path
 # Sizes of the two towers. vit-b-32 matches openai/clip-vit-base-patch32.
 ARCHITECTURES = {
     "tiny": {
-        "text": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                     num_attention_heads=2, max_position_embeddings=77),
-        "vision": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                       num_attention_heads=2, image_size=32, patch_size=8),
+        "text": dict(
+            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=77
+        ),
+        "vision": dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=8,
+        ),
         "projection_dim": 16,
     },
     # Small and quick, but with CLIP's 224-pixel input and 512-dimensional vectors: random vectors of this many
     # dimensions spread like a real model's, which the auto cutoff's tests need (the tiny model's 16 cannot).
     "small": {
-        "text": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                     num_attention_heads=2, max_position_embeddings=77),
-        "vision": dict(hidden_size=128, intermediate_size=256, num_hidden_layers=4,
-                       num_attention_heads=4, image_size=224, patch_size=32),
+        "text": dict(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            max_position_embeddings=77,
+        ),
+        "vision": dict(
+            hidden_size=128,
+            intermediate_size=256,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            image_size=224,
+            patch_size=32,
+        ),
         "projection_dim": 512,
     },
     "vit-b-32": {
-        "text": dict(hidden_size=512, intermediate_size=2048, num_hidden_layers=12,
-                     num_attention_heads=8, max_position_embeddings=77),
-        "vision": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                       num_attention_heads=12, image_size=224, patch_size=32),
+        "text": dict(
+            hidden_size=512,
+            intermediate_size=2048,
+            num_hidden_layers=12,
+            num_attention_heads=8,
+            max_position_embeddings=77,
+        ),
+        "vision": dict(
+            hidden_size=768,
+            intermediate_size=3072,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            image_size=224,
+            patch_size=32,
+        ),
         "projection_dim": 512,
     },
     # The other sentence-transformers CLIP sizes, for timing them: openai/clip-vit-base-patch16, -large-patch14
     # and -large-patch14-336 (StreetCLIP's).
     "vit-b-16": {
-        "text": dict(hidden_size=512, intermediate_size=2048, num_hidden_layers=12,
-                     num_attention_heads=8, max_position_embeddings=77),
-        "vision": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                       num_attention_heads=12, image_size=224, patch_size=16),
+        "text": dict(
+            hidden_size=512,
+            intermediate_size=2048,
+            num_hidden_layers=12,
+            num_attention_heads=8,
+            max_position_embeddings=77,
+        ),
+        "vision": dict(
+            hidden_size=768,
+            intermediate_size=3072,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            image_size=224,
+            patch_size=16,
+        ),
         "projection_dim": 512,
     },
     "vit-l-14": {
-        "text": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                     num_attention_heads=12, max_position_embeddings=77),
-        "vision": dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
-                       num_attention_heads=16, image_size=224, patch_size=14),
+        "text": dict(
+            hidden_size=768,
+            intermediate_size=3072,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            max_position_embeddings=77,
+        ),
+        "vision": dict(
+            hidden_size=1024,
+            intermediate_size=4096,
+            num_hidden_layers=24,
+            num_attention_heads=16,
+            image_size=224,
+            patch_size=14,
+        ),
         "projection_dim": 768,
     },
     "vit-l-14-336": {
-        "text": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                     num_attention_heads=12, max_position_embeddings=77),
-        "vision": dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
-                       num_attention_heads=16, image_size=336, patch_size=14),
+        "text": dict(
+            hidden_size=768,
+            intermediate_size=3072,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            max_position_embeddings=77,
+        ),
+        "vision": dict(
+            hidden_size=1024,
+            intermediate_size=4096,
+            num_hidden_layers=24,
+            num_attention_heads=16,
+            image_size=336,
+            patch_size=14,
+        ),
         "projection_dim": 768,
     },
 }
@@ -77,10 +139,16 @@ _CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 # SigLIP's towers (text and image alike) and its fixed input: "tiny" for tests, google/siglip-base-patch16-224's
 # sizes for timing it. NaFlex SigLIP 2 takes 16-pixel patches whatever the size.
 SIGLIP_SIZES = {
-    "tiny": {"tower": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2),
-             "image_size": 32, "patch_size": 8},
-    "base": {"tower": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12),
-             "image_size": 224, "patch_size": 16},
+    "tiny": {
+        "tower": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2),
+        "image_size": 32,
+        "patch_size": 8,
+    },
+    "base": {
+        "tower": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12),
+        "image_size": 224,
+        "patch_size": 16,
+    },
 }
 # The text model of a pair: "tiny" for tests, distilbert-base-multilingual-cased's sizes for timing it.
 TEXT_TOWER_SIZES = {
@@ -130,11 +198,14 @@ def build_local_hf_clip(out_dir: str | Path, architecture: str = "tiny", seed: i
         image_mean=_CLIP_MEAN,
         image_std=_CLIP_STD,
     )
-    text_config = dict(sizes["text"], vocab_size=len(vocab),
-                       bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"],
-                       pad_token_id=vocab["<|endoftext|>"])
-    config = CLIPConfig(text_config=text_config, vision_config=sizes["vision"],
-                        projection_dim=sizes["projection_dim"])
+    text_config = dict(
+        sizes["text"],
+        vocab_size=len(vocab),
+        bos_token_id=vocab["<|startoftext|>"],
+        eos_token_id=vocab["<|endoftext|>"],
+        pad_token_id=vocab["<|endoftext|>"],
+    )
+    config = CLIPConfig(text_config=text_config, vision_config=sizes["vision"], projection_dim=sizes["projection_dim"])
     torch.manual_seed(seed)
     CLIPModel(config).save_pretrained(out)
     CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(out)
@@ -182,20 +253,33 @@ def build_local_siglip(out_dir: str | Path, seed: int = 0, version: int = 1, siz
     tokenizer = _siglip_tokenizer()
     sizes = SIGLIP_SIZES[size]
     tower = sizes["tower"]
-    text = dict(tower, vocab_size=len(tokenizer), max_position_embeddings=SIGLIP_TEXT_TOKENS,
-                pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-                eos_token_id=tokenizer.eos_token_id)
+    text = dict(
+        tower,
+        vocab_size=len(tokenizer),
+        max_position_embeddings=SIGLIP_TEXT_TOKENS,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     torch.manual_seed(seed)
     if version == 1:
-        model = SiglipModel(SiglipConfig(text_config=SiglipTextConfig(**text),
-                                         vision_config=SiglipVisionConfig(**tower, image_size=sizes["image_size"],
-                                                                          patch_size=sizes["patch_size"])))
+        model = SiglipModel(
+            SiglipConfig(
+                text_config=SiglipTextConfig(**text),
+                vision_config=SiglipVisionConfig(
+                    **tower, image_size=sizes["image_size"], patch_size=sizes["patch_size"]
+                ),
+            )
+        )
         image_processor = SiglipImageProcessorPil(size={"height": sizes["image_size"], "width": sizes["image_size"]})
         processor = SiglipProcessor(image_processor=image_processor, tokenizer=tokenizer)
     else:
-        model = Siglip2Model(Siglip2Config(text_config=Siglip2TextConfig(**text),
-                                           vision_config=Siglip2VisionConfig(**tower, patch_size=16,
-                                                                             num_patches=256)))
+        model = Siglip2Model(
+            Siglip2Config(
+                text_config=Siglip2TextConfig(**text),
+                vision_config=Siglip2VisionConfig(**tower, patch_size=16, num_patches=256),
+            )
+        )
         image_processor = Siglip2ImageProcessorPil(patch_size=16, max_num_patches=256)
         processor = Siglip2Processor(image_processor=image_processor, tokenizer=tokenizer)
     with torch.no_grad():  # the SigLIP paper's starting temperature and bias, t' = log 10 and b = -10, not 0
@@ -218,8 +302,9 @@ def build_local_text_tower(out_dir: str | Path, dim: int, seed: int = 0, size: s
     from transformers import DistilBertConfig, DistilBertModel, DistilBertTokenizer
 
     out = Path(out_dir)
-    characters = [chr(c) for c in [*range(ord("0"), ord("9") + 1), *range(ord("A"), ord("Z") + 1),
-                                   *range(ord("a"), ord("z") + 1)]] + list("àáâäçèéêëíîïñóôöúûüß")
+    characters = [
+        chr(c) for c in [*range(ord("0"), ord("9") + 1), *range(ord("A"), ord("Z") + 1), *range(ord("a"), ord("z") + 1)]
+    ] + list("àáâäçèéêëíîïñóôöúûüß")
     tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *characters, *[f"##{c}" for c in characters]]
     tokenizer = DistilBertTokenizer(vocab={token: i for i, token in enumerate(tokens)}, do_lower_case=False)
     config = DistilBertConfig(vocab_size=len(tokens), **TEXT_TOWER_SIZES[size])
@@ -227,8 +312,11 @@ def build_local_text_tower(out_dir: str | Path, dim: int, seed: int = 0, size: s
     with tempfile.TemporaryDirectory() as raw:
         DistilBertModel(config).save_pretrained(raw)
         tokenizer.save_pretrained(raw)
-        modules = [Transformer(raw, max_seq_length=MULTILINGUAL_TEXT_TOKENS), Pooling(config.dim, "mean"),
-                   Dense(config.dim, dim, bias=False, activation_function=torch.nn.Identity())]
+        modules = [
+            Transformer(raw, max_seq_length=MULTILINGUAL_TEXT_TOKENS),
+            Pooling(config.dim, "mean"),
+            Dense(config.dim, dim, bias=False, activation_function=torch.nn.Identity()),
+        ]
         SentenceTransformer(modules=modules, device="cpu").save(str(out))
     return out
 
@@ -242,14 +330,18 @@ def build_local_open_clip(out_dir: str | Path, seed: int = 0) -> Path:
     from safetensors.torch import save_file
 
     out = Path(out_dir)
-    model_cfg = {"embed_dim": 16,
-                 "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "head_width": 16, "patch_size": 8},
-                 "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2}}
+    model_cfg = {
+        "embed_dim": 16,
+        "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "head_width": 16, "patch_size": 8},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
+    }
     torch.manual_seed(seed)
     model = open_clip.CLIP(**model_cfg)
     out.mkdir(parents=True, exist_ok=True)
     config = {"model_cfg": model_cfg, "preprocess_cfg": {"mean": _CLIP_MEAN, "std": _CLIP_STD}}
     (out / "open_clip_config.json").write_text(json.dumps(config, indent=2))
-    save_file({name: tensor.contiguous() for name, tensor in model.state_dict().items()},
-              str(out / "open_clip_model.safetensors"))
+    save_file(
+        {name: tensor.contiguous() for name, tensor in model.state_dict().items()},
+        str(out / "open_clip_model.safetensors"),
+    )
     return out

@@ -16,6 +16,7 @@ if os.environ.get("MUTANT_UNDER_TEST"):
 
     imgsearch.__path__.append(str(Path(imgsearch.__file__).resolve().parent.parent))
 
+
 def pytest_collection_modifyitems(config, items):
     """Mark the tests that run imgsearch in another process: `make mutants` leaves them out, since the code a
     child process runs is never the mutated copy."""
@@ -31,12 +32,22 @@ def pytest_collection_modifyitems(config, items):
 # tests only in their [vector-copy] half.
 _TESTS_OF_LAYER = {  # the first prefix that matches; mutmut names a mutant by its file's path
     "imgsearch.store.vector_copy.": ("test_vector_copy.py", "test_api.py::vector-copy"),
-    "imgsearch.store.fields.": ("test_filters.py", "test_store.py", "test_indexer.py", "test_vector_copy.py",
-                                "test_upgrade.py"),
+    "imgsearch.store.fields.": (
+        "test_filters.py",
+        "test_store.py",
+        "test_indexer.py",
+        "test_vector_copy.py",
+        "test_upgrade.py",
+    ),
     "imgsearch.store.filters.": ("test_filters.py", "test_vector_copy.py", "test_api.py"),
     "indexer.upgrade.": ("test_upgrade.py",),
-    "imgsearch.store.": ("test_store.py", "test_upgrade.py", "test_indexer.py", "test_vector_copy.py",
-                         "test_security.py"),
+    "imgsearch.store.": (
+        "test_store.py",
+        "test_upgrade.py",
+        "test_indexer.py",
+        "test_vector_copy.py",
+        "test_security.py",
+    ),
     "indexer.": ("test_plan.py", "test_indexer.py", "test_security.py"),
     "imgsearch.search.ranking.": ("test_ranking.py", "test_api.py"),
     "search_api.http_errors.": ("test_errors.py", "test_security.py", "test_api.py"),
@@ -56,8 +67,9 @@ def pytest_configure(config):
     if _mutant_under_test() or os.environ.get("MUTANT_UNDER_TEST") == "stats":
         from hypothesis import Phase, settings
 
-        settings.register_profile("mutants", phases=[Phase.explicit, Phase.reuse, Phase.generate], database=None,
-                                  derandomize=True)
+        settings.register_profile(
+            "mutants", phases=[Phase.explicit, Phase.reuse, Phase.generate], database=None, derandomize=True
+        )
         settings.load_profile("mutants")
 
 
@@ -103,4 +115,4 @@ def _only_the_layers_own_tests(config, items):
     dropped = [item for item in items if rank(item) == len(files)]
     if dropped:
         config.hook.pytest_deselected(items=dropped)
-        del items[len(items) - len(dropped):]
+        del items[len(items) - len(dropped) :]

@@ -21,8 +21,11 @@ def real_photographs() -> list[Image.Image]:
     import importlib.util
 
     found = []
-    for package, relative in (("sklearn", "datasets/images/china.jpg"), ("sklearn", "datasets/images/flower.jpg"),
-                              ("matplotlib", "mpl-data/sample_data/grace_hopper.jpg")):
+    for package, relative in (
+        ("sklearn", "datasets/images/china.jpg"),
+        ("sklearn", "datasets/images/flower.jpg"),
+        ("matplotlib", "mpl-data/sample_data/grace_hopper.jpg"),
+    ):
         spec = importlib.util.find_spec(package)
         path = Path(spec.origin).parent / relative if spec and spec.origin else None
         if path and path.is_file():
@@ -69,16 +72,56 @@ def make_photos(folder: Path, count: int, size=(4000, 3000), kind: str = "crops"
 # 48 texts: with random weights a text's scores over the photos are close together, so its top 10 is decided by
 # small margins; 8 texts (the list before 2026-12-04) measured the overlap in steps of 1/80 and moved by 0.025
 # between two builds of the same graph.
-QUERY_TEXTS = ["a photo of a dog", "a red bicycle leaning on a wall", "mountains at sunset", "a bowl of fruit",
-               "a crowded street at night", "a baby laughing", "a white cat on a sofa", "a map of the city",
-               "a blue sky", "green grass", "an old building", "a plate of food", "a woman in uniform",
-               "a pagoda by a lake", "a yellow flower", "a close-up of petals", "a portrait of an officer", "a temple roof",
-               "trees in spring", "a black and white photo", "a person smiling", "a garden", "a boat on the water",
-               "a snowy mountain", "a car parked on the road", "children playing football", "a cup of coffee",
-               "a bookshelf", "a beach with palm trees", "a city skyline", "a bird in a tree", "a horse in a field",
-               "a wedding photo", "a birthday cake", "a train station", "a forest path", "a bridge over a river",
-               "a kitchen", "a computer on a desk", "an airplane in the sky", "fireworks", "a rainy window", "a cow",
-               "an orange", "a red door", "a statue", "a church", "a dark room"]
+QUERY_TEXTS = [
+    "a photo of a dog",
+    "a red bicycle leaning on a wall",
+    "mountains at sunset",
+    "a bowl of fruit",
+    "a crowded street at night",
+    "a baby laughing",
+    "a white cat on a sofa",
+    "a map of the city",
+    "a blue sky",
+    "green grass",
+    "an old building",
+    "a plate of food",
+    "a woman in uniform",
+    "a pagoda by a lake",
+    "a yellow flower",
+    "a close-up of petals",
+    "a portrait of an officer",
+    "a temple roof",
+    "trees in spring",
+    "a black and white photo",
+    "a person smiling",
+    "a garden",
+    "a boat on the water",
+    "a snowy mountain",
+    "a car parked on the road",
+    "children playing football",
+    "a cup of coffee",
+    "a bookshelf",
+    "a beach with palm trees",
+    "a city skyline",
+    "a bird in a tree",
+    "a horse in a field",
+    "a wedding photo",
+    "a birthday cake",
+    "a train station",
+    "a forest path",
+    "a bridge over a river",
+    "a kitchen",
+    "a computer on a desk",
+    "an airplane in the sky",
+    "fireworks",
+    "a rainy window",
+    "a cow",
+    "an orange",
+    "a red door",
+    "a statue",
+    "a church",
+    "a dark room",
+]
 
 
 def write_photo(path: Path, seed: int, size: tuple[int, int] = (96, 64), fmt: str | None = None) -> Path:
@@ -91,8 +134,9 @@ def write_photo(path: Path, seed: int, size: tuple[int, int] = (96, 64), fmt: st
     return path
 
 
-def write_exif_photo(path: Path, seed: int, taken: str = "", make: str = "", model: str = "",
-                     gps: tuple | None = None) -> Path:
+def write_exif_photo(
+    path: Path, seed: int, taken: str = "", make: str = "", model: str = "", gps: tuple | None = None
+) -> Path:
     """A JPEG as a camera writes it: ``taken`` ("2019:06:01 09:30:00") as DateTimeOriginal, Make, Model and
     ``gps`` = (lat ref, (d, m, s), lon ref, (d, m, s))."""
     rng = np.random.default_rng(seed)

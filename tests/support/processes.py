@@ -3,6 +3,7 @@ servers on free ports; the real `imgsearch` command."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -58,17 +59,13 @@ def spawn(command: list[str], env: dict[str, str] | None = None, **kwargs) -> su
 
 def stop_process(process: subprocess.Popen, grace_s: float = 15) -> None:
     """SIGTERM the process's whole group, wait, then SIGKILL whatever of the group is left; always reaps."""
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
     deadline = time.monotonic() + grace_s
     while time.monotonic() < deadline and (process.poll() is None or _group_alive(process.pid)):
         time.sleep(0.05)
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     process.wait()
     while _group_alive(process.pid) and time.monotonic() < deadline + 5:
         time.sleep(0.05)
@@ -95,8 +92,13 @@ def free_port() -> int:
 _PORT_TAKEN = ("address already in use", "address in use", "bind failed", "errno 98")
 
 
-def start_server(make_command: Callable[[int], list[str]], env: dict[str, str] | None,
-                 ready: Callable[[int], bool], timeout_s: float = 90, attempts: int = 4) -> tuple[subprocess.Popen, int]:
+def start_server(
+    make_command: Callable[[int], list[str]],
+    env: dict[str, str] | None,
+    ready: Callable[[int], bool],
+    timeout_s: float = 90,
+    attempts: int = 4,
+) -> tuple[subprocess.Popen, int]:
     """Start a server on a free port and wait until ``ready(port)``; on a port taken meanwhile, retry another.
 
     Output goes to a temporary file, not a pipe: a pipe nobody reads fills up with access logs and blocks the
@@ -104,7 +106,7 @@ def start_server(make_command: Callable[[int], list[str]], env: dict[str, str] |
     """
     for _attempt in range(attempts):
         port = free_port()
-        log = tempfile.TemporaryFile(mode="w+")
+        log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - the server writes to it after this returns
         process = spawn(make_command(port), env, stdout=log, stderr=subprocess.STDOUT, text=True)
 
         def output(log=log) -> str:

@@ -11,10 +11,25 @@ def unit_rows(n: int, seed: int, prefix: str = "/lib/") -> list[dict]:
     rng = np.random.default_rng(seed)
     vectors = rng.standard_normal((n, DIM)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    return [{"id": f"{seed:04d}{i:012d}", "path": f"{prefix}{i % 7}/img{i}.jpg", "size": 1, "mtime_ns": 1,
-             "content_hash": f"h{seed}-{i}", "width": 100 + i % 50, "height": 80 + i % 30, "indexed_at": 1,
-             "taken_at": 1_500_000_000 + 86_400 * (i % 40), "taken_at_source": ("exif", "mtime")[i % 2],
-             "format": ("JPEG", "PNG", "WEBP")[i % 3], "camera_make": "Fujifilm" if i % 4 else "",
-             "camera_model": ("X100V", "X-T4", "")[i % 3], "gps": "", "tags": [("dog", "cat", "beach")[i % 3]] +
-             (["sunset"] if i % 5 == 0 else []), "tag_scores": [0.3] + ([0.26] if i % 5 == 0 else []),
-             "vector": vectors[i]} for i in range(n)]
+    return [
+        {
+            "id": f"{seed:04d}{i:012d}",
+            "path": f"{prefix}{i % 7}/img{i}.jpg",
+            "size": 1,
+            "mtime_ns": 1,
+            "content_hash": f"h{seed}-{i}",
+            "width": 100 + i % 50,
+            "height": 80 + i % 30,
+            "indexed_at": 1,
+            "taken_at": 1_500_000_000 + 86_400 * (i % 40),
+            "taken_at_source": ("exif", "mtime")[i % 2],
+            "format": ("JPEG", "PNG", "WEBP")[i % 3],
+            "camera_make": "Fujifilm" if i % 4 else "",
+            "camera_model": ("X100V", "X-T4", "")[i % 3],
+            "gps": "",
+            "tags": [("dog", "cat", "beach")[i % 3]] + (["sunset"] if i % 5 == 0 else []),
+            "tag_scores": [0.3] + ([0.26] if i % 5 == 0 else []),
+            "vector": vectors[i],
+        }
+        for i in range(n)
+    ]

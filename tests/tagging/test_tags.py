@@ -49,8 +49,10 @@ def test_a_plain_list_of_lines_is_a_label_set(tmp_path):
 
 def test_a_yaml_file_carries_templates_thresholds_and_options_and_the_command_line_wins(tmp_path):
     path = tmp_path / "set.yaml"
-    path.write_text("name: scenes\ntop: 2\nmode: softmax\ntemplates: ['a photo of a {}.', 'a picture of the {}']\n"
-                    "labels:\n  - beach\n  - name: snow\n    threshold: 0.4\n    templates: ['{} on the ground']\n")
+    path.write_text(
+        "name: scenes\ntop: 2\nmode: softmax\ntemplates: ['a photo of a {}.', 'a picture of the {}']\n"
+        "labels:\n  - beach\n  - name: snow\n    threshold: 0.4\n    templates: ['{} on the ground']\n"
+    )
     label_set = load_label_file(path, top=1)
     assert (label_set.name, label_set.top, label_set.mode, label_set.cut) == ("scenes", 1, "softmax", 0.1)
     assert label_set.prompts() == [["a photo of a beach.", "a picture of the beach"], ["snow on the ground"]]
@@ -60,18 +62,21 @@ def test_a_yaml_file_carries_templates_thresholds_and_options_and_the_command_li
     assert load_label_file(listed).names == ["dog", "cat"]
 
 
-@pytest.mark.parametrize(("content", "suffix", "message"), [
-    ("", ".txt", "no labels"),
-    ("# only a comment\n\n", ".txt", "no labels"),
-    ("dog\ncat\nDog\n", ".txt", "line 3: label 'Dog' is given twice (first at line 1)"),
-    ("x" * 201 + "\n", ".txt", "line 1: label is 201 characters long; at most 200"),
-    ("labels: [dog]\ntemplates: ['a photo of a dog']\n", ".yaml", "must hold '{}' exactly once"),
-    ("labels: [dog]\ntemplates: ['{} and {}']\n", ".yaml", "must hold '{}' exactly once"),
-    ("labels: [dog, {name: cat, threshold: 2}]\n", ".yaml", "threshold must be a number from -1 to 1"),
-    ("labels: [dog\n", ".yaml", "not valid YAML"),
-    ("labels: [dog]\ncolour: red\n", ".yaml", "unknown key 'colour'"),
-    ("\xff\xfe", ".txt", "not UTF-8"),
-])
+@pytest.mark.parametrize(
+    ("content", "suffix", "message"),
+    [
+        ("", ".txt", "no labels"),
+        ("# only a comment\n\n", ".txt", "no labels"),
+        ("dog\ncat\nDog\n", ".txt", "line 3: label 'Dog' is given twice (first at line 1)"),
+        ("x" * 201 + "\n", ".txt", "line 1: label is 201 characters long; at most 200"),
+        ("labels: [dog]\ntemplates: ['a photo of a dog']\n", ".yaml", "must hold '{}' exactly once"),
+        ("labels: [dog]\ntemplates: ['{} and {}']\n", ".yaml", "must hold '{}' exactly once"),
+        ("labels: [dog, {name: cat, threshold: 2}]\n", ".yaml", "threshold must be a number from -1 to 1"),
+        ("labels: [dog\n", ".yaml", "not valid YAML"),
+        ("labels: [dog]\ncolour: red\n", ".yaml", "unknown key 'colour'"),
+        ("\xff\xfe", ".txt", "not UTF-8"),
+    ],
+)
 def test_a_bad_label_file_gets_a_clear_error(tmp_path, content, suffix, message):
     path = tmp_path / f"labels{suffix}"
     path.write_bytes(content.encode("latin-1") if content.startswith("\xff") else content.encode())
@@ -117,7 +122,7 @@ def test_the_top_images_of_each_label_equal_brute_force_across_batches_and_ties(
     ids = [f"{rng.integers(1 << 60):016x}" for _ in range(500)]
     top = TopImages(7, k=25)
     for start in range(0, 500, 64):
-        top.add(ids[start:start + 64], scores[start:start + 64])
+        top.add(ids[start : start + 64], scores[start : start + 64])
     for label, ranked in enumerate(top.ranked()):
         brute = sorted(range(500), key=lambda i: (-scores[i, label], ids[i]))[:25]
         assert [top.ids[row] for row, _ in ranked] == [ids[i] for i in brute]
@@ -178,8 +183,9 @@ def test_tags_equal_an_independent_computation_from_the_stored_vectors(indexed_s
     assert report.images == 10 and report.tagged == sum(bool(tags) for tags in expected)
     assert report.counts == {label: sum(label in tags for tags in expected) for label in LABELS}
     for p in paths:  # only the tags changed: vectors, files' facts and indexed_at are as they were
-        assert {k: v for k, v in after[p].items() if k not in ("tags", "tag_scores", "text", "vector")} == \
-               {k: v for k, v in before[p].items() if k not in ("tags", "tag_scores", "text", "vector")}
+        assert {k: v for k, v in after[p].items() if k not in ("tags", "tag_scores", "text", "vector")} == {
+            k: v for k, v in before[p].items() if k not in ("tags", "tag_scores", "text", "vector")
+        }
         # the searchable text keeps names and descriptions and takes the new tags (BM25 finds images by them)
         assert text_parts(after[p]["text"])[:3] == text_parts(before[p]["text"])[:3]
         assert text_parts(after[p]["text"])[3] == " ".join(after[p]["tags"]).lower()
@@ -192,15 +198,20 @@ def test_filtering_by_tag_returns_only_tagged_images(indexed_store, encoder):
     label, other = "dog", "beach"
     first = median_cuts(indexed_store, encoder, [label], ["a photo of a {}."])[0]
     second = median_cuts(indexed_store, encoder, [other], ["a photo of a {}."], quantile=0.25)[0]
-    run_tagging(indexed_store, encoder, make_label_set("things", [{"name": label, "threshold": first},
-                                                                  {"name": other, "threshold": second}], top=2))
+    run_tagging(
+        indexed_store,
+        encoder,
+        make_label_set("things", [{"name": label, "threshold": first}, {"name": other, "threshold": second}], top=2),
+    )
     rows = stored(indexed_store)
     with_tag = {name: {p for p, row in rows.items() if name in row["tags"]} for name in (label, other)}
     assert 0 < len(with_tag[label]) < 10 and with_tag[label] != with_tag[other]
     query = np.asarray(next(iter(rows.values()))["vector"])[None, :]
-    for request, expected in ((SearchFilter(tags_any=[label]), with_tag[label]),
-                              (SearchFilter(tags_any=[label, other]), with_tag[label] | with_tag[other]),
-                              (SearchFilter(tags_all=[label, other]), with_tag[label] & with_tag[other])):
+    for request, expected in (
+        (SearchFilter(tags_any=[label]), with_tag[label]),
+        (SearchFilter(tags_any=[label, other]), with_tag[label] | with_tag[other]),
+        (SearchFilter(tags_all=[label, other]), with_tag[label] & with_tag[other]),
+    ):
         hits = indexed_store.search(query, limit=50, image_filter=ImageFilter.from_request(request))[0]
         assert {hit.row["path"] for hit in hits} == expected
         assert all(set(hit.row["tags"]) & set(request.tags_any or request.tags_all) for hit in hits)
@@ -247,8 +258,9 @@ def test_images_indexed_later_get_the_stored_sets_tags(indexed_store, photo_dir,
     assert report.embedded == 1
     rows = stored(indexed_store)
     new = rows[str(photo_dir / "later" / "new.png")]
-    expected = independent_tags(np.asarray([new["vector"]], dtype=np.float32), encoder, LABELS,
-                                ["a photo of a {}."], top=2, cut=-1)[0]
+    expected = independent_tags(
+        np.asarray([new["vector"]], dtype=np.float32), encoder, LABELS, ["a photo of a {}."], top=2, cut=-1
+    )[0]
     assert list(new["tags"]) == expected and len(expected) == 2
     assert all(len(row["tags"]) == 2 for row in rows.values())
 
@@ -290,9 +302,14 @@ def test_an_upgrade_from_schema_2_keeps_every_row_and_gives_empty_tags(settings,
         fields.COLUMNS = original
     index = MilvusClient.prepare_index_params()
     index.add_index("vector", index_type="HNSW", metric_type="COSINE", params={"M": 16, "efConstruction": 200})
-    store._call(lambda c: c.create_collection(f"{store.collection}_v2", schema=schema, index_params=index,
-                                              properties={"imgsearch.model": encoder.name, "imgsearch.dim": "16",
-                                                          "imgsearch.schema": "2"}))
+    store._call(
+        lambda c: c.create_collection(
+            f"{store.collection}_v2",
+            schema=schema,
+            index_params=index,
+            properties={"imgsearch.model": encoder.name, "imgsearch.dim": "16", "imgsearch.schema": "2"},
+        )
+    )
     store._call(lambda c: c.create_alias(f"{store.collection}_v2", store.collection))
     old_rows = [{k: v for k, v in row.items() if k not in ("tags", "tag_scores", "text")} for row in rows.values()]
     store._call(lambda c: c.upsert(store.collection, old_rows))
@@ -335,15 +352,15 @@ def finished(client, job_id: str, timeout_s: float = 60) -> dict:
 
 
 def test_the_api_adds_a_label_set_tags_filters_counts_and_removes(api):
-    body = {"name": "things", "labels": ["dog", {"name": "cat", "threshold": -1}, "beach"], "top": 2,
-            "min_score": 0.0}
+    body = {"name": "things", "labels": ["dog", {"name": "cat", "threshold": -1}, "beach"], "top": 2, "min_score": 0.0}
     started = api.post("/labels", json=body)
     assert started.status_code == 202 and started.json()["kind"] == "tag"
     job = finished(api, started.json()["job_id"])
     assert job["state"] == "done" and job["report"]["images"] == 10 and job["processed"] == 10
     assert job["report"]["counts"]["cat"] == 10  # its own threshold of -1 keeps it on every image
-    assert api.get("/labels").json() == [{"name": "things", "labels": 3, "mode": "cosine", "top": 2,
-                                          "min_score": 0.0, "templates": ["a photo of a {}."]}]
+    assert api.get("/labels").json() == [
+        {"name": "things", "labels": 3, "mode": "cosine", "top": 2, "min_score": 0.0, "templates": ["a photo of a {}."]}
+    ]
     assert api.get("/labels/things").json()["label_names"] == ["dog", "cat", "beach"]
     counts = api.get("/tags").json()
     assert counts["images"] == 10 and counts["tags"] == {k: v for k, v in job["report"]["counts"].items() if v}
@@ -353,12 +370,15 @@ def test_the_api_adds_a_label_set_tags_filters_counts_and_removes(api):
     assert all(hit["tags"] and len(hit["tags"]) == len(hit["tag_scores"]) for hit in everything["results"])
     assert everything["facets"] == counts["tags"]  # all ten returned: the same counts
     rare = min(counts["tags"], key=counts["tags"].get)
-    only = api.post("/search", json={"text": "a dog", "limit": 50, "facets": True,
-                                     "filter": {"tags_any": [rare]}}).json()
+    only = api.post(
+        "/search", json={"text": "a dog", "limit": 50, "facets": True, "filter": {"tags_any": [rare]}}
+    ).json()
     assert len(only["results"]) == counts["tags"][rare] and all(rare in hit["tags"] for hit in only["results"])
     assert only["facets"][rare] == counts["tags"][rare]
-    assert "facets" not in api.post("/search", json={"text": "a dog"}).json() or \
-        api.post("/search", json={"text": "a dog"}).json()["facets"] is None
+    assert (
+        "facets" not in api.post("/search", json={"text": "a dog"}).json()
+        or api.post("/search", json={"text": "a dog"}).json()["facets"] is None
+    )
 
     removed = finished(api, api.delete("/labels/things").json()["job_id"])
     assert removed["state"] == "done" and api.get("/labels").json() == []
@@ -366,14 +386,17 @@ def test_the_api_adds_a_label_set_tags_filters_counts_and_removes(api):
     assert api.delete("/labels/things").status_code == 404
 
 
-@pytest.mark.parametrize(("body", "message"), [
-    ({"name": "s", "labels": ["dog", "DOG"]}, "given twice"),
-    ({"name": "s", "labels": ["dog"], "templates": ["no placeholder"]}, "must hold '{}' exactly once"),
-    ({"name": "s", "labels": []}, "at least 1 item"),
-    ({"name": "s", "labels": ["x" * 201]}, "at most 200 characters"),
-    ({"name": "s", "labels": ["dog"] * 10_001}, "at most 10000 items"),
-    ({"name": "../etc", "labels": ["dog"]}, "should match pattern"),
-])
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"name": "s", "labels": ["dog", "DOG"]}, "given twice"),
+        ({"name": "s", "labels": ["dog"], "templates": ["no placeholder"]}, "must hold '{}' exactly once"),
+        ({"name": "s", "labels": []}, "at least 1 item"),
+        ({"name": "s", "labels": ["x" * 201]}, "at most 200 characters"),
+        ({"name": "s", "labels": ["dog"] * 10_001}, "at most 10000 items"),
+        ({"name": "../etc", "labels": ["dog"]}, "should match pattern"),
+    ],
+)
 def test_the_api_refuses_a_bad_label_set_with_422(settings, encoder, body, message):
     with TestClient(create_app(settings.model_copy(update={"vector_cache": "off"}), encoder=encoder)) as client:
         response = client.post("/labels", json=body)
@@ -388,8 +411,9 @@ def test_the_cli_tags_lists_filters_and_explains_a_bad_file(imgsearch_bin, cli_e
     assert run_cli(imgsearch_bin, cli_env, "index", str(photo_dir)).returncode == 0
     labels = tmp_path / "labels.txt"
     labels.write_text("dog\ncat\nbeach\n")
-    tagged = run_cli(imgsearch_bin, cli_env, "tag", "--labels", str(labels), "--top", "1", "--min-score", "-1",
-                     "--json")
+    tagged = run_cli(
+        imgsearch_bin, cli_env, "tag", "--labels", str(labels), "--top", "1", "--min-score", "-1", "--json"
+    )
     assert tagged.returncode == 0, tagged.stderr
     report = json.loads(tagged.stdout)
     assert report["label_set"] == "labels" and report["tagged"] == 10 and sum(report["counts"].values()) == 10
@@ -403,7 +427,9 @@ def test_the_cli_tags_lists_filters_and_explains_a_bad_file(imgsearch_bin, cli_e
     bad.write_text("dog\ndog\n")
     refused = run_cli(imgsearch_bin, {**cli_env, "IMGSEARCH_MODEL": "/nonexistent"}, "tag", "--labels", str(bad))
     assert refused.returncode == 1 and "Traceback" not in refused.stderr
-    assert refused.stderr.strip() == f"imgsearch tag: error: {bad}: line 2: label 'dog' is given twice (first at line 1)"
+    assert (
+        refused.stderr.strip() == f"imgsearch tag: error: {bad}: line 2: label 'dog' is given twice (first at line 1)"
+    )
 
 
 def test_a_label_set_survives_a_restart_of_the_api(settings, encoder, photo_dir, store, tmp_path):

@@ -28,11 +28,29 @@ def jpeg() -> bytes:
 
 
 def hit(i: int, name: str = "cat") -> dict:
-    taken = {"taken_at": f"2019-06-0{i + 1}T09:30:00", "taken_at_source": "exif", "camera_make": "FUJIFILM",
-             "camera_model": "X100V", "format": "JPEG"} if i == 0 else {}
+    taken = (
+        {
+            "taken_at": f"2019-06-0{i + 1}T09:30:00",
+            "taken_at_source": "exif",
+            "camera_make": "FUJIFILM",
+            "camera_model": "X100V",
+            "format": "JPEG",
+        }
+        if i == 0
+        else {}
+    )
     tags = {"tags": ["dog", "beach [x](http://evil)"], "tag_scores": [0.31, 0.27]} if i == 1 else {}
-    return {"id": f"id{i}", "path": f"/photos/{name}{i}.jpg", "score": 0.9 - i / 100, "width": 640, "height": 480,
-            "image_url": f"/images/id{i}", "thumbnail_url": f"/images/id{i}/thumbnail", **taken, **tags}
+    return {
+        "id": f"id{i}",
+        "path": f"/photos/{name}{i}.jpg",
+        "score": 0.9 - i / 100,
+        "width": 640,
+        "height": 480,
+        "image_url": f"/images/id{i}",
+        "thumbnail_url": f"/images/id{i}/thumbnail",
+        **taken,
+        **tags,
+    }
 
 
 class FakeApi:
@@ -60,8 +78,10 @@ class FakeApi:
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         if request.url.path == "/health":
-            return self._json(HealthResponse, {"status": "ok", "model": "/models/clip", "dim": 512,
-                                               "count": self.count, "vector_cache": "fresh"})
+            return self._json(
+                HealthResponse,
+                {"status": "ok", "model": "/models/clip", "dim": 512, "count": self.count, "vector_cache": "fresh"},
+            )
         if request.url.path == "/search":
             body = json.loads(request.content)
             SearchRequest.model_validate(body)  # the page sends only what the API accepts
@@ -90,10 +110,27 @@ class FakeApi:
         if request.url.path.startswith("/index/"):
             self.job_polls += 1
             done = self.job_polls >= 2  # running once, then done
-            report = {"label_set": "pets", "images": 3, "tagged": 2, "updated": 2, "label_sets": ["pets"],
-                      "counts": {"dog": 2, "cat": 0}, "exported": None, "elapsed_s": 0.1}
-            return self._json(IndexJob, {"job_id": "job1", "kind": "tag", "state": "done" if done else "running",
-                                         "processed": 3 if done else 1, "total": 3, "report": report if done else None})
+            report = {
+                "label_set": "pets",
+                "images": 3,
+                "tagged": 2,
+                "updated": 2,
+                "label_sets": ["pets"],
+                "counts": {"dog": 2, "cat": 0},
+                "exported": None,
+                "elapsed_s": 0.1,
+            }
+            return self._json(
+                IndexJob,
+                {
+                    "job_id": "job1",
+                    "kind": "tag",
+                    "state": "done" if done else "running",
+                    "processed": 3 if done else 1,
+                    "total": 3,
+                    "report": report if done else None,
+                },
+            )
         if request.url.path.startswith("/images/"):
             self.fetched.append(request.url.path)
             return httpx.Response(200, content=jpeg(), headers={"content-type": "image/jpeg"})
@@ -106,23 +143,45 @@ class FakeApi:
         auto = body.get("cutoff") == "auto"
         hits = [hit(i, name) for i in range(min(self.matches if auto else self.results, body.get("limit", 20)))]
         if body.get("collapse") and hits:  # the first result has two near-identical copies
-            hits[0]["folded"] = [{"id": f"copy{j}", "path": f"/photos/{name}0 copy{j}.png", "score": 0.89 - j / 100,
-                                  "image_url": f"/images/copy{j}", "thumbnail_url": f"/images/copy{j}/thumbnail"}
-                                 for j in (1, 2)]
+            hits[0]["folded"] = [
+                {
+                    "id": f"copy{j}",
+                    "path": f"/photos/{name}0 copy{j}.png",
+                    "score": 0.89 - j / 100,
+                    "image_url": f"/images/copy{j}",
+                    "thumbnail_url": f"/images/copy{j}/thumbnail",
+                }
+                for j in (1, 2)
+            ]
             hits[0]["duplicates"] = ["copy1", "copy2"]
         for h in hits:
             h["name_match"] = bool(body.get("lexical_weight")) and h["id"] == "id1"
             if body.get("explain"):
                 terms = [{"text": body["text"]}] if body.get("text") else []
                 terms += [{"image_id": body["image_id"]}] if body.get("image_id") else []
-                h["explanation"] = [{"term": t.get("text") or (f"image {t['image_id']}" if "image_id" in t else
-                                                                f"upload {t['upload_ref']}"),
-                                     "weight": t.get("weight", 1.0), "cosine": 0.3,
-                                     "contribution": 0.3 * t.get("weight", 1.0)} for t in terms + body.get("terms", [])]
-        cutoff = {"mode": "auto", "threshold": 0.12, "z": 3.1, "background_mean": 0.0, "background_std": 0.04,
-                  "knee": False, "kept": min(self.matches, 1000), "params": {}}
-        return self._json(SearchResponse, {"results": hits, "took_ms": 12.5, "notes": [],
-                                           "cutoff": cutoff if auto else None})
+                h["explanation"] = [
+                    {
+                        "term": t.get("text")
+                        or (f"image {t['image_id']}" if "image_id" in t else f"upload {t['upload_ref']}"),
+                        "weight": t.get("weight", 1.0),
+                        "cosine": 0.3,
+                        "contribution": 0.3 * t.get("weight", 1.0),
+                    }
+                    for t in terms + body.get("terms", [])
+                ]
+        cutoff = {
+            "mode": "auto",
+            "threshold": 0.12,
+            "z": 3.1,
+            "background_mean": 0.0,
+            "background_std": 0.04,
+            "knee": False,
+            "kept": min(self.matches, 1000),
+            "params": {},
+        }
+        return self._json(
+            SearchResponse, {"results": hits, "took_ms": 12.5, "notes": [], "cutoff": cutoff if auto else None}
+        )
 
     @staticmethod
     def _json(model, body: dict) -> httpx.Response:
@@ -153,6 +212,7 @@ def fake(monkeypatch):
         monkeypatch.setattr(api_client, "TRANSPORT", httpx.MockTransport(api))
         st.cache_resource.clear()
         return api
+
     yield install
     st.cache_resource.clear()
 
@@ -259,8 +319,11 @@ def test_near_duplicates_are_folded_and_plus_n_similar_expands_them(fake):
     similar.click().run()
     assert not app.exception
     assert "**0.880** · cat0 copy1.png" in texts(app) and "**0.870** · cat0 copy2.png" in texts(app)
-    assert sorted(api.fetched) == ["/images/copy1/thumbnail", "/images/copy2/thumbnail",
-                                   *sorted(f"/images/id{i}/thumbnail" for i in range(3))]
+    assert sorted(api.fetched) == [
+        "/images/copy1/thumbnail",
+        "/images/copy2/thumbnail",
+        *sorted(f"/images/id{i}/thumbnail" for i in range(3)),
+    ]
     assert len(app.get("image")) == 5 and next(b for b in app.button if b.key == "similar-id0").label == "−2 similar"
     next(b for b in app.button if b.key == "similar-id0").click().run()
     assert "cat0 copy1.png" not in texts(app)
@@ -304,8 +367,9 @@ def test_uploaded_terms_go_with_the_example_image_and_are_named_by_position(fake
 
     monkeypatch.setattr(st, "file_uploader", lambda *args, **kwargs: Upload())
     app = AppTest.from_file(APP, default_timeout=30)
-    app.session_state["terms"] = [{"key": 7, "kind": "upload", "value": "pool.jpg", "label": "pool.jpg",
-                                   "data": added, "thumbnail_url": None}]
+    app.session_state["terms"] = [
+        {"key": 7, "kind": "upload", "value": "pool.jpg", "label": "pool.jpg", "data": added, "thumbnail_url": None}
+    ]
     app.run()
     app.radio(key="sign-7").set_value("−").run()
     sent = api.uploads[-1]
@@ -319,7 +383,10 @@ def test_explanations_show_on_hover_and_in_the_preview(fake):
     app.text_input(key="add_words").input("on a sofa").run()
     app.slider(key=f"weight-{app.session_state['terms'][0]['key']}").set_value(0.5).run()
     caption = next(c for c in app.caption if "cat0.jpg" in c.value)
-    assert caption.proto.help == "a cat: cosine +0.300 × weight +1 = +0.300  \non a sofa: cosine +0.300 × weight +0.5 = +0.150"
+    assert (
+        caption.proto.help
+        == "a cat: cosine +0.300 × weight +1 = +0.300  \non a sofa: cosine +0.300 × weight +0.5 = +0.150"
+    )
     next(b for b in app.button if b.key == "view-id0").click().run()
     assert "**Why it matched**" in texts(app)
     table = app.dataframe[0].value
@@ -371,8 +438,12 @@ def test_photo_filters_and_newest_first_reach_the_api(fake):
     next(m for m in app.sidebar.multiselect if m.label == "Formats").select("JPEG").select("HEIF").run()
     next(t for t in app.sidebar.text_input if t.label == "Camera model").input(" X100V ").run()
     next(t for t in app.sidebar.toggle if t.label == "Newest first").set_value(True).run()
-    assert api.searches[-1]["filter"] == {"taken_after": "2019-06-01", "taken_before": "2019-07-01",
-                                          "formats": ["JPEG", "HEIF"], "cameras": ["X100V"]}
+    assert api.searches[-1]["filter"] == {
+        "taken_after": "2019-06-01",
+        "taken_before": "2019-07-01",
+        "formats": ["JPEG", "HEIF"],
+        "cameras": ["X100V"],
+    }
     assert api.searches[-1]["sort"] == "newest"
     assert "**0.900** · cat0.jpg · 2019-06-01" in texts(app)  # when it was taken, under the thumbnail
     next(b for b in app.button if b.key == "view-id0").click().run()
@@ -466,16 +537,18 @@ def test_results_show_tag_chips_and_the_sidebar_filters_by_tag(fake):
 
 def test_the_label_sets_page_tags_shows_counts_and_opens_a_labels_top_images(fake):
     api = fake(FakeApi())
-    api.label_sets = [{"name": "old", "labels": 2, "mode": "cosine", "top": 3, "min_score": 0.25,
-                       "templates": ["a photo of a {}."]}]
+    api.label_sets = [
+        {"name": "old", "labels": 2, "mode": "cosine", "top": 3, "min_score": 0.25, "templates": ["a photo of a {}."]}
+    ]
     app = AppTest.from_file(APP, default_timeout=30).run()
     app.radio(key="view").set_value("Label sets").run()
     assert "**old** · 2 labels · cosine · top 3 · min score 0.25" in texts(app)
     app.text_input[0].input("pets")
     app.text_area[0].input("dog\n# a comment\n\ncat\n")
     app.button[1].click().run()  # the form's submit button (the first is "Remove")
-    assert api.label_requests == [{"name": "pets", "labels": ["dog", "cat"], "top": 3, "mode": "cosine",
-                                   "templates": ["a photo of a {}."]}]
+    assert api.label_requests == [
+        {"name": "pets", "labels": ["dog", "cat"], "top": 3, "mode": "cosine", "templates": ["a photo of a {}."]}
+    ]
     assert api.job_polls == 2
     table = app.dataframe[0].value
     assert list(table["label"]) == ["dog", "cat"] and list(table["images"]) == [2, 0]
@@ -498,12 +571,15 @@ def test_the_view_switch_goes_to_label_sets_and_back_and_the_relevance_switches_
     app.text_input(key="query_text").input("dogs").run()
     assert api.searches[-1]["text"] == "dogs" and api.searches[-1]["lexical_weight"] == 0.5
 
+
 def test_file_names_are_shown_as_they_are_never_as_markup(fake):
     api = fake(FakeApi(results=1))
     api.name = "[click](evil.html)_*x*"
     app = run("cats")
     caption = next(c.value for c in app.caption if "click" in c.value)
-    assert caption.startswith("**0.900** · \\[click\\](evil.html)\\_\\*x\\*0.jpg ·")  # escaped, so no link and no italics
+    assert caption.startswith(
+        "**0.900** · \\[click\\](evil.html)\\_\\*x\\*0.jpg ·"
+    )  # escaped, so no link and no italics
 
 
 # The search request, built by a pure function from what the Search page shows (imgsearch.ui.search_request) ------
@@ -520,22 +596,53 @@ def test_a_typed_query_alone_is_sent_with_the_pages_defaults():
 
 
 def test_negative_text_and_the_options_go_in_the_body():
-    body = search_body(SearchState(text="a dog on a beach", negative=" people ", top_k=35, min_score=0.25,
-                                   newest=True, only_matches=False, fold=False, names=True, variety=0.3))
-    assert body == {"text": "a dog on a beach", "negative_text": "people", "limit": 35, "min_score": 0.25,
-                    "sort": "newest", "lexical_weight": 0.5, "diversity": 0.3, "explain": True}
+    body = search_body(
+        SearchState(
+            text="a dog on a beach",
+            negative=" people ",
+            top_k=35,
+            min_score=0.25,
+            newest=True,
+            only_matches=False,
+            fold=False,
+            names=True,
+            variety=0.3,
+        )
+    )
+    assert body == {
+        "text": "a dog on a beach",
+        "negative_text": "people",
+        "limit": 35,
+        "min_score": 0.25,
+        "sort": "newest",
+        "lexical_weight": 0.5,
+        "diversity": 0.3,
+        "explain": True,
+    }
     SearchRequest.model_validate(body)
     blank = search_body(SearchState(text="x", negative="   ", min_score=-1.0))  # the slider at its lowest
     assert "negative_text" not in blank and "min_score" not in blank
 
 
 def test_the_sidebar_filters_become_the_requests_filter():
-    state = SearchState(text="beach", path_prefix="/photos/2024/", taken_after=date(2019, 6, 1),
-                        taken_before=date(2019, 7, 1), formats=["JPEG", "HEIF"], camera=" X100V ", tags=["dog"])
+    state = SearchState(
+        text="beach",
+        path_prefix="/photos/2024/",
+        taken_after=date(2019, 6, 1),
+        taken_before=date(2019, 7, 1),
+        formats=["JPEG", "HEIF"],
+        camera=" X100V ",
+        tags=["dog"],
+    )
     body = search_body(state)
-    assert body["filter"] == {"path_prefix": "/photos/2024/", "taken_after": "2019-06-01",
-                              "taken_before": "2019-07-01", "formats": ["JPEG", "HEIF"], "cameras": ["X100V"],
-                              "tags_any": ["dog"]}
+    assert body["filter"] == {
+        "path_prefix": "/photos/2024/",
+        "taken_after": "2019-06-01",
+        "taken_before": "2019-07-01",
+        "formats": ["JPEG", "HEIF"],
+        "cameras": ["X100V"],
+        "tags_any": ["dog"],
+    }
     assert SearchRequest.model_validate(body).filter is not None
     every_tag = search_body(SearchState(text="beach", tags=["dog", "beach"], all_tags=True))
     assert every_tag["filter"] == {"tags_all": ["dog", "beach"]}
@@ -558,12 +665,17 @@ def test_an_example_image_is_sent_as_a_file_with_the_query():
 
 
 def test_query_builder_terms_carry_their_signed_weights_and_uploads_their_position():
-    terms = [{"kind": "text", "value": "sunset", "data": None, "weight": -1.0},
-             {"kind": "image", "value": "id2", "data": b"thumb", "weight": 2.5},
-             {"kind": "upload", "value": "pool.jpg", "data": b"pool", "weight": 0.5}]
+    terms = [
+        {"kind": "text", "value": "sunset", "data": None, "weight": -1.0},
+        {"kind": "image", "value": "id2", "data": b"thumb", "weight": 2.5},
+        {"kind": "upload", "value": "pool.jpg", "data": b"pool", "weight": 0.5},
+    ]
     body = search_body(SearchState(text="a beach", terms=terms))
-    assert body["terms"] == [{"text": "sunset", "weight": -1.0}, {"image_id": "id2", "weight": 2.5},
-                             {"upload_ref": "0", "weight": 0.5}]  # the only file sent
+    assert body["terms"] == [
+        {"text": "sunset", "weight": -1.0},
+        {"image_id": "id2", "weight": 2.5},
+        {"upload_ref": "0", "weight": 0.5},
+    ]  # the only file sent
     assert upload_files(SearchState(terms=terms)) == [("pool.jpg", b"pool")]
     SearchRequest.model_validate(body, context={"has_upload": True})
     with_example = SearchState(example=("example.jpg", b"ex"), terms=terms[2:])
