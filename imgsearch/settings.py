@@ -91,6 +91,16 @@ class Settings(BaseSettings):
         """True when vectors live in a Milvus Lite data directory on this machine."""
         return self.milvus_uri.endswith(".db")
 
+    @property
+    def index_id(self) -> str:
+        """Which index these settings name, whatever folder a process started in: a hash of the Milvus URI (a
+        Lite directory by its absolute path) and the collection name. The CLI asks a running API to search only
+        when its /health says the same."""
+        import hashlib
+
+        uri = str(Path(self.milvus_uri).expanduser().resolve()) if self.is_embedded else self.milvus_uri
+        return hashlib.sha256(f"{uri}|{self.collection}".encode()).hexdigest()[:16]
+
     def for_device(self, device: str) -> Settings:
         """These settings as the indexer runs them on ``device``. On CUDA, where the model outruns JPEG decoding
         many times over, a batch and the decode threads not set by the user are sized for a GPU: batches of
@@ -145,7 +155,7 @@ def old_index_notice(settings: Settings) -> str | None:
         f"imgsearch: an index from an older version is in {OLD_DATA.resolve()}, but the index now lives in "
         f"{Path(settings.milvus_uri).parent}: to keep using the old one, set "
         f"IMGSEARCH_MILVUS_URI={OLD_DATA.resolve()}; to move it, stop imgsearch and run "
-        f"mv {OLD_DATA.resolve()} {settings.milvus_uri}"
+        f"mkdir -p {Path(settings.milvus_uri).parent} && mv {OLD_DATA.resolve()} {settings.milvus_uri}"
     )
 
 

@@ -69,6 +69,9 @@ class HealthResponse(BaseModel):
         ),
     )
     count: int | None = None
+    index_id: str | None = Field(
+        None, description="which index this server searches (a hash of the Milvus URI and the collection name)"
+    )
     vector_cache: Literal["fresh", "catching-up", "off"] | None = Field(
         None, description="whether searches are answered from the in-memory copy (fresh) or by Milvus"
     )

@@ -56,6 +56,10 @@ class ApiClient:
             raise ApiError(response.status_code, str(detail))
         return response
 
+    def unfinished_jobs(self) -> list[dict[str, Any]]:
+        """Index and tag jobs queued or running on the server, in the order they run."""
+        return self._request("GET", "/index").json()
+
     def health(self) -> dict[str, Any]:
         return self._request("GET", "/health").json()
 

@@ -20,7 +20,6 @@ def launch(settings: Settings, port: int = 8501, address: str = "127.0.0.1") -> 
         "IMGSEARCH_API_URL": settings.api_url,
         "IMGSEARCH_API_KEY": settings.api_key,
         "IMGSEARCH_UI_PASSWORD": settings.ui_password,
-        "PYTHONPATH": os.pathsep.join([str(app.parent.parent), os.environ.get("PYTHONPATH", "")]),
     }
     command = [
         sys.executable,

@@ -22,16 +22,34 @@ FORMATS = ["JPEG", "PNG", "WEBP", "HEIF", "AVIF", "GIF", "TIFF", "BMP", "MPO"]  
 EARLIEST, LATEST = date(1826, 1, 1), date(2200, 12, 31)
 
 
+def indexing_progress(client: ApiClient) -> bool:
+    """A line with the progress of the server's indexing jobs, if any runs or waits; whether one does."""
+    try:
+        jobs = [job for job in client.unfinished_jobs() if job["kind"] == "index"]
+    except (ApiError, ApiUnreachable):  # an older server, or a key that may not list jobs: no progress to show
+        return False
+    if not jobs:
+        return False
+    running = next((job for job in jobs if job["state"] == "running"), None)
+    if running and running["total"]:
+        st.info(f"Indexing {running['total']:,} photos: {running['processed']:,} done. Reload to see them.", icon="⏳")
+    else:
+        st.info("Indexing: looking for photos in " + ", ".join(jobs[0]["paths"]), icon="⏳")
+    return True
+
+
 def render(client: ApiClient, health: dict[str, Any], base_url: str) -> None:
     """The whole view; ``health`` is the API's answer to GET /health, ``base_url`` where the API was reached."""
     with st.sidebar:
         options = sidebar(client, health, base_url)
+    indexing = indexing_progress(client)
     if health["count"] == 0:
-        st.info(
-            "The index is empty. Add images from a terminal with `imgsearch index ~/Pictures` "
-            "(or any folder), then reload this page.",
-            icon="📂",
-        )
+        if not indexing:
+            st.info(
+                "The index is empty. Add images from a terminal with `imgsearch index ~/Pictures` "
+                "(or any folder), then reload this page.",
+                icon="📂",
+            )
         st.stop()
     query, upload = query_inputs()
     more_like = more_like_banner()

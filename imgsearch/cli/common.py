@@ -35,10 +35,13 @@ class Command:
 def settings(args: argparse.Namespace) -> Settings:
     """Settings from the environment, with command-line flags on top: a flag whose dest is a setting's name (and
     that was given) sets that setting."""
-    from imgsearch.settings import Settings
+    from imgsearch.settings import Settings, old_index_notice
 
     overrides = {name: value for name in Settings.model_fields if (value := getattr(args, name, None)) is not None}
-    return Settings(**overrides)
+    config = Settings(**overrides)
+    if notice := old_index_notice(config):
+        print(notice, file=sys.stderr)
+    return config
 
 
 def with_indexed_model(args: argparse.Namespace, settings: Settings, store: Any) -> Settings:

@@ -247,7 +247,31 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _tune_arguments(parser: argparse.ArgumentParser) -> None:
+    add_common(parser)
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from imgsearch.model.loading import load_embedder
+
+    config = settings(args).model_copy(update={"precision": "auto"})
+    encoder = load_embedder(config)
+    if getattr(encoder, "needs_tuning", False):
+        encoder.tune()
+    choice = getattr(encoder, "precision_choice", None)
+    print(
+        choice.describe() if choice else f"{encoder.name} runs {encoder.backend} {encoder.precision}: nothing to tune"
+    )
+    return EXIT_OK
+
+
 COMMANDS = (
+    Command(
+        "tune",
+        "build and time the exported runtimes (onnx, openvino) for the model now, instead of on a large job",
+        _tune_arguments,
+        cmd_tune,
+    ),
     Command(
         "models",
         "list the models imgsearch knows by name, with their speed on this machine",

@@ -10,12 +10,26 @@ import argparse
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from imgsearch.cli import index, models, search, serve, tags
+from imgsearch.cli import index, models, search, serve, tags, up
 from imgsearch.cli.common import Command
 
-GROUPS = (index, search, tags, models, serve)
+GROUPS = (up, index, search, tags, models, serve)
 # The order `imgsearch --help` lists the commands in; one not named here comes after them.
-ORDER = ("index", "search", "serve", "ui", "upgrade", "tag", "duplicates", "evaluate", "models", "migrate", "drop")
+ORDER = (
+    "up",
+    "index",
+    "search",
+    "serve",
+    "ui",
+    "upgrade",
+    "tag",
+    "duplicates",
+    "evaluate",
+    "models",
+    "tune",
+    "migrate",
+    "drop",
+)
 
 
 class CommandParser(argparse.ArgumentParser):

@@ -20,11 +20,11 @@ from imgsearch.cli.options import (
 
 if TYPE_CHECKING:
     from imgsearch.search.requests import SearchHit, SearchRequest, SearchResponse
+    from imgsearch.settings import Settings
 
 
 def _search_arguments(parser: argparse.ArgumentParser) -> None:
-    from imgsearch.search.ranking import SORT_POOL
-    from imgsearch.search.requests import SearchRequest
+    from imgsearch.search.requests import SORT_POOL, SearchRequest
 
     def default(field: str) -> Any:
         return SearchRequest.model_fields[field].default
@@ -122,7 +122,49 @@ def search_request(args: argparse.Namespace) -> tuple[SearchRequest, list[str]]:
 
 
 def _answer(args: argparse.Namespace, request: SearchRequest, images: list[str]) -> SearchResponse:
-    """Load the collection's model and run the request."""
+    """The answer of a running API that serves this index (the model is loaded there: a fraction of a second), else
+    load the collection's model here and run the request."""
+    config = settings(args)
+    how_to_run = ("model", "device", "precision", "backend")  # asked of this process: run it here
+    if not images and not any(getattr(args, name, None) for name in how_to_run):
+        answer = _answer_from_api(config, request)
+        if answer is not None:
+            return answer
+        return answer
+    return _answer_here(args, config, request, images)
+
+
+API_PROBE_S = 0.3  # how long a running API gets to say it is there
+
+
+def _answer_from_api(config: Settings, request: SearchRequest) -> SearchResponse | None:
+    """POST /search to the API at IMGSEARCH_API_URL if it answers at once and searches the same index; else None."""
+    import httpx
+
+    from imgsearch.search.requests import SearchResponse
+
+    headers = {"X-API-Key": config.api_key} if config.api_key else {}
+    try:
+        health = httpx.get(f"{config.api_url}/health", headers=headers, timeout=API_PROBE_S).json()
+        if health.get("index_id") != config.index_id:
+            return None  # another index, or a server that does not say (older, or a key we lack)
+        response = httpx.post(
+            f"{config.api_url}/search",
+            json=request.model_dump(mode="json", exclude_unset=True),
+            headers=headers,
+            timeout=120,
+        )
+    except (httpx.HTTPError, ValueError, AttributeError):
+        return None
+    if response.status_code != 200:
+        return None  # the local path gives the error in the CLI's own words
+    return SearchResponse.model_validate(response.json())
+
+
+def _answer_here(
+    args: argparse.Namespace, config: Settings, request: SearchRequest, images: list[str]
+) -> SearchResponse:
+    """Load the collection's model and run the request in this process."""
     import asyncio
 
     from imgsearch.media.images import decode_image
@@ -131,7 +173,6 @@ def _answer(args: argparse.Namespace, request: SearchRequest, images: list[str])
     from imgsearch.search.service import SearchService
     from imgsearch.store import MilvusStore
 
-    config = settings(args)
     store = MilvusStore.from_settings(config)
     config = with_indexed_model(args, config, store)
     encoder = load_embedder(config)  # SearchService checks the collection's model and weights against it

@@ -6,8 +6,6 @@ from collections.abc import Sequence
 
 import numpy as np
 
-SORT_POOL = 1_000  # sort=newest orders this many best matches by date
-
 
 def blend(parts: Sequence[tuple[np.ndarray, float]]) -> np.ndarray:
     """Weighted sum of unit vectors, renormalised. A negative weight pulls the result away.

@@ -8,9 +8,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from imgsearch.search.ranking import SORT_POOL
 from imgsearch.store.fields import SearchFilter
 
+SORT_POOL = 1_000  # sort=newest orders this many best matches by date
 MAX_LIMIT = 200
 MAX_OFFSET = 10_000
 MAX_TERMS = 16

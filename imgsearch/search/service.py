@@ -14,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from imgsearch.media.images import DecodedImage
 from imgsearch.model.embedder import Embedder
 from imgsearch.search.batching import TextBatcher
-from imgsearch.search.ranking import SORT_POOL, blend
+from imgsearch.search.ranking import blend
 from imgsearch.search.relevance import (
     Cutoff,
     CutoffParams,
@@ -26,6 +26,7 @@ from imgsearch.search.relevance import (
     fuse,
 )
 from imgsearch.search.requests import (
+    SORT_POOL,
     CutoffInfo,
     FoldedImage,
     SearchHit,

@@ -13,6 +13,7 @@ it where the file is read (``FileFacts``, filled in ``indexer/runner.py`` and fo
 from __future__ import annotations
 
 import calendar
+import enum
 import hashlib
 import time
 from collections.abc import Callable
@@ -21,7 +22,6 @@ from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
-from pymilvus import DataType
 
 MAX_PATH = 4096  # the longest path a row holds
 SCHEMA_VERSION = 4  # 1: file metadata and size; 2: when the photo was taken, its format and camera; 3: tags;
@@ -191,6 +191,23 @@ class AnyAll:
         ]
 
 
+class DataType(enum.IntEnum):
+    """The Milvus types the columns use, with pymilvus' own numbers (equal to ``pymilvus.DataType``'s): declared here
+    so that reading the columns (the CLI's filter flags, a request's filter) does not import pymilvus."""
+
+    INT64 = 5
+    FLOAT = 10
+    VARCHAR = 21
+    ARRAY = 22
+    FLOAT_VECTOR = 101
+    SPARSE_FLOAT_VECTOR = 104
+
+    def to_milvus(self) -> Any:
+        from pymilvus import DataType as MilvusType
+
+        return MilvusType(int(self))
+
+
 @dataclass(frozen=True)
 class Column:
     name: str
@@ -279,15 +296,15 @@ def add_columns(schema: Any, dim: int, bm25: bool = True) -> None:
     for column in COLUMNS:
         extra: dict[str, Any] = {"max_length": column.max_length} if column.max_length else {}
         if column.dtype == DataType.ARRAY:
-            extra |= {"element_type": column.element_type, "max_capacity": column.max_capacity}
+            extra |= {"element_type": column.element_type.to_milvus(), "max_capacity": column.max_capacity}
         if column.analyzed and bm25:
             extra |= {"enable_analyzer": True}
-        schema.add_field(column.name, column.dtype, is_primary=column.name == "id", **extra)
-    schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
+        schema.add_field(column.name, column.dtype.to_milvus(), is_primary=column.name == "id", **extra)
+    schema.add_field("vector", DataType.FLOAT_VECTOR.to_milvus(), dim=dim)
     analyzed = [column.name for column in COLUMNS if column.analyzed]
     if not bm25 or not analyzed:
         return
-    schema.add_field(TEXT_SPARSE, DataType.SPARSE_FLOAT_VECTOR)
+    schema.add_field(TEXT_SPARSE, DataType.SPARSE_FLOAT_VECTOR.to_milvus())
     schema.add_function(
         Function(
             name="text_bm25",

@@ -26,11 +26,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from pymilvus import DataType
 
 from imgsearch import BLAS_THREADS_SLEEP
 from imgsearch.store.collection import Hit, id_sample_bound
-from imgsearch.store.fields import FILTERABLE
+from imgsearch.store.fields import FILTERABLE, DataType
 from imgsearch.store.filters import ImageFilter
 from imgsearch.store.gateway import MilvusStore
 

@@ -34,6 +34,12 @@ async def start_index(request: IndexRequest, jobs: JobsDep) -> IndexJob:
     return jobs.submit(paths)
 
 
+@router.get("", response_model=list[IndexJob])
+async def unfinished_jobs(jobs: JobsDep) -> list[IndexJob]:
+    """The jobs queued or running (indexing and tagging), in the order they run: what the UI shows as progress."""
+    return jobs.unfinished()
+
+
 @router.get("/{job_id}", response_model=IndexJob, responses={404: {"model": ErrorResponse}})
 async def job_status(job_id: str, jobs: JobsDep) -> IndexJob:
     job = jobs.get(job_id)

@@ -107,6 +107,11 @@ class JobManager:
         job = IndexJob(job_id=uuid.uuid4().hex, kind="tag", state="queued", label_set=name)
         return self._queue(job, functools.partial(self._tag, label_set, remove))
 
+    def unfinished(self) -> list[IndexJob]:
+        """The jobs queued or running, in the order they will run."""
+        with self._lock:
+            return [job.model_copy() for job in self._jobs.values() if job.state in ("queued", "running")]
+
     def get(self, job_id: str) -> IndexJob | None:
         with self._lock:
             job = self._jobs.get(job_id)

@@ -244,6 +244,7 @@ def test_help_lists_every_command_and_imports_nothing_heavy():
     assert shown.rstrip().endswith("LOADED []")
     listed = shown.split("{", 1)[1].split("}", 1)[0].split(",")
     assert listed == [
+        "up",
         "index",
         "search",
         "serve",
@@ -253,6 +254,7 @@ def test_help_lists_every_command_and_imports_nothing_heavy():
         "duplicates",
         "evaluate",
         "models",
+        "tune",
         "migrate",
         "drop",
     ]
