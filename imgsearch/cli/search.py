@@ -130,7 +130,6 @@ def _answer(args: argparse.Namespace, request: SearchRequest, images: list[str])
         answer = _answer_from_api(config, request)
         if answer is not None:
             return answer
-        return answer
     return _answer_here(args, config, request, images)
 
 
