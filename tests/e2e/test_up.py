@@ -34,8 +34,10 @@ def descendants(pid: int) -> set[int]:
 
 def alive(pid: int) -> bool:
     """Whether ``pid`` is a process that still runs (a zombie waiting for its parent does not)."""
-    stat = Path(f"/proc/{pid}/stat")
-    return stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 def test_up_serves_the_ui_indexes_the_folder_and_sigterm_stops_every_child(imgsearch_bin, tmp_path, tiny_model_dir):
