@@ -146,16 +146,20 @@ OLD_DATA = Path("data") / "milvus.db"  # where versions before the data home kep
 
 def old_index_notice(settings: Settings) -> str | None:
     """One line for a user whose index lies in ./data, as older versions kept it, while this command uses the data
-    home: where it is, and how to keep using it or move it. None when there is nothing to say."""
+    home: where it is, and how to keep using it or move it (paths quoted for a shell). None when there is nothing
+    to say."""
+    import shlex
+
     if "milvus_uri" in settings.model_fields_set or not OLD_DATA.exists():
         return None
-    if OLD_DATA.resolve() == Path(settings.milvus_uri).resolve():
+    old, new = OLD_DATA.resolve(), Path(settings.milvus_uri)
+    if old == new.resolve():
         return None
     return (
-        f"imgsearch: an index from an older version is in {OLD_DATA.resolve()}, but the index now lives in "
-        f"{Path(settings.milvus_uri).parent}: to keep using the old one, set "
-        f"IMGSEARCH_MILVUS_URI={OLD_DATA.resolve()}; to move it, stop imgsearch and run "
-        f"mkdir -p {Path(settings.milvus_uri).parent} && mv {OLD_DATA.resolve()} {settings.milvus_uri}"
+        f"imgsearch: an index from an older version is in {shlex.quote(str(old))}, but the index now lives in "
+        f"{shlex.quote(str(new.parent))}: to keep using the old one, set "
+        f"IMGSEARCH_MILVUS_URI={shlex.quote(str(old))}; to move it, stop imgsearch and run "
+        f"mkdir -p {shlex.quote(str(new.parent))} && mv {shlex.quote(str(old))} {shlex.quote(str(new))}"
     )
 
 

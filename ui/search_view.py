@@ -34,7 +34,7 @@ def indexing_progress(client: ApiClient) -> bool:
     if running and running["total"]:
         st.info(f"Indexing {running['total']:,} photos: {running['processed']:,} done. Reload to see them.", icon="⏳")
     else:
-        st.info("Indexing: looking for photos in " + ", ".join(jobs[0]["paths"]), icon="⏳")
+        st.info("Indexing: looking for photos in " + ", ".join(escaped(p) for p in jobs[0]["paths"]), icon="⏳")
     return True
 
 

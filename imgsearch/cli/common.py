@@ -55,6 +55,12 @@ def with_indexed_model(args: argparse.Namespace, settings: Settings, store: Any)
     return settings
 
 
+def shown(text: str) -> str:
+    """``text`` safe to print on a terminal: control characters (escape sequences, newlines in a file name) are
+    written as escapes, so a hostile file name cannot rewrite the screen or the clipboard."""
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
+
+
 def confirmed(args: argparse.Namespace, question: str) -> bool:
     """--yes, or a yes typed on a terminal; without a terminal, refuse (UsageError)."""
     if args.yes:

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from imgsearch.cli.common import EXIT_OK, Command, UsageError, settings, with_indexed_model
+from imgsearch.cli.common import EXIT_OK, Command, UsageError, settings, shown, with_indexed_model
 from imgsearch.cli.options import (
     add_common,
     add_filter_flags,
@@ -137,27 +137,22 @@ API_PROBE_S = 0.3  # how long a running API gets to say it is there
 
 
 def _answer_from_api(config: Settings, request: SearchRequest) -> SearchResponse | None:
-    """POST /search to the API at IMGSEARCH_API_URL if it answers at once and searches the same index; else None."""
-    import httpx
+    """POST /search to the API at IMGSEARCH_API_URL if it is this user's, on this machine, answers at once and
+    searches the same index; else None (and nothing, the API key included, was sent to anyone else)."""
+    from pydantic import ValidationError
 
+    from imgsearch.cli.local_api import NotOurs, call
     from imgsearch.search.requests import SearchResponse
 
-    headers = {"X-API-Key": config.api_key} if config.api_key else {}
     try:
-        health = httpx.get(f"{config.api_url}/health", headers=headers, timeout=API_PROBE_S).json()
-        if health.get("index_id") != config.index_id:
+        status, health = call("GET", f"{config.api_url}/health", config.api_key, API_PROBE_S)
+        if status != 200 or not isinstance(health, dict) or health.get("index_id") != config.index_id:
             return None  # another index, or a server that does not say (older, or a key we lack)
-        response = httpx.post(
-            f"{config.api_url}/search",
-            json=request.model_dump(mode="json", exclude_unset=True),
-            headers=headers,
-            timeout=120,
-        )
-    except (httpx.HTTPError, ValueError, AttributeError):
-        return None
-    if response.status_code != 200:
-        return None  # the local path gives the error in the CLI's own words
-    return SearchResponse.model_validate(response.json())
+        body = request.model_dump(mode="json", exclude_unset=True)
+        status, answer = call("POST", f"{config.api_url}/search", config.api_key, 120, json=body)
+        return SearchResponse.model_validate(answer) if status == 200 else None
+    except (NotOurs, ValidationError):
+        return None  # the local path gives any error in the CLI's own words
 
 
 def _answer_here(
@@ -199,12 +194,12 @@ def _print_hits(args: argparse.Namespace, hits: list[SearchHit]) -> None:
     elif not hits:
         print("no results (is anything indexed? run: imgsearch index PATH)")
     for hit in hits:
-        extra = f"  [{', '.join(hit.tags)}]" if hit.tags else ""
+        extra = f"  [{', '.join(shown(tag) for tag in hit.tags)}]" if hit.tags else ""
         extra += f"  (+{len(hit.duplicates)} similar)" if hit.duplicates else ""
         extra += "  (name match)" if hit.name_match else ""
-        print(f"{hit.score:6.3f}  {hit.path}{extra}")
+        print(f"{hit.score:6.3f}  {shown(hit.path)}{extra}")
         for folded in hit.folded:
-            print(f"        similar: {folded.path}")
+            print(f"        similar: {shown(folded.path)}")
         for part in hit.explanation or []:
             detail = (
                 f"cosine {part.cosine:+.3f} x weight {part.weight:+g} -> {part.contribution:+.3f}"
@@ -213,14 +208,14 @@ def _print_hits(args: argparse.Namespace, hits: list[SearchHit]) -> None:
                 if part.name_rank
                 else "no name match"
             )
-            print(f"        {part.term}: {detail}")
+            print(f"        {shown(part.term)}: {detail}")
 
 
 def cmd_search(args: argparse.Namespace) -> int:
     request, images = search_request(args)  # a bad date or option is told before the model loads
     response = _answer(args, request, images)
     for note in response.notes:
-        print(f"note: {note}", file=sys.stderr)
+        print(f"note: {shown(note)}", file=sys.stderr)
     if response.cutoff is not None:
         cut = response.cutoff
         print(

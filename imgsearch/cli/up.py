@@ -16,7 +16,7 @@ import sys
 import time
 from typing import Any
 
-from imgsearch.cli.common import EXIT_ERROR, EXIT_OK, Command, UsageError, settings
+from imgsearch.cli.common import EXIT_ERROR, EXIT_OK, Command, UsageError, settings, shown
 from imgsearch.cli.options import add_common, add_model_options
 
 GRACE_S = 15  # what a child gets to stop on SIGTERM before it is killed
@@ -28,7 +28,12 @@ def _up_arguments(parser: argparse.ArgumentParser) -> None:
 
     host, port = (Settings.model_fields[name].default for name in ("host", "port"))
     parser.add_argument("paths", nargs="*", help="folders to index in the background (progress in the UI and here)")
-    parser.add_argument("--host", default=host, help=f"address both listen on (default {host}, this machine only)")
+    parser.add_argument(
+        "--host",
+        default=host,
+        help=f"address the UI listens on (default {host}, this machine only); the API it uses stays on 127.0.0.1 "
+        "(`imgsearch serve --host` exposes an API)",
+    )
     parser.add_argument("--port", type=int, default=port, help=f"the API's port (default {port})")
     parser.add_argument("--ui-port", type=int, default=8501, help="the UI's port (default 8501)")
     add_common(parser)
@@ -42,12 +47,12 @@ def cmd_up(args: argparse.Namespace) -> int:
         raise UsageError(f"no such folder: {missing[0]}")
     config = settings(args)
     reach = "127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host
-    api_url = f"http://{reach}:{args.port}"
+    api_url = f"http://127.0.0.1:{args.port}"  # the UI's own API: never exposed by up
     env = _child_environment(args, config, roots, api_url)
     children = Children()
     previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
-        api = children.start([*_imgsearch(), "serve", "--host", args.host, "--port", str(args.port)], env)
+        api = children.start([*_imgsearch(), "serve", "--host", "127.0.0.1", "--port", str(args.port)], env)
         if not _wait_until_healthy(api, api_url, config.api_key):
             return EXIT_ERROR
         children.start(
@@ -122,17 +127,14 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def _headers(api_key: str) -> dict[str, str]:
-    return {"X-API-Key": api_key} if api_key else {}
-
-
 def _wait_until_healthy(api: subprocess.Popen, api_url: str, api_key: str) -> bool:
-    """Wait for the API to answer (the model loads first); False if it exits before it does."""
-    import httpx
+    """Wait for the API to answer (the model loads first); False if it exits before it does. Only a server of this
+    user's on the port counts: another user listening there first gets nothing, the key included."""
+    from imgsearch.cli.local_api import NotOurs, call
 
     while api.poll() is None:
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{api_url}/health", headers=_headers(api_key), timeout=2).status_code == 200:
+        with contextlib.suppress(NotOurs):
+            if call("GET", f"{api_url}/health", api_key, 2)[0] == 200:
                 return True
         time.sleep(POLL_S)
     print(
@@ -144,14 +146,19 @@ def _wait_until_healthy(api: subprocess.Popen, api_url: str, api_key: str) -> bo
 
 def _submit(api_url: str, api_key: str, roots: list[str]) -> str | None:
     """Queue the folders as one index job of the API's; its id."""
-    import httpx
+    from imgsearch.cli.local_api import NotOurs, call
 
-    response = httpx.post(f"{api_url}/index", json={"paths": roots}, headers=_headers(api_key), timeout=30)
-    if response.status_code != 202:
-        print(f"imgsearch up: indexing {', '.join(roots)} refused: {response.text[:300]}", file=sys.stderr)
+    try:
+        status, job = call("POST", f"{api_url}/index", api_key, 30, json={"paths": roots})
+    except NotOurs as exc:
+        status, job = 0, str(exc)
+    if status != 202 or not isinstance(job, dict):
+        print(
+            f"imgsearch up: indexing {', '.join(map(shown, roots))} refused: {shown(str(job))[:300]}", file=sys.stderr
+        )
         return None
-    print(f"imgsearch: indexing {', '.join(roots)} in the background", flush=True)
-    return response.json()["job_id"]
+    print(f"imgsearch: indexing {', '.join(map(shown, roots))} in the background", flush=True)
+    return str(job["job_id"])
 
 
 def _watch(children: Children, api_url: str, api_key: str, job: str | None) -> int:
@@ -175,22 +182,24 @@ def _watch(children: Children, api_url: str, api_key: str, job: str | None) -> i
 
 def _job_line(api_url: str, api_key: str, job: str) -> tuple[str, bool]:
     """What the log says of the job now, and whether it has finished."""
-    import httpx
+    from imgsearch.cli.local_api import NotOurs, call
 
     try:
-        state = httpx.get(f"{api_url}/index/{job}", headers=_headers(api_key), timeout=5).json()
-    except (httpx.HTTPError, ValueError):
+        status, state = call("GET", f"{api_url}/index/{job}", api_key, 5)
+    except NotOurs:
         return "", False
-    if state["state"] == "running" and state["total"]:
+    if status != 200 or not isinstance(state, dict):
+        return "", False
+    if state.get("state") == "running" and state.get("total"):
         return f"imgsearch: indexing {state['processed']:,} of {state['total']:,}", False
-    if state["state"] == "done":
+    if state.get("state") == "done":
         report = state.get("report") or {}
         return (
             f"imgsearch: indexed: {report.get('embedded', 0):,} embedded, {report.get('unchanged', 0):,} "
             f"unchanged, {len(report.get('failed', [])):,} failed"
         ), True
-    if state["state"] == "failed":
-        return f"imgsearch: indexing failed: {state.get('error')}", True
+    if state.get("state") == "failed":
+        return f"imgsearch: indexing failed: {shown(str(state.get('error')))}", True
     return "", False
 
 

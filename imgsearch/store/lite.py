@@ -70,10 +70,18 @@ class _DataDirLocked(Exception):
 
 
 def _private_dir(path: Path) -> None:
+    """The data directory, this user's alone, in a folder nobody else can move it out of."""
     try:
         private_dir(path)
     except UnsafeFileError as exc:
         raise StoreUnavailableError(f"{path}: {exc.reason}; refusing to keep Milvus data in it") from None
+    parent = os.lstat(path.parent)
+    others_write = stat.S_IMODE(parent.st_mode) & 0o022 and not parent.st_mode & stat.S_ISVTX
+    if parent.st_uid not in (os.getuid(), 0) or others_write:
+        raise StoreUnavailableError(
+            f"{path.parent}: another user owns this folder or may write in it, and could move the index away; "
+            "keep the Milvus Lite directory in a folder of your own (IMGSEARCH_MILVUS_URI)"
+        )
 
 
 _MAX_SOCKET_PATH = 100  # sun_path holds 108 bytes on Linux, 104 on macOS

@@ -509,3 +509,19 @@ def test_a_socket_folder_another_user_took_first_does_not_stop_the_store(tmp_pat
     finally:
         store.close()
         lite.release_hosted(str(data_dir))
+
+
+def test_an_index_in_a_folder_others_may_write_in_is_refused(tmp_path):
+    """Another user who may write in the folder could move the index aside, and the next run starts an empty one."""
+    from imgsearch.errors import StoreUnavailableError
+    from imgsearch.store import MilvusStore, release_hosted
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o777)  # writable by all, no sticky bit
+    with pytest.raises(StoreUnavailableError, match="could move the index away"):
+        MilvusStore(str(shared / "milvus.db"), "images")
+    os.chmod(shared, 0o1777)  # as /tmp: others may write, but not move what is ours
+    store = MilvusStore(str(shared / "milvus.db"), "images")
+    store.close()
+    release_hosted(str(shared / "milvus.db"))
