@@ -119,7 +119,7 @@ def test_the_server_raises_its_open_file_limit_to_what_the_system_allows():
     """Each connection takes a file descriptor; a soft limit of 1024 let 1,100 idle connections shut everyone out."""
     code = (
         "import resource\n"
-        "from search_api.connections import raise_open_file_limit\n"
+        "from imgsearch.search_api.connections import raise_open_file_limit\n"
         "hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]\n"
         "resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))\n"
         "raise_open_file_limit()\n"
