@@ -149,7 +149,7 @@ def _answer_from_api(config: Settings, request: SearchRequest) -> SearchResponse
         if status != 200 or not isinstance(health, dict) or health.get("index_id") != config.index_id:
             return None  # another index, or a server that does not say (older, or a key we lack)
         body = request.model_dump(mode="json", exclude_unset=True)
-        status, answer = call("POST", f"{config.api_url}/search", config.api_key, 120, json=body)
+        status, answer = call("POST", f"{config.api_url}/search", config.api_key, 120, json_body=body)
         return SearchResponse.model_validate(answer) if status == 200 else None
     except (NotOurs, ValidationError):
         return None  # the local path gives any error in the CLI's own words

@@ -149,7 +149,7 @@ def _submit(api_url: str, api_key: str, roots: list[str]) -> str | None:
     from imgsearch.cli.local_api import NotOurs, call
 
     try:
-        status, job = call("POST", f"{api_url}/index", api_key, 30, json={"paths": roots})
+        status, job = call("POST", f"{api_url}/index", api_key, 30, json_body={"paths": roots})
     except NotOurs as exc:
         status, job = 0, str(exc)
     if status != 202 or not isinstance(job, dict):

@@ -74,3 +74,31 @@ def test_what_the_cli_prints_cannot_drive_the_terminal():
     assert "\x1b" not in printed and "\x07" not in printed and "\n" not in printed
     assert printed.startswith("photo") and printed.endswith("fake line.jpg")
     assert shown("Ünïcode café/IMG_2041.jpg") == "Ünïcode café/IMG_2041.jpg"
+
+
+def test_a_server_that_dribbles_or_floods_its_answer_is_let_go_at_the_deadline():
+    import threading
+
+    from imgsearch.cli import local_api
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        stop = threading.Event()
+
+        def dribble():
+            connection, _ = server.accept()
+            with connection:
+                for byte in b"HTTP/1.1 200 OK\r\nx-slow: " + b"a" * 200:
+                    if stop.is_set():
+                        return
+                    connection.sendall(bytes([byte]))
+                    time.sleep(0.05)
+
+        threading.Thread(target=dribble, daemon=True).start()
+        started = time.monotonic()
+        with pytest.raises(NotOurs):
+            local_api.call("GET", f"http://127.0.0.1:{port}/health", "", 0.5)
+        assert time.monotonic() - started < 2
+        stop.set()
