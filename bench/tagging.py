@@ -40,10 +40,10 @@ from machine import machine_info, print_machine, write_result  # noqa: E402
 
 from imgsearch.model.embedder import TextEmbedding  # noqa: E402
 from imgsearch.store import MilvusStore, release_hosted  # noqa: E402
-from imgsearch.store.fields import FileFacts, make_row  # noqa: E402
 from imgsearch.tagging.jobs import READ_BATCH, run_tagging  # noqa: E402
 from imgsearch.tagging.labels import make_label_set  # noqa: E402
 from imgsearch.tagging.tagger import Tagger, embed_label_set  # noqa: E402
+from tests.support.vectors import library_row  # noqa: E402
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -90,29 +90,7 @@ def make_vectors(n: int) -> np.ndarray:
 
 def rows(vectors: np.ndarray) -> list[dict]:
     """Full rows as the indexer writes them (tags empty), with photo-library paths and metadata."""
-    made = []
-    for i, vector in enumerate(vectors):
-        path = f"/home/anna/Pictures/{2000 + i % 25}/{i % 12 + 1:02d} holiday in the mountains/IMG_{i:06d}.JPG"
-        made.append(
-            make_row(
-                FileFacts(
-                    path,
-                    4_000_000 + i,
-                    1_600_000_000 * 10**9 + i,
-                    f"{i:032x}",
-                    4000,
-                    3000,
-                    1_600_000_000 + i,
-                    "exif",
-                    "JPEG",
-                    "FUJIFILM",
-                    "X100V",
-                    "",
-                ),
-                vector,
-            )
-        )
-    return made
+    return [library_row(i, vector) for i, vector in enumerate(vectors)]
 
 
 def upsert_all(store: MilvusStore, made: list[dict], batch: int) -> float:

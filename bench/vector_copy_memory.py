@@ -25,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 from machine import machine_info, print_machine, write_result  # noqa: E402
 
-from imgsearch.store.fields import FileFacts, make_row  # noqa: E402
 from imgsearch.store.vector_copy import _snapshot_from_rows  # noqa: E402
+from tests.support.vectors import library_row  # noqa: E402
 
 DIM = 512
 
@@ -35,31 +35,8 @@ def rows(n: int, long_path: int) -> list[dict]:
     rng = np.random.default_rng(0)
     vectors = rng.standard_normal((n, DIM)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    made = []
-    for i in range(n):
-        path = f"/home/anna/Pictures/{2000 + i % 25}/{i % 12 + 1:02d} holiday in the mountains/IMG_{i:06d}.JPG"
-        if i == 0 and long_path:
-            path = "/" + "x" * (long_path - 1)
-        made.append(
-            make_row(
-                FileFacts(
-                    path,
-                    4_000_000 + i,
-                    1_600_000_000 * 10**9 + i,
-                    f"{i:032x}",
-                    4000,
-                    3000,
-                    1_600_000_000 + i,
-                    "exif",
-                    "JPEG",
-                    "FUJIFILM",
-                    "X100V",
-                    "",
-                ),
-                vectors[i],
-            )
-        )
-    return made
+    long = "/" + "x" * (long_path - 1) if long_path else None
+    return [library_row(i, vectors[i], long if i == 0 else None) for i in range(n)]
 
 
 def held_by(build: Callable[[], object]) -> int:

@@ -33,3 +33,25 @@ def unit_rows(n: int, seed: int, prefix: str = "/lib/") -> list[dict]:
         }
         for i in range(n)
     ]
+
+
+def library_row(i: int, vector: np.ndarray, path: str | None = None) -> dict:
+    """Row ``i`` of a photo library as the indexer writes it (tags empty): a camera's JPEG in a dated folder."""
+    from imgsearch.store.fields import FileFacts, make_row
+
+    path = path or f"/home/anna/Pictures/{2000 + i % 25}/{i % 12 + 1:02d} holiday in the mountains/IMG_{i:06d}.JPG"
+    facts = FileFacts(
+        path,
+        4_000_000 + i,
+        1_600_000_000 * 10**9 + i,
+        f"{i:032x}",
+        4000,
+        3000,
+        1_600_000_000 + i,
+        "exif",
+        "JPEG",
+        "FUJIFILM",
+        "X100V",
+        "",
+    )
+    return make_row(facts, vector)
