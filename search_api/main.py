@@ -32,6 +32,7 @@ def create_app(settings: Settings | None = None, encoder: Embedder | None = None
     )
     app.state.settings = settings
     app.state.given_encoder = encoder
+    app.state.index_id = settings.index_id  # resolved once, not at every /health
     protected = [Depends(require_api_key)]
     for module in (search, images, indexing, tags, duplicates):
         app.include_router(module.router, dependencies=protected)

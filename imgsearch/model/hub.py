@@ -57,7 +57,8 @@ def check_available(model: str) -> None:
     from huggingface_hub.errors import HFValidationError
     from huggingface_hub.utils import validate_repo_id
 
-    for repo in hub_names(model):
+    repos = hub_names(model)
+    for repo in repos:
         try:
             validate_repo_id(repo)
         except HFValidationError:
@@ -65,7 +66,7 @@ def check_available(model: str) -> None:
                 f"model '{model}' cannot be loaded: {repo} is no folder on this machine, nor a "
                 "name on the hub; set IMGSEARCH_MODEL to a model folder or a hub name"
             ) from None
-    missing = [repo for repo in hub_names(model) if not is_cached(repo)]
+    missing = [repo for repo in repos if not is_cached(repo)]
     if not missing:
         return
     if offline():

@@ -25,7 +25,7 @@ async def health(request: Request, store: StoreDep, settings: SettingsDep) -> He
         dim=model.dim,
         runs=f"{model.backend} {model.precision}",
         count=count,
-        index_id=settings.index_id,
+        index_id=request.app.state.index_id,
         vector_cache=cache,
         collection=request.app.state.serving.collection,
         switch=request.app.state.switcher.state,
