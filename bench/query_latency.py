@@ -34,21 +34,12 @@ sys.path.insert(0, str(ROOT))
 import httpx  # noqa: E402
 import numpy as np  # noqa: E402
 
+from imgsearch.model.agreement import TEXT_PROBE  # noqa: E402
+
 if TYPE_CHECKING:
     from imgsearch.model.sentence_transformer_embedder import SentenceTransformerEmbedder
 
-QUERIES = [
-    "a red bicycle leaning on a wall",
-    "snow on a mountain at dawn",
-    "a cat asleep on a sofa",
-    "microscope slide of blood cells",
-    "a blue car in the rain",
-    "two dogs playing on a beach",
-    "a bowl of fruit on a table",
-    "city skyline at night",
-    "an old hand-drawn map",
-    "a yellow flower",
-]
+QUERIES = TEXT_PROBE[:10]  # the queries people type; the text tower was chosen on these too
 
 
 def percentiles(samples_ms: list[float]) -> dict[str, float]:

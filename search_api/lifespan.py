@@ -4,7 +4,10 @@ handed to routes through ``app.state`` (see deps.py), and closed at shutdown."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -67,15 +70,43 @@ def install(app: FastAPI, serving: Serving) -> None:
     app.state.files = serving.files
     app.state.tag_counter = serving.tag_counter
     app.state.serving = serving
+    _tune_text_later(serving.encoder)
+
+
+def _tune_text_later(model: Embedder) -> None:
+    """Measure the text tower's settings for queries (text_tower.py), once per model and machine, in a thread at
+    low priority after start-up: searches are answered meanwhile, by the setting chosen for images."""
+    if not getattr(model, "needs_text_tuning", False):
+        return
+
+    def tune() -> None:
+        with contextlib.suppress(OSError, AttributeError):  # Linux: this thread, and the threads it starts
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+        try:
+            choice = model.tune_text()
+        except Exception:  # noqa: BLE001 - queries go on with the setting they have
+            logging.getLogger("uvicorn.error").exception("imgsearch: measuring the text tower failed")
+            return
+        logging.getLogger("uvicorn.error").info("imgsearch: %s", choice.describe() if choice else "")
+
+    threading.Thread(target=tune, name="imgsearch-text-tower", daemon=True).start()
 
 
 def _say_what_runs(model: Embedder) -> None:
     """One line in the server's log: what runs the model, and what auto measured to choose it."""
     choice = getattr(model, "precision_choice", None)
+    text = getattr(model, "text_choice", None)
     logging.getLogger("uvicorn.error").info(
-        "imgsearch: %s runs %s %s%s",
+        "imgsearch: %s runs images as %s %s%s; texts as %s",
         model.name,
         model.backend,
         model.precision,
         f" ({choice.describe()})" if choice else "",
+        text.describe()
+        if text
+        else f"{getattr(model, 'text_backend', model.backend)} "
+        f"{getattr(model, 'text_precision', model.precision)}"
+        + (
+            " until the text tower is measured, in the background" if getattr(model, "needs_text_tuning", False) else ""
+        ),
     )

@@ -64,8 +64,15 @@ class HealthResponse(BaseModel):
     runs: str | None = Field(
         None,
         description=(
-            "what runs the model for queries: backend and precision, such as 'torch fp32' or 'onnx int8' "
-            "(IMGSEARCH_BACKEND and IMGSEARCH_PRECISION; auto says what it chose)"
+            "what runs the image tower (indexing, image queries): backend and precision, such as 'torch fp32' or "
+            "'onnx int8' (IMGSEARCH_BACKEND and IMGSEARCH_PRECISION; auto says what it chose)"
+        ),
+    )
+    text_runs: str | None = Field(
+        None,
+        description=(
+            "what runs the text tower for queries: with auto, the setting measured fastest on one query that agrees "
+            "with fp32 (such as 'onnx int8'); until it is measured, as 'runs'"
         ),
     )
     count: int | None = None

@@ -70,6 +70,14 @@ def cmd_index(args: argparse.Namespace) -> int:
             print(format_profile(report.profile))
     for refusal in report.refused:
         print(f"imgsearch index: {refusal}", file=sys.stderr)
+    if getattr(encoder, "needs_text_tuning", False):
+        store.close()  # the index is written: another process may open it meanwhile
+        print(
+            "imgsearch index: measuring the text tower's settings, so that searches answer in milliseconds "
+            "(once per model and machine; about 10 s)",
+            file=sys.stderr,
+        )
+        print(f"imgsearch index: {encoder.tune_text().describe()}", file=sys.stderr)
     return EXIT_ERROR if report.refused else EXIT_OK
 
 

@@ -262,13 +262,17 @@ def cmd_tune(args: argparse.Namespace) -> int:
     print(
         choice.describe() if choice else f"{encoder.name} runs {encoder.backend} {encoder.precision}: nothing to tune"
     )
+    text_choice = encoder.tune_text() if hasattr(encoder, "tune_text") else None
+    if text_choice is not None:
+        print(text_choice.describe())
     return EXIT_OK
 
 
 COMMANDS = (
     Command(
         "tune",
-        "build and time the exported runtimes (onnx, openvino) for the model now, instead of on a large job",
+        "build and time the exported runtimes (onnx, openvino) for the model now, instead of on a large job, and "
+        "choose the text tower's setting for queries",
         _tune_arguments,
         cmd_tune,
     ),

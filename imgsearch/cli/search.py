@@ -128,6 +128,8 @@ def _answer(args: argparse.Namespace, request: SearchRequest, images: list[str])
     how_to_run = ("model", "device", "precision", "backend")  # asked of this process: run it here
     if not images and not any(getattr(args, name, None) for name in how_to_run):
         answer = _answer_from_api(config, request)
+        if answer is None:
+            answer = _answer_with_text_tower(args, config, request)
         if answer is not None:
             return answer
     return _answer_here(args, config, request, images)
@@ -153,6 +155,37 @@ def _answer_from_api(config: Settings, request: SearchRequest) -> SearchResponse
         return SearchResponse.model_validate(answer) if status == 200 else None
     except (NotOurs, ValidationError):
         return None  # the local path gives any error in the CLI's own words
+
+
+def _answer_with_text_tower(
+    args: argparse.Namespace, config: Settings, request: SearchRequest
+) -> SearchResponse | None:
+    """Run a text query with the collection's exported text tower, at the setting chosen for it on this machine
+    (imgsearch/model/text_graphs.py): no torch, no image tower; None where there is none (or settings name
+    another way to run the model): the whole model loads instead."""
+    import asyncio
+
+    from imgsearch.model.embedder import model_identity
+    from imgsearch.model.text_graphs import fast_text_embedder
+    from imgsearch.search.batching import TextBatcher
+    from imgsearch.search.service import SearchService
+    from imgsearch.store import MilvusStore
+
+    if (config.precision, config.backend) != ("auto", "auto") or config.device not in ("auto", "cpu"):
+        return None
+    store = MilvusStore.from_settings(config)
+    encoder = None
+    if store.exists() and (fingerprint := store.recorded_fingerprint()) is not None:
+        model = model_identity(with_indexed_model(args, config, store).model)
+        encoder = fast_text_embedder(config.cache_dir, model, fingerprint)
+    if encoder is None:
+        store.close()
+        return None
+    batcher = TextBatcher(encoder)
+    try:
+        return asyncio.run(SearchService(encoder, store, batcher).search(request))
+    finally:
+        batcher.close()
 
 
 def _answer_here(

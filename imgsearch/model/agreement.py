@@ -34,6 +34,29 @@ PROBE_TEXTS = [
 ]
 
 
+# The texts the text tower's settings are measured on (imgsearch/model/text_tower.py): queries as people type them,
+# the probe's texts, a code, and one longer than CLIP's 77 tokens (truncated as the model truncates it).
+TEXT_PROBE = [
+    "a red bicycle leaning on a wall",
+    "snow on a mountain at dawn",
+    "a cat asleep on a sofa",
+    "microscope slide of blood cells",
+    "a blue car in the rain",
+    "two dogs playing on a beach",
+    "a bowl of fruit on a table",
+    "city skyline at night",
+    "an old hand-drawn map",
+    "a yellow flower",
+    *PROBE_TEXTS,
+    "receipt 0x80070005",
+    "Straße im Regen, ein Café",
+    " ".join(["a very long description of a holiday photograph with many people and boats"] * 12),
+]
+
+
+TEXT_NEIGHBOURS = 10  # text -> image neighbours compared for the text tower's gate
+
+
 def top_k_overlap(
     queries: np.ndarray,
     pool: np.ndarray,

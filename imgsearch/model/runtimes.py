@@ -74,7 +74,7 @@ def graph_folder(cache_dir: Path, model: str, fingerprint: list[float], backend:
     versions = [f"torch {torch.__version__}", f"transformers {transformers.__version__}"]
     versions += [f"{module} {_version(module)}" for module in _MODULES[backend]]
     recipe = _RECIPE.get(f"{backend}-{precision}")
-    if (backend, precision) == ("onnx", "int8") and _seven_bit_weights():
+    if (backend, precision) == ("onnx", "int8") and seven_bit_weights():
         recipe += ", 7-bit weights"
     key = json.dumps(
         [model, [round(v, 5) for v in fingerprint], backend, precision, versions] + ([recipe] if recipe else [])
@@ -82,7 +82,7 @@ def graph_folder(cache_dir: Path, model: str, fingerprint: list[float], backend:
     return Path(cache_dir) / "graphs" / f"{backend}-{precision}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
 
 
-def _seven_bit_weights() -> bool:
+def seven_bit_weights() -> bool:
     """Whether onnx int8 keeps its weights to 7 bits (ONNX Runtime's reduce_range): on a CPU without int8 dot
     products, whose kernels sum pairs of uint8 x int8 products in 16 bits, full-range weights saturate them. On an
     AVX2-only EPYC the tiny test CLIP's lowest cosine to fp32 went from 0.994 to above 0.995 with it."""
@@ -119,14 +119,14 @@ class CompiledModel:
         for modality, sample in samples.items():
             features = self._transformer.preprocess(sample)
             self._inputs[modality] = self._input_names(modality, features)
-            path = _build_once(
+            path = build_once(
                 folder,
                 modality,
                 backend,
                 precision,
                 lambda target, m=modality, f=features: self._export(m, f, target, image_size),
             )
-            self._runs[modality] = _runner(path, backend, precision, threads)
+            self._runs[modality] = graph_runner(path, backend, precision, threads)
 
     def encode(self, inputs: list, batch_size: int) -> np.ndarray:
         modality = "text" if isinstance(inputs[0], str) else "image"
@@ -151,7 +151,7 @@ class CompiledModel:
         import torch
 
         config = self._transformer.modality_config[modality]
-        tower = _tower(
+        tower = tower_module(
             self._transformer.model, config["method"], config["method_output_name"], self._inputs[modality]
         ).eval()
         example = tuple(features[name] for name in self._inputs[modality])
@@ -179,7 +179,7 @@ class CompiledModel:
             source = (
                 self._quantise(fp32, target, image_size) if (self.precision, modality) == ("int8", "image") else fp32
             )
-            openvino = _openvino()
+            openvino = openvino_module()
             openvino.save_model(
                 openvino.Core().read_model(str(source)), target / _GRAPH_FILE["openvino"], compress_to_fp16=False
             )
@@ -196,7 +196,7 @@ class CompiledModel:
                     str(target / _GRAPH_FILE["onnx"]),
                     weight_type=QuantType.QInt8,
                     per_channel=True,
-                    reduce_range=_seven_bit_weights(),
+                    reduce_range=seven_bit_weights(),
                 )
             fp32.unlink()
 
@@ -213,7 +213,7 @@ class CompiledModel:
         return int8.quantise(fp32, target / "tower-int8.onnx", feeds)
 
 
-def _openvino():
+def openvino_module():
     """The openvino module, with its usage telemetry off. Importing openvino (its model converter) sends an event
     to Intel's analytics from a forked process, unless the user opted out with Intel's own tool; imgsearch sends
     nothing anywhere, so this process declines for the user."""
@@ -228,7 +228,7 @@ def _openvino():
     return openvino
 
 
-def _tower(model, method: str, output: str | list[str], names: list[str]):
+def tower_module(model, method: str, output: str | list[str], names: list[str]):
     """One tower as a torch module of positional tensors, for export: the model method that sentence-transformers
     calls for the modality, and the output it reads."""
     import torch
@@ -272,7 +272,7 @@ def _single_transformer(st_model, backend: str):
     return list(st_model)[0]
 
 
-def _build_once(folder: Path, modality: str, backend: str, precision: str, export) -> Path:
+def build_once(folder: Path, modality: str, backend: str, precision: str, export) -> Path:
     """The tower's graph file in ``folder/modality``, exported first if it is not there. Built in a private
     folder and renamed into place, so a killed build or a second process never leaves half a graph. Every folder
     on the way is this user's alone (``private_dir``): a graph is code the model runs, and nobody else may put one
@@ -283,7 +283,7 @@ def _build_once(folder: Path, modality: str, backend: str, precision: str, expor
         _remove_leftovers(level)
     final = folder / modality
     name = _GRAPH_FILE[backend]
-    if _own_file(final / name):
+    if own_file(final / name):
         return final / name
     log.warning(
         "imgsearch: building the %s %s %s graph in %s (once per model and setting; seconds for ViT-B/32, "
@@ -298,12 +298,12 @@ def _build_once(folder: Path, modality: str, backend: str, precision: str, expor
     building.mkdir(mode=0o700)
     try:
         export(building)
-        if os.path.lexists(final) and not _own_file(final / name):
+        if os.path.lexists(final) and not own_file(final / name):
             remove_graphs(final)  # what a killed removal left, or not a folder of ours: never loaded, replaced
         try:
             os.rename(building, final)
         except OSError:  # another process finished first: use its graph
-            if not _own_file(final / name):
+            if not own_file(final / name):
                 raise
     finally:
         shutil.rmtree(building, ignore_errors=True)
@@ -350,7 +350,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _own_file(path: Path) -> bool:
+def own_file(path: Path) -> bool:
     """``path`` is a regular file of this user in a real folder of this user (no link on the last two steps)."""
     try:
         folder, info = os.lstat(path.parent), os.lstat(path)
@@ -383,10 +383,10 @@ def remove_graphs(folder: Path, aside_first: bool = True) -> None:
         log.warning("imgsearch: cannot remove %s: %s", aside, exc)
 
 
-def _runner(path: Path, backend: str, precision: str, threads: int):
+def graph_runner(path: Path, backend: str, precision: str, threads: int):
     """A function from named numpy inputs to the tower's (n, dim) output."""
     if backend == "openvino":
-        openvino = _openvino()
+        openvino = openvino_module()
         # int8: the quantised matrix products run in int8, the rest in fp32
         compiled = openvino.Core().compile_model(
             str(path),

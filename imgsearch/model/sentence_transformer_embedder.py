@@ -13,6 +13,8 @@ from PIL import Image
 log = logging.getLogger(__name__)
 
 from imgsearch.errors import BackendNotSupportedError
+from imgsearch.model.agreement import probe_pictures
+from imgsearch.model.cpu import cpu_flags
 from imgsearch.model.embedder import (
     TextEmbedding,
     _check_cache_dir,
@@ -23,6 +25,8 @@ from imgsearch.model.embedder import (
 )
 from imgsearch.model.precision import BASELINE, Choice, Option, check_backend, check_supported, choose
 from imgsearch.model.runtimes import CompiledModel, autocast, compiles, graph_folder, quantized
+from imgsearch.model.text_graphs import FastTextEmbedder, TextGraphError, build, exported_settings, text_folder
+from imgsearch.model.text_tower import TextChoice, cached_text_choice, measure, remember, text_candidates
 from imgsearch.settings import BackendSetting, PrecisionSetting, cache_home
 
 # Text towers trained on texts padded to one fixed length. SigLIP's text vector is its last position's, which is
@@ -74,6 +78,9 @@ class SentenceTransformerEmbedder:
         self._text_model = SentenceTransformer(_one_identity(text_model), device=device) if text_model else self._model
         self._lock = threading.Lock()  # one batch at a time; callers queue here
         self.backend, self.precision = BASELINE  # the fingerprint and the probes below are taken in torch fp32
+        self.text_backend, self.text_precision = BASELINE  # texts: as images, until text_tower chooses
+        self.text_choice: TextChoice | None = None
+        self._fast_text: FastTextEmbedder | None = None
         # Keyed by (option, whether it runs a pair's text model): a single model's texts share its runner.
         self._runners: dict[tuple[Option, bool], object] = {}
         self.max_text_tokens = self._text_token_limit()
@@ -90,11 +97,17 @@ class SentenceTransformerEmbedder:
         self.fingerprint = fingerprint(self)
         self.precision_choice: Choice | None = None
         self._auto = (cache_dir, backend)  # what tune() measures with
+        # The text tower is chosen apart, for one query's latency (text_tower.py), where auto chooses everything.
+        self._tunes_text = (
+            precision == "auto" and backend == "auto" and device == "cpu" and not text_model and compiles(self._model)
+        )
         chosen: Option = (backend, precision)
         if precision == "auto":
             self.precision_choice = choose(self, cache_dir, backend)
             log.info("%s", self.precision_choice.describe())
             chosen = (self.precision_choice.backend, self.precision_choice.precision)
+        if self._tunes_text and (known := cached_text_choice(self._text_folder())):
+            self._use_text(known)
         self._use(chosen)
 
     @property
@@ -114,16 +127,93 @@ class SentenceTransformerEmbedder:
         self._use((self.precision_choice.backend, self.precision_choice.precision))
         return self.precision_choice
 
+    @property
+    def needs_text_tuning(self) -> bool:
+        """Whether the text tower's setting is still to be measured (``tune_text``): auto, and not yet measured."""
+        return self._tunes_text and self.text_choice is None
+
+    def tune_text(self) -> TextChoice | None:
+        """Export the text tower (once per model), time each text setting on one query and switch texts to the
+        fastest that agrees with fp32 (text_tower.py); remembered for this machine. None where auto does not
+        choose the text tower (a setting named, CUDA, a pair of models)."""
+        if not self._tunes_text:
+            return None
+        folder = self._text_folder()
+        try:
+            exported = build(folder, self._model[0], self._text_facts()) if exported_settings() else None
+        except TextGraphError as exc:
+            log.info("imgsearch: the text tower stays in torch: %s", exc)
+            exported = None
+        embedders = {BASELINE: self._text_embedding(BASELINE)}
+        for option in text_candidates(cpu_flags(), exported_settings() if exported else []):
+            embedders[option] = self._text_embedding(option, exported)
+        pictures = self.encode(probe_pictures(self.image_size), BASELINE)
+        in_use = {(self.backend, self.precision), (self.text_backend, self.text_precision)}
+        choice = measure(embedders, pictures, finished=lambda option: option in in_use or self.forget(option))
+        if exported:
+            remember(folder, choice)
+        log.info("imgsearch: %s", choice.describe())
+        self._use_text(choice)
+        return choice
+
+    def _text_embedding(self, option: Option, exported: Path | None = None):
+        """A function from texts to their vectors as ``option`` runs them: torch's through this model, another
+        backend's through the exported text tower (made on first use)."""
+        if option[0] == "torch":
+            return lambda texts: self.encode(texts, option, texts=True)
+        made: list[FastTextEmbedder] = []
+
+        def embed(texts: list[str]) -> np.ndarray:
+            made or made.append(FastTextEmbedder(exported, *option))
+            return made[0].embed_texts(texts).vectors
+
+        return embed
+
+    def _text_folder(self) -> Path:
+        return text_folder(self._cache_dir, self.name, self.fingerprint)
+
+    def _text_facts(self) -> dict:
+        """What FastTextEmbedder needs to know of this model without loading it."""
+        return {
+            "model": self.name,
+            "dim": self.dim,
+            "fingerprint": self.fingerprint,
+            "max_text_tokens": self.max_text_tokens,
+            "logit_scale": self.logit_scale,
+            "fixed_length": getattr(getattr(self._model[0], "config", None), "model_type", None) in _FIXED_LENGTH_TEXT,
+        }
+
+    def _use_text(self, choice: TextChoice) -> None:
+        """Run texts as ``choice`` says from now on."""
+        option: Option = (choice.backend, choice.precision)
+        fast = None if option[0] == "torch" else FastTextEmbedder(self._text_folder() / "text", *option)
+        if fast is None:
+            self._runner(option, texts=True)
+        with self._lock:
+            self._fast_text, self.text_choice = fast, choice
+            self.text_backend, self.text_precision = option
+            keep = {(self.backend, self.precision), option}
+            self._runners = {key: runner for key, runner in self._runners.items() if key[0] in keep}
+        self._free_torch()
+
     def _use(self, chosen: Option) -> None:
-        """Run both towers as ``chosen`` from now on, and free the runners of every other setting."""
+        """Run the image tower as ``chosen`` from now on (and texts, unless text_tower chose for them), and free
+        the runners of every other setting."""
         for texts in (False, True):
             self._runner(chosen, texts)
         with self._lock:
-            self._runners = {key: runner for key, runner in self._runners.items() if key[0] == chosen}
+            if self.text_choice is None:
+                self.text_backend, self.text_precision = chosen
+            keep = {chosen, (self.text_backend, self.text_precision)}
+            self._runners = {key: runner for key, runner in self._runners.items() if key[0] in keep}
             self.backend, self.precision = chosen
-        if self.backend != "torch":
-            # The towers run in another runtime now: torch's copy of the weights is freed (490 MB of resident memory
-            # for ViT-B/32); the processor and tokenizer, all the runtime needs of it, stay.
+        self._free_torch()
+
+    def _free_torch(self) -> None:
+        if self.backend != "torch" and self.text_backend != "torch" and not self.needs_text_tuning:
+            # The towers run in other runtimes now: torch's copy of the weights is freed (490 MB of resident memory
+            # for ViT-B/32); the processor and tokenizer, all the runtime needs of it, stay. Kept while the text
+            # tower is still to be measured against it.
             self._model.to("meta")
 
     def embed_images(self, images: list[Image.Image]) -> np.ndarray:
@@ -134,6 +224,9 @@ class SentenceTransformerEmbedder:
 
     def embed_texts(self, texts: list[str]) -> TextEmbedding:
         """Embed texts, truncating each to the model's token limit (reported per text)."""
+        if self._fast_text is not None:
+            with self._lock:  # an OpenVINO request runs one batch at a time
+                return self._fast_text.embed_texts(texts)
         with self._lock:  # a tokenizer's truncation setting is shared: counting must not overlap an encode
             truncated = [self._token_count(t) > self.max_text_tokens if self.max_text_tokens else False for t in texts]
         return TextEmbedding(self.encode(texts, texts=True), truncated)
@@ -142,7 +235,9 @@ class SentenceTransformerEmbedder:
         """Rows of unit length in float32, whatever precision and backend the model ran in."""
         import torch
 
-        backend, precision = option or (self.backend, self.precision)
+        backend, precision = option or (
+            (self.text_backend, self.text_precision) if texts else (self.backend, self.precision)
+        )
         with self._lock:
             runner = self._runner((backend, precision), texts)
             if isinstance(runner, CompiledModel):

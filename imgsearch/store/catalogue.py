@@ -193,6 +193,18 @@ class Catalogue:
         model = (info.get("properties") or {}).get("imgsearch.model")
         return (model or NOT_IMGSEARCH), dim
 
+    def recorded_fingerprint(self) -> list[float] | None:
+        """The model fingerprint recorded with the collection (see ``check_model``), or None: none recorded, or not
+        a list of numbers."""
+        recorded = self._properties().get(_FINGERPRINT_PROPERTY) if self.exists() else None
+        try:
+            values = json.loads(recorded) if recorded else None
+        except ValueError:
+            return None
+        if not isinstance(values, list) or not all(isinstance(v, (int, float)) for v in values):
+            return None
+        return [float(v) for v in values]
+
     def _properties(self, collection: str | None = None) -> dict[str, str]:
         return self._call(lambda c: c.describe_collection(collection or self.collection)).get("properties") or {}
 

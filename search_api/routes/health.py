@@ -24,6 +24,7 @@ async def health(request: Request, store: StoreDep, settings: SettingsDep) -> He
         model=model.name,
         dim=model.dim,
         runs=f"{model.backend} {model.precision}",
+        text_runs=f"{getattr(model, 'text_backend', model.backend)} {getattr(model, 'text_precision', model.precision)}",
         count=count,
         index_id=request.app.state.index_id,
         vector_cache=cache,
