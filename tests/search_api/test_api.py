@@ -53,14 +53,14 @@ def test_health_reports_model_dimension_and_count(client, settings):
     body = client.get("/health").json()
     assert body["status"] == "ok" and body["count"] == 10 and body["dim"] == 16
     assert body["model"] == settings.model
-    assert body["runs"] == "torch fp32"  # the test model's backend and precision (conftest)
+    assert body["runs"] == body["text_runs"] == "torch fp32"  # the test model's backend and precision (conftest)
 
 
 def test_the_server_log_says_what_runs_the_model(settings, encoder, indexed, caplog):
     with caplog.at_level(logging.INFO, logger="uvicorn.error"), TestClient(create_app(settings, encoder=encoder)):
         pass
     said = [r.getMessage() for r in caplog.records if r.name == "uvicorn.error"]
-    assert f"imgsearch: {settings.model} runs torch fp32" in said
+    assert f"imgsearch: {settings.model} runs images as torch fp32; texts as torch fp32" in said
 
 
 def test_text_search_returns_ranked_results_with_urls(client):

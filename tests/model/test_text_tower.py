@@ -1,0 +1,194 @@
+"""The text tower chosen for one query's latency (imgsearch/model/text_tower.py), exported with its tokenizer
+(text_graphs.py), and `imgsearch search` answering with it without torch."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from imgsearch.model.agreement import TEXT_PROBE
+from imgsearch.model.sentence_transformer_embedder import SentenceTransformerEmbedder
+from imgsearch.model.text_graphs import FastTextEmbedder, exported_settings, fast_text_embedder, text_folder
+from imgsearch.model.text_tower import TextTrial, cached_text_choice, pick_text, text_candidates
+
+# ── Choosing: pure rules ────────────────────────────────────────────────────────────────────────────────────
+
+
+def test_the_fastest_text_setting_that_agrees_with_fp32_is_chosen():
+    trials = [
+        TextTrial("torch", "fp32", 30.0, 60.0),
+        TextTrial("onnx", "int8", 3.0, 9.0, min_cosine=0.97),  # fastest, but strays from fp32
+        TextTrial("openvino", "bf16", 6.0, 12.0, min_cosine=0.999, neighbour_overlap=0.99),
+        TextTrial("onnx", "fp32", 10.0, 20.0),
+    ]
+    assert pick_text(trials).label == "openvino bf16"
+    trials[1].min_cosine = 0.995
+    assert pick_text(trials).label == "onnx int8"
+    trials[1].neighbour_overlap = 0.9  # the same queries would find other pictures
+    assert pick_text(trials).label == "openvino bf16"
+
+
+def test_torch_fp32_stays_unless_a_setting_is_clearly_faster_on_one_text():
+    assert pick_text([TextTrial("torch", "fp32", 10.0, 30.0), TextTrial("onnx", "fp32", 9.5, 12.0)]).label == "fp32"
+
+
+@pytest.mark.parametrize(
+    "flags, exported, expected",
+    [
+        ({"avx2"}, [("onnx", "fp32"), ("onnx", "int8"), ("openvino", "fp32"), ("openvino", "bf16")],
+         ["onnx fp32", "onnx int8", "openvino fp32"]),
+        ({"avx512_bf16", "avx512_vnni"}, [("openvino", "fp32"), ("openvino", "bf16")], ["openvino fp32", "openvino bf16"]),
+        ({"avx512_bf16", "avx2"}, [], ["bf16", "int8"]),
+        (set(), [("onnx", "int8")], []),
+    ],
+)  # fmt: skip
+def test_text_settings_are_the_ones_this_cpu_runs_well(flags, exported, expected):
+    labels = [TextTrial(b, p, 0, 0).label for b, p in text_candidates(flags, exported)]
+    assert labels == expected
+
+
+# ── The exported text tower ─────────────────────────────────────────────────────────────────────────────────
+
+needs_onnx = pytest.mark.skipif(("onnx", "fp32") not in exported_settings(), reason="the [onnx] extra is missing")
+
+
+@pytest.fixture(scope="module")
+def tuned(tiny_model_dir, tmp_path_factory):
+    """The tiny model at auto, its text tower measured: (the embedder, its cache folder)."""
+    cache = tmp_path_factory.mktemp("text-cache")
+    encoder = SentenceTransformerEmbedder(str(tiny_model_dir), precision="auto", backend="auto", cache_dir=cache)
+    assert encoder.needs_text_tuning
+    encoder.tune_text()
+    return encoder, cache
+
+
+@needs_onnx
+def test_the_exported_text_tower_gives_the_models_own_vectors_and_truncation(tuned, encoder):
+    """Tokenised without the model's processor and run without torch, each probe text (a long one included) gets
+    the vector torch fp32 gives it, and the same truncation flag."""
+    auto, cache = tuned
+    folder = text_folder(cache, auto.name, auto.fingerprint) / "text"
+    fast = FastTextEmbedder(folder, "onnx", "fp32").embed_texts(TEXT_PROBE)
+    reference = encoder.embed_texts(TEXT_PROBE)  # the session's torch fp32 embedder of the same weights
+    assert fast.truncated == reference.truncated and any(fast.truncated)
+    cosines = np.sum(fast.vectors * reference.vectors, axis=1)
+    assert cosines.min() > 0.9999
+    assert np.allclose(np.linalg.norm(fast.vectors, axis=1), 1, atol=1e-5)
+
+
+@needs_onnx
+def test_texts_run_as_the_chosen_setting_and_a_later_load_remembers_it(tuned, tiny_model_dir):
+    auto, cache = tuned
+    choice = auto.text_choice
+    assert (auto.text_backend, auto.text_precision) == (choice.backend, choice.precision)
+    assert [t.label for t in choice.trials][0] == "fp32" and len(choice.trials) > 1
+    again = SentenceTransformerEmbedder(str(tiny_model_dir), precision="auto", backend="auto", cache_dir=cache)
+    assert not again.needs_text_tuning and again.text_choice.cached
+    assert again.text_choice.label == choice.label
+    assert np.allclose(again.embed_texts(["a red bicycle"]).vectors, auto.embed_texts(["a red bicycle"]).vectors)
+
+
+@needs_onnx
+@pytest.mark.parametrize("damage", ["another machine", "not json", "unknown setting", "a link"])
+def test_a_damaged_or_foreign_choice_is_measured_again_never_an_error(tuned, tmp_path, damage):
+    auto, cache = tuned
+    folder = text_folder(cache, auto.name, auto.fingerprint)
+    saved = (folder / "choice.json").read_text()
+    entry = json.loads(saved)
+    try:
+        (folder / "choice.json").unlink()
+        if damage == "another machine":
+            (folder / "choice.json").write_text(json.dumps({**entry, "machine": "a CPU elsewhere|avx2"}))
+        elif damage == "not json":
+            (folder / "choice.json").write_text("{")
+        elif damage == "unknown setting":
+            (folder / "choice.json").write_text(json.dumps({**entry, "backend": "tensorrt"}))
+        else:
+            (tmp_path / "planted.json").write_text(saved)
+            (folder / "choice.json").symlink_to(tmp_path / "planted.json")
+        assert cached_text_choice(folder) is None
+        assert fast_text_embedder(cache, auto.name, auto.fingerprint) is None
+    finally:
+        (folder / "choice.json").unlink()
+        (folder / "choice.json").write_text(saved)
+
+
+def test_a_named_precision_or_a_pair_keeps_texts_as_images(tiny_model_dir, tmp_path):
+    named = SentenceTransformerEmbedder(str(tiny_model_dir), precision="fp32", backend="auto", cache_dir=tmp_path)
+    assert not named.needs_text_tuning and named.tune_text() is None
+    assert (named.text_backend, named.text_precision) == ("torch", "fp32")
+
+
+# ── `imgsearch search` with no server ──────────────────────────────────────────────────────────────────────
+
+
+def _search(imgsearch_bin: str, env: dict[str, str], cwd: Path) -> list[str]:
+    done = subprocess.run(
+        [imgsearch_bin, "search", "a red square", "-k", "3", "--json"],
+        env=env, cwd=cwd, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return [hit["path"] for hit in json.loads(done.stdout)]
+
+
+@needs_onnx
+def test_after_imgsearch_index_a_cli_search_runs_the_text_tower_without_torch(
+    photo_dir, imgsearch_bin, cli_env, tmp_path
+):
+    """The first `imgsearch index` at auto measures the text tower; then `imgsearch search` with no server
+    answers with it, torch unimportable, with the results of the whole model in fp32; without the exported
+    tower it loads the whole model."""
+    env = {**cli_env, "IMGSEARCH_PRECISION": "auto", "IMGSEARCH_BACKEND": "auto"}
+    done = subprocess.run(
+        [imgsearch_bin, "index", str(photo_dir)], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr
+    assert "text tower ->" in done.stderr
+    full = _search(imgsearch_bin, {**env, "IMGSEARCH_PRECISION": "fp32"}, tmp_path)
+    no_torch = tmp_path / "no-torch"
+    (no_torch / "torch").mkdir(parents=True)
+    (no_torch / "torch" / "__init__.py").write_text("raise ImportError('torch was imported')\n")
+    started = time.monotonic()
+    assert _search(imgsearch_bin, {**env, "PYTHONPATH": str(no_torch)}, tmp_path) == full
+    assert time.monotonic() - started < 60
+    graphs = Path(env["IMGSEARCH_CACHE_DIR"]) / "graphs"
+    for folder in graphs.glob("text-*"):
+        os.rename(folder, folder.with_name("removed-" + folder.name))
+    assert _search(imgsearch_bin, env, tmp_path) == full  # the whole model, as before
+
+
+@needs_onnx
+def test_the_server_measures_the_text_tower_after_start_and_health_says_what_runs_each(
+    tiny_model_dir, settings, photo_dir, tmp_path
+):
+    """A server at auto answers at once, with texts run as images are; in the background it measures the text
+    tower, switches texts to the chosen setting, and /health says what runs each tower."""
+    from fastapi.testclient import TestClient
+
+    from imgsearch.indexer.runner import run_index
+    from imgsearch.search_api.main import create_app
+    from imgsearch.store import MilvusStore
+
+    store = MilvusStore.from_settings(settings)
+    run_index([str(photo_dir)], settings, SentenceTransformerEmbedder(str(tiny_model_dir)), store)
+    store.close()
+    auto = SentenceTransformerEmbedder(
+        str(tiny_model_dir), precision="auto", backend="auto", cache_dir=tmp_path / "fresh-cache"
+    )
+    with TestClient(create_app(settings, encoder=auto)) as client:
+        deadline = time.monotonic() + 300
+        while auto.needs_text_tuning:
+            assert client.post("/search", json={"text": "a red square", "limit": 3}).status_code == 200
+            assert time.monotonic() < deadline, "the text tower was not measured in the background"
+            time.sleep(0.2)
+        health = client.get("/health").json()
+        assert health["text_runs"] == f"{auto.text_choice.backend} {auto.text_choice.precision}"
+        assert health["runs"] == f"{auto.backend} {auto.precision}"
+        assert auto.text_choice.backend != "torch"  # on the tiny model, any exported graph beats torch's overhead
+        assert client.post("/search", json={"text": "a red square", "limit": 3}).json()["results"]
