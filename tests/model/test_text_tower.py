@@ -192,3 +192,42 @@ def test_the_server_measures_the_text_tower_after_start_and_health_says_what_run
         assert health["runs"] == f"{auto.backend} {auto.precision}"
         assert auto.text_choice.backend != "torch"  # on the tiny model, any exported graph beats torch's overhead
         assert client.post("/search", json={"text": "a red square", "limit": 3}).json()["results"]
+
+
+# ── The agreement gate for texts, on the real ViT-B/32 architecture and photos ─────────────────────────────────
+
+
+@pytest.mark.slow
+@needs_onnx
+def test_text_settings_find_the_same_photos_as_fp32_and_auto_picks_one_that_does(tmp_path, capsys):
+    """The gate for the text tower: 48 photos embedded by torch fp32 (crops of real photographs), 48 queries;
+    each text setting this CPU runs well finds the same top-10 photos as torch fp32 for the queries at >= 0.95
+    mean overlap, with every query's cosine to fp32 >= 0.99, wherever it must (the fp32 graphs, bf16), and the
+    setting auto picks always does (its probe applies the same gate to its own pictures)."""
+    from PIL import Image
+
+    from imgsearch.model.agreement import min_cosine, top_k_overlap
+    from imgsearch.model.cpu import cpu_flags
+    from tests.support.models import build_local_clip
+    from tests.support.photos import QUERY_TEXTS, make_photos
+
+    model = build_local_clip(tmp_path / "vit-b-32", "vit-b-32", seed=0)
+    make_photos(tmp_path / "photos", 48, size=(640, 480))
+    auto = SentenceTransformerEmbedder(str(model), precision="auto", backend="auto", cache_dir=tmp_path / "cache")
+    choice = auto.tune_text()
+    photos = [Image.open(path).convert("RGB") for path in sorted((tmp_path / "photos").glob("*.jpg"))]
+    stored = auto.encode(photos, ("torch", "fp32"))
+    reference = auto.encode(QUERY_TEXTS, ("torch", "fp32"), texts=True)
+    folder = text_folder(tmp_path / "cache", auto.name, auto.fingerprint) / "text"
+    measured = {}
+    for backend, precision in text_candidates(cpu_flags(), exported_settings()):
+        vectors = FastTextEmbedder(folder, backend, precision).embed_texts(QUERY_TEXTS).vectors
+        overlap = top_k_overlap(reference, stored, vectors, stored, 10)
+        measured[TextTrial(backend, precision, 0, 0).label] = (overlap, min_cosine(reference, vectors))
+    with capsys.disabled():
+        print("\n" + choice.describe())
+        for label, (overlap, cosine) in measured.items():
+            print(f"{label}: text->image top-10 overlap {overlap:.3f}, min cosine to fp32 {cosine:.4f}")
+    passing = {label for label, (overlap, cosine) in measured.items() if overlap >= 0.95 and cosine >= 0.99}
+    assert choice.label == "fp32" or choice.label in passing, measured
+    assert not ({"onnx fp32", "openvino fp32", "openvino bf16"} & set(measured)) - passing, measured
