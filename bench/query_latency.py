@@ -6,9 +6,11 @@ at 8 concurrent clients, with the in-memory vector copy on (the default) and off
 Lite). In the same run it times the bare text encode and an exact numpy search over the same vectors,
 and prints p50 / (encode + numpy). Then a load of --load-seconds at 8 clients counts errors.
 
-The server and the bare encode run at --precision (default auto, what a user gets) on torch. First, the text
-encoder's latency for one query: torch fp32 and each setting this CPU runs well, in torch and in each installed
-backend (IMGSEARCH_BACKEND=onnx, openvino), taking turns; --text-only stops there.
+The server and the bare encode run at --precision (default auto, what a user gets) with IMGSEARCH_BACKEND auto,
+so their text tower runs the setting measured fastest for one query (imgsearch/model/text_tower.py; its trials are
+printed and saved). First, the text encoder's latency for one query: torch fp32 and each setting this CPU runs
+well, in torch and in each installed backend (IMGSEARCH_BACKEND=onnx, openvino), taking turns; --text-only stops
+there.
 
 Usage: python bench/query_latency.py [--sizes 10000 100000] [--load-seconds 60] [--precision auto] [--text-only]
 """
@@ -181,6 +183,7 @@ def load(base: str, clients: int, seconds: float) -> dict:
 
 
 _ENCODERS: dict = {}
+SERVED_BACKEND = "auto"  # the server's default: with precision auto, the text tower is chosen for one query
 
 
 def encoder_at(model_dir: Path, precision: str, cache_dir: Path, backend: str = "torch") -> SentenceTransformerEmbedder:
@@ -221,7 +224,7 @@ def text_encoder_by_setting(
 
 
 def bare_costs(model_dir: Path, vectors: np.ndarray, precision: str, cache_dir: Path, repeats: int = 30) -> dict:
-    encoder = encoder_at(model_dir, precision, cache_dir)
+    encoder = encoder_at(model_dir, precision, cache_dir, SERVED_BACKEND)  # texts as the server runs them
     # Two separate loops: right after a BLAS call OpenBLAS threads spin for a while and would slow the encode.
     encode_ms, numpy_ms, queries = [], [], []
     for i in range(repeats):
@@ -336,10 +339,15 @@ def main() -> int:
         print_text_encoders(by_setting)
         if args.text_only:
             args.sizes = []
-        served = encoder_at(model_dir, args.precision, cache_dir)
+        served = encoder_at(model_dir, args.precision, cache_dir, SERVED_BACKEND)
         results["precision"] = served.precision
         if served.precision_choice:
             print(served.precision_choice.describe(), flush=True)
+        if served.needs_text_tuning:  # measured here, so that every server below starts with it (cache_dir)
+            text = served.tune_text()
+            print(text.describe(), flush=True)
+            results["text_tower"] = {"chosen": text.label, "trials": [vars(t) for t in text.trials]}
+        results["text_runs"] = f"{served.text_backend} {served.text_precision}"
         for rows in args.sizes:
             results["sizes"][str(rows)] = measure_size(args, tmp, rows, model_dir, cache_dir)
     write_result(args.out, results)

@@ -75,6 +75,7 @@ class FakeApi:
         self.label_requests: list[dict] = []  # bodies of POST /labels
         self.deleted: list[str] = []
         self.job_polls = 0
+        self.unfinished: list[dict] = []  # GET /index: the server's queued and running jobs
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         if request.url.path == "/health":
@@ -107,6 +108,10 @@ class FakeApi:
         if request.url.path.startswith("/labels/") and request.method == "DELETE":
             self.deleted.append(request.url.path.rsplit("/", 1)[1])
             return self._json(IndexJob, {"job_id": "job2", "kind": "tag", "state": "queued"})
+        if request.url.path == "/index" and request.method == "GET":
+            return httpx.Response(
+                200, json=[IndexJob.model_validate(j).model_dump(mode="json") for j in self.unfinished]
+            )
         if request.url.path.startswith("/index/"):
             self.job_polls += 1
             done = self.job_polls >= 2  # running once, then done
@@ -245,6 +250,23 @@ def test_empty_index_says_how_to_index(fake):
     app = run()
     assert not app.exception
     assert "imgsearch index" in app.info[0].value
+
+
+def test_while_the_server_indexes_the_page_says_how_far_it_is_instead_of_an_empty_index(fake):
+    """`imgsearch up ~/Pictures` opens the page while the first index runs: it shows the job's progress, not
+    advice to run `imgsearch index`; once photos are searchable it shows both the progress and the search."""
+    api = fake(FakeApi(count=0))
+    api.unfinished = [{"job_id": "j1", "kind": "index", "state": "running", "paths": ["/home/me/Pictures"]}]
+    app = run()
+    assert not app.exception
+    assert "looking for photos in /home/me/Pictures" in texts(app) and "imgsearch index" not in texts(app)
+    api.unfinished[0].update(total=1200, processed=300)
+    api.count = 300
+    app = run("cat")
+    assert "Indexing 1,200 photos: 300 done" in texts(app)
+    assert [b["text"] for b in api.searches] == ["cat"] and len(app.get("image")) == 3
+    api.unfinished = [{"job_id": "t1", "kind": "tag", "state": "running", "label_set": "pets"}]
+    assert "Indexing" not in texts(run())  # a tag job is not indexing
 
 
 def test_text_search_shows_a_grid_with_scores_and_file_names(fake):
