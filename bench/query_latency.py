@@ -133,7 +133,11 @@ def start_server(
 
 
 def measure(base: str, clients: int, requests_per_client: int) -> tuple[dict, int]:
+    """Percentiles of the wall time per request seen by ``clients`` concurrent clients, with the p50 of the time
+    the server says it spent in the search service (``took_ms``: the rest is HTTP, JSON and validation); and the
+    number of errors."""
     samples: list[float] = []
+    took: list[float] = []
     errors = 0
     lock = threading.Lock()
 
@@ -147,13 +151,15 @@ def measure(base: str, clients: int, requests_per_client: int) -> tuple[dict, in
                 with lock:
                     samples.append(elapsed)
                     errors += response.status_code != 200
+                    if response.status_code == 200:
+                        took.append(response.json()["took_ms"])
 
     threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    return percentiles(samples), errors
+    return {**percentiles(samples), "service_p50_ms": round(statistics.median(took), 2) if took else None}, errors
 
 
 def load(base: str, clients: int, seconds: float) -> dict:
@@ -268,22 +274,49 @@ def print_text_encoders(by_setting: dict) -> None:
         )
 
 
+def stages(stats: dict, bare: dict) -> dict:
+    """Where one request's time goes (p50s, ms, and each one's share): the text encode and the exact scan as
+    measured bare, the rest of the search service (thread hops, the batcher, filters, building hits), and HTTP
+    (uvicorn, request validation, JSON of the response) as what the client waits beyond the service's took_ms."""
+    wall, service = stats["p50_ms"], stats["service_p50_ms"] or 0.0
+    parts = {
+        "text encode": bare["text_encode_ms"],
+        "scan": bare["numpy_exact_ms"],
+        "rest of the service": max(0.0, service - bare["text_encode_ms"] - bare["numpy_exact_ms"]),
+        "http, validation, json": max(0.0, wall - service),
+    }
+    return {name: f"{ms:.1f} ms ({ms / wall:.0%})" for name, ms in parts.items()}
+
+
 def measure_served(
-    args: argparse.Namespace, base: str, cache: str, per_client: int, rows: int, floor: float, entry: dict
+    args: argparse.Namespace,
+    base: str,
+    cache: str,
+    per_client: int,
+    rows: int,
+    bare: dict,
+    entry: dict,
 ) -> None:
     """p50/p95/p99 at 1 and 8 clients against the running server, and the load on the largest size, into ``entry``."""
     measure(base, 1, 5)  # warm-up
+    floor = bare["text_encode_ms"] + bare["numpy_exact_ms"]
     for clients in (1, 8):
         stats, errors = measure(base, clients, max(3, per_client // clients * (2 if clients > 1 else 1)))
         stats["errors"] = errors
         stats["p50_over_floor"] = round(stats["p50_ms"] / floor, 2)
         entry[f"cache_{cache}_clients_{clients}"] = stats
+        if clients == 1:
+            entry[f"cache_{cache}_stages"] = stages(stats, bare)
+            print("  stages at 1 client: " + ", ".join(f"{k} {v}" for k, v in entry[f"cache_{cache}_stages"].items()))
         print(
             f"vector cache {cache:3s} {clients} client(s): p50 {stats['p50_ms']:7.1f}  "
             f"p95 {stats['p95_ms']:7.1f}  p99 {stats['p99_ms']:7.1f} ms  "
             f"p50/(encode+numpy) {stats['p50_over_floor']:5.2f}  errors {errors}",
             flush=True,
         )
+    one, eight = entry[f"cache_{cache}_clients_1"], entry[f"cache_{cache}_clients_8"]
+    eight["p50_vs_one_client"] = round(eight["p50_ms"] / one["p50_ms"], 2)
+    print(f"  8 clients' p50 = {eight['p50_vs_one_client']:.2f}x one client's (target: at most 2x)", flush=True)
     if cache == "on" and rows == max(args.sizes) and args.load_seconds > 0:
         entry["load"] = load(base, 8, args.load_seconds)
         print(f"load: {entry['load']}", flush=True)
@@ -306,7 +339,7 @@ def measure_size(args: argparse.Namespace, tmp: Path, rows: int, model_dir: Path
             flush=True,
         )
         try:
-            measure_served(args, base, cache, per_client, rows, floor, entry)
+            measure_served(args, base, cache, per_client, rows, bare, entry)
         finally:
             process.terminate()
             process.wait(timeout=30)

@@ -35,6 +35,7 @@ import socket
 import stat
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -213,7 +214,7 @@ class CompiledModel:
         return int8.quantise(fp32, target / "tower-int8.onnx", feeds)
 
 
-def openvino_module():
+def openvino_module() -> Any:
     """The openvino module, with its usage telemetry off. Importing openvino (its model converter) sends an event
     to Intel's analytics from a forked process, unless the user opted out with Intel's own tool; imgsearch sends
     nothing anywhere, so this process declines for the user."""
@@ -228,7 +229,7 @@ def openvino_module():
     return openvino
 
 
-def tower_module(model, method: str, output: str | list[str], names: list[str]):
+def tower_module(model: Any, method: str, output: str | list[str], names: list[str]) -> Any:
     """One tower as a torch module of positional tensors, for export: the model method that sentence-transformers
     calls for the modality, and the output it reads."""
     import torch
@@ -272,7 +273,7 @@ def _single_transformer(st_model, backend: str):
     return list(st_model)[0]
 
 
-def build_once(folder: Path, modality: str, backend: str, precision: str, export) -> Path:
+def build_once(folder: Path, modality: str, backend: str, precision: str, export: Callable[[Path], None]) -> Path:
     """The tower's graph file in ``folder/modality``, exported first if it is not there. Built in a private
     folder and renamed into place, so a killed build or a second process never leaves half a graph. Every folder
     on the way is this user's alone (``private_dir``): a graph is code the model runs, and nobody else may put one
@@ -383,7 +384,7 @@ def remove_graphs(folder: Path, aside_first: bool = True) -> None:
         log.warning("imgsearch: cannot remove %s: %s", aside, exc)
 
 
-def graph_runner(path: Path, backend: str, precision: str, threads: int):
+def graph_runner(path: Path, backend: str, precision: str, threads: int) -> Callable[[dict], np.ndarray]:
     """A function from named numpy inputs to the tower's (n, dim) output."""
     if backend == "openvino":
         openvino = openvino_module()

@@ -101,9 +101,14 @@ class SentenceTransformerEmbedder:
         self._tunes_text = (
             precision == "auto" and backend == "auto" and device == "cpu" and not text_model and compiles(self._model)
         )
-        chosen: Option = (backend, precision)
-        if precision == "auto":
-            self.precision_choice = choose(self, cache_dir, backend)
+        self._choose((backend, precision), cache_dir)
+
+    def _choose(self, named: Option, cache_dir: Path | None) -> None:
+        """Run as ``named`` (backend, precision), or as auto chooses: the image tower now, the text tower as
+        remembered (else later: tune_text)."""
+        chosen = named
+        if named[1] == "auto":
+            self.precision_choice = choose(self, cache_dir, named[0])
             log.info("%s", self.precision_choice.describe())
             chosen = (self.precision_choice.backend, self.precision_choice.precision)
         if self._tunes_text and (known := cached_text_choice(self._text_folder())):
