@@ -157,7 +157,7 @@ class FastTextEmbedder:
     def __init__(self, folder: Path, backend: str, precision: str):
         from tokenizers import Tokenizer
 
-        facts = json.loads(read_own_file(folder / "tower.json", _MAX_META_BYTES))
+        facts = json.loads(read_own_file(_own(folder / "tower.json"), _MAX_META_BYTES))
         self.name: str = facts["model"]
         self.dim = int(facts["dim"])
         self.fingerprint = [float(v) for v in facts["fingerprint"]]
@@ -165,7 +165,8 @@ class FastTextEmbedder:
         self.logit_scale = float(facts["logit_scale"])
         self.backend, self.precision = backend, precision
         self._inputs: list[str] = list(facts["inputs"])
-        self._tokenizer = Tokenizer.from_str(read_own_file(folder / "tokenizer.json", _MAX_TOKENIZER_BYTES).decode())
+        tokenizer = read_own_file(_own(folder / "tokenizer.json"), _MAX_TOKENIZER_BYTES)
+        self._tokenizer = Tokenizer.from_str(tokenizer.decode())
         threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         self._run: Callable[[dict], np.ndarray] = graph_runner(
             _own(folder / FILES[backend, precision]), backend, precision, threads
@@ -182,6 +183,21 @@ class FastTextEmbedder:
         raise NotImplementedError("an image query needs the whole model: see load_embedder")
 
 
+def _private(folder: Path, levels: int) -> bool:
+    """Whether ``folder`` and the ``levels - 1`` folders above it are real folders of this user that nobody else
+    may write in: what they hold runs as the model."""
+    import stat
+
+    for level in [folder, *folder.parents][:levels]:
+        try:
+            info = os.lstat(level)
+        except OSError:
+            return False
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o022:
+            return False
+    return True
+
+
 def _own(path: Path) -> Path:
     """``path`` if it is a file of this user in a folder of this user; UnsafeFileError otherwise."""
     if not own_file(path):
@@ -195,6 +211,8 @@ def fast_text_embedder(cache_dir: Path, model: str, fingerprint: list[float]) ->
     from imgsearch.model.text_tower import cached_text_choice
 
     folder = text_folder(cache_dir, model, fingerprint) / "text"
+    if not _private(folder, levels=4):  # the cache directory, graphs/, this model's, text/
+        return None
     choice = cached_text_choice(folder.parent)
     if choice is None or choice.backend == "torch" or not installed(choice.backend):
         return None

@@ -231,3 +231,18 @@ def test_text_settings_find_the_same_photos_as_fp32_and_auto_picks_one_that_does
     passing = {label for label, (overlap, cosine) in measured.items() if overlap >= 0.95 and cosine >= 0.99}
     assert choice.label == "fp32" or choice.label in passing, measured
     assert not ({"onnx fp32", "openvino fp32", "openvino bf16"} & set(measured)) - passing, measured
+
+
+@needs_onnx
+def test_a_text_folder_that_others_may_write_in_is_not_run(tuned):
+    """What the text folder holds runs as the model: a folder another user may write in is never loaded."""
+    auto, cache = tuned
+    folder = text_folder(cache, auto.name, auto.fingerprint)
+    assert fast_text_embedder(cache, auto.name, auto.fingerprint) is not None
+    for level in (folder / "text", folder, cache / "graphs"):
+        mode = level.stat().st_mode
+        try:
+            level.chmod(0o777)
+            assert fast_text_embedder(cache, auto.name, auto.fingerprint) is None, level
+        finally:
+            level.chmod(mode)
