@@ -7,10 +7,9 @@ Lite). In the same run it times the bare text encode and an exact numpy search o
 and prints p50 / (encode + numpy). Then a load of --load-seconds at 8 clients counts errors.
 
 The server and the bare encode run at --precision (default auto, what a user gets) with IMGSEARCH_BACKEND auto,
-so their text tower runs the setting measured fastest for one query (imgsearch/model/text_tower.py; its trials are
-printed and saved). First, the text encoder's latency for one query: torch fp32 and each setting this CPU runs
-well, in torch and in each installed backend (IMGSEARCH_BACKEND=onnx, openvino), taking turns; --text-only stops
-there.
+so their text tower runs the setting measured fastest for one query (imgsearch/model/text_tower.py). First, that
+measurement: each text setting this CPU runs well on one text and on eight, beside torch fp32, with its agreement;
+--text-only stops there.
 
 Usage: python bench/query_latency.py [--sizes 10000 100000] [--load-seconds 60] [--precision auto] [--text-only]
 """
@@ -203,29 +202,17 @@ def encoder_at(model_dir: Path, precision: str, cache_dir: Path, backend: str = 
     return _ENCODERS[key]
 
 
-def text_encoder_by_setting(
-    model_dir: Path, settings: list[tuple[str, str]], cache_dir: Path, rounds: int = 5, block: int = 10
-) -> dict:
-    """Median ms of one text encode for each (backend, precision), keyed by the setting's label ("fp32" is torch
-    fp32). The settings take turns in blocks of ``block`` queries, in ``rounds`` rounds (this machine's speed
-    drifts), and the first two queries of a block are not counted: right after another runtime ran, its threads
-    still spin for a while (torch fp32 measured 81 ms a query when the settings alternated query by query, 59 ms
-    on its own)."""
-    from imgsearch.model.precision import setting_label
-
-    encoders = {setting_label(b, p): encoder_at(model_dir, p, cache_dir, b) for b, p in settings}
-    samples: dict[str, list[float]] = {label: [] for label in encoders}
-    for _ in range(rounds):
-        for label, encoder in encoders.items():
-            for i in range(block):
-                started = time.perf_counter()
-                encoder.embed_texts([QUERIES[i % len(QUERIES)]])
-                if i >= 2:
-                    samples[label].append((time.perf_counter() - started) * 1000)
-    medians = {label: round(statistics.median(v), 2) for label, v in samples.items()}
+def text_settings(choice) -> dict:
+    """The text tower's trials (imgsearch/model/text_tower.py: one text and eight, against torch fp32), by label."""
+    fp32 = choice.trials[0].one_ms
     return {
-        label: {"text_encode_ms": ms, "speedup_vs_fp32": round(medians["fp32"] / ms, 2)}
-        for label, ms in medians.items()
+        t.label: {
+            "text_encode_ms": round(t.one_ms, 2),
+            "eight_texts_ms": round(t.eight_ms, 2),
+            "speedup_vs_fp32": round(fp32 / t.one_ms, 2),
+            "agrees_with_fp32": t.agrees,
+        }
+        for t in choice.trials
     }
 
 
@@ -268,8 +255,10 @@ def parse_args() -> argparse.Namespace:
 def print_text_encoders(by_setting: dict) -> None:
     for label, figures in by_setting.items():
         print(
-            f"text encode {label:>13}: {figures['text_encode_ms']:6.2f} ms  ({figures['speedup_vs_fp32']:.2f} x "
-            f"torch fp32)",
+            f"text encode {label:>13}: {figures['text_encode_ms']:6.2f} ms, eight texts {figures['eight_texts_ms']:6.2f} "
+            f"ms  ({figures['speedup_vs_fp32']:.2f} x torch fp32"
+            + ("" if figures["agrees_with_fp32"] else ", below the agreement gate")
+            + ")",
             flush=True,
         )
 
@@ -351,8 +340,6 @@ def main() -> int:
 
     from machine import machine_info, print_machine, write_result
 
-    from imgsearch.model.cpu import cpu_flags
-    from imgsearch.model.precision import fast_settings
     from tests.support.models import build_local_clip
 
     results = {
@@ -367,20 +354,20 @@ def main() -> int:
         print("building random-weight ViT-B/32 ...", flush=True)
         model_dir = build_local_clip(tmp / "vit-b-32", "vit-b-32")
         cache_dir = tmp / "cache"
-        by_setting = text_encoder_by_setting(model_dir, fast_settings(cpu_flags()), cache_dir)
-        results["text_encoder_by_setting"] = by_setting
-        print_text_encoders(by_setting)
-        if args.text_only:
-            args.sizes = []
         served = encoder_at(model_dir, args.precision, cache_dir, SERVED_BACKEND)
         results["precision"] = served.precision
         if served.precision_choice:
             print(served.precision_choice.describe(), flush=True)
-        if served.needs_text_tuning:  # measured here, so that every server below starts with it (cache_dir)
-            text = served.tune_text()
+        # Measured here, so that every server below starts with it (cache_dir): the text tower's settings, timed
+        # on one text and eight, each beside torch fp32.
+        text = served.tune_text() if served.needs_text_tuning else served.text_choice
+        if text is not None:
+            results["text_encoder_by_setting"] = text_settings(text)
+            print_text_encoders(results["text_encoder_by_setting"])
             print(text.describe(), flush=True)
-            results["text_tower"] = {"chosen": text.label, "trials": [vars(t) for t in text.trials]}
         results["text_runs"] = f"{served.text_backend} {served.text_precision}"
+        if args.text_only:
+            args.sizes = []
         for rows in args.sizes:
             results["sizes"][str(rows)] = measure_size(args, tmp, rows, model_dir, cache_dir)
     write_result(args.out, results)
