@@ -28,13 +28,14 @@ def setting_label(backend: str, precision: str) -> str:
     return precision if backend == "torch" else f"{backend} {precision}"
 
 
-@dataclass
-class Trial:
+class Measured:
+    """A setting measured against torch fp32 (``backend``, ``precision``, ``min_cosine``, ``neighbour_overlap``):
+    its name, and whether it passes the agreement gate."""
+
+    backend: str
     precision: str
-    images_per_s: float
-    min_cosine: float = 1.0
-    neighbour_overlap: float = 1.0
-    backend: str = "torch"
+    min_cosine: float
+    neighbour_overlap: float
 
     @property
     def label(self) -> str:
@@ -43,6 +44,15 @@ class Trial:
     @property
     def agrees(self) -> bool:
         return self.min_cosine >= AGREEMENT["min_cosine"] and self.neighbour_overlap >= AGREEMENT["neighbour_overlap"]
+
+
+@dataclass
+class Trial(Measured):
+    precision: str
+    images_per_s: float
+    min_cosine: float = 1.0
+    neighbour_overlap: float = 1.0
+    backend: str = "torch"
 
 
 @dataclass

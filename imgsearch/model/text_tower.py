@@ -33,8 +33,8 @@ from pathlib import Path
 import numpy as np
 
 from imgsearch.media.safe_files import UnsafeFileError, read_own_file
-from imgsearch.model.agreement import AGREEMENT, TEXT_NEIGHBOURS, TEXT_PROBE, min_cosine, top_k_overlap
-from imgsearch.model.choice_cache import setting_label
+from imgsearch.model.agreement import TEXT_NEIGHBOURS, TEXT_PROBE, min_cosine, top_k_overlap
+from imgsearch.model.choice_cache import Measured, setting_label
 from imgsearch.model.cpu import BF16_INSTRUCTIONS, INT8_DOT_PRODUCTS, SPEED_FLAGS, cpu_flags, cpu_model
 
 log = logging.getLogger(__name__)
@@ -48,21 +48,13 @@ _KNOWN |= {("openvino", "fp32"), ("openvino", "bf16")}
 
 
 @dataclass
-class TextTrial:
+class TextTrial(Measured):
     backend: str
     precision: str
     one_ms: float  # one text, median
     eight_ms: float  # a batch of eight texts, median
     min_cosine: float = 1.0
     neighbour_overlap: float = 1.0
-
-    @property
-    def label(self) -> str:
-        return setting_label(self.backend, self.precision)
-
-    @property
-    def agrees(self) -> bool:
-        return self.min_cosine >= AGREEMENT["min_cosine"] and self.neighbour_overlap >= AGREEMENT["neighbour_overlap"]
 
 
 @dataclass
