@@ -8,6 +8,7 @@ import contextlib
 import logging
 import os
 import threading
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -70,18 +71,24 @@ def install(app: FastAPI, serving: Serving) -> None:
     app.state.files = serving.files
     app.state.tag_counter = serving.tag_counter
     app.state.serving = serving
-    _tune_text_later(serving.encoder)
+    _tune_text_later(serving.encoder, app.state.jobs)
 
 
-def _tune_text_later(model: Embedder) -> None:
+IDLE_POLL_S = 2.0
+
+
+def _tune_text_later(model: Embedder, jobs: JobManager) -> None:
     """Measure the text tower's settings for queries (text_tower.py), once per model and machine, in a thread at
-    low priority after start-up: searches are answered meanwhile, by the setting chosen for images."""
+    low priority once no index or tag job runs (timings taken beside a job would be wrong, and the job slower):
+    searches are answered meanwhile, by the setting chosen for images."""
     if not getattr(model, "needs_text_tuning", False):
         return
 
     def tune() -> None:
         with contextlib.suppress(OSError, AttributeError):  # Linux: this thread, and the threads it starts
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+        while jobs.unfinished():
+            time.sleep(IDLE_POLL_S)
         try:
             choice = model.tune_text()
         except Exception:  # noqa: BLE001 - queries go on with the setting they have
