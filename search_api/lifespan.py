@@ -4,9 +4,7 @@ handed to routes through ``app.state`` (see deps.py), and closed at shutdown."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -78,15 +76,14 @@ IDLE_POLL_S = 2.0
 
 
 def _tune_text_later(model: Embedder, jobs: JobManager) -> None:
-    """Measure the text tower's settings for queries (text_tower.py), once per model and machine, in a thread at
-    low priority once no index or tag job runs (timings taken beside a job would be wrong, and the job slower):
-    searches are answered meanwhile, by the setting chosen for images."""
+    """Measure the text tower's settings for queries (text_tower.py), once per model and machine, in a thread
+    once no index or tag job runs (timings taken beside a job would be wrong, and the job slower): searches are
+    answered meanwhile, by the setting chosen for images. (Not at a lower priority: the runtime's threads it
+    makes would keep it for every later query.)"""
     if not getattr(model, "needs_text_tuning", False):
         return
 
     def tune() -> None:
-        with contextlib.suppress(OSError, AttributeError):  # Linux: this thread, and the threads it starts
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
         while jobs.unfinished():
             time.sleep(IDLE_POLL_S)
         try:

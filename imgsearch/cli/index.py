@@ -8,6 +8,7 @@ import sys
 
 from imgsearch.cli.common import EXIT_ERROR, EXIT_OK, Command, confirmed, settings, show_progress, with_indexed_model
 from imgsearch.cli.options import add_common, add_model_options
+from imgsearch.errors import ImgsearchError
 
 
 def _index_arguments(parser: argparse.ArgumentParser) -> None:
@@ -77,7 +78,10 @@ def cmd_index(args: argparse.Namespace) -> int:
             "(once per model and machine; about 10 s)",
             file=sys.stderr,
         )
-        print(f"imgsearch index: {encoder.tune_text().describe()}", file=sys.stderr)
+        try:
+            print(f"imgsearch index: {encoder.tune_text().describe()}", file=sys.stderr)
+        except (OSError, ImgsearchError) as exc:  # the index is written; searches load the whole model instead
+            print(f"imgsearch index: could not measure the text tower: {exc}", file=sys.stderr)
     return EXIT_ERROR if report.refused else EXIT_OK
 
 

@@ -21,6 +21,7 @@ from imgsearch.cli.options import (
 if TYPE_CHECKING:
     from imgsearch.search.requests import SearchHit, SearchRequest, SearchResponse
     from imgsearch.settings import Settings
+    from imgsearch.store import MilvusStore
 
 
 def _search_arguments(parser: argparse.ArgumentParser) -> None:
@@ -124,15 +125,22 @@ def search_request(args: argparse.Namespace) -> tuple[SearchRequest, list[str]]:
 def _answer(args: argparse.Namespace, request: SearchRequest, images: list[str]) -> SearchResponse:
     """The answer of a running API that serves this index (the model is loaded there: a fraction of a second), else
     load the collection's model here and run the request."""
+    from imgsearch.store import MilvusStore
+
     config = settings(args)
     how_to_run = ("model", "device", "precision", "backend")  # asked of this process: run it here
+    store = None
     if not images and not any(getattr(args, name, None) for name in how_to_run):
         answer = _answer_from_api(config, request)
-        if answer is None:
-            answer = _answer_with_text_tower(args, config, request)
+        if answer is None and (config.precision, config.backend) == ("auto", "auto") and config.device in CPU:
+            store = MilvusStore.from_settings(config)
+            answer = _answer_with_text_tower(args, config, request, store)
         if answer is not None:
             return answer
-    return _answer_here(args, config, request, images)
+    return _answer_here(args, config, request, images, store or MilvusStore.from_settings(config))
+
+
+CPU = ("auto", "cpu")  # where the text tower was measured: the CPU (auto picks it where no GPU is)
 
 
 API_PROBE_S = 0.3  # how long a running API gets to say it is there
@@ -158,7 +166,7 @@ def _answer_from_api(config: Settings, request: SearchRequest) -> SearchResponse
 
 
 def _answer_with_text_tower(
-    args: argparse.Namespace, config: Settings, request: SearchRequest
+    args: argparse.Namespace, config: Settings, request: SearchRequest, store: MilvusStore
 ) -> SearchResponse | None:
     """Run a text query with the collection's exported text tower, at the setting chosen for it on this machine
     (imgsearch/model/text_graphs.py): no torch, no image tower; None where there is none (or settings name
@@ -169,17 +177,12 @@ def _answer_with_text_tower(
     from imgsearch.model.text_graphs import fast_text_embedder
     from imgsearch.search.batching import TextBatcher
     from imgsearch.search.service import SearchService
-    from imgsearch.store import MilvusStore
 
-    if (config.precision, config.backend) != ("auto", "auto") or config.device not in ("auto", "cpu"):
+    if not store.exists() or (fingerprint := store.recorded_fingerprint()) is None:
         return None
-    store = MilvusStore.from_settings(config)
-    encoder = None
-    if store.exists() and (fingerprint := store.recorded_fingerprint()) is not None:
-        model = model_identity(with_indexed_model(args, config, store).model)
-        encoder = fast_text_embedder(config.cache_dir, model, fingerprint)
+    model = model_identity(with_indexed_model(args, config, store).model)
+    encoder = fast_text_embedder(config.cache_dir, model, fingerprint)
     if encoder is None:
-        store.close()
         return None
     batcher = TextBatcher(encoder)
     try:
@@ -189,18 +192,16 @@ def _answer_with_text_tower(
 
 
 def _answer_here(
-    args: argparse.Namespace, config: Settings, request: SearchRequest, images: list[str]
+    args: argparse.Namespace, config: Settings, request: SearchRequest, images: list[str], store: MilvusStore
 ) -> SearchResponse:
-    """Load the collection's model and run the request in this process."""
+    """Load the collection's model and run the request in this process, on ``store``."""
     import asyncio
 
     from imgsearch.media.images import decode_image
     from imgsearch.model.loading import load_embedder
     from imgsearch.search.batching import TextBatcher
     from imgsearch.search.service import SearchService
-    from imgsearch.store import MilvusStore
 
-    store = MilvusStore.from_settings(config)
     config = with_indexed_model(args, config, store)
     encoder = load_embedder(config)  # SearchService checks the collection's model and weights against it
     uploads = [

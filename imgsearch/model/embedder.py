@@ -20,6 +20,7 @@ A collection records ``model_identity`` of the setting: a local directory by abs
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -158,3 +159,11 @@ def fingerprint(embedder: Embedder) -> list[float]:
             f"its texts {text.shape[0]}-dimensional ones; they cannot be compared"
         )
     return [float(v) for v in np.concatenate([text[:32], image[:32]])]
+
+
+def fingerprints_match(a: Sequence[float], b: Sequence[float]) -> bool:
+    """Same weights give nearly the same probe embeddings on any device or precision; other weights do not."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape or not a.size:
+        return False
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-12)) >= 0.98

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -81,6 +82,8 @@ class SentenceTransformerEmbedder:
         self.text_backend, self.text_precision = BASELINE  # texts: as images, until text_tower chooses
         self.text_choice: TextChoice | None = None
         self._fast_text: FastTextEmbedder | None = None
+        self._tuning_text = threading.Lock()  # one measurement of the text tower at a time
+        self._torch_freed = False
         # Keyed by (option, whether it runs a pair's text model): a single model's texts share its runner.
         self._runners: dict[tuple[Option, bool], object] = {}
         self.max_text_tokens = self._text_token_limit()
@@ -111,9 +114,12 @@ class SentenceTransformerEmbedder:
             self.precision_choice = choose(self, cache_dir, named[0])
             log.info("%s", self.precision_choice.describe())
             chosen = (self.precision_choice.backend, self.precision_choice.precision)
-        if self._tunes_text and (known := cached_text_choice(self._text_folder())):
-            self._use_text(known)
         self._use(chosen)
+        if self._tunes_text and (known := cached_text_choice(self._text_folder())):
+            try:
+                self._use_text(known)
+            except Exception as exc:  # noqa: BLE001 - an extra gone, a folder removed, other weights: measured again
+                log.warning("imgsearch: the text tower's remembered %s does not run here (%s)", known.label, exc)
 
     @property
     def needs_tuning(self) -> bool:
@@ -130,6 +136,8 @@ class SentenceTransformerEmbedder:
         self.precision_choice = choose(self, cache_dir, backend, complete=True)
         log.info("%s", self.precision_choice.describe())
         self._use((self.precision_choice.backend, self.precision_choice.precision))
+        if self.text_choice is not None:
+            self._use_text(self.text_choice)  # a torch choice for texts now runs where images do
         return self.precision_choice
 
     @property
@@ -143,25 +151,33 @@ class SentenceTransformerEmbedder:
         choose the text tower (a setting named, CUDA, a pair of models)."""
         if not self._tunes_text:
             return None
-        folder = self._text_folder()
+        with self._tuning_text:
+            if self._torch_freed:  # both towers run elsewhere, as remembered: no torch fp32 left to measure against
+                return self.text_choice
+            folder = self._text_folder()
+            exported = self._export_text(folder)
+            embedders = {BASELINE: self._text_embedding(BASELINE)}
+            for option in text_candidates(cpu_flags(), exported):
+                embedders[option] = self._text_embedding(option, folder / "text")
+            pictures = self.encode(probe_pictures(self.image_size), BASELINE)
+            in_use = {(self.backend, self.precision), (self.text_backend, self.text_precision)}
+            choice = measure(embedders, pictures, finished=lambda option: option in in_use or self.forget(option))
+            remember(folder, choice)
+            log.info("imgsearch: %s", choice.describe())
+            self._use_text(choice)
+            return choice
+
+    def _export_text(self, folder: Path) -> list[Option]:
+        """The exported text settings in ``folder``, built first if they are not there for these weights."""
+        if not exported_settings():
+            return []
         try:
-            exported = build(folder, self._model[0], self._text_facts()) if exported_settings() else None
+            return build(folder, self._model[0], self._text_facts(), guard=self._lock)
         except TextGraphError as exc:
             log.info("imgsearch: the text tower stays in torch: %s", exc)
-            exported = None
-        embedders = {BASELINE: self._text_embedding(BASELINE)}
-        for option in text_candidates(cpu_flags(), exported_settings() if exported else []):
-            embedders[option] = self._text_embedding(option, exported)
-        pictures = self.encode(probe_pictures(self.image_size), BASELINE)
-        in_use = {(self.backend, self.precision), (self.text_backend, self.text_precision)}
-        choice = measure(embedders, pictures, finished=lambda option: option in in_use or self.forget(option))
-        if exported:
-            remember(folder, choice)
-        log.info("imgsearch: %s", choice.describe())
-        self._use_text(choice)
-        return choice
+            return []
 
-    def _text_embedding(self, option: Option, exported: Path | None = None):
+    def _text_embedding(self, option: Option, exported: Path | None = None) -> Callable[[list[str]], np.ndarray]:
         """A function from texts to their vectors as ``option`` runs them: torch's through this model, another
         backend's through the exported text tower (made on first use)."""
         if option[0] == "torch":
@@ -169,13 +185,13 @@ class SentenceTransformerEmbedder:
         made: list[FastTextEmbedder] = []
 
         def embed(texts: list[str]) -> np.ndarray:
-            made or made.append(FastTextEmbedder(exported, *option))
+            made or made.append(FastTextEmbedder(exported, *option, self.fingerprint))
             return made[0].embed_texts(texts).vectors
 
         return embed
 
     def _text_folder(self) -> Path:
-        return text_folder(self._cache_dir, self.name, self.fingerprint)
+        return text_folder(self._cache_dir, self.name)
 
     def _text_facts(self) -> dict:
         """What FastTextEmbedder needs to know of this model without loading it."""
@@ -189,10 +205,16 @@ class SentenceTransformerEmbedder:
         }
 
     def _use_text(self, choice: TextChoice) -> None:
-        """Run texts as ``choice`` says from now on."""
+        """Run texts as ``choice`` says from now on. Where it is torch's and images run elsewhere, texts run there
+        too (they agree with fp32 there as well): torch's copy of the weights can then be freed."""
         option: Option = (choice.backend, choice.precision)
-        fast = None if option[0] == "torch" else FastTextEmbedder(self._text_folder() / "text", *option)
-        if fast is None:
+        as_images = option[0] == "torch" and self.backend != "torch"
+        if as_images:
+            option = (self.backend, self.precision)
+        fast = None
+        if option[0] != "torch" and not as_images:
+            fast = FastTextEmbedder(self._text_folder() / "text", *option, self.fingerprint)
+        else:
             self._runner(option, texts=True)
         with self._lock:
             self._fast_text, self.text_choice = fast, choice
@@ -219,7 +241,9 @@ class SentenceTransformerEmbedder:
             # The towers run in other runtimes now: torch's copy of the weights is freed (490 MB of resident memory
             # for ViT-B/32); the processor and tokenizer, all the runtime needs of it, stay. Kept while the text
             # tower is still to be measured against it.
-            self._model.to("meta")
+            with self._lock:
+                self._model.to("meta")
+                self._torch_freed = True
 
     def embed_images(self, images: list[Image.Image]) -> np.ndarray:
         """Embed RGB images; returns (n, dim) float32 rows of unit length."""
@@ -229,35 +253,39 @@ class SentenceTransformerEmbedder:
 
     def embed_texts(self, texts: list[str]) -> TextEmbedding:
         """Embed texts, truncating each to the model's token limit (reported per text)."""
-        if self._fast_text is not None:
-            with self._lock:  # an OpenVINO request runs one batch at a time
+        # One hold of the lock: the setting texts run as (the text tower may switch meanwhile), the tokenizer's
+        # shared truncation setting, and the run; an OpenVINO request runs one batch at a time too.
+        with self._lock:
+            if self._fast_text is not None:
                 return self._fast_text.embed_texts(texts)
-        with self._lock:  # a tokenizer's truncation setting is shared: counting must not overlap an encode
             truncated = [self._token_count(t) > self.max_text_tokens if self.max_text_tokens else False for t in texts]
-        return TextEmbedding(self.encode(texts, texts=True), truncated)
+            vectors = self._run((self.text_backend, self.text_precision), texts, texts=True)
+        return TextEmbedding(_unit_rows(vectors), truncated)
 
     def encode(self, inputs: list, option: Option | None = None, texts: bool = False) -> np.ndarray:
         """Rows of unit length in float32, whatever precision and backend the model ran in."""
+        with self._lock:
+            if texts and option is None and self._fast_text is not None:
+                return self._fast_text.embed_texts(inputs).vectors
+            option = option or ((self.text_backend, self.text_precision) if texts else (self.backend, self.precision))
+            vectors = self._run(option, inputs, texts)
+        return _unit_rows(vectors)
+
+    def _run(self, option: Option, inputs: list, texts: bool):
+        """The model's output for ``inputs`` run as ``option``, not normalised (a torch tensor). Holds the lock."""
         import torch
 
-        backend, precision = option or (
-            (self.text_backend, self.text_precision) if texts else (self.backend, self.precision)
-        )
-        with self._lock:
-            runner = self._runner((backend, precision), texts)
-            if isinstance(runner, CompiledModel):
-                vectors = torch.from_numpy(runner.encode(inputs, self.batch_size))
-            else:
-                with autocast(precision, self.device):
-                    vectors = runner.encode(
-                        inputs,
-                        batch_size=self.batch_size,
-                        convert_to_tensor=True,
-                        normalize_embeddings=False,
-                        show_progress_bar=False,
-                    )
-        vectors = torch.nn.functional.normalize(vectors.float(), dim=-1)
-        return np.ascontiguousarray(vectors.cpu().numpy(), dtype=np.float32)
+        runner = self._runner(option, texts)
+        if isinstance(runner, CompiledModel):
+            return torch.from_numpy(runner.encode(inputs, self.batch_size))
+        with autocast(option[1], self.device):
+            return runner.encode(
+                inputs,
+                batch_size=self.batch_size,
+                convert_to_tensor=True,
+                normalize_embeddings=False,
+                show_progress_bar=False,
+            )
 
     def _runner(self, option: Option, texts: bool = False):
         """What runs ``option`` for images, or for texts, made on first use: the model itself, its int8 copy, or
@@ -339,3 +367,11 @@ class SentenceTransformerEmbedder:
         if patches and patch_size:
             return math.isqrt(int(patches)) * int(patch_size)
         return 224
+
+
+def _unit_rows(vectors) -> np.ndarray:
+    """A torch tensor of rows as float32 numpy rows of unit length."""
+    import torch
+
+    vectors = torch.nn.functional.normalize(vectors.float(), dim=-1)
+    return np.ascontiguousarray(vectors.cpu().numpy(), dtype=np.float32)

@@ -8,10 +8,11 @@ then needs only ``tokenizers`` and ONNX Runtime or OpenVINO: ``imgsearch search`
 answers in about a second (docs/search.md), and the server runs the setting ``text_tower.choose_text`` found
 fastest for one query.
 
-The folder is ``cache_dir/graphs/text-<key>/text/``, keyed by the model's identity and its fingerprint (what
-its weights make of fixed probes, recorded with every collection): a collection names its text tower without
-loading the model. It is built in a private folder and renamed into place, as every graph is
-(``runtimes.build_once``), and only a folder and files of this user are read.
+The folder is ``cache_dir/graphs/text-<key>/text/``, keyed by the model's identity (what a collection records),
+and holds the fingerprint of the weights it was exported from (what they make of fixed probes, recorded with every
+collection too): it is run only for a collection whose fingerprint matches, and exported again when the weights
+under that name change. It is built in a private folder and renamed into place, as every graph is
+(``runtimes.build_once``), and only folders and files of this user that nobody else may write in are read.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import json
 import os
 import warnings
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +32,7 @@ import numpy as np
 from imgsearch.errors import ImgsearchError
 from imgsearch.media.safe_files import UnsafeFileError, read_own_file
 from imgsearch.model.agreement import TEXT_PROBE
-from imgsearch.model.embedder import TextEmbedding
+from imgsearch.model.embedder import TextEmbedding, fingerprints_match
 from imgsearch.model.runtimes import build_once, graph_runner, installed, own_file, tower_module
 
 FILES = {  # what runs each exported setting, in the text folder
@@ -48,10 +50,9 @@ class TextGraphError(ImgsearchError):
     another shape): it stays in torch."""
 
 
-def text_folder(cache_dir: Path, model: str, fingerprint: list[float]) -> Path:
-    """Where the exported text tower of these weights lives (the parent of its ``text/`` folder)."""
-    key = json.dumps([model, [round(float(v), 5) for v in fingerprint]])
-    return Path(cache_dir) / "graphs" / f"text-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+def text_folder(cache_dir: Path, model: str) -> Path:
+    """Where the exported text tower of ``model`` lives (the parent of its ``text/`` folder)."""
+    return Path(cache_dir) / "graphs" / f"text-{hashlib.sha256(model.encode()).hexdigest()[:16]}"
 
 
 def exported_settings() -> list[tuple[str, str]]:
@@ -59,19 +60,31 @@ def exported_settings() -> list[tuple[str, str]]:
     return [option for option in FILES if installed(*option)]
 
 
-def build(folder: Path, transformer: Any, facts: dict[str, Any]) -> Path:
+def build(
+    folder: Path, transformer: Any, facts: dict[str, Any], guard: AbstractContextManager
+) -> list[tuple[str, str]]:
     """Export the text tower of ``transformer`` (a sentence-transformers Transformer with a text modality) into
-    ``folder/text`` unless it is there; returns that folder. ``facts``: the model's name, dim, fingerprint,
-    max_text_tokens and logit_scale, saved beside the graphs for ``FastTextEmbedder``."""
-    tower_file = build_once(folder, "text", "onnx", "fp32", lambda target: _export(transformer, facts, target))
-    return tower_file.parent
+    ``folder/text`` unless it is there for these weights; returns the exported settings it holds. ``facts``: the
+    model's name, dim, fingerprint, max_text_tokens and logit_scale, saved beside the graphs for
+    ``FastTextEmbedder``. ``guard`` is held around each use of the model's processor, which other threads share."""
+    from imgsearch.model.runtimes import remove_graphs
+
+    try:
+        exported = json.loads(read_own_file(_own(folder / "text" / "tower.json"), _MAX_META_BYTES))["fingerprint"]
+        if not fingerprints_match(exported, facts["fingerprint"]):
+            remove_graphs(folder)  # other weights under this name: exported again, and measured again
+    except Exception:  # noqa: BLE001 - absent, or unreadable: build_once makes it (again)
+        pass
+    text = build_once(folder, "text", "onnx", "fp32", lambda target: _export(transformer, facts, target, guard))
+    return [option for option in exported_settings() if os.path.exists(text.parent / FILES[option])]
 
 
-def _export(transformer: Any, facts: dict[str, Any], target: Path) -> None:
+def _export(transformer: Any, facts: dict[str, Any], target: Path, guard: AbstractContextManager) -> None:
     import torch
 
-    tokenizer = _tokenizer(transformer, facts["max_text_tokens"], facts["fixed_length"])
-    features = transformer.preprocess(["a photo of a dog"])
+    with guard:
+        tokenizer = _tokenizer(transformer, facts["max_text_tokens"], facts["fixed_length"])
+        features = transformer.preprocess(["a photo of a dog"])
     method = transformer.modality_config["text"]["method"]
     accepted = set(inspect.signature(getattr(transformer.model, method)).parameters)
     names = [name for name, value in features.items() if isinstance(value, torch.Tensor) and name in accepted]
@@ -154,10 +167,14 @@ class FastTextEmbedder:
     device = "cpu"
     image_size = 224  # unused: no images are embedded here
 
-    def __init__(self, folder: Path, backend: str, precision: str):
+    def __init__(self, folder: Path, backend: str, precision: str, fingerprint: list[float]):
         from tokenizers import Tokenizer
 
+        if not _private(folder, levels=3):  # text/, this model's, graphs/
+            raise UnsafeFileError(str(folder), "not a folder of this user that nobody else may write in")
         facts = json.loads(read_own_file(_own(folder / "tower.json"), _MAX_META_BYTES))
+        if not fingerprints_match(facts["fingerprint"], fingerprint):
+            raise TextGraphError(f"{folder} was exported from other weights")
         self.name: str = facts["model"]
         self.dim = int(facts["dim"])
         self.fingerprint = [float(v) for v in facts["fingerprint"]]
@@ -165,12 +182,15 @@ class FastTextEmbedder:
         self.logit_scale = float(facts["logit_scale"])
         self.backend, self.precision = backend, precision
         self._inputs: list[str] = list(facts["inputs"])
+        if not self._inputs or not set(self._inputs) <= {"input_ids", "attention_mask"}:
+            raise TextGraphError(f"{folder}: a text tower of other inputs ({self._inputs!r})")
         tokenizer = read_own_file(_own(folder / "tokenizer.json"), _MAX_TOKENIZER_BYTES)
         self._tokenizer = Tokenizer.from_str(tokenizer.decode())
         threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        self._run: Callable[[dict], np.ndarray] = graph_runner(
-            _own(folder / FILES[backend, precision]), backend, precision, threads
-        )
+        graph = _own(folder / FILES[backend, precision])
+        if backend == "openvino":
+            _own(graph.with_suffix(".bin"))  # its weights
+        self._run: Callable[[dict], np.ndarray] = graph_runner(graph, backend, precision, threads)
 
     def embed_texts(self, texts: list[str]) -> TextEmbedding:
         encoded = self._tokenizer.encode_batch(texts)
@@ -210,14 +230,14 @@ def fast_text_embedder(cache_dir: Path, model: str, fingerprint: list[float]) ->
     (``text_tower``), if one was built and chosen; else None: the caller loads the whole model."""
     from imgsearch.model.text_tower import cached_text_choice
 
-    folder = text_folder(cache_dir, model, fingerprint) / "text"
+    folder = text_folder(cache_dir, model) / "text"
     if not _private(folder, levels=4):  # the cache directory, graphs/, this model's, text/
         return None
     choice = cached_text_choice(folder.parent)
     if choice is None or choice.backend == "torch" or not installed(choice.backend):
         return None
     try:
-        embedder = FastTextEmbedder(folder, choice.backend, choice.precision)
-    except (OSError, UnsafeFileError, ValueError, KeyError, TypeError, ImportError, RuntimeError):
-        return None  # damaged, removed or not ours: the whole model answers instead
+        embedder = FastTextEmbedder(folder, choice.backend, choice.precision, fingerprint)
+    except Exception:  # noqa: BLE001 - damaged, removed, other weights or not ours: the whole model answers
+        return None
     return embedder if embedder.name == model else None

@@ -32,10 +32,11 @@ from pathlib import Path
 
 import numpy as np
 
-from imgsearch.media.safe_files import UnsafeFileError, read_own_file
+from imgsearch.media.safe_files import UnsafeFileError, private_dir, read_own_file
 from imgsearch.model.agreement import TEXT_NEIGHBOURS, TEXT_PROBE, min_cosine, top_k_overlap
 from imgsearch.model.choice_cache import Measured, setting_label
 from imgsearch.model.cpu import BF16_INSTRUCTIONS, INT8_DOT_PRODUCTS, SPEED_FLAGS, cpu_flags, cpu_model
+from imgsearch.model.runtimes import own_file
 
 log = logging.getLogger(__name__)
 
@@ -149,35 +150,49 @@ def _machine() -> str:
 def cached_text_choice(folder: Path) -> TextChoice | None:
     """The choice remembered in ``folder`` for this machine, or None (none, another machine's, or a file that
     makes no sense: measured again)."""
+    path = Path(folder) / _CHOICE_FILE
+    if not os.path.lexists(path):
+        return None
     try:
-        entry = json.loads(read_own_file(Path(folder) / _CHOICE_FILE, _MAX_CHOICE_BYTES))
+        if not own_file(path):
+            raise UnsafeFileError(str(path), "not a file of this user")
+        entry = json.loads(read_own_file(path, _MAX_CHOICE_BYTES))
         if entry.get("machine") != _machine():
             return None
         choice = TextChoice(
             entry["backend"], entry["precision"], [TextTrial(**t) for t in entry["trials"]], cached=True
         )
-    except FileNotFoundError:
-        return None
-    except (OSError, UnsafeFileError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+        if not _makes_sense(choice):
+            raise ValueError("an entry that makes no sense")
+    except Exception as exc:  # noqa: BLE001 - a damaged or planted file is measured again, never an error
         log.warning("imgsearch: ignoring the text tower's choice in %s (%s)", folder, str(exc)[:200])
         return None
+    return choice
+
+
+def _makes_sense(choice: TextChoice) -> bool:
+    """Known settings with finite measurements (a hand-edited or damaged file may hold anything)."""
     numbers = [v for t in choice.trials for v in (t.one_ms, t.eight_ms, t.min_cosine, t.neighbour_overlap)]
-    sensible = all(isinstance(v, (int, float)) and math.isfinite(v) for v in numbers)
-    options = {(choice.backend, choice.precision)} | {(t.backend, t.precision) for t in choice.trials}
-    return choice if sensible and options <= _KNOWN else None
+    options = [(choice.backend, choice.precision)] + [(t.backend, t.precision) for t in choice.trials]
+    return (
+        bool(choice.trials)
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in numbers)
+        and all(isinstance(b, str) and isinstance(p, str) and (b, p) in _KNOWN for b, p in options)
+    )
 
 
 def remember(folder: Path, choice: TextChoice) -> None:
-    """Write ``choice`` for this machine into ``folder`` (made private by the build), in one step."""
+    """Write ``choice`` for this machine into ``folder`` (made this user's alone), in one step."""
     temporary = None
     try:
+        private_dir(folder)
         fd, temporary = tempfile.mkstemp(prefix=f".{_CHOICE_FILE}.", dir=folder)  # O_EXCL, 0600
         with os.fdopen(fd, "w") as handle:
             entry = {"machine": _machine(), "backend": choice.backend, "precision": choice.precision}
             handle.write(json.dumps({**entry, "trials": [asdict(t) for t in choice.trials]}, indent=1))
         os.replace(temporary, Path(folder) / _CHOICE_FILE)
         temporary = None
-    except OSError as exc:
+    except (OSError, UnsafeFileError) as exc:
         log.warning("imgsearch: cannot remember the text tower's choice in %s: %s", folder, exc)
     finally:
         if temporary:

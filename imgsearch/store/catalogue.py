@@ -12,7 +12,6 @@ import time
 import uuid
 from collections.abc import Sequence
 
-import numpy as np
 from pymilvus import MilvusClient, MilvusException
 
 from imgsearch.errors import (
@@ -22,6 +21,7 @@ from imgsearch.errors import (
     SchemaTooNewError,
     WeightsMismatchError,
 )
+from imgsearch.model.embedder import fingerprints_match
 from imgsearch.search.relevance import family_cutoff
 from imgsearch.store.fields import SCHEMA_VERSION, TEXT_SPARSE, add_columns
 
@@ -312,14 +312,6 @@ class Catalogue:
     def cutoff_params(self) -> str | None:
         """The auto cutoff's parameters recorded with the collection (JSON), if any."""
         return self._properties().get(CUTOFF_PROPERTY) if self.exists() else None
-
-
-def fingerprints_match(a: Sequence[float], b: Sequence[float]) -> bool:
-    """Same weights give nearly the same probe embeddings on any device or precision; other weights do not."""
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    if a.shape != b.shape or not a.size:
-        return False
-    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-12)) >= 0.98
 
 
 def _is_lite_schema_race(exc: MilvusException) -> bool:

@@ -73,8 +73,8 @@ def test_the_exported_text_tower_gives_the_models_own_vectors_and_truncation(tun
     """Tokenised without the model's processor and run without torch, each probe text (a long one included) gets
     the vector torch fp32 gives it, and the same truncation flag."""
     auto, cache = tuned
-    folder = text_folder(cache, auto.name, auto.fingerprint) / "text"
-    fast = FastTextEmbedder(folder, "onnx", "fp32").embed_texts(TEXT_PROBE)
+    folder = text_folder(cache, auto.name) / "text"
+    fast = FastTextEmbedder(folder, "onnx", "fp32", auto.fingerprint).embed_texts(TEXT_PROBE)
     reference = encoder.embed_texts(TEXT_PROBE)  # the session's torch fp32 embedder of the same weights
     assert fast.truncated == reference.truncated and any(fast.truncated)
     cosines = np.sum(fast.vectors * reference.vectors, axis=1)
@@ -95,10 +95,10 @@ def test_texts_run_as_the_chosen_setting_and_a_later_load_remembers_it(tuned, ti
 
 
 @needs_onnx
-@pytest.mark.parametrize("damage", ["another machine", "not json", "unknown setting", "a link"])
+@pytest.mark.parametrize("damage", ["another machine", "not json", "unknown setting", "a list for a name", "a link"])
 def test_a_damaged_or_foreign_choice_is_measured_again_never_an_error(tuned, tmp_path, damage):
     auto, cache = tuned
-    folder = text_folder(cache, auto.name, auto.fingerprint)
+    folder = text_folder(cache, auto.name)
     saved = (folder / "choice.json").read_text()
     entry = json.loads(saved)
     try:
@@ -109,6 +109,8 @@ def test_a_damaged_or_foreign_choice_is_measured_again_never_an_error(tuned, tmp
             (folder / "choice.json").write_text("{")
         elif damage == "unknown setting":
             (folder / "choice.json").write_text(json.dumps({**entry, "backend": "tensorrt"}))
+        elif damage == "a list for a name":
+            (folder / "choice.json").write_text(json.dumps({**entry, "backend": ["onnx"]}))
         else:
             (tmp_path / "planted.json").write_text(saved)
             (folder / "choice.json").symlink_to(tmp_path / "planted.json")
@@ -117,6 +119,28 @@ def test_a_damaged_or_foreign_choice_is_measured_again_never_an_error(tuned, tmp
     finally:
         (folder / "choice.json").unlink()
         (folder / "choice.json").write_text(saved)
+
+
+@needs_onnx
+def test_a_text_tower_of_other_weights_or_one_removed_is_not_run_and_the_model_still_loads(tuned, tiny_model_dir):
+    """The text folder is the model's: weights changed under the same name give another fingerprint, and a
+    collection of them is searched by the whole model; a remembered setting whose graph is gone is measured
+    again, never an error at load."""
+    auto, cache = tuned
+    other = [-v for v in auto.fingerprint]
+    assert fast_text_embedder(cache, auto.name, other) is None
+    graph = text_folder(cache, auto.name) / "text" / "tower-int8.onnx"
+    saved = graph.read_bytes()
+    try:
+        for path in (text_folder(cache, auto.name) / "text").glob("tower*"):
+            path.rename(path.with_name("gone-" + path.name))
+        again = SentenceTransformerEmbedder(str(tiny_model_dir), precision="auto", backend="auto", cache_dir=cache)
+        assert again.needs_text_tuning and again.embed_texts(["a dog"]).vectors.shape == (1, again.dim)
+        assert fast_text_embedder(cache, auto.name, auto.fingerprint) is None
+    finally:
+        for path in (text_folder(cache, auto.name) / "text").glob("gone-*"):
+            path.rename(path.with_name(path.name.removeprefix("gone-")))
+    assert graph.read_bytes() == saved
 
 
 def test_a_named_precision_or_a_pair_keeps_texts_as_images(tiny_model_dir, tmp_path):
@@ -218,10 +242,10 @@ def test_text_settings_find_the_same_photos_as_fp32_and_auto_picks_one_that_does
     photos = [Image.open(path).convert("RGB") for path in sorted((tmp_path / "photos").glob("*.jpg"))]
     stored = auto.encode(photos, ("torch", "fp32"))
     reference = auto.encode(QUERY_TEXTS, ("torch", "fp32"), texts=True)
-    folder = text_folder(tmp_path / "cache", auto.name, auto.fingerprint) / "text"
+    folder = text_folder(tmp_path / "cache", auto.name) / "text"
     measured = {}
     for backend, precision in text_candidates(cpu_flags(), exported_settings()):
-        vectors = FastTextEmbedder(folder, backend, precision).embed_texts(QUERY_TEXTS).vectors
+        vectors = FastTextEmbedder(folder, backend, precision, auto.fingerprint).embed_texts(QUERY_TEXTS).vectors
         overlap = top_k_overlap(reference, stored, vectors, stored, 10)
         measured[TextTrial(backend, precision, 0, 0).label] = (overlap, min_cosine(reference, vectors))
     with capsys.disabled():
@@ -237,7 +261,7 @@ def test_text_settings_find_the_same_photos_as_fp32_and_auto_picks_one_that_does
 def test_a_text_folder_that_others_may_write_in_is_not_run(tuned):
     """What the text folder holds runs as the model: a folder another user may write in is never loaded."""
     auto, cache = tuned
-    folder = text_folder(cache, auto.name, auto.fingerprint)
+    folder = text_folder(cache, auto.name)
     assert fast_text_embedder(cache, auto.name, auto.fingerprint) is not None
     for level in (folder / "text", folder, cache / "graphs"):
         mode = level.stat().st_mode
