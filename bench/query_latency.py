@@ -39,6 +39,7 @@ from imgsearch.model.agreement import TEXT_PROBE  # noqa: E402
 
 if TYPE_CHECKING:
     from imgsearch.model.sentence_transformer_embedder import SentenceTransformerEmbedder
+    from imgsearch.model.text_tower import TextChoice
 
 QUERIES = TEXT_PROBE[:10]  # the queries people type; the text tower was chosen on these too
 
@@ -202,7 +203,7 @@ def encoder_at(model_dir: Path, precision: str, cache_dir: Path, backend: str = 
     return _ENCODERS[key]
 
 
-def text_settings(choice) -> dict:
+def text_settings(choice: TextChoice) -> dict:
     """The text tower's trials (imgsearch/model/text_tower.py: one text and eight, against torch fp32), by label."""
     fp32 = choice.trials[0].one_ms
     return {
