@@ -125,19 +125,23 @@ def search_request(args: argparse.Namespace) -> tuple[SearchRequest, list[str]]:
 def _answer(args: argparse.Namespace, request: SearchRequest, images: list[str]) -> SearchResponse:
     """The answer of a running API that serves this index (the model is loaded there: a fraction of a second), else
     load the collection's model here and run the request."""
-    from imgsearch.store import MilvusStore
-
     config = settings(args)
     how_to_run = ("model", "device", "precision", "backend")  # asked of this process: run it here
     store = None
     if not images and not any(getattr(args, name, None) for name in how_to_run):
-        answer = _answer_from_api(config, request)
+        answer = _answer_from_api(config, request)  # before importing pymilvus (0.45 s)
         if answer is None and (config.precision, config.backend) == ("auto", "auto") and config.device in CPU:
-            store = MilvusStore.from_settings(config)
+            store = _store(config)
             answer = _answer_with_text_tower(args, config, request, store)
         if answer is not None:
             return answer
-    return _answer_here(args, config, request, images, store or MilvusStore.from_settings(config))
+    return _answer_here(args, config, request, images, store or _store(config))
+
+
+def _store(config: Settings) -> MilvusStore:
+    from imgsearch.store import MilvusStore
+
+    return MilvusStore.from_settings(config)
 
 
 CPU = ("auto", "cpu")  # where the text tower was measured: the CPU (auto picks it where no GPU is)
