@@ -312,14 +312,51 @@ def measure_served(
         print(f"load: {entry['load']}", flush=True)
 
 
+def folder_mb(path: Path) -> float:
+    """What the files under ``path`` take on disk, in MB."""
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
+
+
+def rss_mb(pid: int) -> int:
+    """Resident memory of a process and its children (Milvus Lite's server), in MB, from /proc."""
+    total = 0
+    for task in [pid, *children(pid)]:
+        try:
+            fields = Path(f"/proc/{task}/status").read_text().split("VmRSS:")[1].split()
+            total += int(fields[0])
+        except (OSError, IndexError, ValueError):
+            pass
+    return total // 1024
+
+
+def children(pid: int) -> list[int]:
+    """Every descendant of ``pid``."""
+    try:
+        direct = [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+    return direct + [grandchild for child in direct for grandchild in children(child)]
+
+
 def measure_size(args: argparse.Namespace, tmp: Path, rows: int, model_dir: Path, cache_dir: Path) -> dict:
     """One collection size: a server with the vector copy on, then off, each beside its bare costs."""
     uri = str(tmp / f"rows{rows}" / "milvus.db")
     print(f"\n== {rows:,} vectors: filling Milvus Lite ...", flush=True)
+    started = time.perf_counter()
     vectors = fill_collection(uri, model_dir, 512, rows)
-    entry = {}
+    fill_s = time.perf_counter() - started
+    entry = {"insert_rows_per_s": round(rows / fill_s), "data_dir_mb": round(folder_mb(Path(uri)))}
+    print(f"inserted at {entry['insert_rows_per_s']:,} rows/s; data directory {entry['data_dir_mb']:,} MB", flush=True)
     for cache, per_client in (("on", args.requests), ("off", args.uncached_requests)):
+        started = time.perf_counter()
         process, base = start_server(uri, model_dir, cache, args.precision, cache_dir)
+        entry[f"cache_{cache}_ready_s"] = round(time.perf_counter() - started, 1)
+        entry[f"cache_{cache}_server_rss_mb"] = rss_mb(process.pid)
+        print(
+            f"server ready ({'vector copy loaded' if cache == 'on' else 'no copy'}) in "
+            f"{entry[f'cache_{cache}_ready_s']} s; resident memory {entry[f'cache_{cache}_server_rss_mb']:,} MB",
+            flush=True,
+        )
         # The bare costs are timed right beside each configuration: this machine's speed drifts.
         bare = bare_costs(model_dir, vectors, args.precision, cache_dir)
         floor = bare["text_encode_ms"] + bare["numpy_exact_ms"]
