@@ -75,6 +75,7 @@ class FakeApi:
         self.label_requests: list[dict] = []  # bodies of POST /labels
         self.deleted: list[str] = []
         self.job_polls = 0
+        self.unfinished: list[dict] = []  # what GET /index lists: jobs queued or running
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         if request.url.path == "/health":
@@ -107,6 +108,8 @@ class FakeApi:
         if request.url.path.startswith("/labels/") and request.method == "DELETE":
             self.deleted.append(request.url.path.rsplit("/", 1)[1])
             return self._json(IndexJob, {"job_id": "job2", "kind": "tag", "state": "queued"})
+        if request.url.path == "/index" and request.method == "GET":
+            return httpx.Response(200, json=[IndexJob.model_validate(job).model_dump() for job in self.unfinished])
         if request.url.path.startswith("/index/"):
             self.job_polls += 1
             done = self.job_polls >= 2  # running once, then done
@@ -245,6 +248,17 @@ def test_empty_index_says_how_to_index(fake):
     app = run()
     assert not app.exception
     assert "imgsearch index" in app.info[0].value
+
+
+def test_a_watchers_run_says_how_many_new_photos_it_indexes(fake):
+    api = FakeApi()
+    api.unfinished = [
+        {"job_id": "w1", "kind": "watch", "state": "running", "paths": ["/photos"], "processed": 2, "total": 12}
+    ]
+    fake(api)
+    app = run()
+    assert not app.exception
+    assert "Indexing 12 new photos: 2 done" in app.info[0].value
 
 
 def test_text_search_shows_a_grid_with_scores_and_file_names(fake):
