@@ -114,6 +114,10 @@ class Watcher:
         for source in self._sources:
             source.join(timeout)
 
+    def reconcile_soon(self, root: str) -> None:
+        """Index ``root`` whole (incrementally) as soon as the watcher is free, as the periodic reconcile does."""
+        self._changes.put(("reconcile", os.path.realpath(root), None))
+
     def status(self) -> dict[str, Any]:
         """What GET /watch and the foreground command report."""
         with self._lock:
@@ -184,6 +188,9 @@ class Watcher:
                 state.mode, state.reason = "polling", detail
             self._next_reconcile[root] = 0.0  # events may have been missed while watches ran out
             return
+        if what == "reconcile":
+            self._next_reconcile[root] = 0.0
+            return
         if what == "remounted":
             self._next_reconcile[root] = time.monotonic() + self.settings.watch_settle_seconds
             return
@@ -205,9 +212,11 @@ class Watcher:
     def _run_changes(self, settled: Settled) -> None:
         roots = list(self.roots)
         gone = [path for path in settled.gone if any(may_sweep(path, root) for root in roots)]
-        kept = len(settled.gone) - len(gone)
-        if kept:
+        if kept := len(settled.gone) - len(gone):
             log.warning("imgsearch watch: %d paths gone under a missing or emptied folder: their rows are kept", kept)
+            with self._lock:
+                for root, state in self.roots.items():
+                    state.problem = root_problem(root)
         if not settled.files and not gone:
             return
         run = WatchRun("changes", [r for r in roots if _under(settled.files + gone, r)], settled.files, gone)
