@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 
 RETRY_YOUNG_S = 30.0  # a file that failed to decode within this of its last write is tried once more, this later
 MAX_LISTED_FAILURES = 100
+# Names of sidecars and partial transfers: when one goes (renamed to its real name, or written over), no run is
+# needed for it. Any other name that goes may have been a folder, whose rows go with it.
+NOT_FOLDERS = frozenset({".xmp", ".txt", ".json", ".aae", ".thm", ".tmp", ".part", ".crdownload", ".partial", ".swp"})
 Work = Callable[[Embedder, MilvusStore, "ProgressCallback | None"], IndexReport]
 
 
@@ -68,7 +71,9 @@ class Watcher:
         self._changes: queue.Queue[tuple[str, str, Any]] = queue.Queue()
         self._settler = Settler(settings.watch_settle_seconds)
         self._lock = threading.Lock()  # guards the states, the counters and what status() reads
-        self.roots = {root: self._root_state(root) for root in sorted({os.path.realpath(r) for r in roots})}
+        unique = sorted({os.path.realpath(root) for root in roots})
+        unique = [root for root in unique if not _under([root], [other for other in unique if other != root])]
+        self.roots = {root: self._root_state(root) for root in unique}  # a root inside another is watched by it
         self._next_reconcile = {root: 0.0 for root in self.roots}  # the catch-up: at once
         self._running: WatchRun | None = None
         self._pending = 0
@@ -206,7 +211,7 @@ class Watcher:
         elif change != "deleted" and os.path.isdir(path) and not os.path.islink(path):
             for found in _images_below(path):  # a folder moved in: its files raise no events of their own
                 self._settler.changed(found, _look(found), now)
-        elif change == "deleted":
+        elif change == "deleted" and os.path.splitext(path)[1].lower() not in NOT_FOLDERS:
             self._settler.changed(path, None, now)  # maybe a folder: its rows go, if any
 
     def _run_changes(self, settled: Settled) -> None:
@@ -219,7 +224,7 @@ class Watcher:
                     state.problem = root_problem(root)
         if not settled.files and not gone:
             return
-        run = WatchRun("changes", [r for r in roots if _under(settled.files + gone, r)], settled.files, gone)
+        run = WatchRun("changes", [r for r in roots if _under(settled.files + gone, [r])], settled.files, gone)
         report = self._run(
             run, lambda encoder, store, progress: _index_paths(run, self.settings, encoder, store, progress)
         )
@@ -314,9 +319,10 @@ def _images_below(folder: str) -> list[str]:
     return found
 
 
-def _under(paths: list[str], root: str) -> bool:
-    prefix = root.rstrip(os.sep) + os.sep
-    return any(path.startswith(prefix) for path in paths)
+def _under(paths: list[str], roots: list[str]) -> bool:
+    """Whether any of ``paths`` lies below any of ``roots``."""
+    prefixes = tuple(root.rstrip(os.sep) + os.sep for root in roots)
+    return bool(prefixes) and any(path.startswith(prefixes) for path in paths)
 
 
 def _iso(when: float | None) -> str | None:
