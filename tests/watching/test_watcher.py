@@ -101,6 +101,17 @@ def test_a_rename_keeps_the_stored_vector_and_embeds_nothing(library, quick, enc
         assert np.allclose(next(iter(after.values()))["vector"], vector_before)
 
 
+def test_a_folder_renamed_inside_the_root_keeps_every_vector(library, quick, encoder, store):
+    with watching([str(library)], quick, encoder, store) as (_watcher, recorded):
+        os.rename(library / "2024", library / "holidays")
+        wait_for(
+            lambda: sorted(indexed_paths(store)) == [str(library / "holidays" / f"photo{i}.jpg") for i in range(3)],
+            15,
+            "the renamed folder's rows",
+        )
+        assert recorded.total("embedded") == 0 and recorded.total("moved") == 3 and recorded.total("removed") == 0
+
+
 def test_a_folder_moved_in_from_outside_is_indexed(library, quick, encoder, store, tmp_path):
     album = tmp_path / "elsewhere" / "album"
     for i in range(4):
