@@ -11,7 +11,7 @@ indexed, and what watching many folders costs in memory, inotify watches and idl
    a pass over the tree included).
 
 Usage: python bench/watch_latency.py [--copies 30] [--burst 1000] [--folders 10000] [--files-per-folder 10]
-       [--model vit-b-32] [--out bench/results/watch_latency.json]
+       [--model vit-b-32] [--batch-size 32] [--skip-memory | --skip-serve] [--out bench/results/watch_latency.json]
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ def serve_and_measure(args: argparse.Namespace, tmp: Path) -> dict:
     burst = [
         write_photo(staging / "burst" / f"b{i:05d}.jpg", seed=20_000 + i, size=(640, 480)) for i in range(args.burst)
     ]
-    env = {**cli_environment(tmp / "data", model_dir), "IMGSEARCH_BATCH_SIZE": "32"}
+    env = {**cli_environment(tmp / "data", model_dir), "IMGSEARCH_BATCH_SIZE": str(args.batch_size)}
     env.pop("IMGSEARCH_PRECISION", None) if args.precision == "auto" else env.update(IMGSEARCH_PRECISION=args.precision)
     process, port = start_server(
         lambda port: [sys.executable, "-m", "imgsearch.cli", "serve", "--port", str(port), "--watch", str(library)],
@@ -123,6 +123,7 @@ def serve_and_measure(args: argparse.Namespace, tmp: Path) -> dict:
         stop_process(process)
     return {
         "model": args.model,
+        "batch_size": args.batch_size,
         "copies": args.copies,
         "copy_to_searchable_s": {"p50": statistics.median(latencies), "p95": percentile(latencies, 95)},
         "search_idle_ms_p50": statistics.median(idle),
@@ -214,6 +215,7 @@ def main() -> int:
     parser.add_argument("--files-per-folder", type=int, default=10)
     parser.add_argument("--model", default="vit-b-32")
     parser.add_argument("--precision", default="fp32")
+    parser.add_argument("--batch-size", type=int, default=32, help="the server's IMGSEARCH_BATCH_SIZE (default 32)")
     parser.add_argument("--skip-serve", action="store_true", help="only the memory figures")
     parser.add_argument("--skip-memory", action="store_true", help="only the serve figures")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "watch_latency.json")
