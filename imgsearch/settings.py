@@ -13,6 +13,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 # The settings' choices live here, at the bottom of the import graph; the model room imports them.
 PrecisionSetting = Literal["auto", "fp32", "bf16", "int8", "fp16"]
 BackendSetting = Literal["auto", "torch", "onnx", "openvino"]
+WatchMode = Literal["auto", "events", "polling"]
 VectorIndexType = Literal["HNSW", "IVF_FLAT", "DISKANN", "FLAT", "AUTOINDEX"]
 
 
@@ -56,6 +57,16 @@ class Settings(BaseSettings):
     allowed_roots: list[Path] = []
     thumbnail_dir: Path = Field(default_factory=lambda: cache_home() / "thumbnails")
     thumbnail_cache_mb: int = Field(512, ge=1)  # least recently used thumbnails go first beyond this
+
+    # Watching folders (imgsearch watch, serve --watch, up): see docs/watching.md.
+    # Every watched root is also indexed again (incrementally) this often, because events get lost.
+    rescan_minutes: int = Field(60, ge=1, le=7 * 24 * 60)
+    # auto: events (inotify) on a local disk, polling on NFS, CIFS/SMB, FUSE and when inotify runs out of watches;
+    # polling: every root is polled; events: no polling, even on a network file system.
+    watch_mode: WatchMode = "auto"
+    watch_poll_seconds: float = Field(60.0, ge=0.2, le=24 * 3600)  # how often a polled root is looked through
+    # A changed file is indexed once its size and modification time have stayed the same this long.
+    watch_settle_seconds: float = Field(2.0, ge=0.1, le=600)
 
     # Streamlit UI.
     api_url: str = "http://127.0.0.1:8000"

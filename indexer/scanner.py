@@ -62,8 +62,12 @@ def is_image_path(path: str) -> bool:
     return os.path.splitext(path)[1].lower() in IMAGE_EXTENSIONS
 
 
-def scan(roots: list[str], max_bytes: int) -> ScanResult:
-    """Every image file below the (resolved) roots, each once, in a stable order, and the problems met."""
+def scan(roots: list[str], max_bytes: int, trusted: list[str] | None = None) -> ScanResult:
+    """Every image file below the (resolved) roots, each once, in a stable order, and the problems met.
+
+    ``trusted``: the folders a symbolic link may point into, when they are wider than ``roots`` (a watcher scans
+    a few changed paths under the roots it watches); by default the roots themselves."""
+    trusted = roots if trusted is None else trusted
     result = ScanResult()
     found: dict[str, FileEntry] = {}
     for root in roots:
@@ -71,7 +75,7 @@ def scan(roots: list[str], max_bytes: int) -> ScanResult:
             continue  # a missing root is the caller's decision (see run_index)
         paths = [root] if not os.path.isdir(root) else _walk(root, result)
         for path in paths:
-            entry = _look_at(path, roots, max_bytes, result)
+            entry = _look_at(path, trusted, max_bytes, result)
             if entry is not None:
                 found[path] = entry
     result.files = [found[p] for p in sorted(found)]

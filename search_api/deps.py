@@ -11,6 +11,7 @@ from imgsearch.search.service import SearchService
 from imgsearch.search_api.services.files import ServedFiles
 from imgsearch.search_api.services.jobs import JobManager
 from imgsearch.search_api.services.thumbnails import ThumbnailCache
+from imgsearch.search_api.services.watch import WatchService
 from imgsearch.settings import Settings
 from imgsearch.store import MilvusStore
 
@@ -39,12 +40,17 @@ def get_jobs(request: Request) -> JobManager:
     return request.app.state.jobs
 
 
+def get_watch(request: Request) -> WatchService | None:
+    return getattr(request.app.state, "watch", None)
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 SearchServiceDep = Annotated[SearchService, Depends(get_search_service)]
 StoreDep = Annotated[MilvusStore, Depends(get_store)]
 ThumbnailsDep = Annotated[ThumbnailCache, Depends(get_thumbnails)]
 JobsDep = Annotated[JobManager, Depends(get_jobs)]
 FilesDep = Annotated[ServedFiles, Depends(get_files)]
+WatchDep = Annotated[WatchService | None, Depends(get_watch)]
 
 
 def has_api_key(request: Request, settings: Settings) -> bool:

@@ -105,7 +105,11 @@ class IndexRequest(BaseModel):
 
 class IndexJob(BaseModel):
     job_id: str
-    kind: Literal["index", "tag"] = Field("index", description="index: files; tag: tagging from a label set")
+    kind: Literal["index", "tag", "watch"] = Field(
+        "index",
+        description="index: files; tag: tagging from a label set; watch: a watcher's run (changed files, or the "
+        "catch-up and reconcile of a watched root)",
+    )
     state: Literal["queued", "running", "done", "failed"]
     paths: list[str] = Field(default_factory=list)
     label_set: str | None = Field(None, description="tag jobs: the label set added, replaced or removed")
@@ -113,6 +117,26 @@ class IndexJob(BaseModel):
     total: int = 0
     report: dict | None = None
     error: str | None = None
+
+
+class WatchedRoot(BaseModel):
+    path: str
+    mode: Literal["events", "polling"] = Field(description="events: inotify; polling: looked through periodically")
+    reason: str | None = Field(None, description="why the root is polled, if it is")
+    last_event: str | None = Field(None, description="when a change was last seen (UTC, ISO 8601)")
+    last_reconcile: str | None = Field(None, description="when the root was last indexed whole (UTC)")
+    problem: str | None = Field(None, description="why rows under it are kept (missing or emptied root)")
+
+
+class WatchStatus(BaseModel):
+    roots: list[WatchedRoot] = Field(description="the watched roots; empty when the API watches nothing")
+    pending: int = Field(0, description="changed files waiting to settle (or to be looked at again)")
+    indexing: Literal["catch-up", "reconcile", "changes"] | None = Field(None, description="the run going on")
+    indexing_files: int = Field(0, description="files in the changes run going on")
+    runs: int = Field(0, description="runs finished since the API started")
+    rescan_minutes: int = Field(description="every root is reconciled this often (IMGSEARCH_RESCAN_MINUTES)")
+    last_report: dict | None = Field(None, description="the last run's report, with its kind")
+    failed: list[dict[str, str]] = Field(default_factory=list, description="the last files that could not be indexed")
 
 
 class DuplicateMember(BaseModel):

@@ -25,14 +25,15 @@ EARLIEST, LATEST = date(1826, 1, 1), date(2200, 12, 31)
 def indexing_progress(client: ApiClient) -> bool:
     """A line with the progress of the server's indexing jobs, if any runs or waits; whether one does."""
     try:
-        jobs = [job for job in client.unfinished_jobs() if job["kind"] == "index"]
+        jobs = [job for job in client.unfinished_jobs() if job["kind"] in ("index", "watch")]
     except (ApiError, ApiUnreachable):  # an older server, or a key that may not list jobs: no progress to show
         return False
     if not jobs:
         return False
     running = next((job for job in jobs if job["state"] == "running"), None)
     if running and running["total"]:
-        st.info(f"Indexing {running['total']:,} photos: {running['processed']:,} done. Reload to see them.", icon="⏳")
+        what = "new photos" if running["kind"] == "watch" else "photos"  # a watcher's run: what came in
+        st.info(f"Indexing {running['total']:,} {what}: {running['processed']:,} done. Reload to see them.", icon="⏳")
     else:
         st.info("Indexing: looking for photos in " + ", ".join(escaped(p) for p in jobs[0]["paths"]), icon="⏳")
     return True

@@ -10,14 +10,15 @@ import argparse
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from imgsearch.cli import index, models, search, serve, tags, up
+from imgsearch.cli import index, models, search, serve, tags, up, watch
 from imgsearch.cli.common import Command
 
-GROUPS = (up, index, search, tags, models, serve)
+GROUPS = (up, index, watch, search, tags, models, serve)
 # The order `imgsearch --help` lists the commands in; one not named here comes after them.
 ORDER = (
     "up",
     "index",
+    "watch",
     "search",
     "serve",
     "ui",

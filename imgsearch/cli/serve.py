@@ -14,14 +14,22 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
     host, port = (Settings.model_fields[name].default for name in ("host", "port"))
     parser.add_argument("--host", help=f"bind address [IMGSEARCH_HOST] (default {host})")
     parser.add_argument("--port", type=int, help=f"port [IMGSEARCH_PORT] (default {port})")
+    parser.add_argument(
+        "--watch",
+        nargs="+",
+        metavar="PATH",
+        help="keep these folders indexed as they change (caught up at start; see docs/watching.md)",
+    )
     add_common(parser)
     add_model_options(parser)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from imgsearch.cli.watch import watched_folders
     from imgsearch.search_api.main import serve  # the only command that needs the API
 
-    serve(settings(args))
+    roots = watched_folders(args.watch) if args.watch else None
+    serve(settings(args), watch_roots=roots)
     return EXIT_OK
 
 

@@ -1,4 +1,5 @@
-"""``imgsearch up``: the search API and the web UI in one command, with the folders given indexed in the background.
+"""``imgsearch up``: the search API and the web UI in one command, with the folders given indexed in the background
+and watched: what is added, moved or deleted later is indexed as it happens (``--no-watch``: once only).
 
 A launcher that owns its children: each runs in a process group of its own, and on Ctrl-C, SIGTERM or the end of
 either child, every group it started is stopped (SIGTERM, then SIGKILL after a grace period). On Linux a child is
@@ -21,13 +22,22 @@ from imgsearch.cli.options import add_common, add_model_options
 
 GRACE_S = 15  # what a child gets to stop on SIGTERM before it is killed
 POLL_S = 0.5
+WATCHER = "watcher"  # in place of a job id: report the API's watcher
 
 
 def _up_arguments(parser: argparse.ArgumentParser) -> None:
     from imgsearch.settings import Settings
 
     host, port = (Settings.model_fields[name].default for name in ("host", "port"))
-    parser.add_argument("paths", nargs="*", help="folders to index in the background (progress in the UI and here)")
+    parser.add_argument(
+        "paths", nargs="*", help="folders to index in the background and watch (progress in the UI and here)"
+    )
+    parser.add_argument(
+        "--no-watch",
+        dest="watch",
+        action="store_false",
+        help="index the folders once, without watching them for changes afterwards",
+    )
     parser.add_argument(
         "--host",
         default=host,
@@ -52,14 +62,19 @@ def cmd_up(args: argparse.Namespace) -> int:
     children = Children()
     previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
-        api = children.start([*_imgsearch(), "serve", "--host", "127.0.0.1", "--port", str(args.port)], env)
+        watching = ["--watch", *roots] if roots and args.watch else []
+        api = children.start([*_imgsearch(), "serve", "--host", "127.0.0.1", "--port", str(args.port), *watching], env)
         if not _wait_until_healthy(api, api_url, config.api_key):
             return EXIT_ERROR
         children.start(
             [*_imgsearch(), "ui", "--api-url", api_url, "--port", str(args.ui_port), "--host", args.host], env
         )
         print(f"imgsearch: open http://{reach}:{args.ui_port} (the API is at {api_url}; Ctrl-C stops both)", flush=True)
-        job = _submit(api_url, config.api_key, roots) if roots else None
+        if watching:
+            print(f"imgsearch: indexing {', '.join(map(shown, roots))} and watching for changes", flush=True)
+            job = WATCHER
+        else:
+            job = _submit(api_url, config.api_key, roots) if roots else None
         return _watch(children, api_url, config.api_key, job)
     except KeyboardInterrupt:
         return EXIT_OK
@@ -162,13 +177,17 @@ def _submit(api_url: str, api_key: str, roots: list[str]) -> str | None:
 
 
 def _watch(children: Children, api_url: str, api_key: str, job: str | None) -> int:
-    """Until a child ends: say how the index job gets on, a line every few seconds while it runs."""
-    said, last = "", 0.0
+    """Until a child ends: say how the index job (or the watcher) gets on, a line every few seconds while it runs."""
+    said, last, runs = "", 0.0, 0
     while (ended := children.exited()) is None:
-        if job and time.monotonic() - last >= 5:
+        if job and time.monotonic() - last >= (2 if job == WATCHER else 5):
             last = time.monotonic()
-            line, finished = _job_line(api_url, api_key, job)
-            if line and line != said:
+            if job == WATCHER:
+                line, runs = _watcher_line(api_url, api_key, runs)
+                finished = False
+            else:
+                line, finished = _job_line(api_url, api_key, job)
+            if line and (job == WATCHER or line != said):
                 print(line, flush=True)
                 said = line
             job = None if finished else job
@@ -178,6 +197,25 @@ def _watch(children: Children, api_url: str, api_key: str, job: str | None) -> i
         file=sys.stderr,
     )
     return EXIT_ERROR
+
+
+def _watcher_line(api_url: str, api_key: str, runs: int) -> tuple[str, int]:
+    """A line when the API's watcher finished a run since ``runs`` runs (what the run did), and the runs now."""
+    from imgsearch.cli.local_api import NotOurs, call
+
+    try:
+        status, state = call("GET", f"{api_url}/watch", api_key, 5)
+    except NotOurs:
+        return "", runs
+    if status != 200 or not isinstance(state, dict) or int(state.get("runs") or 0) <= runs:
+        return "", runs
+    report = state.get("last_report") or {}
+    done = [f"{report.get(name, 0):,} {name}" for name in ("moved", "copied", "removed") if report.get(name)]
+    return (
+        f"imgsearch: indexed: {report.get('embedded', 0):,} embedded, {report.get('unchanged', 0):,} unchanged, "
+        + "".join(f"{part}, " for part in done)
+        + f"{len(report.get('failed') or []):,} failed"
+    ), int(state["runs"])
 
 
 def _job_line(api_url: str, api_key: str, job: str) -> tuple[str, bool]:
@@ -203,4 +241,6 @@ def _job_line(api_url: str, api_key: str, job: str) -> tuple[str, bool]:
     return "", False
 
 
-COMMANDS = (Command("up", "start the API and the UI, and index folders in the background", _up_arguments, cmd_up),)
+COMMANDS = (
+    Command("up", "start the API and the UI, and index and watch folders in the background", _up_arguments, cmd_up),
+)

@@ -9,12 +9,12 @@ import os
 import threading
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from imgsearch.errors import ImgsearchError
-from imgsearch.indexer.runner import ProgressCallback, run_index
+from imgsearch.indexer.runner import IndexReport, ProgressCallback, run_index
 from imgsearch.media.safe_files import within
 from imgsearch.model.embedder import Embedder
 from imgsearch.search_api.schemas import IndexJob
@@ -107,6 +107,28 @@ class JobManager:
         job = IndexJob(job_id=uuid.uuid4().hex, kind="tag", state="queued", label_set=name)
         return self._queue(job, functools.partial(self._tag, label_set, remove))
 
+    def submit_watch(
+        self, paths: list[str], work: Callable[[Embedder, MilvusStore, ProgressCallback], IndexReport]
+    ) -> Future[IndexReport]:
+        """Queue a watcher's run (``paths``: the roots it touches, for the job list); the future of its report.
+
+        It waits its turn with every other job, so nothing is indexed twice at once. Raises JobQueueFullError."""
+        result: Future[IndexReport] = Future()
+
+        def run(progress: ProgressCallback) -> dict[str, Any]:
+            if not result.set_running_or_notify_cancel():
+                return {"state": "failed", "error": "cancelled"}
+            try:
+                report = work(*self._model_and_store(), progress)
+            except BaseException as exc:
+                result.set_exception(exc)
+                raise
+            result.set_result(report)
+            return ending(report)
+
+        self._queue(IndexJob(job_id=uuid.uuid4().hex, kind="watch", state="queued", paths=paths), run)
+        return result
+
     def unfinished(self) -> list[IndexJob]:
         """The jobs queued or running, in the order they will run."""
         with self._lock:
@@ -153,14 +175,7 @@ class JobManager:
         report = run_index(
             allowed_paths(paths, self.allowed_roots), self._settings, encoder, store, on_progress=progress
         )
-        summary = report.to_dict()
-        summary["failed_not_listed"] = max(0, len(summary["failed"]) - MAX_REPORTED_FAILURES)
-        summary["failed"] = summary["failed"][:MAX_REPORTED_FAILURES]
-        return {
-            "state": "failed" if report.refused else "done",
-            "report": summary,
-            "error": "; ".join(report.refused) or None,
-        }
+        return ending(report)
 
     def _tag(self, label_set: LabelSet | None, remove: str | None, progress: ProgressCallback) -> dict[str, Any]:
         encoder, store = self._model_and_store()
@@ -179,3 +194,15 @@ class JobManager:
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def ending(report: IndexReport) -> dict[str, Any]:
+    """How an indexing job ends: its state, its report (failures listed up to MAX_REPORTED_FAILURES), its error."""
+    summary = report.to_dict()
+    summary["failed_not_listed"] = max(0, len(summary["failed"]) - MAX_REPORTED_FAILURES)
+    summary["failed"] = summary["failed"][:MAX_REPORTED_FAILURES]
+    return {
+        "state": "failed" if report.refused else "done",
+        "report": summary,
+        "error": "; ".join(report.refused) or None,
+    }

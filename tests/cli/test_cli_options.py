@@ -243,5 +243,5 @@ def test_help_lists_every_command_and_imports_nothing_heavy():
     shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True).stdout
     assert shown.rstrip().endswith("LOADED []")
     listed = shown.split("{", 1)[1].split("}", 1)[0].split(",")
-    assert listed[:7] == ["up", "index", "search", "serve", "ui", "upgrade", "tag"]
-    assert listed[7:] == ["duplicates", "evaluate", "models", "tune", "migrate", "drop"]
+    assert listed[:8] == ["up", "index", "watch", "search", "serve", "ui", "upgrade", "tag"]
+    assert listed[8:] == ["duplicates", "evaluate", "models", "tune", "migrate", "drop"]

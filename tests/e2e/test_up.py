@@ -1,4 +1,5 @@
-"""`imgsearch up`: one command starts the API and the UI, indexes the folders given, and leaves nothing running."""
+"""`imgsearch up`: one command starts the API and the UI, indexes and watches the folders given, and leaves nothing
+running."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.support.photos import write_photo_set
+from tests.support.photos import write_photo, write_photo_set
 from tests.support.processes import cli_environment, free_port, spawn, stop_process
 
 
@@ -40,7 +41,9 @@ def alive(pid: int) -> bool:
         return False
 
 
-def test_up_serves_the_ui_indexes_the_folder_and_sigterm_stops_every_child(imgsearch_bin, tmp_path, tiny_model_dir):
+def test_up_serves_the_ui_indexes_and_watches_the_folder_and_sigterm_stops_every_child(
+    imgsearch_bin, tmp_path, tiny_model_dir
+):
     photos = write_photo_set(tmp_path / "photos")
     env = cli_environment(tmp_path / "data", tiny_model_dir)
     api_port, ui_port = free_port(), free_port()
@@ -63,6 +66,12 @@ def test_up_serves_the_ui_indexes_the_folder_and_sigterm_stops_every_child(imgse
         while "indexed: 10 embedded" not in output(log):
             assert time.monotonic() < deadline, output(log)
             time.sleep(0.5)
+        write_photo(photos / "later" / "arrived.jpg", seed=99)  # watched: indexed without being asked
+        while count < 11:
+            assert time.monotonic() < deadline, output(log)
+            count = httpx.get(f"http://127.0.0.1:{api_port}/health", timeout=2).json().get("count", 0)
+            time.sleep(0.25)
+        assert httpx.get(f"http://127.0.0.1:{api_port}/watch", timeout=2).json()["roots"][0]["mode"] == "events"
         assert f"open http://127.0.0.1:{ui_port}" in output(log)
         assert httpx.get(f"http://127.0.0.1:{ui_port}/", timeout=10).status_code == 200
         children = descendants(up.pid)

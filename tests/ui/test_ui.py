@@ -269,6 +269,17 @@ def test_while_the_server_indexes_the_page_says_how_far_it_is_instead_of_an_empt
     assert "Indexing" not in texts(run())  # a tag job is not indexing
 
 
+def test_a_watchers_run_says_how_many_new_photos_it_indexes(fake):
+    api = FakeApi()
+    api.unfinished = [
+        {"job_id": "w1", "kind": "watch", "state": "running", "paths": ["/photos"], "processed": 2, "total": 12}
+    ]
+    fake(api)
+    app = run()
+    assert not app.exception
+    assert "Indexing 12 new photos: 2 done" in app.info[0].value
+
+
 def test_text_search_shows_a_grid_with_scores_and_file_names(fake):
     api = fake(FakeApi(results=7))
     app = run("a cat on a sofa")
