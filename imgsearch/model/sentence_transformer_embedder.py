@@ -78,6 +78,9 @@ class SentenceTransformerEmbedder:
         self._model = SentenceTransformer(_one_identity(image_model), device=device)
         self._text_model = SentenceTransformer(_one_identity(text_model), device=device) if text_model else self._model
         self._lock = threading.Lock()  # one batch at a time; callers queue here
+        # Texts, one batch at a time too; taken before _lock. A query run by the exported text tower takes only this
+        # one, so it does not wait behind an indexing job's batch of images (seconds) in torch.
+        self._text_lock = threading.Lock()
         self.backend, self.precision = BASELINE  # the fingerprint and the probes below are taken in torch fp32
         self.text_backend, self.text_precision = BASELINE  # texts: as images, until text_tower chooses
         self.text_choice: TextChoice | None = None
@@ -216,7 +219,7 @@ class SentenceTransformerEmbedder:
             fast = FastTextEmbedder(self._text_folder() / "text", *option, self.fingerprint)
         else:
             self._runner(option, texts=True)
-        with self._lock:
+        with self._text_lock, self._lock:
             self._fast_text, self.text_choice = fast, choice
             self.text_backend, self.text_precision = option
             keep = {(self.backend, self.precision), option}
@@ -253,22 +256,24 @@ class SentenceTransformerEmbedder:
 
     def embed_texts(self, texts: list[str]) -> TextEmbedding:
         """Embed texts, truncating each to the model's token limit (reported per text)."""
-        # One hold of the lock: the setting texts run as (the text tower may switch meanwhile), the tokenizer's
+        # One hold of the locks: the setting texts run as (the text tower may switch meanwhile), the tokenizer's
         # shared truncation setting, and the run; an OpenVINO request runs one batch at a time too.
-        with self._lock:
+        with self._text_lock:
             if self._fast_text is not None:
                 return self._fast_text.embed_texts(texts)
-            truncated = [self._token_count(t) > self.max_text_tokens if self.max_text_tokens else False for t in texts]
-            vectors = self._run((self.text_backend, self.text_precision), texts, texts=True)
+            with self._lock:
+                truncated = [
+                    self._token_count(t) > self.max_text_tokens if self.max_text_tokens else False for t in texts
+                ]
+                vectors = self._run((self.text_backend, self.text_precision), texts, texts=True)
         return TextEmbedding(_unit_rows(vectors), truncated)
 
     def encode(self, inputs: list, option: Option | None = None, texts: bool = False) -> np.ndarray:
         """Rows of unit length in float32, whatever precision and backend the model ran in."""
+        if texts and option is None:
+            return self.embed_texts(inputs).vectors
         with self._lock:
-            if texts and option is None and self._fast_text is not None:
-                return self._fast_text.embed_texts(inputs).vectors
-            option = option or ((self.text_backend, self.text_precision) if texts else (self.backend, self.precision))
-            vectors = self._run(option, inputs, texts)
+            vectors = self._run(option or (self.backend, self.precision), inputs, texts)
         return _unit_rows(vectors)
 
     def _run(self, option: Option, inputs: list, texts: bool):

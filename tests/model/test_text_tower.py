@@ -143,6 +143,22 @@ def test_a_text_tower_of_other_weights_or_one_removed_is_not_run_and_the_model_s
     assert graph.read_bytes() == saved
 
 
+@needs_onnx
+def test_a_query_run_by_the_exported_text_tower_does_not_wait_behind_a_batch_of_images(tuned):
+    """While an indexing job's batch of images runs in torch (it holds the model: seconds for 32 photos), a text
+    query that the exported text tower answers goes ahead."""
+    import threading
+
+    auto, _ = tuned
+    assert auto.text_backend != "torch"
+    answered = []
+    with auto._lock:  # what embed_images holds while a batch runs
+        query = threading.Thread(target=lambda: answered.append(auto.embed_texts(["a dog on a beach"])))
+        query.start()
+        query.join(timeout=30)
+        assert answered, "the text query waited for the image batch"
+
+
 def test_a_named_precision_or_a_pair_keeps_texts_as_images(tiny_model_dir, tmp_path):
     named = SentenceTransformerEmbedder(str(tiny_model_dir), precision="fp32", backend="auto", cache_dir=tmp_path)
     assert not named.needs_text_tuning and named.tune_text() is None
