@@ -78,9 +78,7 @@ class SentenceTransformerEmbedder:
         self._model = SentenceTransformer(_one_identity(image_model), device=device)
         self._text_model = SentenceTransformer(_one_identity(text_model), device=device) if text_model else self._model
         self._lock = threading.Lock()  # one batch at a time; callers queue here
-        # Texts, one batch at a time too; taken before _lock. A query run by the exported text tower takes only this
-        # one, so it does not wait behind an indexing job's batch of images (seconds) in torch.
-        self._text_lock = threading.Lock()
+        self._text_lock = threading.Lock()  # taken before _lock; all an exported text tower's query takes
         self.backend, self.precision = BASELINE  # the fingerprint and the probes below are taken in torch fp32
         self.text_backend, self.text_precision = BASELINE  # texts: as images, until text_tower chooses
         self.text_choice: TextChoice | None = None
@@ -258,7 +256,7 @@ class SentenceTransformerEmbedder:
         """Embed texts, truncating each to the model's token limit (reported per text)."""
         # One hold of the locks: the setting texts run as (the text tower may switch meanwhile), the tokenizer's
         # shared truncation setting, and the run; an OpenVINO request runs one batch at a time too.
-        with self._text_lock:
+        with self._text_lock:  # not _lock: a query does not wait behind an indexing job's batch of images
             if self._fast_text is not None:
                 return self._fast_text.embed_texts(texts)
             with self._lock:
