@@ -12,9 +12,11 @@ re-pointed between the check and the read cannot slip another file in.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
+import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -146,3 +148,17 @@ def read_own_file(path: Path, max_bytes: int) -> bytes:
     with os.fdopen(fd, "rb") as handle:
         check_regular(str(path), os.fstat(fd), max_bytes)
         return handle.read(max_bytes)
+
+
+def replace_own_file(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` in one step: into a new file of this user's alone (0600, never through a link)
+    beside it, then renamed over it, so a reader sees the old file or the new one, whole. Raises OSError."""
+    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # O_EXCL, 0600
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise

@@ -9,13 +9,12 @@ import logging
 import math
 import os
 import stat
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from imgsearch.media.safe_files import UnsafeFileError, private_dir, read_own_file
+from imgsearch.media.safe_files import UnsafeFileError, private_dir, read_own_file, replace_own_file
 from imgsearch.model.agreement import AGREEMENT
 from imgsearch.model.cpu import SPEED_FLAGS, cpu_flags, cpu_model
 from imgsearch.model.runtimes import Precision
@@ -165,7 +164,6 @@ class ChoiceCache:
         return entries
 
     def put(self, key: str, choice: Choice) -> None:
-        temporary = None
         try:
             try:
                 entries = self._entries()
@@ -178,17 +176,9 @@ class ChoiceCache:
                 "trials": [asdict(t) for t in choice.trials],
                 "measured": time.strftime("%Y-%m-%d"),
             }
-            fd, temporary = tempfile.mkstemp(prefix=".precision.json.", dir=self.path.parent)  # O_EXCL, 0600
-            with os.fdopen(fd, "w") as handle:
-                handle.write(json.dumps(entries, indent=1))
-            os.replace(temporary, self.path)
-            temporary = None
+            replace_own_file(self.path, json.dumps(entries, indent=1))
         except OSError as exc:
             log.warning("cannot cache the precision choice in %s: %s", self.path, exc)
-        finally:
-            if temporary:
-                with contextlib.suppress(OSError):
-                    os.unlink(temporary)
 
 
 def _makes_sense(choice: Choice) -> bool:  # noqa: C901

@@ -18,7 +18,6 @@ under that name change. It is built in a private folder and renamed into place, 
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import os
 import warnings
@@ -33,7 +32,15 @@ from imgsearch.errors import ImgsearchError
 from imgsearch.media.safe_files import UnsafeFileError, read_own_file
 from imgsearch.model.agreement import TEXT_PROBE
 from imgsearch.model.embedder import TextEmbedding, fingerprints_match
-from imgsearch.model.runtimes import build_once, graph_runner, installed, own_file, tower_module
+from imgsearch.model.runtimes import (
+    build_once,
+    dynamic_int8,
+    graph_runner,
+    installed,
+    own_file,
+    tower_inputs,
+    tower_module,
+)
 
 FILES = {  # what runs each exported setting, in the text folder
     ("onnx", "fp32"): "tower.onnx",
@@ -85,12 +92,9 @@ def _export(transformer: Any, facts: dict[str, Any], target: Path, guard: Abstra
     with guard:
         tokenizer = _tokenizer(transformer, facts["max_text_tokens"], facts["fixed_length"])
         features = transformer.preprocess(["a photo of a dog"])
-    method = transformer.modality_config["text"]["method"]
-    accepted = set(inspect.signature(getattr(transformer.model, method)).parameters)
-    names = [name for name, value in features.items() if isinstance(value, torch.Tensor) and name in accepted]
-    tower = tower_module(
-        transformer.model, method, transformer.modality_config["text"]["method_output_name"], names
-    ).eval()
+    names = tower_inputs(transformer, "text", features)
+    config = transformer.modality_config["text"]
+    tower = tower_module(transformer.model, config["method"], config["method_output_name"], names).eval()
     with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the tracer's notes on Python branches the tower takes on every input
         torch.onnx.export(
@@ -112,19 +116,7 @@ def _derive(target: Path) -> None:
     """The other runtimes' graphs, made from the fp32 ONNX export: onnx int8, openvino's IR."""
     fp32 = target / FILES["onnx", "fp32"]
     if installed("onnx", "int8"):
-        from onnxruntime.quantization import QuantType, quantize_dynamic
-
-        from imgsearch.model.int8 import quiet_root_logger
-        from imgsearch.model.runtimes import seven_bit_weights
-
-        with quiet_root_logger("pre-processing before quantization"):
-            quantize_dynamic(
-                str(fp32),
-                str(target / FILES["onnx", "int8"]),
-                weight_type=QuantType.QInt8,
-                per_channel=True,
-                reduce_range=seven_bit_weights(),
-            )
+        dynamic_int8(fp32, target / FILES["onnx", "int8"])
     if installed("openvino"):
         from imgsearch.model.runtimes import openvino_module
 

@@ -18,13 +18,11 @@ text folder's ``choice.json``, for this machine (CPU model and flags).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
 import os
 import statistics
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -32,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from imgsearch.media.safe_files import UnsafeFileError, private_dir, read_own_file
+from imgsearch.media.safe_files import UnsafeFileError, private_dir, read_own_file, replace_own_file
 from imgsearch.model.agreement import TEXT_NEIGHBOURS, TEXT_PROBE, min_cosine, top_k_overlap
 from imgsearch.model.choice_cache import Measured, setting_label
 from imgsearch.model.cpu import BF16_INSTRUCTIONS, INT8_DOT_PRODUCTS, SPEED_FLAGS, cpu_flags, cpu_model
@@ -183,18 +181,11 @@ def _makes_sense(choice: TextChoice) -> bool:
 
 def remember(folder: Path, choice: TextChoice) -> None:
     """Write ``choice`` for this machine into ``folder`` (made this user's alone), in one step."""
-    temporary = None
+    entry = {"machine": _machine(), "backend": choice.backend, "precision": choice.precision}
     try:
         private_dir(folder)
-        fd, temporary = tempfile.mkstemp(prefix=f".{_CHOICE_FILE}.", dir=folder)  # O_EXCL, 0600
-        with os.fdopen(fd, "w") as handle:
-            entry = {"machine": _machine(), "backend": choice.backend, "precision": choice.precision}
-            handle.write(json.dumps({**entry, "trials": [asdict(t) for t in choice.trials]}, indent=1))
-        os.replace(temporary, Path(folder) / _CHOICE_FILE)
-        temporary = None
+        replace_own_file(
+            Path(folder) / _CHOICE_FILE, json.dumps({**entry, "trials": [asdict(t) for t in choice.trials]}, indent=1)
+        )
     except (OSError, UnsafeFileError) as exc:
         log.warning("imgsearch: cannot remember the text tower's choice in %s: %s", folder, exc)
-    finally:
-        if temporary:
-            with contextlib.suppress(OSError):
-                os.unlink(temporary)
