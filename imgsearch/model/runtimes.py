@@ -127,7 +127,7 @@ class CompiledModel:
                 precision,
                 lambda target, m=modality, f=features: self._export(m, f, target, image_size),
             )
-            self._runs[modality] = graph_runner(path, backend, precision, threads)
+            self._runs[modality] = graph_runner(path, backend, precision, threads, spin=modality == "image")
 
     def encode(self, inputs: list, batch_size: int) -> np.ndarray:
         modality = "text" if isinstance(inputs[0], str) else "image"
@@ -389,8 +389,14 @@ def remove_graphs(folder: Path, aside_first: bool = True) -> None:
         log.warning("imgsearch: cannot remove %s: %s", aside, exc)
 
 
-def graph_runner(path: Path, backend: str, precision: str, threads: int) -> Callable[[dict], np.ndarray]:
-    """A function from named numpy inputs to the tower's (n, dim) output."""
+def graph_runner(
+    path: Path, backend: str, precision: str, threads: int, spin: bool = True
+) -> Callable[[dict], np.ndarray]:
+    """A function from named numpy inputs to the tower's (n, dim) output.
+
+    ``spin=False`` for the text tower: ONNX Runtime's threads otherwise spin for a while after each run, and the
+    vector copy's scan that follows a query's encode then took 15 ms instead of 7 at 100,000 rows on two cores
+    (bench/query_latency.py). OpenVINO's threads do not slow it."""
     if backend == "openvino":
         openvino = openvino_module()
         # int8: the quantised matrix products run in int8, the rest in fp32
@@ -417,6 +423,8 @@ def graph_runner(path: Path, backend: str, precision: str, threads: int) -> Call
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
+    if not spin:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     return lambda feeds: session.run([_OUTPUT], feeds)[0]
 

@@ -182,7 +182,7 @@ class FastTextEmbedder:
         graph = _own(folder / FILES[backend, precision])
         if backend == "openvino":
             _own(graph.with_suffix(".bin"))  # its weights
-        self._run: Callable[[dict], np.ndarray] = graph_runner(graph, backend, precision, threads)
+        self._run: Callable[[dict], np.ndarray] = graph_runner(graph, backend, precision, threads, spin=False)
 
     def embed_texts(self, texts: list[str]) -> TextEmbedding:
         encoded = self._tokenizer.encode_batch(texts)
