@@ -22,16 +22,16 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
-from imgsearch import BLAS_THREADS_SLEEP
 from imgsearch.store.collection import Hit, id_sample_bound
 from imgsearch.store.fields import FILTERABLE, DataType
 from imgsearch.store.filters import ImageFilter
 from imgsearch.store.gateway import MilvusStore
+from imgsearch.store.scan import SharedScan, bf16_rows, bf16_scan_pays, exact_top, to_bf16
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,7 @@ class _Snapshot:
     # that one long path does not widen every row as a fixed-width numpy string array would.
     columns: dict[str, np.ndarray | list]
     extra: tuple[dict, ...]  # per row: the remaining metadata fields, for responses
+    low: Any = None  # the vectors in bf16, which the scan reads where the CPU multiplies bf16 (store/scan.py)
 
     @property
     def size(self) -> int:
@@ -92,68 +93,6 @@ def _snapshot_from_rows(rows: list[dict], dim: int) -> _Snapshot:
     )
 
 
-def _scores(vectors: np.ndarray, queries: np.ndarray) -> np.ndarray:
-    """``vectors @ queries`` for a (dim, k) matrix of queries: numpy's OpenBLAS on all cores when its threads
-    sleep after the call, else torch.
-
-    At 100,000 rows numpy takes ~9 ms on two cores for one query, torch's single-threaded ``mv`` ~19 ms. But
-    OpenBLAS threads that spin after the call (numpy imported before imgsearch, see its ``__init__``)
-    slowed the next text encode up to 3x (bench/query_latency.py), so then torch, whose pool does not spin.
-    """
-    if BLAS_THREADS_SLEEP:
-        return vectors @ queries
-    import torch
-
-    with torch.inference_mode():
-        return torch.mm(torch.from_numpy(vectors), torch.from_numpy(queries)).numpy()
-
-
-@dataclass(eq=False)
-class _Waiting:
-    vectors: np.ndarray
-    query: np.ndarray
-    scores: np.ndarray | None = None
-    error: BaseException | None = None
-
-
-class SharedScan:
-    """Scores queries against the copy one pass at a time; the queries that arrive during a pass share the next.
-
-    A pass is bound by reading the vectors from memory (200 MB at 100,000 rows), so one pass for eight queries
-    took 24 ms where eight single ones took 70 (numpy, two cores). And passes in turn do not fight each other
-    for the cores.
-    """
-
-    def __init__(self):
-        self._waiting: list[_Waiting] = []
-        self._waiting_lock = threading.Lock()
-        self._pass_lock = threading.Lock()
-
-    def scores(self, vectors: np.ndarray, query: np.ndarray) -> np.ndarray:
-        mine = _Waiting(vectors, query)
-        with self._waiting_lock:
-            self._waiting.append(mine)
-        with self._pass_lock:  # while a pass runs, more queries gather for the next
-            if mine.scores is None and mine.error is None:  # not answered by the pass before: run one
-                self._run_pass(vectors)
-        if mine.error is not None:
-            raise mine.error
-        return mine.scores
-
-    def _run_pass(self, vectors: np.ndarray) -> None:
-        with self._waiting_lock:  # the queries against these vectors (a snapshot may have been replaced since)
-            batch = [w for w in self._waiting if w.vectors is vectors]
-            self._waiting = [w for w in self._waiting if w.vectors is not vectors]
-        try:
-            scores = _scores(vectors, np.stack([w.query for w in batch], axis=1))
-        except BaseException as exc:  # every query of the pass gets the error, not a silent None
-            for waiting in batch:
-                waiting.error = exc
-            raise
-        for i, waiting in enumerate(batch):
-            waiting.scores = scores[:, i]
-
-
 def _forwarded(name: str) -> Callable[..., Any]:
     """A method of ``VectorCopy`` that calls the gateway's method of that name."""
 
@@ -192,6 +131,7 @@ class VectorCopy:
         self._snapshot: _Snapshot | None = None
         self._token: str | None = None  # generation the snapshot reflects
         self._scan = SharedScan()
+        self._bf16 = bf16_scan_pays()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="vector-copy", daemon=True)
 
@@ -283,21 +223,22 @@ class VectorCopy:
         if mask is not None and not mask.all():
             candidates = np.flatnonzero(mask)
         vectors = snapshot.vectors if candidates is None else snapshot.vectors[candidates]
-        scores = self._scan.scores(vectors, np.asarray(query, dtype=np.float32))
-        wanted = min(offset + limit, len(scores))
+        low = snapshot.low if candidates is None else bf16_rows(snapshot.low, candidates)
+        wanted = min(offset + limit, len(vectors))
         if wanted <= 0:
             return []
-        top = np.argpartition(-scores, wanted - 1)[:wanted] if wanted < len(scores) else np.arange(len(scores))
-        top = top[np.lexsort((top, -scores[top]))][offset:]
-        rows = top if candidates is None else candidates[top]
+        query = np.asarray(query, dtype=np.float32)
+        top, scores = exact_top(vectors, self._scan.scores(vectors, query, low), query, wanted)
+        order = np.lexsort((top, -scores))[offset:]
+        rows = top[order] if candidates is None else candidates[top[order]]
         return [
             Hit(
                 id=str(snapshot.ids[i]),
-                score=float(scores[j]),
+                score=float(score),
                 row=snapshot.extra[i],
                 vector=snapshot.vectors[i] if with_vectors else None,
             )
-            for i, j in zip(rows, top)
+            for i, score in zip(rows, scores[order])
         ]
 
     # Background synchronisation
@@ -348,6 +289,8 @@ class VectorCopy:
             snapshot = _snapshot_from_rows(list(self._store.iter_rows(with_vectors=True)), self._dim)
         else:
             snapshot = self._catch_up(self._snapshot)
+        if self._bf16:
+            snapshot = replace(snapshot, low=to_bf16(snapshot.vectors))
         self._snapshot, self._token = snapshot, token
         log.info("vector copy holds %d rows", snapshot.size)
 

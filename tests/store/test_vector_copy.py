@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from imgsearch.store import vector_copy as vector_copy_module
+from imgsearch.store import scan as scan_module
 from imgsearch.store.fields import SearchFilter
 from imgsearch.store.filters import ImageFilter
 from imgsearch.store.vector_copy import VectorCopy
@@ -31,10 +31,13 @@ def filled(store, encoder):
     return rows
 
 
-@pytest.fixture
-def vector_copy(store, filled):
+@pytest.fixture(params=["fp32", "bf16"])
+def vector_copy(store, filled, request):
+    """A synced copy, scanning in fp32 or in bf16 with the top checked in fp32 (store/scan.py), whatever the CPU."""
     vector_copy = VectorCopy(store, DIM)
+    vector_copy._bf16 = request.param == "bf16"
     vector_copy.sync_now()
+    assert (vector_copy._snapshot.low is not None) == vector_copy._bf16
     return vector_copy
 
 
@@ -348,7 +351,7 @@ def _threads(target, args_list):
 def hold_the_first_pass(monkeypatch, scan, queries: int) -> list[int]:
     """Make ``scan``'s first pass wait until the other queries wait for the next; returns the size of each pass."""
     passes: list[int] = []
-    real_scores = vector_copy_module._scores
+    real_scores = scan_module._scores
 
     def counted(vectors, batch):
         if not passes:
@@ -358,7 +361,7 @@ def hold_the_first_pass(monkeypatch, scan, queries: int) -> list[int]:
         passes.append(batch.shape[1])
         return real_scores(vectors, batch)
 
-    monkeypatch.setattr(vector_copy_module, "_scores", counted)
+    monkeypatch.setattr(scan_module, "_scores", counted)
     return passes
 
 
@@ -367,34 +370,34 @@ def test_queries_that_arrive_during_a_pass_share_the_next_one_and_each_gets_its_
     monkeypatch, blas_threads_sleep
 ):
     """Eight concurrent searches read the vectors twice, not eight times, and none gets another's scores."""
-    monkeypatch.setattr(vector_copy_module, "BLAS_THREADS_SLEEP", blas_threads_sleep)
+    monkeypatch.setattr(scan_module, "BLAS_THREADS_SLEEP", blas_threads_sleep)
     rng = np.random.default_rng(3)
     vectors = rng.standard_normal((1000, DIM)).astype(np.float32)
     queries = rng.standard_normal((8, DIM)).astype(np.float32)
-    scan = vector_copy_module.SharedScan()
+    scan = scan_module.SharedScan()
     passes = hold_the_first_pass(monkeypatch, scan, len(queries))
     results, errors = _threads(scan.scores, [(vectors, query) for query in queries])
     assert errors == [None] * 8
     assert len(passes) == 2 and sum(passes) == 8
     for query, scores in zip(queries, results):
-        np.testing.assert_allclose(scores, vectors @ query, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(scores.scores, vectors @ query, rtol=1e-5, atol=1e-5)
 
 
 def test_a_pass_never_mixes_the_vectors_of_an_old_and_a_new_snapshot(monkeypatch):
     rng = np.random.default_rng(4)
     old, new = (rng.standard_normal((500, DIM)).astype(np.float32) for _ in range(2))
     queries = rng.standard_normal((10, DIM)).astype(np.float32)
-    scan = vector_copy_module.SharedScan()
+    scan = scan_module.SharedScan()
     passes = hold_the_first_pass(monkeypatch, scan, len(queries))
     results, errors = _threads(scan.scores, [(old if i % 2 else new, query) for i, query in enumerate(queries)])
     assert errors == [None] * 10
     assert len(passes) >= 3  # the first, then one per snapshot
     for i, (query, scores) in enumerate(zip(queries, results)):
-        np.testing.assert_allclose(scores, (old if i % 2 else new) @ query, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(scores.scores, (old if i % 2 else new) @ query, rtol=1e-5, atol=1e-5)
 
 
 def test_a_failed_pass_fails_every_query_in_it(monkeypatch):
-    scan = vector_copy_module.SharedScan()
+    scan = scan_module.SharedScan()
     passes = []
 
     def out_of_memory(vectors, batch):
@@ -404,7 +407,7 @@ def test_a_failed_pass_fails_every_query_in_it(monkeypatch):
             time.sleep(0.01)
         raise MemoryError("no room for the scores")
 
-    monkeypatch.setattr(vector_copy_module, "_scores", out_of_memory)
+    monkeypatch.setattr(scan_module, "_scores", out_of_memory)
     vectors = np.ones((10, DIM), dtype=np.float32)
     results, errors = _threads(scan.scores, [(vectors, np.ones(DIM, dtype=np.float32))] * 4)
     assert results == [None] * 4 and all(isinstance(error, MemoryError) for error in errors)
