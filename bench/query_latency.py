@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
 import numpy as np  # noqa: E402
+from resources import folder_mb, rss_mb  # noqa: E402  (bench/, the script's own folder)
 
 from imgsearch.model.agreement import TEXT_PROBE  # noqa: E402
 
@@ -58,15 +59,22 @@ def percentiles(samples_ms: list[float]) -> dict[str, float]:
     }
 
 
-def fill_collection(uri: str, model_dir: Path, dim: int, rows: int) -> np.ndarray:
+def fill_collection(
+    uri: str, model_dir: Path, dim: int, rows: int, index_type: str = "HNSW", kind: str = "random"
+) -> np.ndarray:
     from imgsearch.model.embedder import model_identity
     from imgsearch.store import MilvusStore, release_hosted
 
-    store = MilvusStore(uri, "images")
+    store = MilvusStore(uri, "images", index_type=index_type)
     store.ensure_collection(model_identity(str(model_dir)), dim)
+    from server_path import clustered_vectors
+
     rng = np.random.default_rng(0)
-    vectors = rng.standard_normal((rows, dim)).astype(np.float32)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    if kind == "clustered":
+        vectors = clustered_vectors(rows, dim, rng)
+    else:
+        vectors = rng.standard_normal((rows, dim)).astype(np.float32)
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     from imgsearch.store.fields import FileFacts, make_row
 
     for start in range(0, rows, 5000):
@@ -102,11 +110,12 @@ def free_port() -> int:
 
 
 def start_server(
-    uri: str, model_dir: Path, vector_cache: str, precision: str, cache_dir: Path
+    uri: str, model_dir: Path, vector_cache: str, precision: str, cache_dir: Path, index_type: str = "HNSW"
 ) -> tuple[subprocess.Popen, str]:
     port = free_port()
     env = {
         **os.environ,
+        "IMGSEARCH_INDEX_TYPE": index_type,
         "IMGSEARCH_MILVUS_URI": uri,
         "IMGSEARCH_MODEL": str(model_dir),
         "IMGSEARCH_DEVICE": "cpu",
@@ -249,6 +258,21 @@ def parse_args() -> argparse.Namespace:
         help="IMGSEARCH_PRECISION of the server and of the bare encode (default auto)",
     )
     parser.add_argument("--text-only", action="store_true", help="time the text encoder per setting, nothing else")
+    parser.add_argument(
+        "--milvus",
+        choices=["lite", "standalone"],
+        default="lite",
+        help="lite: the embedded default, with the vector copy on and off; standalone: the C++ Milvus server "
+        "the tests start, its index built, with recall@10 against exact search",
+    )
+    parser.add_argument("--index-type", default="HNSW", help="the server's vector index (IMGSEARCH_INDEX_TYPE)")
+    parser.add_argument(
+        "--vectors",
+        choices=["random", "clustered"],
+        default="random",
+        help="standalone's vectors: random (no structure: an index's worst case) or clustered like a photo "
+        "library's (bench/server_path.py)",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results/query_latency.json")
     return parser.parse_args()
 
@@ -312,34 +336,11 @@ def measure_served(
         print(f"load: {entry['load']}", flush=True)
 
 
-def folder_mb(path: Path) -> float:
-    """What the files under ``path`` take on disk, in MB."""
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
-
-
-def rss_mb(pid: int) -> int:
-    """Resident memory of a process and its children (Milvus Lite's server), in MB, from /proc."""
-    total = 0
-    for task in [pid, *children(pid)]:
-        try:
-            fields = Path(f"/proc/{task}/status").read_text().split("VmRSS:")[1].split()
-            total += int(fields[0])
-        except (OSError, IndexError, ValueError):
-            pass
-    return total // 1024
-
-
-def children(pid: int) -> list[int]:
-    """Every descendant of ``pid``."""
-    try:
-        direct = [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
-    return direct + [grandchild for child in direct for grandchild in children(child)]
-
-
 def measure_size(args: argparse.Namespace, tmp: Path, rows: int, model_dir: Path, cache_dir: Path) -> dict:
-    """One collection size: a server with the vector copy on, then off, each beside its bare costs."""
+    """One collection size: a server with the vector copy on, then off, each beside its bare costs (Milvus Lite);
+    or the imgsearch server against a Milvus standalone, with the index's recall."""
+    if args.milvus == "standalone":
+        return measure_standalone(args, tmp, rows, model_dir, cache_dir)
     uri = str(tmp / f"rows{rows}" / "milvus.db")
     print(f"\n== {rows:,} vectors: filling Milvus Lite ...", flush=True)
     started = time.perf_counter()
@@ -348,29 +349,73 @@ def measure_size(args: argparse.Namespace, tmp: Path, rows: int, model_dir: Path
     entry = {"insert_rows_per_s": round(rows / fill_s), "data_dir_mb": round(folder_mb(Path(uri)))}
     print(f"inserted at {entry['insert_rows_per_s']:,} rows/s; data directory {entry['data_dir_mb']:,} MB", flush=True)
     for cache, per_client in (("on", args.requests), ("off", args.uncached_requests)):
-        started = time.perf_counter()
-        process, base = start_server(uri, model_dir, cache, args.precision, cache_dir)
-        entry[f"cache_{cache}_ready_s"] = round(time.perf_counter() - started, 1)
-        entry[f"cache_{cache}_server_rss_mb"] = rss_mb(process.pid)
-        print(
-            f"server ready ({'vector copy loaded' if cache == 'on' else 'no copy'}) in "
-            f"{entry[f'cache_{cache}_ready_s']} s; resident memory {entry[f'cache_{cache}_server_rss_mb']:,} MB",
-            flush=True,
-        )
-        # The bare costs are timed right beside each configuration: this machine's speed drifts.
-        bare = bare_costs(model_dir, vectors, args.precision, cache_dir)
-        floor = bare["text_encode_ms"] + bare["numpy_exact_ms"]
-        entry[f"cache_{cache}_bare"] = {**bare, "encode_plus_numpy_ms": round(floor, 2)}
-        print(
-            f"bare text encode {bare['text_encode_ms']} ms + exact numpy {bare['numpy_exact_ms']} ms = {floor:.1f} ms",
-            flush=True,
-        )
-        try:
-            measure_served(args, base, cache, per_client, rows, bare, entry)
-        finally:
-            process.terminate()
-            process.wait(timeout=30)
+        serve_and_measure(args, entry, uri, vectors, model_dir, cache_dir, cache, per_client, rows)
     return entry
+
+
+def measure_standalone(args: argparse.Namespace, tmp: Path, rows: int, model_dir: Path, cache_dir: Path) -> dict:
+    """The Milvus standalone: insert rate, the time its index takes to cover every row, recall@10 of
+    imgsearch's search there, then the served latencies (no vector copy on a server)."""
+    from server_path import recall_at_10, start_standalone, stop_standalone, wait_for_index
+
+    data_dir = tmp / f"standalone{rows}"
+    print(f"\n== {rows:,} vectors: filling a Milvus standalone ({args.index_type}) ...", flush=True)
+    milvus, uri = start_standalone(data_dir)
+    try:
+        started = time.perf_counter()
+        vectors = fill_collection(uri, model_dir, 512, rows, args.index_type, args.vectors)
+        entry = {"milvus": "standalone", "index_type": args.index_type}
+        entry["insert_rows_per_s"] = round(rows / (time.perf_counter() - started))
+        entry["index_build_s"] = round(wait_for_index(uri), 1)
+        entry["data_dir_mb"] = round(folder_mb(data_dir))
+        entry["milvus_rss_mb"] = rss_mb(milvus.pid)
+        print(
+            f"inserted at {entry['insert_rows_per_s']:,} rows/s; index covered every row {entry['index_build_s']} s "
+            f"later; data directory {entry['data_dir_mb']:,} MB; Milvus resident memory {entry['milvus_rss_mb']:,} MB",
+            flush=True,
+        )
+        entry["recall"] = recall_at_10(uri, vectors, args.index_type)
+        print(f"recall: {entry['recall']}", flush=True)
+        serve_and_measure(args, entry, uri, vectors, model_dir, cache_dir, "off", args.requests, rows)
+    finally:
+        stop_standalone(milvus)
+    return entry
+
+
+def serve_and_measure(
+    args: argparse.Namespace,
+    entry: dict,
+    uri: str,
+    vectors: np.ndarray,
+    model_dir: Path,
+    cache_dir: Path,
+    cache: str,
+    per_client: int,
+    rows: int,
+) -> None:
+    """Start `imgsearch serve` on ``uri`` with the vector copy ``cache``, and time it beside the bare costs."""
+    started = time.perf_counter()
+    process, base = start_server(uri, model_dir, cache, args.precision, cache_dir, args.index_type)
+    entry[f"cache_{cache}_ready_s"] = round(time.perf_counter() - started, 1)
+    entry[f"cache_{cache}_server_rss_mb"] = rss_mb(process.pid)
+    print(
+        f"server ready ({'vector copy loaded' if cache == 'on' else 'no copy'}) in "
+        f"{entry[f'cache_{cache}_ready_s']} s; resident memory {entry[f'cache_{cache}_server_rss_mb']:,} MB",
+        flush=True,
+    )
+    # The bare costs are timed right beside each configuration: this machine's speed drifts.
+    bare = bare_costs(model_dir, vectors, args.precision, cache_dir)
+    floor = bare["text_encode_ms"] + bare["numpy_exact_ms"]
+    entry[f"cache_{cache}_bare"] = {**bare, "encode_plus_numpy_ms": round(floor, 2)}
+    print(
+        f"bare text encode {bare['text_encode_ms']} ms + exact numpy {bare['numpy_exact_ms']} ms = {floor:.1f} ms",
+        flush=True,
+    )
+    try:
+        measure_served(args, base, cache, per_client, rows, bare, entry)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
 
 
 def main() -> int:
