@@ -340,7 +340,9 @@ def measure_size(args: argparse.Namespace, tmp: Path, rows: int, model_dir: Path
     """One collection size: a server with the vector copy on, then off, each beside its bare costs (Milvus Lite);
     or the imgsearch server against a Milvus standalone, with the index's recall."""
     if args.milvus == "standalone":
-        return measure_standalone(args, tmp, rows, model_dir, cache_dir)
+        from server_path import measure_standalone
+
+        return measure_standalone(args, tmp, rows, model_dir, cache_dir, fill_collection, serve_and_measure)
     uri = str(tmp / f"rows{rows}" / "milvus.db")
     print(f"\n== {rows:,} vectors: filling Milvus Lite ...", flush=True)
     started = time.perf_counter()
@@ -350,35 +352,6 @@ def measure_size(args: argparse.Namespace, tmp: Path, rows: int, model_dir: Path
     print(f"inserted at {entry['insert_rows_per_s']:,} rows/s; data directory {entry['data_dir_mb']:,} MB", flush=True)
     for cache, per_client in (("on", args.requests), ("off", args.uncached_requests)):
         serve_and_measure(args, entry, uri, vectors, model_dir, cache_dir, cache, per_client, rows)
-    return entry
-
-
-def measure_standalone(args: argparse.Namespace, tmp: Path, rows: int, model_dir: Path, cache_dir: Path) -> dict:
-    """The Milvus standalone: insert rate, the time its index takes to cover every row, recall@10 of
-    imgsearch's search there, then the served latencies (no vector copy on a server)."""
-    from server_path import recall_at_10, start_standalone, stop_standalone, wait_for_index
-
-    data_dir = tmp / f"standalone{rows}"
-    print(f"\n== {rows:,} vectors: filling a Milvus standalone ({args.index_type}) ...", flush=True)
-    milvus, uri = start_standalone(data_dir)
-    try:
-        started = time.perf_counter()
-        vectors = fill_collection(uri, model_dir, 512, rows, args.index_type, args.vectors)
-        entry = {"milvus": "standalone", "index_type": args.index_type}
-        entry["insert_rows_per_s"] = round(rows / (time.perf_counter() - started))
-        entry["index_build_s"] = round(wait_for_index(uri), 1)
-        entry["data_dir_mb"] = round(folder_mb(data_dir))
-        entry["milvus_rss_mb"] = rss_mb(milvus.pid)
-        print(
-            f"inserted at {entry['insert_rows_per_s']:,} rows/s; index covered every row {entry['index_build_s']} s "
-            f"later; data directory {entry['data_dir_mb']:,} MB; Milvus resident memory {entry['milvus_rss_mb']:,} MB",
-            flush=True,
-        )
-        entry["recall"] = recall_at_10(uri, vectors, args.index_type)
-        print(f"recall: {entry['recall']}", flush=True)
-        serve_and_measure(args, entry, uri, vectors, model_dir, cache_dir, "off", args.requests, rows)
-    finally:
-        stop_standalone(milvus)
     return entry
 
 

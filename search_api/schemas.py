@@ -95,6 +95,10 @@ class HealthResponse(BaseModel):
             "that failed (the API then keeps serving the collection it served)"
         ),
     )
+    advice: str | None = Field(
+        None,
+        description="on the embedded default past about 500,000 images: why and how to move to a Milvus server",
+    )
 
 
 class IndexRequest(BaseModel):

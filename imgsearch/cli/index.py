@@ -40,6 +40,7 @@ def cmd_index(args: argparse.Namespace) -> int:
     from imgsearch.model.embedder import model_identity
     from imgsearch.model.loading import load_embedder
     from imgsearch.store import MilvusStore
+    from imgsearch.store.lite import outgrown_advice
 
     config = settings(args)
     store = MilvusStore.from_settings(config)
@@ -71,6 +72,8 @@ def cmd_index(args: argparse.Namespace) -> int:
             print(format_profile(report.profile))
     for refusal in report.refused:
         print(f"imgsearch index: {refusal}", file=sys.stderr)
+    if store.is_embedded and (advice := outgrown_advice(report.scanned - len(report.failed))):
+        print(f"imgsearch index: {advice}", file=sys.stderr)  # at least this many: no count of the whole index
     if getattr(encoder, "needs_text_tuning", False):
         store.close()  # the index is written: another process may open it meanwhile
         print(

@@ -258,3 +258,20 @@ def release_hosted(milvus_uri: str | None = None) -> None:
 
 
 atexit.register(release_hosted)
+
+# Past this many images the embedded default is the wrong tool (bench/query_latency.py at 1,000,000 rows on two
+# cores: inserts at about 1,000 rows/s, 4 GB on disk, the API's vector copy more than 10 minutes and 8 GB of
+# memory to load at start-up, while searches go to Milvus Lite itself meanwhile; at 100,000 rows 45 s and 3 GB).
+LITE_ADVISED_ROWS = 500_000
+
+
+def outgrown_advice(rows: int) -> str | None:
+    """One line for the user of an embedded collection of ``rows`` images, when a Milvus server would serve them
+    better; None below ``LITE_ADVISED_ROWS``."""
+    if rows <= LITE_ADVISED_ROWS:
+        return None
+    return (
+        f"{rows:,} images is more than Milvus Lite is made for (about {LITE_ADVISED_ROWS:,}): the server's start-up "
+        "takes minutes and gigabytes to load them; move to a Milvus server with IMGSEARCH_MILVUS_URI "
+        "(docs/deployment.md, 'When to leave Milvus Lite')"
+    )

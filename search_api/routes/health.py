@@ -7,6 +7,7 @@ from starlette.concurrency import run_in_threadpool
 
 from imgsearch.search_api.deps import SettingsDep, StoreDep, has_api_key
 from imgsearch.search_api.schemas import HealthResponse
+from imgsearch.store.lite import outgrown_advice
 
 router = APIRouter(tags=["health"])
 
@@ -30,4 +31,5 @@ async def health(request: Request, store: StoreDep, settings: SettingsDep) -> He
         vector_cache=cache,
         collection=request.app.state.serving.collection,
         switch=request.app.state.switcher.state,
+        advice=outgrown_advice(count) if store.is_embedded else None,
     )
