@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -40,7 +41,7 @@ def clustered_vectors(rows: int, dim: int, rng: np.random.Generator) -> np.ndarr
     return out
 
 
-def start_standalone(data_dir: Path):
+def start_standalone(data_dir: Path) -> tuple[subprocess.Popen, str]:
     """The C++ standalone on free ports under ``data_dir``; (process, uri)."""
     from tests.support.milvus import milvus_command, milvus_ready
     from tests.support.processes import start_server
@@ -51,7 +52,7 @@ def start_standalone(data_dir: Path):
     return process, f"http://127.0.0.1:{port}"
 
 
-def stop_standalone(process) -> None:
+def stop_standalone(process: subprocess.Popen) -> None:
     from tests.support.processes import stop_process
 
     stop_process(process, grace_s=20)
