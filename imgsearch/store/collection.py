@@ -27,6 +27,12 @@ _GET_BATCH = 2000  # rows with vectors got by id per request
 class Rows:
     """The rows of an image collection: writes, reads and searches. Expects ``MilvusStore``'s connection."""
 
+    # On a server the collection is Strong, and a Strong search waits for the server's next time tick: 200 ms a
+    # query on the Milvus 2.3 standalone (bench/query_latency.py --milvus standalone). The API's store searches at
+    # Session (its own writes at once, another process's within a tick); a one-shot command keeps Strong, so that
+    # it sees what the command before it wrote. Milvus Lite ignores both.
+    search_consistency: str = "Strong"
+
     def upsert(self, rows: Sequence[dict[str, Any]]) -> None:
         """Write whole rows. A row without ``text`` gets its file and folder names as its searchable text."""
         if rows:
@@ -172,11 +178,7 @@ class Rows:
                 filter=image_filter.expr(),
                 output_fields=fields,
                 search_params={"metric_type": "COSINE", "params": search_params(self.index_type, limit + offset)},
-                # The collection is Strong, which makes a server wait for its next time tick (up to 200 ms) before
-                # every search: 200 ms a query on Milvus 2.3 standalone at 5,000 rows (bench/query_latency.py
-                # --milvus standalone). Session still sees this process's own writes at once; another
-                # process's within a tick.
-                consistency_level="Session",
+                consistency_level=self.search_consistency,
             )
         )
         return [[_hit(hit["id"], float(hit["distance"]), dict(hit["entity"])) for hit in hits] for hits in results]
@@ -200,6 +202,7 @@ class Rows:
                 filter=image_filter.expr(),
                 output_fields=fields,
                 search_params={"metric_type": "BM25"},
+                consistency_level=self.search_consistency,
             )
         )
         # Milvus Lite reports BM25 scores negated (best most negative); a server reports them positive.

@@ -36,26 +36,41 @@ def bf16_scan_pays() -> bool:
     return True
 
 
-def to_bf16(vectors: np.ndarray) -> Any:
-    """The bf16 copy the scan reads (a torch tensor: numpy has no bf16)."""
+@dataclass(frozen=True)
+class Bf16Copy:
+    """The copy's vectors in bf16 (a torch tensor: numpy has no bf16), and the longest of them in fp32."""
+
+    tensor: Any
+    longest: float
+
+    def rows(self, rows: np.ndarray) -> Bf16Copy:
+        """A filtered search's candidates (the longest row bounds theirs too)."""
+        import torch
+
+        return Bf16Copy(self.tensor[torch.from_numpy(rows)], self.longest)
+
+
+def to_bf16(vectors: np.ndarray) -> Bf16Copy:
+    """The bf16 copy the scan reads. A row of NaN makes ``longest`` NaN, and every bf16 answer is then checked
+    in vain and scanned again in fp32."""
     import torch
 
-    return torch.from_numpy(vectors).to(torch.bfloat16)
+    longest = float(np.sqrt(np.einsum("ij,ij->i", vectors, vectors).max())) if len(vectors) else 0.0
+    return Bf16Copy(torch.from_numpy(vectors).to(torch.bfloat16), longest)
 
 
-def bf16_rows(low: Any, rows: np.ndarray) -> Any:
-    """The bf16 copy's ``rows`` (a filtered search's candidates); None without a bf16 copy."""
-    if low is None:
-        return None
-    import torch
+def bf16_error(query: np.ndarray, low: Bf16Copy) -> float:
+    """The most a bf16 score can differ from the fp32 one, for rows no longer than ``low.longest``: rounding the
+    row and the query (each off by at most 2^-8 of its length: 2u + u^2), rounding the product (u (1 + u)^2), and
+    the fp32 sums of the bf16 product and of the fp32 score it is compared with (dim x 2^-24 each)."""
+    u, dim = _BF16_UNIT, len(query)
+    scale = float(np.linalg.norm(query)) * low.longest
+    return scale * (3 * u + 4 * u * u + 2 * dim * 2.0**-24)
 
-    return low[torch.from_numpy(rows)]
 
-
-def bf16_error(query: np.ndarray) -> float:
-    """The most a bf16 score can differ from the fp32 one, for unit-length rows: rounding the row and the query
-    (each off by at most 2^-8 of its length) and the product (2^-8 of it)."""
-    return 3.0 * _BF16_UNIT * max(1.0, float(np.linalg.norm(query))) * 1.01
+def pool_size(wanted: int) -> int:
+    """How many rows by bf16 score are scored again in fp32 for the ``wanted`` best."""
+    return POOL_FACTOR * wanted + POOL_EXTRA
 
 
 def _scores(vectors: np.ndarray, queries: np.ndarray) -> np.ndarray:
@@ -74,11 +89,11 @@ def _scores(vectors: np.ndarray, queries: np.ndarray) -> np.ndarray:
         return torch.mm(torch.from_numpy(vectors), torch.from_numpy(queries)).numpy()
 
 
-def _bf16_scores(low: Any, queries: np.ndarray) -> np.ndarray:
+def _bf16_scores(low: Bf16Copy, queries: np.ndarray) -> np.ndarray:
     import torch
 
     with torch.inference_mode():
-        return torch.mm(low, torch.from_numpy(queries).to(torch.bfloat16)).float().numpy()
+        return torch.mm(low.tensor, torch.from_numpy(queries).to(torch.bfloat16)).float().numpy()
 
 
 @dataclass(frozen=True)
@@ -89,19 +104,32 @@ class Scanned:
     error: float = 0.0
 
 
+def best_rows(scores: np.ndarray, wanted: int) -> np.ndarray:
+    """The positions of the ``wanted`` highest scores, and of every other score equal to the last of them
+    (unordered): the caller orders by (score, row) and cuts, so that pages agree on who is 10th among ties."""
+    if wanted >= len(scores):
+        return np.arange(len(scores))
+    top = np.argpartition(-scores, wanted - 1)[:wanted]
+    tied = np.flatnonzero(scores >= scores[top].min())
+    return tied if len(tied) >= wanted else top  # fewer only where a NaN took a place
+
+
 def exact_top(vectors: np.ndarray, scanned: Scanned, query: np.ndarray, wanted: int) -> tuple[np.ndarray, np.ndarray]:
-    """The ``wanted`` rows of highest exact score (unordered) and those scores, from a pass's scores."""
+    """At least the ``wanted`` rows of highest exact score (unordered; more where the last place is tied) and
+    their scores, from a pass's scores."""
     scores = scanned.scores
+    if wanted <= 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
     if scanned.error == 0.0:
-        top = np.argpartition(-scores, wanted - 1)[:wanted] if wanted < len(scores) else np.arange(len(scores))
+        top = best_rows(scores, wanted)
         return top, scores[top]
-    pool = POOL_FACTOR * wanted + POOL_EXTRA
+    pool = pool_size(wanted)
     if pool < len(scores):
         parted = np.argpartition(-scores, pool)
         candidates, left_out = parted[:pool], float(scores[parted[pool]])  # the best row not in the pool
         exact = vectors[candidates] @ query
-        best = np.argpartition(-exact, wanted - 1)[:wanted]
-        if float(exact[best].min()) > left_out + scanned.error:  # no row left out can come in
+        best = best_rows(exact, wanted)
+        if float(exact[best].min()) > left_out + scanned.error:  # no row left out can come in, nor tie
             return candidates[best], exact[best]
     return exact_top(vectors, Scanned(_scores(vectors, query[:, None])[:, 0]), query, wanted)
 
@@ -109,7 +137,7 @@ def exact_top(vectors: np.ndarray, scanned: Scanned, query: np.ndarray, wanted: 
 @dataclass(eq=False)
 class _Waiting:
     vectors: np.ndarray
-    low: Any
+    low: Bf16Copy | None
     query: np.ndarray
     scanned: Scanned | None = None
     error: BaseException | None = None
@@ -126,23 +154,22 @@ class SharedScan:
         self._waiting_lock = threading.Lock()
         self._pass_lock = threading.Lock()
 
-    def scores(self, vectors: np.ndarray, query: np.ndarray, low: Any = None) -> Scanned:
+    def scores(self, vectors: np.ndarray, query: np.ndarray, low: Bf16Copy | None = None) -> Scanned:
         """``query``'s score for each row of ``vectors``: exact, or from ``low`` (their bf16 copy) if given."""
         mine = _Waiting(vectors, low, query)
         with self._waiting_lock:
             self._waiting.append(mine)
         with self._pass_lock:  # while a pass runs, more queries gather for the next
             if mine.scanned is None and mine.error is None:  # not answered by the pass before: run one
-                self._run_pass(vectors)
+                self._run_pass(vectors, low)
         if mine.error is not None:
             raise mine.error
         return mine.scanned
 
-    def _run_pass(self, vectors: np.ndarray) -> None:
+    def _run_pass(self, vectors: np.ndarray, low: Bf16Copy | None) -> None:
         with self._waiting_lock:  # the queries against these vectors (a snapshot may have been replaced since)
-            batch = [w for w in self._waiting if w.vectors is vectors]
-            self._waiting = [w for w in self._waiting if w.vectors is not vectors]
-        low = batch[0].low
+            batch = [w for w in self._waiting if w.vectors is vectors and w.low is low]
+            self._waiting = [w for w in self._waiting if not (w.vectors is vectors and w.low is low)]
         try:
             queries = np.stack([w.query for w in batch], axis=1)
             scores = _scores(vectors, queries) if low is None else _bf16_scores(low, queries)
@@ -151,5 +178,5 @@ class SharedScan:
                 waiting.error = exc
             raise
         for i, waiting in enumerate(batch):
-            error = 0.0 if low is None else bf16_error(waiting.query)
+            error = 0.0 if low is None else bf16_error(waiting.query, low)
             waiting.scanned = Scanned(np.ascontiguousarray(scores[:, i]), error)

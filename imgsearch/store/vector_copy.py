@@ -31,7 +31,7 @@ from imgsearch.store.collection import Hit, id_sample_bound
 from imgsearch.store.fields import FILTERABLE, DataType
 from imgsearch.store.filters import ImageFilter
 from imgsearch.store.gateway import MilvusStore
-from imgsearch.store.scan import SharedScan, bf16_rows, bf16_scan_pays, exact_top, to_bf16
+from imgsearch.store.scan import Bf16Copy, SharedScan, bf16_scan_pays, exact_top, pool_size, to_bf16
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ class _Snapshot:
     # that one long path does not widen every row as a fixed-width numpy string array would.
     columns: dict[str, np.ndarray | list]
     extra: tuple[dict, ...]  # per row: the remaining metadata fields, for responses
-    low: Any = None  # the vectors in bf16, which the scan reads where the CPU multiplies bf16 (store/scan.py)
+    low: Bf16Copy | None = None  # the vectors in bf16, which the scan reads where the CPU multiplies bf16 (scan.py)
 
     @property
     def size(self) -> int:
@@ -223,13 +223,17 @@ class VectorCopy:
         if mask is not None and not mask.all():
             candidates = np.flatnonzero(mask)
         vectors = snapshot.vectors if candidates is None else snapshot.vectors[candidates]
-        low = snapshot.low if candidates is None else bf16_rows(snapshot.low, candidates)
         wanted = min(offset + limit, len(vectors))
         if wanted <= 0:
             return []
+        low = snapshot.low
+        if low is not None and pool_size(wanted) >= len(vectors):
+            low = None  # the fp32 rows would all be scored again anyway
+        elif low is not None and candidates is not None:
+            low = low.rows(candidates)
         query = np.asarray(query, dtype=np.float32)
         top, scores = exact_top(vectors, self._scan.scores(vectors, query, low), query, wanted)
-        order = np.lexsort((top, -scores))[offset:]
+        order = np.lexsort((top, -scores))[offset:wanted]
         rows = top[order] if candidates is None else candidates[top[order]]
         return [
             Hit(

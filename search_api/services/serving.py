@@ -68,6 +68,7 @@ def collection_model(settings: Settings, names: MilvusStore) -> str:
 def open_serving(settings: Settings, names: MilvusStore, collection: str, encoder: Embedder) -> Serving:
     """The services for ``collection`` (one of ``names``' collections), made by ``encoder``. Blocking."""
     store = names.pinned(collection)
+    store.search_consistency = "Session"  # no time tick's wait per search (imgsearch/store/collection.py)
     try:
         store.check_model(encoder.name, encoder.dim, encoder.fingerprint)
         warm_up(encoder)

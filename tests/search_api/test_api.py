@@ -386,3 +386,31 @@ def test_index_refuses_paths_outside_the_allowed_roots(client, tmp_path):
     assert client.post("/index", json={"paths": [str(tmp_path / ".." / "..")]}).status_code == 403
     assert client.post("/index", json={"paths": [str(tmp_path / "missing")]}).status_code == 404
     assert client.post("/index", json={"paths": []}).status_code == 422
+
+
+def test_the_api_searches_at_session_consistency_and_a_command_at_strong(settings, encoder, indexed, monkeypatch):
+    """On a server a Strong search waits for the next time tick (200 ms on the Milvus 2.3 standalone): the API's
+    searches ask for Session; a one-shot command keeps Strong, to see what the command before it wrote. Milvus
+    Lite ignores the level, so the calls themselves are watched."""
+    from imgsearch.store import MilvusStore
+
+    asked: list[str] = []
+
+    def watch(store):
+        real = store._client.search
+        store._client.search = lambda *a, **kw: asked.append(kw.get("consistency_level")) or real(*a, **kw)
+
+    off = settings.model_copy(update={"vector_cache": "off"})
+    with TestClient(create_app(off, encoder=encoder)) as client:
+        watch(client.app.state.store)
+        assert client.post("/search", json={"text": "blocks", "limit": 3}).status_code == 200
+        assert client.post("/search", json={"text": "blocks", "lexical_weight": 0.5}).status_code == 200
+    assert asked and set(asked) == {"Session"}
+    store = MilvusStore.from_settings(settings)
+    try:
+        watch(store)
+        asked.clear()
+        store.search(np.ones((1, 16), dtype=np.float32), 3)
+        assert asked == ["Strong"]
+    finally:
+        store.close()
