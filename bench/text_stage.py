@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -32,8 +33,12 @@ from machine import machine_info, print_machine, write_result  # noqa: E402
 from tests.support.photos import make_photos  # noqa: E402
 from tests.support.text_pictures import CORPUS, render  # noqa: E402
 
+if TYPE_CHECKING:
+    from imgsearch.settings import Settings
+    from imgsearch.store import MilvusStore
 
-def settings_for(data: Path, model_dir: Path, ocr: str):
+
+def settings_for(data: Path, model_dir: Path, ocr: str) -> Settings:
     from imgsearch.settings import Settings
 
     return Settings(
@@ -48,7 +53,7 @@ def settings_for(data: Path, model_dir: Path, ocr: str):
     )
 
 
-def text_stage(store, settings, root: Path) -> dict:
+def text_stage(store: MilvusStore, settings: Settings, root: Path) -> dict:
     from imgsearch.indexer.text_stage import read_texts
     from imgsearch.ocr.reader import TextReader
 
@@ -136,7 +141,11 @@ def summary(info: dict, files: int, embedding_s: float, photos: dict, pictures: 
     text_s = text_photos["seconds"] + text_pictures["seconds"]
     result = {
         **info,
-        "embedding_stage": {"files": files, "seconds": round(embedding_s, 3), "images_per_s": round(files / embedding_s, 3)},
+        "embedding_stage": {
+            "files": files,
+            "seconds": round(embedding_s, 3),
+            "images_per_s": round(files / embedding_s, 3),
+        },
         "text_stage_photos_without_text_12mp": text_photos,
         "text_stage_pictures_with_text": text_pictures,
         "share_of_time": {
@@ -155,7 +164,9 @@ def summary(info: dict, files: int, embedding_s: float, photos: dict, pictures: 
         f"text stage, pictures with text: {text_pictures['images_per_s']:.2f} images/s "
         f"({text_pictures['with_text']} of {text_pictures['pictures']} with text read; target 1.5)"
     )
-    print(f"share of the time: embedding {result['share_of_time']['embedding']:.0%}, text {result['share_of_time']['text']:.0%}")
+    print(
+        f"share of the time: embedding {result['share_of_time']['embedding']:.0%}, text {result['share_of_time']['text']:.0%}"
+    )
     print(f"one 12 MP photo: {breakdown}")
     return result
 

@@ -61,9 +61,7 @@ ProgressCallback = Callable[[int, int], None]  # (files processed, files to proc
 class Progress:
     """A tqdm bar on a terminal (images/s and ETA), and/or a callback for API jobs."""
 
-    def __init__(
-        self, total: int, show_bar: bool, callback: ProgressCallback | None = None, desc: str = "indexing"
-    ):
+    def __init__(self, total: int, show_bar: bool, callback: ProgressCallback | None = None, desc: str = "indexing"):
         self._bar = None
         self._done = 0
         self._total = total
@@ -72,9 +70,7 @@ class Progress:
             from tqdm import tqdm
 
             # pragma below: the bar's looks are tested, but not under `make mutants` (see docs/mutation-testing.md)
-            self._bar = tqdm(
-                total=total, unit="img", desc=desc, file=sys.stderr, smoothing=0.1
-            )  # pragma: no mutate
+            self._bar = tqdm(total=total, unit="img", desc=desc, file=sys.stderr, smoothing=0.1)  # pragma: no mutate
         if callback:
             callback(0, total)
 

@@ -10,6 +10,7 @@ changes; a file whose content changed since it was embedded is left for the next
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -41,10 +42,12 @@ class TextReport:
 
 
 def unread_rows(store: MilvusStore, roots: list[str]) -> list[dict[str, Any]]:
-    """The rows under ``roots`` whose text has not been read from their current content, by path."""
+    """The rows under ``roots`` whose text has not been read from their current content, by path. A row written
+    for new content has ``text_read_from`` empty (a moved or copied one keeps its source's), so only those are
+    listed: a pass over a library read to the end costs next to nothing."""
     rows = [
         row
-        for row in store.iter_rows(fields=_FIELDS)
+        for row in store.iter_rows(fields=_FIELDS, filter_expr='text_read_from == ""')
         if row["text_read_from"] != row["content_hash"] and within(row["path"], roots)
     ]
     return sorted(rows, key=lambda row: row["path"])
@@ -118,7 +121,7 @@ class BackgroundReader:
     def __init__(
         self,
         settings: Settings,
-        store_of: Callable[[], MilvusStore],
+        store_of: Callable[[], MilvusStore | None],
         busy: Callable[[], bool] = lambda: False,
         idle_poll_s: float = 1.0,
     ):
@@ -157,9 +160,11 @@ class BackgroundReader:
                 self._stop.wait(self._poll_s)
             if self._stop.is_set():
                 break
+            store = self._store_of()
+            if store is None:  # no indexing run has named its store yet
+                continue
             self.running = True
             try:
-                store = self._store_of()
                 self.last = read_texts(
                     store,
                     self._settings,
@@ -180,7 +185,5 @@ class BackgroundReader:
 
 def _lower_this_thread() -> None:
     """Nice +10 for the calling thread (a Linux thread has its own nice value; threads it starts inherit it)."""
-    try:
+    with contextlib.suppress(AttributeError, OSError):  # not Linux, or not allowed: the pauses while jobs run remain
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
-    except (AttributeError, OSError):  # not Linux, or not allowed: the pauses while jobs run remain
-        pass

@@ -1,10 +1,11 @@
 """The text in a picture, read offline by rapidocr: PP-OCR's detection and recognition models as ONNX, shipped
-inside its wheel and run by onnxruntime, so nothing is downloaded.
+inside its wheel, so nothing is downloaded; run by OpenVINO where it is installed (5 to 7 times faster than ONNX
+Runtime on these models on a 2-core AVX-512 machine), else by ONNX Runtime.
 
 Most photos hold no text, and the full read costs a second or more per picture, so a picture first goes through a
 cheap gate: the detection model alone on the picture reduced to ``GATE_SIDE`` pixels on its long side. Only where
 that finds a text box is the picture read in full: detection at ``READ_SIDE`` and recognition of at most
-``MAX_BOXES`` boxes. What the engine is given is bounded in both ways whatever the file holds: the decode is the
+``MAX_BOXES * 4`` boxes. What the engine is given is bounded in both ways whatever the file holds: the decode is the
 indexer's (pixel and memory bounds, reduced JPEG decoding), and the picture is at most ``READ_SIDE`` on its long
 side, so time and memory per picture are bounded too.
 """
@@ -29,7 +30,7 @@ log = logging.getLogger(__name__)
 
 GATE_SIDE = 640  # long side of the picture the gate looks at
 READ_SIDE = 1280  # long side of the picture read in full
-MAX_BOXES = 64  # text boxes recognised per picture, the largest first
+MAX_BOXES = 64  # lines kept per picture, top to bottom (the detector is asked for at most 4x as many boxes)
 MIN_LINE_SCORE = 0.5  # recognised lines less sure than this are dropped
 GATE_MIN_BOX_SCORE = 0.6  # the gate lets a picture through on a box at least this sure
 
@@ -56,10 +57,17 @@ class ReadText:
         return fit_utf8("\n".join(self.lines), MAX_IMAGE_TEXT)
 
 
-def engine_installed() -> bool:
+def runtime() -> str | None:
+    """What runs the models: "openvino", "onnxruntime", or None when rapidocr or both runtimes are missing."""
     import importlib.util
 
-    return importlib.util.find_spec("rapidocr") is not None and importlib.util.find_spec("onnxruntime") is not None
+    if importlib.util.find_spec("rapidocr") is None:
+        return None
+    return next((name for name in ("openvino", "onnxruntime") if importlib.util.find_spec(name) is not None), None)
+
+
+def engine_installed() -> bool:
+    return runtime() is not None
 
 
 class TextReader:
@@ -75,7 +83,7 @@ class TextReader:
         if self._engine is None:
             if not engine_installed():
                 raise OcrUnavailableError()
-            logging.getLogger("RapidOCR").setLevel(logging.WARNING)
+            logging.getLogger("RapidOCR").setLevel(logging.ERROR)
             from rapidocr import RapidOCR
 
             self._engine = RapidOCR(params=engine_params(self._threads))
@@ -132,8 +140,14 @@ def shared_reader() -> TextReader:
 
 def engine_params(threads: int) -> dict[str, Any]:
     """rapidocr's settings: the picture is sized here, so the detector keeps it as it is (up to READ_SIDE)."""
+    from rapidocr import EngineType
+
+    engine = EngineType.OPENVINO if runtime() == "openvino" else EngineType.ONNXRUNTIME
     return {
-        "Global.log_level": "warning",
+        "Det.engine_type": engine,
+        "Rec.engine_type": engine,
+        "EngineConfig.openvino.inference_num_threads": threads,
+        "Global.log_level": "error",  # "The text detection result is empty" is a warning: every photo
         "Global.max_side_len": READ_SIDE,
         "Global.min_side_len": 16,
         "Global.use_cls": False,
@@ -164,7 +178,7 @@ def _lines(result: Any) -> list[str]:
     boxes = getattr(result, "boxes", None)
     found = []
     for i, (text, score) in enumerate(zip(texts, scores)):
-        if score < MIN_LINE_SCORE or not str(text).strip():
+        if score < MIN_LINE_SCORE or not any(char.isalnum() for char in str(text)):
             continue
         corners = np.asarray(boxes[i], dtype=np.float32) if boxes is not None else np.array([[0, i]], np.float32)
         top, left = float(corners[:, 1].min()), float(corners[:, 0].min())

@@ -13,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 
 from imgsearch.media.images import DecodedImage
 from imgsearch.model.embedder import Embedder
+from imgsearch.ocr.matching import holds_a_word
 from imgsearch.search.batching import TextBatcher
 from imgsearch.search.ranking import blend
 from imgsearch.search.relevance import (
@@ -323,6 +324,7 @@ class SearchService:
             by_vector = [hit for hit, kept in zip(by_vector, keep) if kept]
             ranked.cutoff = CutoffInfo(**asdict(cutoff))
         by_words = self.store.search_text(words, pool, image_filter, with_vectors=True) if words else []
+        by_words = [hit for hit in by_words if holds_a_word(hit.row["text"], words)]
         inside = " ".join(query.words)  # quoted text is for names only
         by_inside = self.store.search_image_text(inside, pool, image_filter, with_vectors=True) if inside else []
         entries = self._fuse(by_vector, by_words, by_inside, vector, request.lexical_weight)

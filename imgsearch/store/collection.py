@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 from pymilvus import MilvusException
 
-from imgsearch.ocr.matching import inside_score, inside_tokens
 from imgsearch.media.searchable_text import compose, name_words, with_image_text, with_tags, word_tokens
+from imgsearch.ocr.matching import inside_score, inside_tokens
 from imgsearch.store.catalogue import TEXT_MATCH_PROPERTY, VALID_ID
 from imgsearch.store.fields import MAX_IMAGE_TEXT, METADATA_FIELDS, TEXT_SPARSE, fit_utf8
 from imgsearch.store.filters import ImageFilter, quote
@@ -29,11 +29,14 @@ class Rows:
     """The rows of an image collection: writes, reads and searches. Expects ``MilvusStore``'s connection."""
 
     def upsert(self, rows: Sequence[dict[str, Any]]) -> None:
-        """Write whole rows. A row without ``text`` gets its file and folder names as its searchable text."""
+        """Write whole rows. A row without ``text`` gets its file and folder names as its searchable text, and one
+        without the text read in its picture gets none (read by the indexer's text stage)."""
         if rows:
             payload = [
                 {
                     "text": compose(name_words(row["path"])) if "text" not in row else row["text"],
+                    "image_text": "",
+                    "text_read_from": "",
                     **row,
                     "vector": np.asarray(row["vector"], dtype=np.float32).tolist(),
                 }
@@ -83,7 +86,12 @@ class Rows:
             return 0
         by_id = {row["id"]: row for row in payload}
         return self._update_fields(
-            payload, lambda row: {**row, **by_id[row["id"]], "text": with_image_text(row["text"], by_id[row["id"]]["image_text"])}
+            payload,
+            lambda row: {
+                **row,
+                **by_id[row["id"]],
+                "text": with_image_text(row["text"], by_id[row["id"]]["image_text"]),
+            },
         )
 
     def _update_fields(self, payload: list[dict[str, Any]], whole: Callable[[dict[str, Any]], dict[str, Any]]) -> int:
@@ -255,15 +263,18 @@ class Rows:
         tokens = inside_tokens(text)
         if not tokens:
             return []
-        fields = METADATA_FIELDS + (["vector"] if with_vectors else [])
         # ``text`` holds the words read in lower case: LIKE is case-blind there. The read text itself decides.
         like = " or ".join(f"text like {quote('%' + token + '%')}" for token in tokens)
         expr = f'image_text != "" and ({like})' + (f" and {image_filter.expr()}" if image_filter.clauses else "")
-        rows = self._call(lambda c: c.query(self.collection, filter=expr, output_fields=fields, limit=_MAX_PAGE))
-        scored = [(inside_score(tokens, row["image_text"]), row) for row in rows]
-        scored = [(score, row) for score, row in scored if score > 0]
-        scored.sort(key=lambda pair: (-pair[0], pair[1]["id"]))
-        return [_hit(row["id"], score, dict(row)) for score, row in scored[:limit]]
+        found = self._call(
+            lambda c: c.query(self.collection, filter=expr, output_fields=["id", "image_text"], limit=_MAX_PAGE)
+        )
+        scored = sorted(
+            ((score, row["id"]) for row in found if (score := inside_score(tokens, row["image_text"])) > 0),
+            key=lambda pair: (-pair[0], pair[1]),
+        )[:limit]
+        rows = self.get([row_id for _, row_id in scored], with_vectors=with_vectors)  # only the best get vectors
+        return [_hit(row_id, score, dict(rows[row_id])) for score, row_id in scored if row_id in rows]
 
     def sample_vectors(self, size: int = 2000) -> np.ndarray:
         """The vectors of a fixed random sample of about ``size`` rows: those whose id (a hash, so uniformly

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from imgsearch.media.searchable_text import compose, image_words, parts, with_image_text, with_tags
-from imgsearch.ocr.matching import inside_score, inside_tokens
+from imgsearch.ocr.matching import holds_a_word, inside_score, inside_tokens
 
 
 def test_tokens_are_lower_case_longest_first_and_skip_what_would_match_anything():
@@ -27,3 +27,11 @@ def test_the_text_read_is_a_part_of_the_searchable_text_that_tags_and_reading_ke
     reread = with_image_text(retagged, "EXIT 4")
     assert image_words(reread) == "exit 4" and parts(reread) == parts(retagged)
     assert image_words(compose("name")) == "" and image_words(with_image_text(compose("name"), "")) == ""
+
+
+def test_stop_words_alone_find_nothing_and_a_picture_must_hold_half_the_query():
+    assert inside_tokens("the dog and the park") == ["park", "dog"]
+    assert inside_score(["park", "dog"], "PARKING") == 4 / 7 and inside_score(["parking", "dog"], "DOG") == 0.0
+    assert holds_a_word("img_2041 img 2041 jpg\x1fthe end", "IMG_2041") is True
+    assert holds_a_word("the end", "a dog in the park") is False  # found by "the" alone: not a match
+    assert holds_a_word("the end", "the") is True  # a query of stop words only

@@ -69,7 +69,7 @@ class FakeRows:
     def __init__(self, rows):
         self.rows, self.written = rows, {}
 
-    def iter_rows(self, fields):
+    def iter_rows(self, fields, filter_expr):
         return iter(self.rows)
 
     def set_image_text(self, read):

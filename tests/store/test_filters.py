@@ -48,19 +48,21 @@ def filters_over(rows):
     cameras = st.none() | st.lists(st.sampled_from(CAMERAS[:-1]), max_size=2)
     tags = st.none() | st.lists(st.sampled_from(TAGS + ["cat"]), min_size=1, max_size=2)
     return st.builds(
-        lambda prefix, min_w, max_w, min_h, max_h, after, before, formats, models, tags_any, tags_all, has: SearchFilter(
-            path_prefix=prefix,
-            min_width=min_w,
-            max_width=max_w,
-            min_height=min_h,
-            max_height=max_h,
-            taken_after=after,
-            taken_before=before,
-            formats=formats,
-            cameras=models,
-            tags_any=tags_any,
-            tags_all=tags_all,
-            has_text=has,
+        lambda prefix, min_w, max_w, min_h, max_h, after, before, formats, models, tags_any, tags_all, has: (
+            SearchFilter(
+                path_prefix=prefix,
+                min_width=min_w,
+                max_width=max_w,
+                min_height=min_h,
+                max_height=max_h,
+                taken_after=after,
+                taken_before=before,
+                formats=formats,
+                cameras=models,
+                tags_any=tags_any,
+                tags_all=tags_all,
+                has_text=has,
+            )
         ),
         st.none() | known_prefixes | paths,
         bound,
