@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 _MAX_PAGE = 16384  # the most rows Milvus returns per query
 
 _GET_BATCH = 2000  # rows with vectors got by id per request
+_UNREAD = ("image_text", "text_read_from")  # a row written without them: its picture's text is not read yet
 
 
 class Rows:
@@ -35,8 +36,7 @@ class Rows:
             payload = [
                 {
                     "text": compose(name_words(row["path"])) if "text" not in row else row["text"],
-                    "image_text": "",
-                    "text_read_from": "",
+                    **{name: "" for name in _UNREAD if name in METADATA_FIELDS},
                     **row,
                     "vector": np.asarray(row["vector"], dtype=np.float32).tolist(),
                 }

@@ -40,7 +40,7 @@ def corpus(tmp_path_factory, encoder, tiny_model_dir):
     return settings, paths
 
 
-@pytest.fixture(scope="module", params=["milvus", "vector copy"])
+@pytest.fixture(params=["milvus", "vector copy"])
 def client(request, corpus, encoder):
     settings, _ = corpus
     if request.param == "vector copy":
@@ -57,17 +57,16 @@ def top(client, text: str, k: int = 3, **extra) -> list[str]:
     return [hit["path"].rsplit("/", 1)[-1].rsplit(".", 1)[0] for hit in response.json()["results"]][:k]
 
 
-@pytest.mark.parametrize("picture", CORPUS, ids=lambda p: p.name)
-def test_a_phrase_in_a_picture_finds_it_in_the_top_3(client, picture):
-    for phrase in picture.phrases:
-        assert picture.name in top(client, phrase), phrase
+def test_a_phrase_in_a_picture_finds_it_in_the_top_3(client):
+    missed = [(p.name, phrase, top(client, phrase)) for p in CORPUS for phrase in p.phrases]
+    assert [miss for miss in missed if miss[0] not in miss[2]] == []
+    assert sum(len(p.phrases) for p in CORPUS) >= 8
 
 
-@pytest.mark.parametrize("picture", CORPUS, ids=lambda p: p.name)
-def test_a_lone_token_finds_its_picture_in_the_top_3_also_inside_codes_and_in_any_case(client, picture):
-    for token in picture.tokens:
-        assert picture.name in top(client, token), token
-        assert picture.name in top(client, token.swapcase()), token.swapcase()
+def test_a_lone_token_finds_its_picture_in_the_top_3_also_inside_codes_and_in_any_case(client):
+    queries = [(p.name, query) for p in CORPUS for token in p.tokens for query in (token, token.swapcase())]
+    missed = [(name, query, found) for name, query in queries if name not in (found := top(client, query))]
+    assert missed == []
 
 
 def test_a_hit_carries_the_text_read_and_says_it_was_found_by_it(client):
@@ -80,7 +79,7 @@ def test_a_hit_carries_the_text_read_and_says_it_was_found_by_it(client):
 
 
 def test_a_query_that_matches_no_text_ranks_as_the_picture_alone(client):
-    for query in ("a photo of a dog", "zebra crossing at dusk", "qwxz"):
+    for query in ("a sleeping dog on grass", "zebra crossing at dusk", "qwxz"):
         default = client.post("/search", json={"text": query, "limit": 20}).json()
         alone = client.post("/search", json={"text": query, "limit": 20, "lexical_weight": 0}).json()
         assert [h["id"] for h in default["results"]] == [h["id"] for h in alone["results"]], query
