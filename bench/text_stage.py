@@ -58,7 +58,7 @@ def text_stage(store: MilvusStore, settings: Settings, root: Path) -> dict:
     from imgsearch.ocr.reader import TextReader
 
     reader = TextReader()
-    reader._load()  # loading the engine is once per process, not per picture
+    reader.read(render(CORPUS[0]))  # loading and compiling the models is once per process, not per picture
     started = time.perf_counter()
     report = read_texts(store, settings, reader, [str(root)])
     seconds = time.perf_counter() - started

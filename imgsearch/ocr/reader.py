@@ -28,7 +28,7 @@ from imgsearch.store.fields import MAX_IMAGE_TEXT, content_hash, fit_utf8
 
 log = logging.getLogger(__name__)
 
-GATE_SIDE = 640  # long side of the picture the gate looks at
+GATE_SIDE = 480  # long side of the picture the gate looks at (a 12 MP JPEG decodes at 1/8 scale for it)
 READ_SIDE = 1280  # long side of the picture read in full
 MAX_BOXES = 64  # lines kept per picture, top to bottom (the detector is asked for at most 4x as many boxes)
 MIN_LINE_SCORE = 0.8  # recognised lines less sure than this are dropped (texture read as "ABA" scores ~0.55)
