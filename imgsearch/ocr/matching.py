@@ -74,5 +74,7 @@ def holds_a_word(text: str, query: str) -> bool:
     found by "the" alone says nothing about the picture."""
     words = [word for word in _WORD.findall(query.lower())]
     wanted = [word for word in words if word not in STOP_WORDS] or words
-    found = set(_WORD.findall(text.lower()))
-    return any(word in found for word in wanted)
+    lowered = text.lower()
+    found = set(_WORD.findall(lowered))
+    # CJK text has no spaces: BM25 matches it by characters, so a run counts where it occurs at all
+    return any(word in found or (not word.isascii() and word in lowered) for word in wanted)

@@ -35,3 +35,4 @@ def test_stop_words_alone_find_nothing_and_a_picture_must_hold_half_the_query():
     assert holds_a_word("img_2041 img 2041 jpg\x1fthe end", "IMG_2041") is True
     assert holds_a_word("the end", "a dog in the park") is False  # found by "the" alone: not a match
     assert holds_a_word("the end", "the") is True  # a query of stop words only
+    assert holds_a_word("星巴克咖啡店", "咖啡店") is True  # CJK runs have no spaces
