@@ -250,7 +250,7 @@ class Rows:
             return []
         like = " or ".join(f"text like {quote('%' + word + '%')}" for word in words)
         expr = f"({like})" + (f" and {image_filter.expr()}" if image_filter.clauses else "")
-        rows = self._call(lambda c: c.query(self.collection, filter=expr, output_fields=fields, limit=_MAX_PAGE))
+        rows = self._query_or_nothing(expr, fields)
         scored = [(sum(word in row["text"] for word in words) / len(words), row) for row in rows]
         scored.sort(key=lambda pair: (-pair[0], pair[1]["id"]))
         return [_hit(row["id"], score, dict(row)) for score, row in scored[:limit]]
@@ -266,15 +266,22 @@ class Rows:
         # ``text`` holds the words read in lower case: LIKE is case-blind there. The read text itself decides.
         like = " or ".join(f"text like {quote('%' + token + '%')}" for token in tokens)
         expr = f'image_text != "" and ({like})' + (f" and {image_filter.expr()}" if image_filter.clauses else "")
-        found = self._call(
-            lambda c: c.query(self.collection, filter=expr, output_fields=["id", "image_text"], limit=_MAX_PAGE)
-        )
+        found = self._query_or_nothing(expr, ["id", "image_text"])
         scored = sorted(
             ((score, row["id"]) for row in found if (score := inside_score(tokens, row["image_text"])) > 0),
             key=lambda pair: (-pair[0], pair[1]),
         )[:limit]
         rows = self.get([row_id for _, row_id in scored], with_vectors=with_vectors)  # only the best get vectors
         return [_hit(row_id, score, dict(rows[row_id])) for score, row_id in scored if row_id in rows]
+
+    def _query_or_nothing(self, expr: str, fields: list[str]) -> list[dict[str, Any]]:
+        """The rows matching a ``LIKE '%word%'`` expression; none on a server that refuses it (Milvus 2.3 matches
+        prefixes only): searches there rank by the picture alone."""
+        try:
+            return self._call(lambda c: c.query(self.collection, filter=expr, output_fields=fields, limit=_MAX_PAGE))
+        except MilvusException as exc:
+            log.warning("this Milvus cannot match words inside text (%s): searching by the picture alone", exc.message)
+            return []
 
     def sample_vectors(self, size: int = 2000) -> np.ndarray:
         """The vectors of a fixed random sample of about ``size`` rows: those whose id (a hash, so uniformly
