@@ -22,7 +22,7 @@ COPY indexer ./indexer
 COPY search_api ./search_api
 COPY ui ./ui
 COPY evaluation ./evaluation
-RUN pip install .
+RUN pip install '.[ocr]'
 
 RUN useradd --create-home --uid 1000 imgsearch && mkdir -p /models /cache /data && chown imgsearch /models /cache /data
 USER imgsearch

@@ -9,11 +9,11 @@ OPENCLIP_VENV ?= .venv-openclip
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
-install: ## create .venv and install imgsearch with its test tools and ruff, the onnx/openvino backends and the evaluation chart (CPU torch)
+install: ## create .venv and install imgsearch with its test tools and ruff, the onnx/openvino backends, the evaluation chart and the OCR engine (CPU torch)
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[test,dev,onnx,openvino,eval]'
+	$(PIP) install -q -e '.[test,dev,onnx,openvino,eval,ocr]'
 
 install-openclip: ## a second venv for the open_clip model family's tests (torch 2.14.1 with torchvision: several GB)
 	test -x $(OPENCLIP_VENV)/bin/python || python3 -m venv $(OPENCLIP_VENV)

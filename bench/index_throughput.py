@@ -69,6 +69,7 @@ def bench_imgsearch(
         precision=precision,
         backend=backend,
         cache_dir=data_dir / "cache",
+        ocr="off",  # the embedding stage alone; bench/text_stage.py measures the text stage beside it
     )
     encoder = load_embedder(settings)
     encoder.embed_images([Image.new("RGB", (224, 224))] * 2)  # first-call costs apart: a real run amortises them

@@ -14,6 +14,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 PrecisionSetting = Literal["auto", "fp32", "bf16", "int8", "fp16"]
 BackendSetting = Literal["auto", "torch", "onnx", "openvino"]
 WatchMode = Literal["auto", "events", "polling"]
+OcrSetting = Literal["on", "off"]
 VectorIndexType = Literal["HNSW", "IVF_FLAT", "DISKANN", "FLAT", "AUTOINDEX"]
 
 
@@ -46,6 +47,8 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(100_000_000, ge=1)
     max_file_bytes: int = Field(256 * 1024 * 1024, ge=1)  # no file larger than this is ever read
     max_decoded_mb: int = Field(256, ge=1)  # memory one image may take to decode (mode-aware bomb bound)
+    # Read the text in every indexed picture (imgsearch/ocr), after embedding, as a second stage: docs/text-in-images.md.
+    ocr: OcrSetting = "on"
 
     # Search API. "auto" keeps an in-memory copy of the vectors for exact, fast search on Milvus Lite.
     vector_cache: Literal["auto", "on", "off"] = "auto"

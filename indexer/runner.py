@@ -36,6 +36,7 @@ class IndexReport:
     refused: list[str] = field(default_factory=list)  # roots whose rows were kept instead of swept, and why
     elapsed_s: float = 0.0
     profile: dict[str, Any] | None = None  # with profile=True: seconds per stage (indexer/profile.py)
+    text: dict[str, Any] | None = None  # the text stage's TextReport, when it ran (indexer/text_stage.py)
     moved_from: set[str] = field(default_factory=set, repr=False)  # old paths of moved files (not reported)
 
     def to_dict(self) -> dict[str, Any]:
@@ -43,6 +44,8 @@ class IndexReport:
         del report["moved_from"]
         if self.profile is None:
             del report["profile"]
+        if self.text is None:
+            del report["text"]
         return report
 
 
@@ -58,7 +61,7 @@ ProgressCallback = Callable[[int, int], None]  # (files processed, files to proc
 class Progress:
     """A tqdm bar on a terminal (images/s and ETA), and/or a callback for API jobs."""
 
-    def __init__(self, total: int, show_bar: bool, callback: ProgressCallback | None = None):
+    def __init__(self, total: int, show_bar: bool, callback: ProgressCallback | None = None, desc: str = "indexing"):
         self._bar = None
         self._done = 0
         self._total = total
@@ -67,11 +70,13 @@ class Progress:
             from tqdm import tqdm
 
             # pragma below: the bar's looks are tested, but not under `make mutants` (see docs/mutation-testing.md)
-            self._bar = tqdm(
-                total=total, unit="img", desc="indexing", file=sys.stderr, smoothing=0.1
-            )  # pragma: no mutate
+            self._bar = tqdm(total=total, unit="img", desc=desc, file=sys.stderr, smoothing=0.1)  # pragma: no mutate
         if callback:
             callback(0, total)
+
+    @property
+    def done(self) -> int:
+        return self._done
 
     def advance(self, n: int = 1) -> None:
         if n <= 0:
@@ -96,8 +101,11 @@ def run_index(
     on_progress: ProgressCallback | None = None,
     prune: bool = False,
     profile: bool = False,
+    read_text: bool = True,
 ) -> IndexReport:
-    """Bring the collection in line with the image files under ``roots``: prepare -> embed and write -> sweep.
+    """Bring the collection in line with the image files under ``roots``: prepare -> embed and write -> sweep,
+    then (``read_text`` and IMGSEARCH_OCR=on) read the text in the pictures that have none read yet, as a second
+    stage with its own progress: the rows are searchable by their vectors before it begins.
 
     A root that is missing, or a root or folder below it that is empty while rows are indexed under it (an
     unmounted share looks like that), sweeps nothing unless ``prune``: a missing root raises RootNotFoundError,
@@ -111,8 +119,40 @@ def run_index(
         job, settings, encoder, store, Progress(len(job.plan.to_process), show_progress, on_progress), profile
     )
     sweep(job, store)
+    if read_text and settings.ocr == "on":
+        job.report.text = run_text_stage(job.present, settings, store, show_progress, on_progress)
     job.report.elapsed_s = round(time.monotonic() - started, 3)
     return job.report
+
+
+def run_text_stage(
+    roots: list[str],
+    settings: Settings,
+    store: MilvusStore,
+    show_progress: bool = False,
+    on_progress: ProgressCallback | None = None,
+) -> dict[str, Any]:
+    """The text stage over ``roots`` (indexer/text_stage.py), with a bar of its own; its report as a dict."""
+    from imgsearch.indexer.text_stage import read_texts
+    from imgsearch.ocr.reader import OcrUnavailableError, engine_installed, shared_reader
+
+    if not engine_installed():
+        return {"unavailable": str(OcrUnavailableError())}
+
+    bar: Progress | None = None
+
+    def advance(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = Progress(total, show_progress, on_progress, desc="reading text")
+        bar.advance(done - bar.done)
+
+    try:
+        report = read_texts(store, settings, shared_reader(), roots, on_progress=advance)
+    finally:
+        if bar is not None:
+            bar.close()
+    return asdict(report)
 
 
 def tune_if_it_pays(pending: int, encoder: Embedder) -> None:

@@ -31,6 +31,32 @@ def escaped(text: str) -> str:
     return _MARKUP.sub(r"\\\1", text)
 
 
+def highlighted(text: str, words: list[str]) -> str:
+    """``text`` (the text read in a picture: anyone's) as Markdown, every place one of ``words`` occurs in it
+    marked, case-blind and inside longer words too (as the search matches it); lines kept."""
+    wanted = sorted({word.lower() for word in words if len(word) >= 2}, key=len, reverse=True)
+    pattern = re.compile("|".join(re.escape(word) for word in wanted), re.IGNORECASE) if wanted else None
+    lines = []
+    for line in text.splitlines():
+        if pattern is None:
+            lines.append(escaped(line))
+            continue
+        pieces, end = [], 0
+        for match in pattern.finditer(line):
+            pieces.append(escaped(line[end : match.start()]))
+            pieces.append(f":orange-background[**{escaped(match.group())}**]")
+            end = match.end()
+        lines.append("".join(pieces) + escaped(line[end:]))
+    return "  \n".join(lines)
+
+
+def query_words() -> list[str]:
+    """The words of the query on the page: the typed text and the query builder's word terms."""
+    texts = [st.session_state.get("query_text") or ""]
+    texts += [term["value"] for term in st.session_state.get("terms", []) if term.get("kind") == "text"]
+    return re.findall(r"[^\W_]+", " ".join(texts))
+
+
 def tag_chips(tags: list[str]) -> str:
     return " ".join(f":violet-badge[{plain(tag)}]" for tag in tags[:MAX_CHIPS])
 
@@ -118,6 +144,9 @@ def preview(client: ApiClient, hit: dict) -> None:
                 for tag, score in zip(hit["tags"], hit.get("tag_scores") or [], strict=False)
             )
         )
+    if hit.get("image_text"):
+        st.markdown("**Text in the picture**")
+        st.markdown(highlighted(hit["image_text"], query_words()))
     if hit.get("explanation"):
         explanation_table(hit["explanation"])
     if hit.get("folded"):
@@ -163,7 +192,7 @@ def image_card(client: ApiClient, hit: dict, thumb: bytes | None, expanded: set[
     else:
         st.caption("(no thumbnail)")
     taken = f" · {hit['taken_at'][:10]}" if hit.get("taken_at") else ""
-    by_name = " · 🔤 name match" if hit.get("name_match") else ""
+    by_name = " · 🔤 word match" if hit.get("name_match") or hit.get("text_match") else ""
     st.caption(f"**{hit['score']:.3f}** · {escaped(name)}{taken}{by_name}", help=explanation_text(hit))
     if hit.get("tags"):
         st.markdown(tag_chips(hit["tags"]))

@@ -11,7 +11,7 @@ from datetime import date
 from typing import Any
 
 MAX_RESULTS = 200  # the API's limit per request
-HYBRID_WEIGHT = 0.5  # lexical_weight of the "Match names too" switch
+NO_WORDS = 0.0  # lexical_weight when "Match words too" is off: the picture alone (on: the API's default)
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,8 @@ class SearchState:
     all_tags: bool = False  # "Must have every chosen tag"
     only_matches: bool = True
     fold: bool = True
-    names: bool = False
+    names: bool = True  # "Match words too": the text read in pictures, names, descriptions, tags
+    has_text: bool = False  # "Only pictures with text"
     variety: float = 0.0
 
 
@@ -60,6 +61,7 @@ def search_filter(state: SearchState) -> dict[str, Any] | None:
         "formats": state.formats or None,
         "cameras": [camera] if camera else None,
         "tags_all" if state.all_tags else "tags_any": state.tags or None,
+        "has_text": True if state.has_text else None,
     }
     return {name: value for name, value in bounds.items() if value is not None} or None
 
@@ -101,7 +103,7 @@ def search_body(state: SearchState) -> dict[str, Any]:
         "cutoff": "auto" if state.only_matches else None,
         "collapse": state.fold or None,
         "diversity": state.variety or None,
-        "lexical_weight": HYBRID_WEIGHT if state.names else None,
+        "lexical_weight": None if state.names else NO_WORDS,
         "explain": True,
     }
     return {name: value for name, value in query.items() if value not in (None, "", {})}

@@ -99,7 +99,11 @@ def photo_filters() -> dict[str, Any]:
     formats = st.multiselect("Formats", FORMATS, placeholder="any")
     camera = st.text_input("Camera model", placeholder="X100V", help="as the photo's EXIF names it, exactly")
     newest = st.toggle("Newest first", help="the best matches, ordered by when they were taken")
+    has_text = st.toggle(
+        "Only pictures with text", help="screenshots, documents, signs: pictures where text was read", key="has_text"
+    )
     return {
+        "has_text": has_text,
         "taken_after": taken_after,
         "taken_before": taken_before,
         "formats": formats,
@@ -154,7 +158,7 @@ def query_inputs() -> tuple[dict[str, Any], UploadedFile | None]:
 
 
 def relevance_switches() -> dict[str, Any]:
-    """ "Only matches", "Fold near-duplicates", "Match names too" and "Variety" (their state: state.SWITCHES)."""
+    """ "Only matches", "Fold near-duplicates", "Match words too" and "Variety" (their state: state.SWITCHES)."""
     matches, duplicates, by_name, variety_column = st.columns([1, 1, 1, 1], vertical_alignment="center")
     only_matches = matches.toggle(
         "Only matches",
@@ -166,9 +170,10 @@ def relevance_switches() -> dict[str, Any]:
         "Fold near-duplicates", key="fold", help="copies, re-encodes and bursts show as one result with “+N similar”"
     )
     names = by_name.toggle(
-        "Match names too",
+        "Match words too",
         key="names",
-        help="hybrid search: words in file and folder names, descriptions and tags count too",
+        help="the words typed count where an image holds them: text read in the picture (also inside longer "
+        "words and codes), file and folder names, descriptions and tags; off: the picture alone",
     )
     variety = variety_column.slider(
         "Variety", 0.0, 1.0, step=0.1, key="variety", help="towards 1: fewer look-alikes among the top results"

@@ -9,7 +9,7 @@ import streamlit as st
 
 # The relevance switches' defaults, set on every run (not by the widgets) so a button can change them and so they
 # outlive the "Label sets" view (Streamlit forgets a widget's state after a run that does not draw it).
-SWITCHES = (("only_matches", True), ("fold", True), ("names", False), ("variety", 0.0))
+SWITCHES = (("only_matches", True), ("fold", True), ("names", True), ("variety", 0.0))
 
 
 def init_state() -> None:

@@ -66,6 +66,14 @@ def cmd_index(args: argparse.Namespace) -> int:
         )
         for failure in report.failed:
             print(f"  skipped {failure['path']}: {failure['reason']}")
+        if report.text and "unavailable" in report.text:
+            print(f"imgsearch index: {report.text['unavailable']}", file=sys.stderr)
+        elif report.text:
+            text = report.text
+            print(
+                f"read text in {text['read']} of {text['pending']} pictures: {text['with_text']} hold text, "
+                f"{text['gated']} passed over as holding none, {text['failed']} unreadable, in {text['elapsed_s']:.1f}s"
+            )
         if report.profile:
             from imgsearch.indexer.profile import format_profile
 
@@ -126,7 +134,8 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
         print(
             f"upgraded collection '{config.collection}' from schema version {report.from_version} to "
             f"{report.to_version}: {report.rows} rows copied, none embedded again; {report.dated_by_exif} dated "
-            f"by EXIF, {report.files_unreadable} files gone or changed (dated by their file time) "
+            f"by EXIF, {report.files_unreadable} files gone or changed (dated by their file time); text in pictures "
+            f"is read by the next imgsearch index, not embedded again "
             f"in {report.elapsed_s:.1f} s"
         )
     return EXIT_OK

@@ -86,6 +86,7 @@ SPELLINGS: dict[str, Spelling] = {
     "path_prefix": Spelling("--path-prefix", "PREFIX", "only paths that start with this"),
     "tags_any": Spelling("--tag", "TAG", "only images with this tag (imgsearch tag); repeat for any of several"),
     "tags_all": Spelling("--all-tags", "TAG", "only images with this tag; repeat: with every one of them"),
+    "has_text": Spelling("--has-text", "yes|no", "yes: only pictures with text read in them; no: only those without"),
 }
 # Filters the API takes that `imgsearch search` does not offer (it never has): leaving one out is a choice made
 # here; a new filterable column gets its flags without a line in this file.

@@ -64,11 +64,14 @@ def _search_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--hybrid",
+        "--words",
+        dest="hybrid",
         nargs="?",
         type=float,
-        const=0.5,
+        const=default("lexical_weight"),
+        default=default("lexical_weight"),
         metavar="W",
-        help="also match file, folder and sidecar text (BM25), weight W 0..1 (default 0.5)",
+        help=f"weight 0..1 of the words an image holds: text read in it, names, tags (default {default('lexical_weight'):g}; 0: off)",
     )
     parser.add_argument("--explain", action="store_true", help="show what each term adds to each score")
     parser.add_argument("-k", "--limit", type=int, default=10, help="how many results (default 10)")
@@ -114,7 +117,7 @@ def search_request(args: argparse.Namespace) -> tuple[SearchRequest, list[str]]:
             "collapse": args.collapse is not None,
             "collapse_threshold": args.collapse or SearchRequest.model_fields["collapse_threshold"].default,
             "diversity": args.diversity,
-            "lexical_weight": args.hybrid or 0.0,
+            "lexical_weight": args.hybrid,
             "explain": args.explain,
         },
         context={"has_upload": bool(images)},
@@ -234,8 +237,10 @@ def _print_hits(args: argparse.Namespace, hits: list[SearchHit]) -> None:
     for hit in hits:
         extra = f"  [{', '.join(shown(tag) for tag in hit.tags)}]" if hit.tags else ""
         extra += f"  (+{len(hit.duplicates)} similar)" if hit.duplicates else ""
-        extra += "  (name match)" if hit.name_match else ""
+        extra += "  (word match)" if hit.name_match or hit.text_match else ""
         print(f"{hit.score:6.3f}  {shown(hit.path)}{extra}")
+        if hit.image_text:
+            print(f"        text: {shown(' / '.join(hit.image_text.splitlines()))[:200]}")
         for folded in hit.folded:
             print(f"        similar: {shown(folded.path)}")
         for part in hit.explanation or []:

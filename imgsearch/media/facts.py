@@ -21,9 +21,12 @@ def date_taken(exif_taken_at: datetime | None, mtime_ns: int) -> tuple[int, str]
     return mtime_wall_clock(mtime_ns), "mtime"
 
 
-def searchable_text(path: str, description: str, roots: list[str], tags: Sequence[str] = ()) -> str:
-    """The words a row is found by: names from its path, the file's own description, its sidecars, its tags."""
-    return compose(name_words(path), description, sidecar_text(path, roots), list(tags))
+def searchable_text(
+    path: str, description: str, roots: list[str], tags: Sequence[str] = (), image_text: str = ""
+) -> str:
+    """The words a row is found by: names from its path, the file's own description, its sidecars, its tags, the
+    text read in its picture."""
+    return compose(name_words(path), description, sidecar_text(path, roots), list(tags), image_text)
 
 
 def decoded_facts(
@@ -50,8 +53,9 @@ def decoded_facts(
 
 
 def copied_facts(path: str, size: int, mtime_ns: int, source: dict[str, Any], roots: list[str]) -> FileFacts:
-    """A file whose content is indexed under another row: the same picture, so the same photo facts and
-    embedded description (a date from the file's time is this file's time; names and sidecars are its own)."""
+    """A file whose content is indexed under another row: the same picture, so the same photo facts, embedded
+    description and text read in it (a date from the file's time is this file's time; names and sidecars are its
+    own)."""
     taken_at = source["taken_at"] if source["taken_at_source"] == "exif" else mtime_wall_clock(mtime_ns)
     description = text_parts(source.get("text", ""))[1]
     return FileFacts(
@@ -67,5 +71,7 @@ def copied_facts(path: str, size: int, mtime_ns: int, source: dict[str, Any], ro
         source["camera_make"],
         source["camera_model"],
         source["gps"],
-        searchable_text(path, description, roots),
+        searchable_text(path, description, roots, image_text=source.get("image_text", "")),
+        source.get("image_text", ""),
+        source.get("text_read_from", ""),
     )

@@ -5,7 +5,7 @@ The indexer stores them in the ``text`` column, which Milvus indexes with BM25 (
 a search fuses that ranking with the vector one (``search_api/relevance.py``). The column holds its parts
 apart, so that re-tagging replaces only the tags:
 
-    names \\x1f description \\x1f sidecar \\x1e tags
+    names \\x1f description \\x1f sidecar \\x1f text read in the picture \\x1e tags
 
 Both separators are control characters, which the BM25 analyzer drops like spaces.
 """
@@ -17,6 +17,7 @@ import re
 from collections.abc import Sequence
 
 from imgsearch.media.safe_files import UnsafeFileError, read_regular
+from imgsearch.store.fields import fit_utf8
 
 MAX_TEXT = 8192  # characters the column holds (the names come first, so they always fit)
 MAX_SIDECAR_BYTES = 64 * 1024
@@ -87,13 +88,17 @@ def sidecar_text(path: str, roots: Sequence[str]) -> str:
     return _clean(" ".join(found))
 
 
-def compose(names: str, description: str = "", sidecar: str = "", tags: Sequence[str] = ()) -> str:
+def compose(
+    names: str, description: str = "", sidecar: str = "", tags: Sequence[str] = (), image_text: str = ""
+) -> str:
     """The ``text`` column's value from its parts, in lower case (BM25 lower-cases anyway; matching with LIKE,
-    on a Milvus without BM25, is then case-blind too)."""
+    on a Milvus without BM25, and the search for words inside codes are then case-blind too)."""
     body = _PART.join((_clean(names), _clean(description), _clean(sidecar))).lower()
+    if image_text.strip():
+        body += _PART + _clean(image_text).lower()
     tag_part = _clean(" ".join(tags)).lower()
-    room = MAX_TEXT - len(tag_part) - 1
-    return body[: max(room, 0)] + (_TAGS + tag_part if tag_part else "")
+    room = MAX_TEXT - len(tag_part.encode("utf-8", "surrogatepass")) - 1
+    return fit_utf8(body, max(room, 0)) + (_TAGS + tag_part if tag_part else "")
 
 
 def parts(text: str) -> tuple[str, str, str, str]:
@@ -103,10 +108,22 @@ def parts(text: str) -> tuple[str, str, str, str]:
     return names, description, sidecar, tags
 
 
+def image_words(text: str) -> str:
+    """The words read in the picture, as a ``text`` column's value holds them (lower case)."""
+    body, _, _ = (text or "").partition(_TAGS)
+    return (body.split(_PART) + ["", "", "", ""])[3]
+
+
 def with_tags(text: str, tags: Sequence[str]) -> str:
     """``text`` with its tags replaced."""
     names, description, sidecar, _ = parts(text)
-    return compose(names, description, sidecar, tags)
+    return compose(names, description, sidecar, tags, image_words(text))
+
+
+def with_image_text(text: str, image_text: str) -> str:
+    """``text`` with the words read in the picture replaced."""
+    names, description, sidecar, tags = parts(text)
+    return compose(names, description, sidecar, tags.split(), image_text)
 
 
 def word_tokens(text: str) -> list[str]:

@@ -14,6 +14,7 @@ SORT_POOL = 1_000  # sort=newest orders this many best matches by date
 MAX_LIMIT = 200
 MAX_OFFSET = 10_000
 MAX_TERMS = 16
+LEXICAL_WEIGHT = 0.5  # words count as much as the picture by default (docs/text-in-images.md)
 
 
 class QueryTerm(BaseModel):
@@ -106,12 +107,14 @@ class SearchRequest(BaseModel):
     )
     diversity: float = Field(0.0, ge=0, le=1, description="0: by relevance; towards 1: fewer look-alikes (MMR)")
     lexical_weight: float = Field(
-        0.0,
+        LEXICAL_WEIGHT,
         ge=0,
         le=1,
         description=(
-            "hybrid search: how much file, folder and sidecar text matches (BM25) count against the picture, "
-            "fused by rank; 0 is off. Quoted text is always matched this way."
+            "how much the query's words found in an image's words count against the picture, fused by rank: "
+            "the text read in the picture (also inside longer words and codes, case-blind), its file and folder "
+            "names, descriptions, sidecars and tags. 0 is off: the picture alone. Quoted text is always matched "
+            "against the names."
         ),
     )
 
@@ -162,7 +165,11 @@ class SearchHit(BaseModel):
         default_factory=list, description="with collapse: ids of near-identical images folded in"
     )
     folded: list[FoldedImage] = Field(default_factory=list, description="with collapse: those images, best first")
-    name_match: bool = Field(False, description="found (also) by its file, folder or sidecar text")
+    name_match: bool = Field(
+        False, description="found (also) by its words: file, folder, sidecar or description text, or text read in it"
+    )
+    text_match: bool = Field(False, description="found (also) by the query's words inside the text read in it")
+    image_text: str = Field("", description="the text read in the picture, lines joined by newlines ('' if none)")
     explanation: list[TermContribution] | None = Field(None, description="with explain: what each term contributed")
 
 

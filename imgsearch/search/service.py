@@ -13,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 
 from imgsearch.media.images import DecodedImage
 from imgsearch.model.embedder import Embedder
+from imgsearch.ocr.matching import holds_a_word
 from imgsearch.search.batching import TextBatcher
 from imgsearch.search.ranking import blend
 from imgsearch.search.relevance import (
@@ -53,6 +54,7 @@ class Entry:
     score: float
     rank_score: float = 0.0
     name_rank: int | None = None
+    in_image_text: bool = False  # found by its words inside the text read in the picture
     duplicates: list[Entry] = field(default_factory=list)  # near-identical results folded into this one
 
 
@@ -236,6 +238,7 @@ class SearchService:
             ]
             hit.duplicates = [folded.id for folded in hit.folded]
             hit.name_match = entry.name_rank is not None
+            hit.text_match = entry.in_image_text
             if request.explain:
                 hit.explanation = query.explain(entry.hit.vector, entry.name_rank)
             results.append(hit)
@@ -321,7 +324,10 @@ class SearchService:
             by_vector = [hit for hit, kept in zip(by_vector, keep) if kept]
             ranked.cutoff = CutoffInfo(**asdict(cutoff))
         by_words = self.store.search_text(words, pool, image_filter, with_vectors=True) if words else []
-        entries = self._fuse(by_vector, by_words, vector, query, request.lexical_weight)
+        by_words = [hit for hit in by_words if holds_a_word(hit.row["text"], words)]
+        inside = " ".join(query.words)  # quoted text is for names only
+        by_inside = self.store.search_image_text(inside, pool, image_filter, with_vectors=True) if inside else []
+        entries = self._fuse(by_vector, by_words, by_inside, vector, request.lexical_weight)
         if request.min_score is not None:
             entries = [entry for entry in entries if entry.score >= request.min_score]
         if request.collapse and entries:
@@ -340,24 +346,45 @@ class SearchService:
             entries = [entries[i] for i in order]
         if request.sort == "newest":
             entries.sort(key=lambda entry: (-entry.hit.row["taken_at"], -entry.score))
-        if words and not by_words:
-            ranked.notes.append("no file, folder or description matched the words")
+        if words and not by_words and not by_inside:
+            ranked.notes.append("no file, folder, description or text in a picture matched the words")
         ranked.page = entries[request.offset : page_end]
         return ranked
 
     def _fuse(
-        self, by_vector: list[Hit], by_words: list[Hit], vector: np.ndarray | None, query: Query, lexical_weight: float
+        self,
+        by_vector: list[Hit],
+        by_words: list[Hit],
+        by_inside: list[Hit],
+        vector: np.ndarray | None,
+        lexical_weight: float,
     ) -> list[Entry]:
-        """One ranking from the vector hits and the word hits: reciprocal rank fusion when there are both."""
+        """One ranking from the vector hits, the word hits (BM25) and the hits by words inside the text read in
+        pictures: weighted reciprocal rank fusion of those there are. With no word hits, the vector ranking as
+        it is."""
         name_rank = {hit.id: rank for rank, hit in enumerate(by_words, start=1)}
-        if vector is None:  # names only: the BM25 order and score
+        inside = {hit.id for hit in by_inside}
+        if vector is None and not by_inside:  # names only: the BM25 order and score
             return [Entry(hit, hit.score, hit.score, name_rank[hit.id]) for hit in by_words]
-        if not by_words:
+        if not by_words and not by_inside:
             return [Entry(hit, hit.score, hit.score) for hit in by_vector]
-        hits = {hit.id: hit for hit in by_words} | {hit.id: hit for hit in by_vector}
+        hits = {hit.id: hit for hit in by_inside} | {hit.id: hit for hit in by_words}
+        hits |= {hit.id: hit for hit in by_vector}
         weight = lexical_weight if lexical_weight > 0 else 0.5  # quoted words alone: an even say
-        fused = fuse([[hit.id for hit in by_vector], [hit.id for hit in by_words]], [1 - weight, weight])
-        return [Entry(hits[i], float(hits[i].vector @ vector), score, name_rank.get(i)) for i, score in fused]
+        fused = fuse(
+            [[hit.id for hit in by_vector], [hit.id for hit in by_words], [hit.id for hit in by_inside]],
+            [1 - weight, weight, weight],
+        )
+        return [
+            Entry(
+                hits[i],
+                float(hits[i].vector @ vector) if vector is not None else score,
+                score,
+                name_rank.get(i),
+                in_image_text=i in inside,
+            )
+            for i, score in fused
+        ]
 
     def _cut(self, hits: list[Hit], vector: np.ndarray, image_only: bool) -> tuple[np.ndarray, Cutoff]:
         background = self.background()
@@ -395,6 +422,7 @@ def to_hit(hit: Hit, score: float | None = None) -> SearchHit:
         gps=row["gps"],
         tags=list(row.get("tags") or []),
         tag_scores=[round(float(v), 4) for v in row.get("tag_scores") or []],
+        image_text=row.get("image_text") or "",
     )
 
 

@@ -5,16 +5,17 @@ A mixin of ``MilvusStore``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from pymilvus import MilvusException
 
-from imgsearch.media.searchable_text import compose, name_words, with_tags, word_tokens
+from imgsearch.media.searchable_text import compose, name_words, with_image_text, with_tags, word_tokens
+from imgsearch.ocr.matching import inside_score, inside_tokens
 from imgsearch.store.catalogue import TEXT_MATCH_PROPERTY, VALID_ID
-from imgsearch.store.fields import METADATA_FIELDS, TEXT_SPARSE
+from imgsearch.store.fields import MAX_IMAGE_TEXT, METADATA_FIELDS, TEXT_SPARSE, fit_utf8
 from imgsearch.store.filters import ImageFilter, quote
 
 log = logging.getLogger(__name__)
@@ -22,6 +23,7 @@ log = logging.getLogger(__name__)
 _MAX_PAGE = 16384  # the most rows Milvus returns per query
 
 _GET_BATCH = 2000  # rows with vectors got by id per request
+_UNREAD = ("image_text", "text_read_from")  # a row written without them: its picture's text is not read yet
 
 
 class Rows:
@@ -34,11 +36,13 @@ class Rows:
     search_consistency: str = "Strong"
 
     def upsert(self, rows: Sequence[dict[str, Any]]) -> None:
-        """Write whole rows. A row without ``text`` gets its file and folder names as its searchable text."""
+        """Write whole rows. A row without ``text`` gets its file and folder names as its searchable text, and one
+        without the text read in its picture gets none (read by the indexer's text stage)."""
         if rows:
             payload = [
                 {
                     "text": compose(name_words(row["path"])) if "text" not in row else row["text"],
+                    **{name: "" for name in _UNREAD if name in METADATA_FIELDS},
                     **row,
                     "vector": np.asarray(row["vector"], dtype=np.float32).tolist(),
                 }
@@ -59,25 +63,63 @@ class Rows:
             {"id": i, "tags": names, "tag_scores": scores, "text": with_tags(text, names)}
             for i, (names, scores, text) in tags.items()
         ]
+        return self._update_fields(
+            payload,
+            lambda row: {
+                **row,
+                "tags": tags[row["id"]][0],
+                "tag_scores": tags[row["id"]][1],
+                "text": with_tags(row["text"], tags[row["id"]][0]),
+            },
+        )
+
+    def set_image_text(self, read: dict[str, tuple[str, str]]) -> int:
+        """Write the text read in pictures, by id: (text read, content hash it was read from). Only the rows still
+        holding that content get it (a file changed meanwhile is read again after its next embedding); their
+        ``text`` keeps its other parts as they are now. Returns the rows written."""
+        current = self.get(list(read))
+        payload = [
+            {
+                "id": i,
+                "image_text": fit_utf8(text, MAX_IMAGE_TEXT),
+                "text_read_from": digest,
+                "text": with_image_text(current[i]["text"], text),
+            }
+            for i, (text, digest) in read.items()
+            if i in current and current[i]["content_hash"] == digest
+        ]
+        if not payload:
+            return 0
+        by_id = {row["id"]: row for row in payload}
+        return self._update_fields(
+            payload,
+            lambda row: {
+                **row,
+                **by_id[row["id"]],
+                "text": with_image_text(row["text"], by_id[row["id"]]["image_text"]),
+            },
+        )
+
+    def _update_fields(self, payload: list[dict[str, Any]], whole: Callable[[dict[str, Any]], dict[str, Any]]) -> int:
+        """Write some fields of rows by id (``payload``, each with its ``id``): a partial update, so what another
+        writer changed meanwhile in the other fields stays. Rows deleted meanwhile are skipped. A server without
+        partial updates (before Milvus 2.6) gets whole rows, read again just before and changed by ``whole``."""
         if self._partial_updates is not False:
             try:
                 return self._upsert_partial(payload)
             except MilvusException as exc:  # rows deleted meanwhile, or a server without partial updates
-                log.info("tags: a batch was refused (%s); writing the rows that remain", exc.message)
-            present = self.get(list(tags))
+                log.info("a batch of partial updates was refused (%s); writing the rows that remain", exc.message)
+            present = self.get([row["id"] for row in payload])
             try:
                 return self._upsert_partial([row for row in payload if row["id"] in present]) if present else 0
             except MilvusException:
                 if self._partial_updates:  # they work here: never fall back to whole rows and their race
                     raise
-                log.info("this Milvus has no partial updates: tags are written with whole rows")
+                log.info("this Milvus has no partial updates: some columns are written with whole rows")
                 self._partial_updates = False
-        whole = [
-            {**row, "tags": tags[i][0], "tag_scores": tags[i][1], "text": with_tags(row["text"], tags[i][0])}
-            for i, row in self.get(list(tags), with_vectors=True).items()
-        ]
-        self.upsert(whole)
-        return len(whole)
+        rows = [whole(row) for row in self.get([row["id"] for row in payload], with_vectors=True).values()]
+        self.upsert(rows)
+        return len(rows)
 
     def _upsert_partial(self, rows: list[dict[str, Any]]) -> int:
         self._call(lambda c: c.upsert(self.collection, rows, partial_update=True))
@@ -216,10 +258,38 @@ class Rows:
             return []
         like = " or ".join(f"text like {quote('%' + word + '%')}" for word in words)
         expr = f"({like})" + (f" and {image_filter.expr()}" if image_filter.clauses else "")
-        rows = self._call(lambda c: c.query(self.collection, filter=expr, output_fields=fields, limit=_MAX_PAGE))
+        rows = self._query_or_nothing(expr, fields)
         scored = [(sum(word in row["text"] for word in words) / len(words), row) for row in rows]
         scored.sort(key=lambda pair: (-pair[0], pair[1]["id"]))
         return [_hit(row["id"], score, dict(row)) for score, row in scored[:limit]]
+
+    def search_image_text(
+        self, text: str, limit: int, image_filter: ImageFilter = ImageFilter(), with_vectors: bool = False
+    ) -> list[Hit]:
+        """Rows whose text read in the picture holds the words of ``text``, inside longer words and codes too
+        (imgsearch/ocr/matching.py), most of the words first; ``Hit.score`` is the share held (0 to 1)."""
+        tokens = inside_tokens(text)
+        if not tokens:
+            return []
+        # ``text`` holds the words read in lower case: LIKE is case-blind there. The read text itself decides.
+        like = " or ".join(f"text like {quote('%' + token + '%')}" for token in tokens)
+        expr = f'image_text != "" and ({like})' + (f" and {image_filter.expr()}" if image_filter.clauses else "")
+        found = self._query_or_nothing(expr, ["id", "image_text"])
+        scored = sorted(
+            ((score, row["id"]) for row in found if (score := inside_score(tokens, row["image_text"])) > 0),
+            key=lambda pair: (-pair[0], pair[1]),
+        )[:limit]
+        rows = self.get([row_id for _, row_id in scored], with_vectors=with_vectors)  # only the best get vectors
+        return [_hit(row_id, score, dict(rows[row_id])) for score, row_id in scored if row_id in rows]
+
+    def _query_or_nothing(self, expr: str, fields: list[str]) -> list[dict[str, Any]]:
+        """The rows matching a ``LIKE '%word%'`` expression; none on a server that refuses it (Milvus 2.3 matches
+        prefixes only): searches there rank by the picture alone."""
+        try:
+            return self._call(lambda c: c.query(self.collection, filter=expr, output_fields=fields, limit=_MAX_PAGE))
+        except MilvusException as exc:
+            log.warning("this Milvus cannot match words inside text (%s): searching by the picture alone", exc.message)
+            return []
 
     def sample_vectors(self, size: int = 2000) -> np.ndarray:
         """The vectors of a fixed random sample of about ``size`` rows: those whose id (a hash, so uniformly

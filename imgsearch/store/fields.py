@@ -24,12 +24,20 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 MAX_PATH = 4096  # the longest path a row holds
-SCHEMA_VERSION = 4  # 1: file metadata and size; 2: when the photo was taken, its format and camera; 3: tags;
-# 4: searchable text (names, descriptions, tags) with its BM25 index
+SCHEMA_VERSION = 5  # 1: file metadata and size; 2: when the photo was taken, its format and camera; 3: tags;
+# 4: searchable text (names, descriptions, tags) with its BM25 index; 5: the text read in the picture
+MAX_IMAGE_TEXT = 4096  # characters of text read in one picture (imgsearch/ocr) that a row keeps
 MAX_TAGS = 64  # tags one image holds (imgsearch/labels.py decides them)
 MAX_TAG_CHARS = 200
 MAX_TEXT = 8192  # imgsearch/searchable_text.py fills it
 TEXT_SPARSE = "text_sparse"  # the BM25 vector Milvus derives from ``text``
+
+
+def fit_utf8(text: str, max_bytes: int) -> str:
+    """``text`` cut to at most ``max_bytes`` in UTF-8 (what Milvus counts a VARCHAR's length in), whole
+    characters only."""
+    data = text.encode("utf-8", "surrogatepass")
+    return text if len(data) <= max_bytes else data[:max_bytes].decode("utf-8", "ignore")
 
 
 def image_id(path: str) -> str:
@@ -81,6 +89,8 @@ class FileFacts:
     camera_model: str = ""
     gps: str = ""  # "lat,lon" in decimal degrees, "" if the photo has none
     text: str = ""  # searchable words: imgsearch/searchable_text.compose()
+    image_text: str = ""  # the text read in the picture (imgsearch/ocr), lines joined by newlines
+    text_read_from: str = ""  # the content hash that image_text was read from; "" while not read yet
 
 
 # ── How a column is filtered: each kind names its request fields and turns them into clauses ──────────
@@ -89,7 +99,7 @@ class FileFacts:
 @dataclass(frozen=True)
 class Clause:
     column: str
-    op: str  # "prefix", ">=", "<=", "<", "in"; "any" or "all" on an array
+    op: str  # "prefix", ">=", "<=", "<", "in"; "any" or "all" on an array; "filled" (value: True or False)
     value: Any
 
 
@@ -191,6 +201,22 @@ class AnyAll:
         ]
 
 
+@dataclass(frozen=True)
+class Flag:
+    """A column that an image either has something in or not: ``true`` keeps the rows where it is not empty,
+    ``false`` those where it is."""
+
+    param: str
+    description: str
+
+    def fields(self, column: Column) -> dict[str, Any]:  # pragma: no mutate block (runs at import, see below)
+        return {self.param: (bool | None, Field(None, description=self.description))}
+
+    def clauses(self, column: Column, given: dict[str, Any]) -> list[Clause]:
+        wanted = given.get(self.param)
+        return [Clause(column.name, "filled", bool(wanted))] if wanted is not None else []
+
+
 class DataType(enum.IntEnum):
     """The Milvus types the columns use, with pymilvus' own numbers (equal to ``pymilvus.DataType``'s): declared here
     so that reading the columns (the CLI's filter flags, a request's filter) does not import pymilvus."""
@@ -214,7 +240,7 @@ class Column:
     dtype: DataType
     fill: Callable[[FileFacts], Any]
     max_length: int = 0  # VARCHAR, and an ARRAY of VARCHAR
-    filter: Prefix | Range | Period | OneOf | AnyAll | None = None
+    filter: Prefix | Range | Period | OneOf | AnyAll | Flag | None = None
     since: int = 1  # the schema version that added it
     element_type: DataType | None = None  # ARRAY only
     max_capacity: int = 0  # ARRAY only
@@ -273,6 +299,17 @@ COLUMNS: tuple[Column, ...] = (
     Column("tag_scores", DataType.ARRAY, lambda f: [], since=3, element_type=DataType.FLOAT, max_capacity=MAX_TAGS),
     # File and folder names, embedded and sidecar descriptions, tags: what hybrid search matches by word.
     Column("text", DataType.VARCHAR, lambda f: f.text, max_length=MAX_TEXT, since=4, analyzed=True),
+    # The text read in the picture (imgsearch/ocr), as read, for showing; its words are in ``text`` too. The
+    # indexer's text stage fills it after the embedding stage, and reads again when the content hash changes.
+    Column(
+        "image_text",
+        DataType.VARCHAR,
+        lambda f: fit_utf8(f.image_text, MAX_IMAGE_TEXT),
+        max_length=MAX_IMAGE_TEXT,
+        since=5,
+        filter=Flag("has_text", "true: only images with text read in them; false: only images without"),
+    ),
+    Column("text_read_from", DataType.VARCHAR, lambda f: f.text_read_from, max_length=64, since=5),
 )
 METADATA_FIELDS = [column.name for column in COLUMNS]  # every column but the vector
 FILTERABLE = tuple(column for column in COLUMNS if column.filter)

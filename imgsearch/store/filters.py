@@ -63,6 +63,8 @@ class ImageFilter:
                 parts.append(f"({low} and {clause.column} < {quote(end)})" if end is not None else low)
             elif clause.op == "in":
                 parts.append(f"{clause.column} in [{', '.join(quote(v) for v in clause.value)}]")
+            elif clause.op == "filled":
+                parts.append(f'{clause.column} {"!=" if clause.value else "=="} ""')
             elif clause.op in ("any", "all"):
                 parts.append(
                     f"array_contains_{clause.op}({clause.column}, [{', '.join(quote(v) for v in clause.value)}])"
@@ -84,6 +86,8 @@ class ImageFilter:
             elif clause.op == "in":
                 wanted = set(clause.value)
                 keep &= np.fromiter((value in wanted for value in values), dtype=bool, count=size)
+            elif clause.op == "filled":
+                keep &= np.fromiter((bool(value) == clause.value for value in values), dtype=bool, count=size)
             elif clause.op == "any":
                 wanted = set(clause.value)
                 keep &= np.fromiter((not wanted.isdisjoint(value) for value in values), dtype=bool, count=size)

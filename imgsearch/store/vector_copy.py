@@ -140,6 +140,7 @@ class VectorCopy:
     get = _forwarded("get")
     iter_rows = _forwarded("iter_rows")
     search_text = _forwarded("search_text")
+    search_image_text = _forwarded("search_image_text")
     generation = _forwarded("generation")
     creation_token = _forwarded("creation_token")
     cutoff_params = _forwarded("cutoff_params")

@@ -18,6 +18,7 @@ from typing import Any, Literal, Protocol
 
 from imgsearch.indexer.runner import IndexReport, ProgressCallback
 from imgsearch.indexer.scanner import RootNotFoundError, is_image_path
+from imgsearch.indexer.text_stage import BackgroundReader
 from imgsearch.model.embedder import Embedder
 from imgsearch.settings import Settings
 from imgsearch.store import MilvusStore
@@ -64,7 +65,16 @@ class RootState:
 class Watcher:
     """Watches ``roots`` until ``stop()``; ``execute`` runs each batch."""
 
-    def __init__(self, roots: list[str], settings: Settings, execute: Executor, watch: Callable | None = None):
+    def __init__(
+        self,
+        roots: list[str],
+        settings: Settings,
+        execute: Executor,
+        watch: Callable | None = None,
+        text_stage: BackgroundReader | None = None,
+    ):
+        """``text_stage``: the reader of text in pictures the runs wake (the API's); by default, with IMGSEARCH_OCR=on,
+        one of the watcher's own, on the store its runs last wrote to."""
         self.settings = settings
         self._execute = execute
         self._stop = threading.Event()
@@ -93,6 +103,11 @@ class Watcher:
             for root, state in self.roots.items()
         ]
         self._thread = threading.Thread(target=self._loop, name="watcher", daemon=True)
+        self._store: MilvusStore | None = None  # what the last run wrote to
+        self._own_text_stage = text_stage is None and settings.ocr == "on"
+        self.text_stage = text_stage
+        if self._own_text_stage:
+            self.text_stage = BackgroundReader(settings, lambda: self._store, busy=lambda: self._running is not None)
 
     def _root_state(self, root: str) -> RootState:
         forced = self.settings.watch_mode
@@ -107,6 +122,8 @@ class Watcher:
         for source in self._sources:
             source.start()
         self._thread.start()
+        if self._own_text_stage:
+            self.text_stage.start(first_pass=False)  # woken after the catch-up run
 
     def wait(self) -> None:
         """Block until ``stop()`` (Ctrl-C still reaches the thread that waits)."""
@@ -118,6 +135,8 @@ class Watcher:
         self._thread.join(timeout)
         for source in self._sources:
             source.join(timeout)
+        if self._own_text_stage:
+            self.text_stage.stop(timeout)
 
     def reconcile_soon(self, root: str) -> None:
         """Index ``root`` whole (incrementally) as soon as the watcher is free, as the periodic reconcile does."""
@@ -259,6 +278,8 @@ class Watcher:
         except Exception as exc:  # a failed run is reported, and the watcher goes on
             log.warning("imgsearch watch: %s run failed: %s", run.kind, exc)
             report = None
+        if self.text_stage is not None:
+            self.text_stage.wake()
         with self._lock:
             self._running = None
             if report is not None:
@@ -272,6 +293,7 @@ class Watcher:
         report and looked at again later: a copy in pieces is never listed as failed."""
 
         def wrapped(encoder: Embedder, store: MilvusStore, progress: ProgressCallback | None) -> IndexReport:
+            self._store = store
             report = work(encoder, store, progress)
             now, wall = time.monotonic(), time.time()
             listed = []
@@ -291,7 +313,7 @@ def _index_root(root: str, settings: Settings, encoder: Embedder, store: MilvusS
     from imgsearch.indexer.runner import run_index
 
     try:
-        return run_index([root], settings, encoder, store, on_progress=progress)
+        return run_index([root], settings, encoder, store, on_progress=progress, read_text=False)  # text_stage
     except RootNotFoundError as exc:
         report = IndexReport()
         report.refused.append(str(exc))

@@ -15,6 +15,7 @@ from typing import Any
 
 from imgsearch.errors import ImgsearchError
 from imgsearch.indexer.runner import IndexReport, ProgressCallback, run_index
+from imgsearch.indexer.text_stage import BackgroundReader
 from imgsearch.media.safe_files import within
 from imgsearch.model.embedder import Embedder
 from imgsearch.search_api.schemas import IndexJob
@@ -86,6 +87,14 @@ class JobManager:
         self._jobs: dict[str, IndexJob] = {}
         self._lock = threading.Lock()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="index-job")
+        # The text stage of every job (and of what an earlier process left unread), behind the jobs and queries.
+        self.text_stage = (
+            BackgroundReader(settings, lambda: self._model_and_store()[1], busy=lambda: bool(self.unfinished()))
+            if settings.ocr == "on"
+            else None
+        )
+        if self.text_stage is not None:
+            self.text_stage.start()
 
     def use(self, encoder: Embedder, store: MilvusStore) -> None:
         """Jobs that start from now on write to ``store`` with ``encoder`` (the API switched collections)."""
@@ -168,12 +177,19 @@ class JobManager:
         else:
             self._update(job_id, **ending)
         self._forget_old_jobs()
+        if self.text_stage is not None:
+            self.text_stage.wake()
 
     def _index(self, paths: list[str], progress: ProgressCallback) -> dict[str, Any]:
         # Checked again: a link under an allowed root may have been re-pointed while the job waited.
         encoder, store = self._model_and_store()
         report = run_index(
-            allowed_paths(paths, self.allowed_roots), self._settings, encoder, store, on_progress=progress
+            allowed_paths(paths, self.allowed_roots),
+            self._settings,
+            encoder,
+            store,
+            on_progress=progress,
+            read_text=False,  # self.text_stage reads it, after this and every queued job
         )
         return ending(report)
 
@@ -194,6 +210,8 @@ class JobManager:
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+        if self.text_stage is not None:
+            self.text_stage.stop()
 
 
 def ending(report: IndexReport) -> dict[str, Any]:

@@ -24,7 +24,7 @@ class WatchService:
     def __init__(self, roots: list[str], settings: Settings, jobs: JobManager):
         self._jobs = jobs
         self._stopping = threading.Event()
-        self.watcher = Watcher(roots, settings, self._execute)
+        self.watcher = Watcher(roots, settings, self._execute, text_stage=jobs.text_stage)
 
     def start(self) -> None:
         self.watcher.start()

@@ -34,6 +34,7 @@ TODAYS_FILTER_FLAGS = {
     "--path-prefix": "path_prefix",
     "--tag": "tags_any",
     "--all-tags": "tags_all",
+    "--has-text": "has_text",
 }
 
 
@@ -53,6 +54,8 @@ def _filter_params() -> list[str]:
 def _sample(param: str) -> str:
     """A value the request accepts for the filter parameter ``param``."""
     annotation = str(SearchFilter.model_fields[param].annotation)
+    if "bool" in annotation:
+        return "yes"
     return "2019-06-01" if "datetime" in annotation else "5" if "int" in annotation else "x"
 
 

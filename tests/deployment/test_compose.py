@@ -67,7 +67,7 @@ def test_dockerfile_copies_what_exists_and_installs_cpu_torch_before_the_project
         if line.startswith("COPY "):
             for source in line.split()[1:-1]:
                 assert (ROOT / source).exists(), source
-    assert dockerfile.index("torch==") < dockerfile.index("pip install .")
+    assert dockerfile.index("torch==") < dockerfile.index("pip install '.[ocr]'")  # the OCR engine too
     assert "whl/cpu" in dockerfile
     assert "imgsearch" in dockerfile.split("CMD", 1)[1]
 

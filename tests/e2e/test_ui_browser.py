@@ -350,17 +350,55 @@ def test_an_example_photo_shows_its_copies_folded_and_the_query_builder_combines
 
 @pytest.mark.slow
 @pytest.mark.browser
-def test_a_file_name_is_found_with_names_switched_on(relevance_ui_url, page, artefacts):
+def test_a_file_name_is_found_with_words_matched_by_default(relevance_ui_url, page, artefacts):
     from playwright.sync_api import expect
 
     url, _ = relevance_ui_url
     page.goto(url)
-    page.get_by_text("Match names too", exact=True).click()
+    expect(page.get_by_role("switch", name="Match words too")).to_be_checked(timeout=30_000)
     box = page.get_by_label("Describe what you are looking for, then press Enter")
     box.fill("IMG_2041")
     box.press("Enter")
-    expect(page.get_by_text("name match").first).to_be_visible(timeout=60_000)
+    expect(page.get_by_text("word match").first).to_be_visible(timeout=60_000)
     assert grid_names(page)[0] == "IMG_2041.jpg", grid_names(page)
     first = page.locator("[data-testid='stCaptionContainer']", has_text="IMG_2041.jpg").first
-    assert first.inner_text().strip().endswith("· 🔤 name match")
+    assert first.inner_text().strip().endswith("· 🔤 word match")
     page.screenshot(path=str(artefacts / "ui-name-match.png"), full_page=True)
+
+
+@pytest.fixture
+def text_ui_url(tmp_path, imgsearch_bin, tiny_model_dir):
+    """Its own API and UI over pictures with text in them and photos without (tests/support/text_pictures.py)."""
+    from tests.support.text_pictures import write_corpus
+
+    write_corpus(tmp_path / "pictures", with_photos=2)
+    with indexed_api_and_ui(imgsearch_bin, tmp_path / "pictures", tmp_path / "data", tiny_model_dir) as url:
+        yield url
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_the_preview_shows_the_text_read_with_the_query_words_marked(text_ui_url, page, artefacts):
+    from playwright.sync_api import expect
+
+    search_for(page, text_ui_url, "0x80070005")
+    expect(page.get_by_text("word match").first).to_be_visible(timeout=60_000)
+    assert grid_names(page)[0] == "error_dialog.png", grid_names(page)
+    page.get_by_role("button", name="View large").first.click()
+    dialog = page.get_by_role("dialog")
+    expect(dialog.get_by_text("Text in the picture")).to_be_visible(timeout=30_000)
+    expect(dialog.get_by_text("Access is denied")).to_be_visible()
+    marked = dialog.locator("[data-testid='stMarkdownContainer'] span", has_text="0x80070005")
+    expect(marked.first).to_be_visible()
+    backgrounds = marked.evaluate_all("spans => spans.map(span => getComputedStyle(span).backgroundColor)")
+    assert any(colour not in ("rgba(0, 0, 0, 0)", "transparent") for colour in backgrounds), backgrounds
+    page.screenshot(path=str(artefacts / "ui-text-in-picture.png"), full_page=True)
+    page.keyboard.press("Escape")
+
+    # The sidebar's "Only pictures with text" leaves the photos out.
+    page.get_by_text("Only pictures with text", exact=True).click()
+    deadline = time.monotonic() + 30
+    while any(name.startswith("photo_") for name in grid_names(page)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    names = grid_names(page)
+    assert names and not any(name.startswith("photo_") for name in names), names

@@ -94,7 +94,9 @@ def test_first_run_embeds_every_image_and_stores_its_metadata(photo_dir, setting
         "failed": [],
         "refused": [],
         "elapsed_s": report.elapsed_s,
+        "text": report.text,  # the text stage's report: tests/indexer/test_text_stage.py
     }  # what --json prints
+    assert (report.text["pending"], report.text["read"], report.text["failed"]) == (10, 10, 0)
     rows = rows_by_path(store)
     assert len(rows) == 10
     photo = rows[str(photo_dir / "photo0.png")]

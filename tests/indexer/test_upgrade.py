@@ -236,7 +236,8 @@ def test_the_cli_refuses_an_old_schema_then_upgrades_it_without_the_model(
     )  # one line, not pydantic's block with a link
     empty = run_cli(imgsearch_bin, cli_env, "search", "x", "--after", "2030-01-01")
     assert empty.returncode == 0 and empty.stdout.strip() == (
-        "no results match the filters (--after, --before, --format, --camera, --path-prefix, --tag, --all-tags)"
+        "no results match the filters (--after, --before, --format, --camera, --path-prefix, --tag, --all-tags, "
+        "--has-text)"
     )
 
 

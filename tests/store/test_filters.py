@@ -22,6 +22,7 @@ FORMATS = ["JPEG", "PNG", "WEBP", ""]
 CAMERAS = ["X100V", "iPhone 12", 'odd "model"\\', ""]
 TAGS = ["dog", "beach", 'a "quoted" tag\\', "日"]
 tag_lists = st.lists(st.sampled_from(TAGS), max_size=3, unique=True)
+IMAGE_TEXTS = ["", "EXIT 12", 'a "quoted"\\ line\nand 日本']
 rows_strategy = st.lists(
     st.tuples(
         paths,
@@ -31,6 +32,7 @@ rows_strategy = st.lists(
         st.sampled_from(FORMATS),
         st.sampled_from(CAMERAS),
         tag_lists,
+        st.sampled_from(IMAGE_TEXTS),
     ),
     min_size=1,
     max_size=12,
@@ -46,18 +48,21 @@ def filters_over(rows):
     cameras = st.none() | st.lists(st.sampled_from(CAMERAS[:-1]), max_size=2)
     tags = st.none() | st.lists(st.sampled_from(TAGS + ["cat"]), min_size=1, max_size=2)
     return st.builds(
-        lambda prefix, min_w, max_w, min_h, max_h, after, before, formats, models, tags_any, tags_all: SearchFilter(
-            path_prefix=prefix,
-            min_width=min_w,
-            max_width=max_w,
-            min_height=min_h,
-            max_height=max_h,
-            taken_after=after,
-            taken_before=before,
-            formats=formats,
-            cameras=models,
-            tags_any=tags_any,
-            tags_all=tags_all,
+        lambda prefix, min_w, max_w, min_h, max_h, after, before, formats, models, tags_any, tags_all, has: (
+            SearchFilter(
+                path_prefix=prefix,
+                min_width=min_w,
+                max_width=max_w,
+                min_height=min_h,
+                max_height=max_h,
+                taken_after=after,
+                taken_before=before,
+                formats=formats,
+                cameras=models,
+                tags_any=tags_any,
+                tags_all=tags_all,
+                has_text=has,
+            )
         ),
         st.none() | known_prefixes | paths,
         bound,
@@ -70,6 +75,7 @@ def filters_over(rows):
         cameras,
         tags,
         tags,
+        st.none() | st.booleans(),
     )
 
 
@@ -102,9 +108,11 @@ def test_milvus_and_the_mask_keep_the_same_rows(collection, data, rows):
             "tags": tags,
             "tag_scores": [0.3] * len(tags),
             "text": "",
+            "image_text": image_text,
+            "text_read_from": "h",
             "vector": np.ones(DIM, np.float32),
         }
-        for i, (path, width, height, taken_at, image_format, camera, tags) in enumerate(rows)
+        for i, (path, width, height, taken_at, image_format, camera, tags, image_text) in enumerate(rows)
     ]
     store.delete([row["id"] for row in store.iter_rows(fields=["id"])])
     store.upsert(stored)

@@ -160,7 +160,7 @@ class FakeApi:
             ]
             hits[0]["duplicates"] = ["copy1", "copy2"]
         for h in hits:
-            h["name_match"] = bool(body.get("lexical_weight")) and h["id"] == "id1"
+            h["name_match"] = body.get("lexical_weight", 0.5) > 0 and h["id"] == "id1"
             if body.get("explain"):
                 terms = [{"text": body["text"]}] if body.get("text") else []
                 terms += [{"image_id": body["image_id"]}] if body.get("image_id") else []
@@ -431,15 +431,16 @@ def test_explanations_show_on_hover_and_in_the_preview(fake):
     assert "image cat2.jpg: cosine +0.300 × weight +1 = +0.300" in caption.proto.help  # by name, not by id
 
 
-def test_names_toggle_and_variety_reach_the_api(fake):
+def test_the_words_toggle_is_on_by_default_and_off_sends_the_picture_alone_and_variety_reaches_the_api(fake):
     api = fake(FakeApi())
     app = run("paris 2019")
-    assert "lexical_weight" not in api.searches[-1] and "diversity" not in api.searches[-1]
-    assert "name match" not in texts(app)
-    app.toggle(key="names").set_value(True).run()
+    assert "lexical_weight" not in api.searches[-1] and "diversity" not in api.searches[-1]  # the API's default
+    assert app.toggle(key="names").value is True
+    assert "**0.890** · cat1.jpg · 🔤 word match" in texts(app)
+    app.toggle(key="names").set_value(False).run()
     app.slider(key="variety").set_value(0.3).run()
-    assert api.searches[-1]["lexical_weight"] == 0.5 and api.searches[-1]["diversity"] == pytest.approx(0.3)
-    assert "**0.890** · cat1.jpg · 🔤 name match" in texts(app)
+    assert api.searches[-1]["lexical_weight"] == 0.0 and api.searches[-1]["diversity"] == pytest.approx(0.3)
+    assert "word match" not in texts(app)
 
 
 def test_api_errors_are_shown_as_messages(fake):
@@ -595,14 +596,14 @@ def test_the_label_sets_page_tags_shows_counts_and_opens_a_labels_top_images(fak
 def test_the_view_switch_goes_to_label_sets_and_back_and_the_relevance_switches_outlive_it(fake):
     api = fake(FakeApi())
     app = run("cats")
-    app.toggle(key="names").set_value(True).run()
+    app.toggle(key="names").set_value(False).run()
     app.radio(key="view").set_value("Label sets").run()
     assert not app.exception and "Label sets" in [h.value for h in app.header]
     assert not app.toggle and app.radio(key="view").value == "Label sets"
     app.radio(key="view").set_value("Search").run()
-    assert not app.exception and not app.header and app.toggle(key="names").value is True
+    assert not app.exception and not app.header and app.toggle(key="names").value is False
     app.text_input(key="query_text").input("dogs").run()
-    assert api.searches[-1]["text"] == "dogs" and api.searches[-1]["lexical_weight"] == 0.5
+    assert api.searches[-1]["text"] == "dogs" and api.searches[-1]["lexical_weight"] == 0.0
 
 
 def test_file_names_are_shown_as_they_are_never_as_markup(fake):
@@ -638,7 +639,7 @@ def test_negative_text_and_the_options_go_in_the_body():
             newest=True,
             only_matches=False,
             fold=False,
-            names=True,
+            names=False,
             variety=0.3,
         )
     )
@@ -648,7 +649,7 @@ def test_negative_text_and_the_options_go_in_the_body():
         "limit": 35,
         "min_score": 0.25,
         "sort": "newest",
-        "lexical_weight": 0.5,
+        "lexical_weight": 0.0,
         "diversity": 0.3,
         "explain": True,
     }
@@ -666,6 +667,7 @@ def test_the_sidebar_filters_become_the_requests_filter():
         formats=["JPEG", "HEIF"],
         camera=" X100V ",
         tags=["dog"],
+        has_text=True,
     )
     body = search_body(state)
     assert body["filter"] == {
@@ -675,6 +677,7 @@ def test_the_sidebar_filters_become_the_requests_filter():
         "formats": ["JPEG", "HEIF"],
         "cameras": ["X100V"],
         "tags_any": ["dog"],
+        "has_text": True,
     }
     assert SearchRequest.model_validate(body).filter is not None
     every_tag = search_body(SearchState(text="beach", tags=["dog", "beach"], all_tags=True))
@@ -727,3 +730,11 @@ def test_the_page_sends_what_search_body_builds(fake):
     api = fake(FakeApi())
     run("cats on a sofa")
     assert api.searches[-1] == search_body(SearchState(text="cats on a sofa"))
+
+
+def test_the_text_read_is_shown_with_the_query_words_marked_inside_longer_words_and_never_as_markup():
+    from imgsearch.ui.components import highlighted
+
+    shown = highlighted("DEPARTURES\nGATEB17 *now*", ["b17", "x"])
+    assert shown == "DEPARTURES  \nGATE:orange-background[**B17**] \\*now\\*"
+    assert highlighted("[a](evil)", []) == "\\[a\\](evil)"
