@@ -84,6 +84,10 @@ class TextReader:
             if not engine_installed():
                 raise OcrUnavailableError()
             logging.getLogger("RapidOCR").setLevel(logging.ERROR)
+            if runtime() == "openvino":  # before rapidocr imports it: imgsearch sends no usage telemetry anywhere
+                from imgsearch.model.runtimes import openvino_module
+
+                openvino_module()
             from rapidocr import RapidOCR
 
             self._engine = RapidOCR(params=engine_params(self._threads))
