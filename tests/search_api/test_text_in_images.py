@@ -5,6 +5,8 @@ whatever finds a picture by its words here is the text stage and the fusion."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from fastapi.testclient import TestClient
 
@@ -100,3 +102,30 @@ def test_has_text_filters_pictures_with_and_without_text(client):
     without = top(client, "anything", k=20, filter={"has_text": False})
     assert set(with_text) == {picture.name for picture in CORPUS}
     assert set(without) == {f"photo_{i}" for i in range(6)}
+
+
+def test_an_index_job_of_the_api_reads_the_text_in_the_background_and_makes_it_searchable(corpus, encoder, tmp_path):
+    """POST /index embeds first (the job ends), then the API's background text stage reads the pictures: a lone
+    token written in one of them finds it, found by its text, without a restart."""
+    settings, paths = corpus
+    folder = tmp_path / "new-pictures"
+    folder.mkdir()
+    for name in ("receipt", "gate_sign"):
+        (folder / paths[name].name).write_bytes(paths[name].read_bytes())
+    fresh = settings.model_copy(
+        update={"milvus_uri": str(tmp_path / "data" / "milvus.db"), "allowed_roots": [tmp_path]}
+    )
+    with TestClient(create_app(fresh, encoder=encoder)) as client:
+        job = client.post("/index", json={"paths": [str(folder)]}).json()["job_id"]
+        deadline = time.monotonic() + 120
+        while client.get(f"/index/{job}").json()["state"] not in ("done", "failed") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert client.get(f"/index/{job}").json()["state"] == "done"
+        found = []
+        while time.monotonic() < deadline:
+            response = client.post("/search", json={"text": "58213", "limit": 2}).json()["results"]
+            found = [hit["path"].rsplit("/", 1)[-1] for hit in response if hit["text_match"]]
+            if found:
+                break
+            time.sleep(0.5)
+        assert found == [paths["receipt"].name], "the text stage never read the receipt"
