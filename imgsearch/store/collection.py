@@ -247,8 +247,11 @@ class Rows:
                 consistency_level=self.search_consistency,
             )
         )
-        # Milvus Lite reports BM25 scores negated (best most negative); a server reports them positive.
-        return [_hit(hit["id"], abs(float(hit["distance"])), dict(hit["entity"])) for hit in results[0]]
+        # Milvus Lite reports BM25 scores negated (best most negative); a server reports them positive. Ties go by
+        # id, as the vector copy's own BM25 orders them (Milvus Lite's order is the order rows were written in), so
+        # that a search answers alike wherever it runs.
+        hits = [_hit(hit["id"], abs(float(hit["distance"])), dict(hit["entity"])) for hit in results[0]]
+        return sorted(hits, key=lambda hit: (-hit.score, hit.id))
 
     def _search_text_like(self, text: str, limit: int, image_filter: ImageFilter, fields: list[str]) -> list[Hit]:
         """Without BM25 (Milvus before 2.5): rows holding any of the words, most words first, scored by the

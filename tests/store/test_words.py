@@ -82,3 +82,18 @@ def test_words_split_as_the_analyzer_splits_them():
         "45",
         "3.14",
     ]
+
+
+def test_ties_go_by_id_wherever_the_search_runs(store):
+    """Rows of the same words, written in the reverse of their ids' order: Milvus Lite would list them as written,
+    the copy by id; both now list them by id, so a page is the same from the API and from the command line."""
+    store.ensure_collection("test-model", DIM)
+    rows = unit_rows(12, seed=3)
+    for row in rows:
+        row["text"] = compose("same words here")
+    store.upsert(list(reversed(rows)))
+    copy = VectorCopy(store, DIM)
+    copy.sync_now()
+    by_id = sorted(row["id"] for row in rows)
+    assert [hit.id for hit in store.search_text("words", 12)] == by_id
+    assert [hit.id for hit in copy.search_text("words", 12)] == by_id
