@@ -31,7 +31,7 @@ from imgsearch.store.collection import Hit, id_sample_bound
 from imgsearch.store.fields import FILTERABLE, DataType
 from imgsearch.store.filters import ImageFilter
 from imgsearch.store.gateway import MilvusStore
-from imgsearch.store.scan import Bf16Copy, SharedScan, bf16_scan_pays, exact_top, pool_size, to_bf16
+from imgsearch.store.scan import Bf16Copy, SharedScan, best_rows, bf16_scan_pays, exact_top, pool_size, to_bf16
 from imgsearch.store.words import WordIndex
 
 log = logging.getLogger(__name__)
@@ -213,6 +213,10 @@ class VectorCopy:
         words = self._words_of(snapshot)
         mask = image_filter.mask(snapshot.columns, snapshot.size)
         rows, scores = (words.bm25 if how == "bm25" else words.inside)(text, mask)
+        # Only the best (and rows tied with the last of them) are sorted: a word every file name holds matches
+        # every row, and sorting them all in Python on each query would cost more than the search.
+        kept = best_rows(scores, limit)
+        rows, scores = rows[kept], scores[kept]
         ids = [snapshot.ids[i] for i in rows]
         best = sorted(range(len(rows)), key=lambda j: (-scores[j], ids[j]))[:limit]
         return [
